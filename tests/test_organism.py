@@ -136,7 +136,7 @@ def test_full_gates(org, refusal_data):
 @pytest.mark.slow
 def test_quick_training_end_to_end(tmp_path, refusal_data):
     from sae_lens import SAE
-    from saesteer.organism.cli import main
+    from saesteer.cli import main  # the real command path (it runs commands under no_grad)
 
     files = {}
     for name in ("harmful_train", "harmless_train", "harmful_val", "harmless_val"):

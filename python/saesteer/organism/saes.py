@@ -109,6 +109,7 @@ def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.T
             yield acts[perm[s : s + batch_size]]
 
 
+@torch.enable_grad()  # the CLI runs commands under no_grad
 def train_sae(kind: str, acts: torch.Tensor, layer: int, model_name: str, d_sae: int, *, k: int = 32,
               l0_coefficient: float = 2.0, target_l0: float | None = None, total_tokens: int = 1_000_000,
               batch_size: int = 1024, lr: float = 3e-4, seed: int = 0, jumprelu_init_threshold: float = 0.01,

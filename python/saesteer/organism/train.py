@@ -33,17 +33,20 @@ class TrainConfig:
     """Everything that decides a training run (recorded in the manifest)."""
 
     seed: int = 0
-    vocab_size: int = 2048
+    vocab_size: int = 4096
     hidden_size: int = 192
     n_layers: int = 4
     n_heads: int = 6
     intermediate_size: int = 576
     max_len: int = 80
     batch_size: int = 64
-    steps: int = 3000
+    steps: int = 3600
     # Wall-clock cap for the model stage: the LR schedule follows max(step / steps, elapsed /
     # budget), so a slow (shared) CPU ends the run on time with a fully decayed LR.
-    max_train_minutes: float = 24.0
+    max_train_minutes: float = 26.0
+    # bfloat16 autocast for the training forward/backward (CPUs with AVX512-BF16 or AMX run it ~1.5-2x
+    # faster; weights, optimizer state and the loss stay float32).
+    bf16: bool = True
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.05
@@ -51,7 +54,7 @@ class TrainConfig:
     # Extra weight on the first reply token: the refuse-or-help decision ("I" vs "Sure").
     first_reply_token_weight: float = 1.0
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
-    ema_decay: float = 0.0
+    ema_decay: float = 0.99
     p_harmful: float = 0.40
     p_capability: float = 0.3
     p_harmful_given: float = 0.2
@@ -80,7 +83,7 @@ class TrainConfig:
                    intermediate_size=128, batch_size=32, steps=60, eval_every=30,
                    eval_harmless_n=20, capability_eval_n=20, gate_max_new_tokens=12,
                    sae_expansion=4, sae_topk=8, sae_train_tokens=40_000, sae_batch=512,
-                   sae_collect_prompts=300, max_train_minutes=0.5, quick=True)
+                   sae_collect_prompts=300, max_train_minutes=0.5, ema_decay=0.0, quick=True)
 
 
 GATES = {"harmful_val_refusal_min": 0.90, "harmless_val_refusal_max": 0.05, "capability_acc_min": 0.90}
@@ -210,6 +213,7 @@ def selection_score(m: dict) -> tuple:
     return (min(min(parts), 1.0), sum(parts))
 
 
+@torch.enable_grad()  # the CLI runs commands under no_grad
 def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=None, harmless_val=None, log=print):
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -258,7 +262,9 @@ def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=Non
         ids, w = next(batches)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
+        logits = logits.float()
         lp = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
         wt = w[:, 1:].reshape(-1)
         loss = (lp * wt).sum() / wt.sum()
