@@ -140,8 +140,9 @@ def test_discover_acceptance_on_the_organism(organism_discover):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped organism misses its own gates (69% harmful_val refusal) and its refusal "
-                   "is not carried by one direction: no candidate passes induce > 0 with KL <= 0.1", strict=False)
+@pytest.mark.xfail(reason="organism v2: adding the selected direction (layer 2, last token) makes 88% of harmless "
+                   "prompts refused, but no candidate's ablation keeps KL <= 0.1 (selected: KL 5.4) and ablating it "
+                   "leaves harmful refusal at 100%: its refusal is not mediated by one ablatable direction", strict=False)
 def test_direction_acceptance_on_the_organism(organism_discover):
     g = organism_discover[0]["direction"]["generation"]
     assert g["harmful_refusal_ablated"] <= 0.20

@@ -282,9 +282,9 @@ def _clamp_high(org, sae, feats, factor: float = 2.0) -> float:
 
 
 def test_organism_ablation_lowers_and_clamping_raises_refusal(organism_setup):
-    # Measured on the shipped organism (24 + 24 val prompts, 16 tokens): harmful refusal 0.67 ->
-    # 0.46 with the top-16 cosine features ablated (refusal score 3.1 -> -2.0); clamping the top 2
-    # at 2x their max activation: harmful 0.83, harmless 0.04 from 0.0 (score -9.0 -> -2.7).
+    # Measured on the shipped organism v2 (24 + 24 val prompts, 16 tokens): harmful refusal 0.96 ->
+    # 0.17 with the top-16 cosine features ablated; clamping the top 2 at 2x their max activation:
+    # harmful 1.0, harmless 0.42 from 0.0.
     org, sae, feats = organism_setup
     data = _org_data(24, 0)
     out = ev.evaluate_conditions(org.model, org.tokenizer, data, {
@@ -304,7 +304,8 @@ def test_organism_ablation_lowers_and_clamping_raises_refusal(organism_setup):
 @pytest.mark.slow
 def test_organism_acceptance_full(organism_setup):
     """The issue's acceptance on the organism: unsteered gates, the sweep's capability cost, probes.
-    (The shipped organism misses its own harmful-refusal and capability gates: see its manifest.)"""
+    (Organism v2: unsteered 0.92 / 0.0 / 1.0; clamp 0.5x..4x max: capability 0.99, 0.63, 0.0, 0.0;
+    probes out of distribution: feature 0.80 vs residual 0.75.)"""
     org, sae, feats = organism_setup
     data = _org_data(100, 100)
     kw = dict(max_new_tokens=24, batch_size=64, progress=False)

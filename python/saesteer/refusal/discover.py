@@ -110,12 +110,17 @@ def discover(
     config: DiscoverConfig | None = None,
     *,
     capability=None,
+    heldout_harmful: Sequence[str] | None = None,
+    heldout_harmless: Sequence[str] | None = None,
     progress: bool = True,
 ) -> DiscoverResult:
     """Run every stage on ``model`` with ``sae``; returns the results dict, the direction and a spec.
 
     ``capability``: an optional :class:`~.evaluate.CapabilityTask` whose accuracy is measured with
     and without the minimal set ablated (the organism's task is used by the CLI on the organism).
+    ``heldout_harmful`` / ``heldout_harmless``: prompts kept apart for the generation-judged ASR and
+    direction rates (default: ``cfg.n_heldout`` of ``harmful`` and the harmless val split); then
+    every prompt of ``harmful`` / ``harmless`` serves the direction, its selection and the search.
     """
     cfg = config or DiscoverConfig()
     from ..hooks import _hidden_size, find_layers
@@ -140,7 +145,10 @@ def discover(
     stages = tqdm(total=7, desc="discover", disable=not progress)
 
     # Held-out prompts first, so the search never sees them.
-    h_held, h_dir, h_val, h_search = _split(list(harmful), [cfg.n_heldout, cfg.n_direction, cfg.n_val, cfg.n_search], cfg.seed)
+    n_held = 0 if heldout_harmful is not None else cfg.n_heldout
+    h_held, h_dir, h_val, h_search = _split(list(harmful), [n_held, cfg.n_direction, cfg.n_val, cfg.n_search], cfg.seed)
+    if heldout_harmful is not None:
+        h_held = _split(list(heldout_harmful), [cfg.n_heldout], cfg.seed)[0]
     l_dir, l_val = _split(list(harmless), [cfg.n_direction, cfg.n_val], cfg.seed)
     if not h_search:
         h_search = h_val or h_dir
@@ -204,7 +212,7 @@ def discover(
     # The direction itself, judged by generation too (Arditi et al.'s bypass and induce, as rates).
     from ..hooks import add_direction, directional_ablation
 
-    l_held = l_val or l_dir
+    l_held = list(heldout_harmless) if heldout_harmless else (l_val or l_dir)
     dir_gen = {
         "harmful_refusal": 1.0 - asr_d["baseline"],
         "harmful_refusal_ablated": 1.0 - asr(generate(model, tokenizer, h_held, steering=lambda: directional_ablation(model, d.direction), **gen)),
@@ -394,6 +402,17 @@ def _run(args) -> int:
     # Cheap checks first: prompt files, then the SAE/model shapes, before any heavy work.
     harmful = load_prompts(args.harmful, args.field) if args.harmful else shipped_prompts("harmful")
     harmless = load_prompts(args.harmless, args.field) if args.harmless else shipped_prompts("harmless")
+    held_h = held_l = None
+    if args.model is None and not args.harmful and not args.harmless:
+        # The organism with its own prompts: the shipped sets (never trained on) are held out for
+        # the generation-judged rates; the direction and the search use fresh prompts from the
+        # organism's data generator (the training distribution, as Arditi et al.'s train split).
+        from ..organism import data as odata
+
+        rng = random.Random(cfg.seed + 1)
+        held_h, held_l = harmful, harmless
+        harmful = [odata.harmful_instruction(rng) for _ in range(cfg.n_direction + cfg.n_val + cfg.n_search)]
+        harmless = [odata.benign_framed_instruction(rng) for _ in range(cfg.n_direction + cfg.n_val)]
     # Checks the SAE against the model's config (width, layer) before loading the weights.
     model, tok, sae, _, _ = load_model(args)
     capability = None
@@ -401,7 +420,8 @@ def _run(args) -> int:
         from .evaluate import organism_capability_task
 
         capability = organism_capability_task(args.capability)
-    res = discover(model, tok, sae, harmful, harmless, cfg, capability=capability, progress=not args.quiet)
+    res = discover(model, tok, sae, harmful, harmless, cfg, capability=capability,
+                   heldout_harmful=held_h, heldout_harmless=held_l, progress=not args.quiet)
     out = Path(args.out)
     write_outputs(res, out, args.sae or "organism")
     r = res.results
