@@ -140,11 +140,20 @@ def test_discover_acceptance_on_the_organism(organism_discover):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="organism v2: adding the selected direction (layer 2, last token) makes 88% of harmless "
-                   "prompts refused, but no candidate's ablation keeps KL <= 0.1 (selected: KL 5.4) and ablating it "
-                   "leaves harmful refusal at 100%: its refusal is not mediated by one ablatable direction", strict=False)
 def test_direction_acceptance_on_the_organism(organism_discover):
+    # Organism v2: directional (zero) ablation cannot pass -- its harmless activations sit at -43 along
+    # the direction, harmful at +22, so zeroing pushes towards refusal (KL 5.4) -- and the selection
+    # falls back to affine ablation (projection set to the harmless mean's): 84% -> 3%, KL 0.004.
     g = organism_discover[0]["direction"]["generation"]
+    assert organism_discover[0]["direction"]["passed_filters"]
     assert g["harmful_refusal_ablated"] <= 0.20
     assert g["harmless_refusal_added"] >= 0.80
     assert organism_discover[0]["direction"]["scores"]["kl"] <= 0.1
+
+
+def test_direction_ablation_kind_is_checked_first(tiny_chat):
+    from saesteer.refusal.direction import select_direction
+
+    model, tok, _, _ = tiny_chat
+    with pytest.raises(ValueError, match="ablation: expected 'auto', 'directional' or 'affine'"):
+        select_direction(model, tok, ["a"], ["b"], ["a"], ["b"], [0], ablation="zero")

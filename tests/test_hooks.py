@@ -481,6 +481,47 @@ def test_add_direction_matches_manual_hook_and_coeff_updates():
     assert no_hooks_left(model)
 
 
+def test_affine_ablation_sets_the_projection_to_the_reference():
+    # Marshall et al.'s affine concept editing: x - (x.r)r + (ref.r)r + coeff*d at one layer's input.
+    model = tiny_model()
+    g = torch.Generator().manual_seed(7)
+    d, ref = torch.randn(D, generator=g) * 3.0, torch.randn(D, generator=g)
+    r = d / d.norm()
+    x = ids()
+    block = model.model.layers[1]
+    seen = []
+    with torch.no_grad():
+        wants = []
+        for c in (0.0, 1.0):
+            h = block.register_forward_pre_hook(
+                lambda m, a, c=c: ((a[0].float() - ((a[0].float() @ r) - ref @ r).unsqueeze(-1) * r + c * d).to(a[0].dtype), *a[1:]),
+                prepend=True)
+            wants.append(model(x).logits)
+            h.remove()
+        with saesteer.affine_ablation(model, d, ref, layer=1) as handle:
+            probe = block.register_forward_pre_hook(lambda m, a: seen.append(a[0]))  # runs after the handle's
+            got = model(x).logits
+            proj = seen[-1] @ r
+            handle.coeff = 1.0
+            got2 = model(x).logits
+    probe.remove()
+    torch.testing.assert_close(proj, torch.full_like(proj, float(ref @ r)), atol=1e-4, rtol=0)
+    assert torch.equal(got, wants[0]) and torch.equal(got2, wants[1])
+    assert no_hooks_left(model)
+
+
+def test_affine_ablation_bad_input_names_the_argument():
+    model = tiny_model()
+    d = torch.randn(D)
+    with pytest.raises(ValueError, match="reference: length 5"):
+        saesteer.affine_ablation(model, d, torch.randn(5), layer=1)
+    with pytest.raises(ValueError, match="direction: the zero vector"):
+        saesteer.affine_ablation(model, torch.zeros(D), d, layer=1)
+    with pytest.raises(ValueError, match="layer: 9 is out of range"):
+        saesteer.affine_ablation(model, d, d, layer=9)
+    assert no_hooks_left(model)
+
+
 # ------------------------------------------------------------------------------------------------
 # torch.compile: attach once, then compile; toggle and update without recompiling
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ __all__ = [
 
 def __getattr__(name):
     # Late imports keep `import saesteer` light; these pull in transformers.
-    if name in ("steer", "attach", "directional_ablation", "add_direction", "SteeringHandle"):
+    if name in ("steer", "attach", "directional_ablation", "add_direction", "affine_ablation", "SteeringHandle"):
         from . import hooks
 
         return getattr(hooks, name)

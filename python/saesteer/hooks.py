@@ -47,7 +47,7 @@ from . import ops, reference
 from .intervention import MODES, as_intervention
 from .sae import SAE
 
-__all__ = ["steer", "attach", "SteeringHandle", "directional_ablation", "add_direction", "find_layers"]
+__all__ = ["steer", "attach", "SteeringHandle", "directional_ablation", "add_direction", "affine_ablation", "find_layers"]
 
 #: Where decoder layers live, tried in order: Llama, Mistral, Qwen2/3, Gemma2/3, Phi-3 and most
 #: decoder-only models (``model.layers``); multimodal Gemma3/Llava-style wrappers; GPT-2 (``transformer.h``);
@@ -502,6 +502,22 @@ class _Add:
         return y if mask is None else torch.where(mask.unsqueeze(-1), y, x)
 
 
+class _Affine:
+    """``x - ((x . r) - c) r + coeff * v``: the projection on the unit direction ``r`` set to ``c``
+    (affine concept editing), plus ``coeff`` times the raw direction ``v``."""
+
+    def __init__(self, r: torch.Tensor, c: float, v: torch.Tensor, coeff: torch.Tensor, device: torch.device):
+        self.r = r.to(device=device, dtype=torch.float32)
+        self.c = float(c)
+        self.v = v.to(device=device, dtype=torch.float32)
+        self.coeff = coeff
+
+    def __call__(self, x, mask):
+        xf = x.float()
+        y = (xf - ((xf @ self.r) - self.c).unsqueeze(-1) * self.r + self.coeff.to(x.device) * self.v).to(x.dtype)
+        return y if mask is None else torch.where(mask.unsqueeze(-1), y, x)
+
+
 # ------------------------------------------------------------------------------------------------
 # the hooks and the handle
 # ------------------------------------------------------------------------------------------------
@@ -766,15 +782,15 @@ def steer(model: nn.Module, sae, intervention=None, **kwargs) -> SteeringHandle:
     return attach(model, sae, intervention, **kwargs)
 
 
-def _direction(direction, hidden: int | None) -> torch.Tensor:
+def _direction(direction, hidden: int | None, name: str = "direction") -> torch.Tensor:
     d = torch.as_tensor(direction).detach()
     if not d.is_floating_point() or d.dim() != 1:
-        raise ValueError(f"direction: expected a 1-D float tensor [d_model], got {d.dtype} of shape {tuple(d.shape)}")
+        raise ValueError(f"{name}: expected a 1-D float tensor [d_model], got {d.dtype} of shape {tuple(d.shape)}")
     if hidden is not None and d.shape[0] != hidden:
-        raise ValueError(f"direction: length {d.shape[0]} but the model's hidden size is {hidden}")
+        raise ValueError(f"{name}: length {d.shape[0]} but the model's hidden size is {hidden}")
     d = d.float()
     if not torch.isfinite(d).all():
-        raise ValueError("direction: contains NaN or inf")
+        raise ValueError(f"{name}: contains NaN or inf")
     return d
 
 
@@ -832,16 +848,52 @@ def add_direction(
     """
     owner, blocks = find_layers(model, layers)
     d = _direction(direction, _hidden_size(model))
-    n = len(blocks)
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer: expected an int, got {type(layer).__name__}")
-    if not -n <= layer < n:
-        raise ValueError(f"layer: {layer} is out of range; the model has {n} decoder layers (0..{n - 1})")
-    layer %= n
+    layer = _one_layer(layer, len(blocks))
     handle = SteeringHandle(model, owner, positions)
     device = _module_device(blocks[layer], _module_device(model, torch.device("cpu")))
     handle._coeff = torch.tensor(float(coeff), dtype=torch.float32, device=device)
     edit = _Add(d, handle._coeff, device)
+    handle._site(blocks[layer], True, device).edits.append(edit)
+    handle.edits.append(edit)
+    handle.hook_points.append((layer, "resid_pre"))
+    return handle._register()
+
+
+def _one_layer(layer, n: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer: expected an int, got {type(layer).__name__}")
+    if not -n <= layer < n:
+        raise ValueError(f"layer: {layer} is out of range; the model has {n} decoder layers (0..{n - 1})")
+    return layer % n
+
+
+def affine_ablation(
+    model: nn.Module, direction, reference, layer: int, coeff: float = 0.0, *, positions="all", layers=None
+) -> SteeringHandle:
+    """Affine concept editing (Marshall et al. 2024, "Refusal in LLMs is an affine function") at the
+    input of decoder layer ``layer``: ``x <- x - (x . r) r + (reference . r) r + coeff * direction``
+    with ``r = direction / ||direction||``.
+
+    Directional ablation (:func:`directional_ablation`) sets the projection on ``r`` to zero; that
+    only removes refusal when harmless activations sit near zero along ``r``. Here the projection is
+    set to the harmless mean's (``reference``: the mean harmless activation at that layer and
+    position), so ``coeff=0`` makes every prompt look harmless along ``r`` and ``coeff=1`` adds the
+    difference in means on top (induces refusal). ``handle.coeff`` is updatable like
+    :func:`add_direction`'s.
+    """
+    owner, blocks = find_layers(model, layers)
+    hidden = _hidden_size(model)
+    d = _direction(direction, hidden)
+    ref = _direction(reference, hidden, "reference")
+    norm = d.norm()
+    if norm == 0:
+        raise ValueError("direction: the zero vector has no direction")
+    layer = _one_layer(layer, len(blocks))
+    r = d / norm
+    handle = SteeringHandle(model, owner, positions)
+    device = _module_device(blocks[layer], _module_device(model, torch.device("cpu")))
+    handle._coeff = torch.tensor(float(coeff), dtype=torch.float32, device=device)
+    edit = _Affine(r, float(ref @ r), d, handle._coeff, device)
     handle._site(blocks[layer], True, device).edits.append(edit)
     handle.edits.append(edit)
     handle.hook_points.append((layer, "resid_pre"))

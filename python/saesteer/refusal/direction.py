@@ -11,6 +11,15 @@ float64. A candidate is scored on held-out prompts by
 
 and layers in the last 20% are excluded. The selected candidate minimises ``bypass`` among those that
 pass the filters (or, if none pass, the best by ``bypass`` with a flag saying so).
+
+Ablation comes in two kinds. ``"directional"`` (Arditi et al.) projects ``r`` out of the stream at
+every layer, which sets every activation's coordinate on ``r`` to zero: it removes refusal when
+harmless activations sit near zero along ``r`` (the case in the papers' chat models). A model whose
+harmless activations sit far on the other side (a model trained from scratch to refuse, like the
+organism: harmful +22, harmless -43 at the last token) is pushed *towards* refusal by it. ``"affine"``
+(Marshall et al. 2024, affine concept editing) sets the coordinate to the harmless mean's instead, at
+the candidate's layer. ``select_direction(ablation="auto")`` scores with directional ablation and
+falls back to affine ablation only when no candidate passes the filters; the result records which.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..hooks import add_direction, directional_ablation, find_layers
+from ..hooks import add_direction, affine_ablation, directional_ablation, find_layers
 from .chat import last_token_logits, post_instruction_positions, refusal_scores_from_logits, tokenize_prompts
 
 __all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "DirectionResult"]
@@ -57,13 +66,14 @@ def mean_activations(model, tokenizer, instructions: Sequence[str], n_positions:
     return torch.stack(sums) / n  # type: ignore[arg-type]
 
 
-def candidate_directions(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str], n_positions: int | None = None, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
-    """Difference-in-means candidates ``[n_layers, n_positions, d_model]`` (float64)."""
+def candidate_directions(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str], n_positions: int | None = None, batch_size: int = 32, progress: bool = True, *, return_means: bool = False):
+    """Difference-in-means candidates ``[n_layers, n_positions, d_model]`` (float64); with
+    ``return_means`` also the harmless means (same shape), the references of affine ablation."""
     if n_positions is None:
         n_positions = post_instruction_positions(tokenizer)
     mh = mean_activations(model, tokenizer, harmful, n_positions, batch_size, progress)
     ml = mean_activations(model, tokenizer, harmless, n_positions, batch_size, progress)
-    return mh - ml
+    return (mh - ml, ml) if return_means else mh - ml
 
 
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
@@ -78,17 +88,29 @@ class DirectionResult:
     position: int  # negative offset from the end of the prompt (-1 = last token)
     direction: torch.Tensor  # [d_model] float32, the raw difference in means
     scores: dict  # bypass, induce, kl of the selected candidate (and the baselines)
-    table: list = field(default_factory=list)  # one row per scored candidate
+    table: list = field(default_factory=list)  # one row per scored candidate (and ablation kind)
     passed_filters: bool = True
+    ablation: str = "directional"  # how the scores' ablation was done: "directional" or "affine"
+    reference: torch.Tensor | None = None  # [d_model] harmless mean at (layer, position)
 
     def to_dict(self) -> dict:
         return {
             "layer": self.layer,
             "position": self.position,
+            "ablation": self.ablation,
             "scores": self.scores,
             "passed_filters": self.passed_filters,
             "norm": float(self.direction.norm()),
         }
+
+    def ablate(self, model, coeff: float = 0.0):
+        """The selected ablation as a steering handle (a context manager)."""
+        if self.ablation == "affine":
+            return affine_ablation(model, self.direction, self.reference, self.layer, coeff)
+        return directional_ablation(model, self.direction)
+
+
+ABLATIONS = ("directional", "affine")
 
 
 def score_candidates(
@@ -102,8 +124,15 @@ def score_candidates(
     max_layer_frac: float = 0.8,
     batch_size: int = 32,
     progress: bool = True,
+    ablation: str = "directional",
+    harmless_means: torch.Tensor | None = None,
 ) -> tuple[list[dict], dict]:
-    """Arditi's three scores for every (layer, position) candidate below ``max_layer_frac`` of depth."""
+    """Arditi's three scores for every (layer, position) candidate below ``max_layer_frac`` of depth;
+    ``ablation="affine"`` needs ``harmless_means`` (see the module docstring)."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation: expected one of {ABLATIONS}, got {ablation!r}")
+    if ablation == "affine" and harmless_means is None:
+        raise ValueError("harmless_means: affine ablation needs the harmless mean activations")
     n_layers, n_pos, _ = candidates.shape
     base_harmful = last_token_logits(model, tokenizer, harmful_val, batch_size)
     base_harmless = last_token_logits(model, tokenizer, harmless_val, batch_size)
@@ -115,12 +144,16 @@ def score_candidates(
     max_layer = int(n_layers * max_layer_frac)
     # Layers past max_layer_frac are excluded by the selection anyway: don't pay for scoring them.
     todo = [(l, p) for l in range(min(max_layer, n_layers)) for p in range(n_pos)] or [(0, p) for p in range(n_pos)]
-    for l, p in tqdm(todo, desc="score directions", disable=not progress, leave=False):
+    for l, p in tqdm(todo, desc=f"score directions ({ablation})", disable=not progress, leave=False):
         r = candidates[l, p].float()
         pos = p - n_pos
         if float(r.norm()) == 0.0:
             continue
-        abl = lambda: directional_ablation(model, r)  # noqa: E731
+        if ablation == "affine":
+            ref = harmless_means[l, p].float()
+            abl = lambda: affine_ablation(model, r, ref, l, 0.0)  # noqa: E731
+        else:
+            abl = lambda: directional_ablation(model, r)  # noqa: E731
         add = lambda: add_direction(model, r, l, 1.0)  # noqa: E731
         bypass = float(refusal_scores_from_logits(last_token_logits(model, tokenizer, harmful_val, batch_size, abl), refusal_tokens).mean())
         abl_harmless = last_token_logits(model, tokenizer, harmless_val, batch_size, abl)
@@ -130,6 +163,7 @@ def score_candidates(
             {
                 "layer": l,
                 "position": pos,
+                "ablation": ablation,
                 "bypass": bypass,
                 "induce": induce,
                 "kl": kl,
@@ -154,20 +188,36 @@ def select_direction(
     kl_max: float = 0.1,
     batch_size: int = 32,
     progress: bool = True,
+    ablation: str = "auto",
 ) -> DirectionResult:
-    """Candidates from the train prompts, scores on the val prompts, and the selected direction."""
-    cands = candidate_directions(model, tokenizer, harmful_train, harmless_train, n_positions, batch_size, progress)
-    rows, baseline = score_candidates(
-        model, tokenizer, cands, harmful_val, harmless_val, refusal_tokens,
-        max_layer_frac=max_layer_frac, batch_size=batch_size, progress=progress,
-    )
-    for r in rows:
-        r["passes"] = r["eligible"] and r["induce"] > 0 and r["kl"] <= kl_max
-    passing = [r for r in rows if r["passes"]]
-    pool = passing or [r for r in rows if r["eligible"]] or rows
+    """Candidates from the train prompts, scores on the val prompts, and the selected direction.
+
+    ``ablation``: ``"directional"`` (Arditi et al.), ``"affine"`` (Marshall et al.), or ``"auto"``:
+    directional, then affine only if no candidate passes the filters with directional ablation.
+    """
+    if ablation not in ABLATIONS + ("auto",):
+        raise ValueError(f"ablation: expected 'auto', 'directional' or 'affine', got {ablation!r}")
+    cands, means = candidate_directions(model, tokenizer, harmful_train, harmless_train, n_positions, batch_size, progress, return_means=True)
+    kinds = ["directional", "affine"] if ablation == "auto" else [ablation]
+    table = []
+    for kind in kinds:
+        rows, baseline = score_candidates(
+            model, tokenizer, cands, harmful_val, harmless_val, refusal_tokens,
+            max_layer_frac=max_layer_frac, batch_size=batch_size, progress=progress,
+            ablation=kind, harmless_means=means,
+        )
+        for r in rows:
+            r["passes"] = r["eligible"] and r["induce"] > 0 and r["kl"] <= kl_max
+        table += rows
+        passing = [r for r in rows if r["passes"]]
+        if passing:
+            break
+    # With no passing candidate under any kind tried, fall back to the first kind's best bypass.
+    pool = passing or [r for r in table if r["eligible"] and r["ablation"] == kinds[0]] or table
     best = min(pool, key=lambda r: r["bypass"])
     n_pos = cands.shape[1]
     direction = cands[best["layer"], best["position"] + n_pos].float()
+    reference = means[best["layer"], best["position"] + n_pos].float()
     scores = {k: best[k] for k in ("bypass", "induce", "kl")}
     scores.update(baseline)
-    return DirectionResult(best["layer"], best["position"], direction, scores, rows, bool(passing))
+    return DirectionResult(best["layer"], best["position"], direction, scores, table, bool(passing), best["ablation"], reference)

@@ -48,6 +48,7 @@ class DiscoverConfig:
     fm_extra: int = 16  # active features beside the minimal set that the FM sees
     max_new_tokens: int = 24
     max_layer_frac: float = 0.8
+    ablation: str = "auto"  # direction ablation: "directional" (Arditi), "affine" (Marshall), "auto"
     batch_size: int = 32
     seed: int = 0
     layer: int | None = None  # override the SAE's hook layer
@@ -162,7 +163,7 @@ def discover(
     stages.set_postfix_str("direction")
     d = select_direction(
         model, tokenizer, h_dir, l_dir, h_val or h_dir, l_val or l_dir, rtoks,
-        max_layer_frac=cfg.max_layer_frac, batch_size=cfg.batch_size, progress=progress,
+        max_layer_frac=cfg.max_layer_frac, batch_size=cfg.batch_size, progress=progress, ablation=cfg.ablation,
     )
     timings["direction"] = time.time() - t0
     stages.update()
@@ -210,12 +211,12 @@ def discover(
 
     asr_d = {"baseline": asr(base_replies), "minimal_set": asr(ms_replies), "with_interactions": asr(fi_replies), "n_prompts": len(h_held)}
     # The direction itself, judged by generation too (Arditi et al.'s bypass and induce, as rates).
-    from ..hooks import add_direction, directional_ablation
+    from ..hooks import add_direction
 
     l_held = list(heldout_harmless) if heldout_harmless else (l_val or l_dir)
     dir_gen = {
         "harmful_refusal": 1.0 - asr_d["baseline"],
-        "harmful_refusal_ablated": 1.0 - asr(generate(model, tokenizer, h_held, steering=lambda: directional_ablation(model, d.direction), **gen)),
+        "harmful_refusal_ablated": 1.0 - asr(generate(model, tokenizer, h_held, steering=lambda: d.ablate(model), **gen)),
         "harmless_refusal": sum(judge(l_held, generate(model, tokenizer, l_held, **gen))) / len(l_held),
         "harmless_refusal_added": sum(judge(l_held, generate(model, tokenizer, l_held, steering=lambda: add_direction(model, d.direction, d.layer, 1.0), **gen))) / len(l_held),
     }
@@ -267,7 +268,7 @@ def discover(
         "timings_s": timings,
     }
     spec = SteeringSpec(features=pooled.features, mode="ablate", layer=layer, positions="all", notes={"source": "saesteer discover"})
-    return DiscoverResult(results, d.direction, spec)
+    return DiscoverResult(results, d.direction, spec, {"reference": d.reference if d.ablation == "affine" else None})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,8 +280,12 @@ def write_outputs(res: DiscoverResult, out: Path, sae_ref: str | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     r = res.results
     (out / "results.json").write_text(json.dumps(r, indent=2))
-    save_file({"direction": res.direction.contiguous(), }, str(out / "direction.safetensors"),
-              metadata={"layer": str(r["direction"]["layer"]), "position": str(r["direction"]["position"])})
+    tensors = {"direction": res.direction.contiguous()}
+    if res.extra.get("reference") is not None:  # affine ablation's harmless mean at (layer, position)
+        tensors["reference"] = res.extra["reference"].contiguous()
+    save_file(tensors, str(out / "direction.safetensors"),
+              metadata={"layer": str(r["direction"]["layer"]), "position": str(r["direction"]["position"]),
+                        "ablation": r["direction"].get("ablation", "directional")})
     res.spec.sae = sae_ref
     res.spec.save(out / "spec.json")
     _plots(r, out)
@@ -293,12 +298,13 @@ def _plots(r: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tab = r["direction_table"]
+    kind = r["direction"].get("ablation", "directional")
+    tab = [t for t in r["direction_table"] if t.get("ablation", "directional") == kind]
     if tab:
         layers = sorted({t["layer"] for t in tab})
         poss = sorted({t["position"] for t in tab})
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for ax, key, title in zip(axes, ("bypass", "induce", "kl"), ("harmful refusal score, direction ablated", "harmless refusal score, direction added", "harmless KL, direction ablated")):
+        for ax, key, title in zip(axes, ("bypass", "induce", "kl"), (f"harmful refusal score, direction ablated ({kind})", "harmless refusal score, direction added", f"harmless KL, direction ablated ({kind})")):
             M = torch.full((len(poss), len(layers)), float("nan"))
             for t in tab:
                 M[poss.index(t["position"]), layers.index(t["layer"])] = t[key]
@@ -335,7 +341,10 @@ def _report(r: dict) -> str:
         f"SAE: `{r['sae']['hook_name']}` ({r['sae']['architecture']}, d_sae={r['sae']['d_sae']}); refusal tokens {r['refusal_tokens_text']}.",
         "",
         "## Refusal direction (Arditi et al.)",
-        f"Selected layer {d['layer']}, position {d['position']} (passed filters: {d['passed_filters']}).",
+        f"Selected layer {d['layer']}, position {d['position']} (passed filters: {d['passed_filters']}; ablation: {d.get('ablation', 'directional')}"
+        + ("" if d.get("ablation", "directional") == "directional" else
+           " -- no candidate passed with directional ablation, so the projection is set to the harmless mean's"
+           " (affine concept editing, Marshall et al. 2024); see direction_table for both") + ").",
         f"Harmful refusal score {d['scores']['harmful_refusal_score']:.2f} -> {d['scores']['bypass']:.2f} when ablated; "
         f"harmless {d['scores']['harmless_refusal_score']:.2f} -> {d['scores']['induce']:.2f} when added; KL {d['scores']['kl']:.3f}.",
         "",
@@ -390,7 +399,7 @@ def _run(args) -> int:
     from .data import load_prompts, shipped_prompts
 
     cfg = DiscoverConfig.from_file(args.config) if args.config else DiscoverConfig()
-    for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens"):
+    for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation"):
         v = getattr(args, name, None)
         if v is not None:
             setattr(cfg, name, v)
@@ -444,6 +453,9 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML/TOML/JSON file with any option; flags override it")
     p.add_argument("--n-candidates", dest="n_candidates", type=int)
     p.add_argument("--method", choices=("cosine", "attribution"))
+    p.add_argument("--ablation", choices=("auto", "directional", "affine"),
+                   help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
+                        "affine only if no candidate passes the filters; default)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
     p.add_argument("--capability", type=int, default=48, help="organism capability questions checked with the set ablated (0: skip)")
