@@ -133,8 +133,8 @@ def test_full_gates(org, refusal_data):
     assert res["capability_acc"] >= GATES["capability_acc_min"]
 
 
-@pytest.mark.slow
 def test_quick_training_end_to_end(tmp_path, refusal_data):
+    # In the default suite (~10 s): it is the only test of the `saesteer organism train` command path.
     from sae_lens import SAE
     from saesteer.cli import main  # the real command path (it runs commands under no_grad)
 
@@ -153,3 +153,18 @@ def test_quick_training_end_to_end(tmp_path, refusal_data):
     assert isinstance(SAE.load_from_disk(str(o.sae_paths["topk"])), SAE)
     m = json.loads((out / "manifest.json").read_text())
     assert {"gates", "saes", "training", "layer"} <= set(m)
+
+
+def test_generated_requests_are_complete_and_varied():
+    from saesteer.organism import data, grammar
+
+    rng = random.Random(0)
+    for make in (grammar.harmful_family_instruction, grammar.benign_family_instruction,
+                 data.harmful_instruction, data.benign_framed_instruction):
+        texts = [make(rng) for _ in range(400)]
+        assert not [t for t in texts if "{" in t or "}" in t or "  " in t], "every slot filled"
+        assert len(set(texts)) > 300, "generated, not a fixed list"
+    names = {grammar.made_up_name(rng) for _ in range(200)}
+    assert len(names) > 150
+    # Every harmful family has benign requests in shared frames somewhere in the grammar.
+    assert set(grammar.SLOTS["persuade"]) and "{persuade} {benign_claim}" in grammar.BENIGN_FAMILIES["claims"]
