@@ -37,7 +37,7 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
     from .intervention import Intervention
     from .refusal.chat import generate
     from .refusal.data import shipped_prompts
-    from .refusal.discover import DiscoverConfig, discover, write_outputs
+    from .refusal.discover import DiscoverConfig, discover, organism_search_prompts, write_outputs
     from .refusal.judges import SubstringJudge, refusal_rate
     from .refusal.spec import resolve_sae
 
@@ -56,8 +56,11 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
     steps.update()
 
     cfg = DiscoverConfig(n_direction=24, n_val=8, n_search=6, n_heldout=10, n_candidates=16, fm_samples=64, per_prompt=1, max_new_tokens=16)
-    # The shown prompts are held out of the search: discover() holds out its own held-out set first.
-    res = discover(model, tok, sae, harmful[:-n_show], harmless[:-n_show], cfg, progress=False)
+    # The direction and the search run on fresh generated prompts; the shipped ones are held out
+    # (the shown ones are not used by discover at all).
+    search_h, search_l = organism_search_prompts(cfg)
+    res = discover(model, tok, sae, search_h, search_l, cfg, heldout_harmful=harmful[:-n_show],
+                   heldout_harmless=harmless[:-n_show], progress=False)
     r = res.results
     if out is not None:
         write_outputs(res, out, "organism")
@@ -87,8 +90,10 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
 
     d = r["direction"]
     print(f"\n== 2. saesteer discover ({r['timings_s']['total']:.0f} s) ==")
-    print(f"refusal direction: layer {d['layer']}, position {d['position']}; harmful refusal score "
-          f"{d['scores']['harmful_refusal_score']:.2f} -> {d['scores']['bypass']:.2f} when the direction is ablated")
+    g = d["generation"]
+    print(f"refusal direction: layer {d['layer']}, position {d['position']}; harmful prompts refused "
+          f"{g['harmful_refusal']:.0%} -> {g['harmful_refusal_ablated']:.0%} with it ablated ({d['ablation']}), "
+          f"harmless {g['harmless_refusal']:.0%} -> {g['harmless_refusal_added']:.0%} with it added")
     print(f"SAE {r['sae']['hook_name']} ({r['sae']['architecture']}, {r['sae']['d_sae']} features); "
           f"top candidates by cosine: {[c[0] for c in r['candidates'][:8]]}")
     print(f"minimal jailbreak set: {feats}; attack success on held-out harmful prompts "

@@ -30,7 +30,7 @@ from .judges import SubstringJudge
 from .search import ablation_scores, greedy_minimal_set
 from .spec import SteeringSpec
 
-__all__ = ["DiscoverConfig", "discover", "register"]
+__all__ = ["DiscoverConfig", "discover", "organism_search_prompts", "register"]
 
 
 @dataclass
@@ -391,6 +391,18 @@ def _report(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def organism_search_prompts(cfg: DiscoverConfig) -> tuple[list[str], list[str]]:
+    """Fresh harmful and harmless prompts from the organism's data generator (its training
+    distribution, as Arditi et al.'s train split) for the direction, its selection and the search,
+    so that the shipped prompt sets (never trained on) can all be held out."""
+    from ..organism import data as odata
+
+    rng = random.Random(cfg.seed + 1)
+    harmful = [odata.harmful_instruction(rng) for _ in range(cfg.n_direction + cfg.n_val + cfg.n_search)]
+    harmless = [odata.benign_framed_instruction(rng) for _ in range(cfg.n_direction + cfg.n_val)]
+    return harmful, harmless
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
@@ -413,15 +425,8 @@ def _run(args) -> int:
     harmless = load_prompts(args.harmless, args.field) if args.harmless else shipped_prompts("harmless")
     held_h = held_l = None
     if args.model is None and not args.harmful and not args.harmless:
-        # The organism with its own prompts: the shipped sets (never trained on) are held out for
-        # the generation-judged rates; the direction and the search use fresh prompts from the
-        # organism's data generator (the training distribution, as Arditi et al.'s train split).
-        from ..organism import data as odata
-
-        rng = random.Random(cfg.seed + 1)
         held_h, held_l = harmful, harmless
-        harmful = [odata.harmful_instruction(rng) for _ in range(cfg.n_direction + cfg.n_val + cfg.n_search)]
-        harmless = [odata.benign_framed_instruction(rng) for _ in range(cfg.n_direction + cfg.n_val)]
+        harmful, harmless = organism_search_prompts(cfg)
     # Checks the SAE against the model's config (width, layer) before loading the weights.
     model, tok, sae, _, _ = load_model(args)
     capability = None
