@@ -7,7 +7,8 @@ On a GPU machine (CUDA torch, nvcc; sae-lens not needed)::
     python benchmarks/gpu_check.py --build --out benchmarks/RESULTS_gpu.md
 
 ``--build`` first runs ``SAESTEER_FORCE_CUDA=1 MAX_JOBS=16 pip install --no-build-isolation --no-deps -e .``
-and restarts itself. ``--part check`` / ``--part bench`` run one half. On a CPU machine the
+and restarts itself. ``--part check`` / ``--part bench`` / ``--part generate`` run one part
+(``generate``: issue 8's steered-generation target on a random-init Gemma-2-2B config). On a CPU machine the
 correctness half runs the Triton kernels in the interpreter::
 
     python benchmarks/gpu_check.py --interpret --small --out /tmp/gpu_check_cpu.md
@@ -46,7 +47,9 @@ def _args(argv=None):
     p.add_argument("--build", action="store_true", help="build the CUDA extension first (pip install -e .)")
     p.add_argument("--interpret", action="store_true", help="CPU: run Triton under TRITON_INTERPRET=1")
     p.add_argument("--small", action="store_true", help="small correctness shapes (for the interpreter)")
-    p.add_argument("--part", choices=("all", "check", "bench"), default="all")
+    p.add_argument("--part", choices=("all", "check", "bench", "generate"), default="all",
+                   help="check: correctness, CUDA graph, compile; bench: op timings; generate: issue 8's "
+                        "steered-generation target (Gemma-2-2B config, random init, bf16, one 65k SAE)")
     p.add_argument("--repeats", type=int, default=20)
     return p.parse_args(argv)
 
@@ -455,6 +458,26 @@ def report(check_rows, graph_rows, bench_rows, wall_s) -> str:
     return "\n".join(lines)
 
 
+GENERATE_CMD = ["bench", "generate", "--model", "config:gemma2-2b", "--batch-sizes", "1,32", "--dtype", "bf16",
+                "--d-sae", "65536", "--features", "32", "--repeats", "10"]
+
+
+def bench_generate() -> str:
+    """Issue 8's GPU target: steered generation of a Gemma-2-2B-shaped model with one 65k SAE at
+    >= 95% of unsteered tokens/s, batch 1 and 32 (``saesteer bench generate``, run as a subprocess
+    so a failure there cannot hide the kernel results)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        md = Path(d) / "generate.md"
+        cmd = [sys.executable, "-m", "saesteer.cli", *GENERATE_CMD, "--markdown", str(md)]
+        print("running", " ".join(cmd[2:]), flush=True)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0 or not md.exists():
+            return f"## Steered generation\n\n`saesteer {' '.join(GENERATE_CMD)}` failed (rc {r.returncode}):\n\n```\n{(r.stdout + r.stderr)[-3000:]}\n```"
+        return "## Steered generation (issue 8: saesteer >= 95% of unsteered tokens/s)\n\n" + md.read_text()
+
+
 def main() -> int:
     t0 = time.time()
     print(f"device {DEVICE}; backends for steer: {ops.available_backends(DEVICE, 'steer')}; build {saesteer.build_info()}", flush=True)
@@ -468,7 +491,12 @@ def main() -> int:
             print("timings need a CUDA device; skipped", flush=True)
         else:
             bench_rows = bench(ARGS.repeats)
+    gen_md = ""
+    if ARGS.part in ("all", "generate"):
+        gen_md = bench_generate() if DEVICE.type == "cuda" else ""
     md = report(check_rows, graph_rows, bench_rows, time.time() - t0)
+    if gen_md:
+        md += "\n\n" + gen_md
     print(md)
     if ARGS.out:
         Path(ARGS.out).write_text(md + "\n")
