@@ -84,6 +84,8 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path):
     assert set(r["asr"]) >= {"baseline", "minimal_set", "with_interactions"}
     assert set(r["minimal_set"]) <= {c[0] for c in r["candidates"]}
     assert r["config"]["seed"] == 1 and r["config"]["n_candidates"] == TINY["n_candidates"], "flags override the config file"
+    for pp in r["per_prompt_sets"]:  # confirmed by generation: the score-minimal set, extended if needed
+        assert set(pp["score_minimal"]) <= set(pp["features"]) and isinstance(pp["complied_by_generation"], bool)
     for f in ("report.md", "direction.safetensors", "refusal_score_by_layer_position.png", "asr_vs_features.png"):
         assert (out / f).stat().st_size > 0
     spec = SteeringSpec.load(out / "spec.json")
@@ -135,6 +137,11 @@ def test_discover_acceptance_on_the_organism(organism_discover):
     assert r["asr"]["minimal_set"] > r["asr"]["baseline"]
     cap = r["capability"]
     assert abs(cap["minimal_set_ablated"] - cap["unsteered"]) <= 0.05, "<= 5% change in capability accuracy"
+    # Per-prompt sets are checked by generation and extended until the greedy reply complies. On the
+    # organism's training-distribution search prompts the score-minimal sets sit at even odds and
+    # greedy decoding still refuses; only 1 of 4 complies even with all 48 candidates (reported).
+    pp = r["per_prompt_sets"]
+    assert pp and all(isinstance(p["complied_by_generation"], bool) for p in pp)
     verified = r["interactions_detail"]["verified"]
     assert verified and max(abs(v["interaction"]) for v in verified) > 0.05, "pairs whose joint effect differs from the sum"
 

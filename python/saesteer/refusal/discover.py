@@ -183,7 +183,7 @@ def discover(
     per_prompt = []
     for p in h_search[: cfg.per_prompt]:
         ms = greedy_minimal_set(model, tokenizer, sae, [p], cand_ids, rtoks, threshold=cfg.threshold, keep=1.0, progress=False, **kw)
-        per_prompt.append({"prompt": p, "features": ms.features, "flipped": ms.flip_rate > 0})
+        per_prompt.append({"prompt": p, "features": ms.features, "flipped": ms.flip_rate > 0, "removed": [st[0] for st in ms.steps]})
     timings["search"] = time.time() - t0
     stages.update()
 
@@ -210,6 +210,21 @@ def discover(
         return 1.0 - sum(judge(h_held, replies)) / len(replies)
 
     asr_d = {"baseline": asr(base_replies), "minimal_set": asr(ms_replies), "with_interactions": asr(fi_replies), "n_prompts": len(h_held)}
+    # Each per-prompt set confirmed by generation + the judge on its own prompt. A set pruned to the
+    # edge of the score criterion (refusal tokens just under even odds) can still be refused by greedy
+    # decoding, so the search's removals are undone, last first, until the reply complies.
+    def complies(prompt: str, feats: list[int]) -> tuple[bool, str]:
+        iv = Intervention(feats, "ablate")
+        reply = generate(model, tokenizer, [prompt], steering=lambda: steer(model, sae, iv, backend=cfg.backend, **hook_kw), **gen)[0]
+        return not judge([prompt], [reply])[0], reply
+
+    for pp in per_prompt:
+        feats, removed = list(pp["features"]), list(pp.pop("removed"))
+        ok, reply = complies(pp["prompt"], feats) if feats else (False, None)
+        while not ok and removed:
+            feats.append(removed.pop())
+            ok, reply = complies(pp["prompt"], feats)
+        pp.update(score_minimal=pp["features"], features=feats, reply_ablated=reply, complied_by_generation=ok)
     # The direction itself, judged by generation too (Arditi et al.'s bypass and induce, as rates).
     from ..hooks import add_direction
 
@@ -369,6 +384,10 @@ def _report(r: dict) -> str:
             f"{r['capability']['minimal_set_ablated']:.0%} with the minimal set ablated.", ""] if r.get("capability") else [] ),
         "![asr](asr_vs_features.png)",
         "",
+        *( ["Per-prompt minimal sets (each searched on its own prompt, then confirmed by generation):", "",
+            "| prompt | minimal by score | confirmed set (generation) | complied |", "| --- | --- | --- | --- |",
+            *[f"| {pp['prompt'][:60]} | {pp['score_minimal']} | {pp['features']} | {pp['complied_by_generation']} |"
+              for pp in r["per_prompt_sets"]], ""] if r.get("per_prompt_sets") else [] ),
         "## Interactions (factorization machine, verified by real ablations)",
         f"FM fit R^2 = {r['interactions_detail']['r2']:.2f} on {r['interactions_detail']['n_samples']} random ablation masks; features added: {r['interactions_detail']['added']}.",
         "",
