@@ -794,6 +794,13 @@ def _direction(direction, hidden: int | None, name: str = "direction") -> torch.
     return d
 
 
+def _unit(d: torch.Tensor) -> torch.Tensor:
+    norm = d.norm()
+    if norm == 0:
+        raise ValueError("direction: the zero vector has no direction")
+    return d / norm
+
+
 def _residual_writers(block: nn.Module) -> list[nn.Module]:
     """The modules whose outputs are added to the residual stream in one decoder layer."""
     if hasattr(block, "post_feedforward_layernorm") and hasattr(block, "post_attention_layernorm"):
@@ -817,11 +824,7 @@ def directional_ablation(model: nn.Module, direction, *, positions="all", layers
     component can write along ``r``. Returns a :class:`SteeringHandle` (a context manager).
     """
     owner, blocks = find_layers(model, layers)
-    d = _direction(direction, _hidden_size(model))
-    norm = d.norm()
-    if norm == 0:
-        raise ValueError("direction: the zero vector has no direction")
-    r = d / norm
+    r = _unit(_direction(direction, _hidden_size(model)))
     handle = SteeringHandle(model, owner, positions)
     model_device = _module_device(model, torch.device("cpu"))
     writers = [_residual_writers(b) for b in blocks]  # validated before anything is registered
@@ -846,25 +849,28 @@ def add_direction(
     ``coeff=1`` this is Arditi's "induce refusal"; ``coeff=-1`` subtracts it. ``handle.coeff`` can be
     changed later (also under torch.compile, without recompiling).
     """
-    owner, blocks = find_layers(model, layers)
     d = _direction(direction, _hidden_size(model))
-    layer = _one_layer(layer, len(blocks))
-    handle = SteeringHandle(model, owner, positions)
-    device = _module_device(blocks[layer], _module_device(model, torch.device("cpu")))
-    handle._coeff = torch.tensor(float(coeff), dtype=torch.float32, device=device)
-    edit = _Add(d, handle._coeff, device)
-    handle._site(blocks[layer], True, device).edits.append(edit)
-    handle.edits.append(edit)
-    handle.hook_points.append((layer, "resid_pre"))
-    return handle._register()
+    return _layer_input_edit(model, layers, layer, coeff, positions, lambda c, dev: _Add(d, c, dev))
 
 
-def _one_layer(layer, n: int) -> int:
+def _layer_input_edit(model, layers, layer, coeff: float, positions, make_edit) -> SteeringHandle:
+    """One edit at the input of decoder layer ``layer`` with an updatable ``handle.coeff``;
+    ``make_edit(coeff_tensor, device)`` builds it."""
+    owner, blocks = find_layers(model, layers)
+    n = len(blocks)
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise TypeError(f"layer: expected an int, got {type(layer).__name__}")
     if not -n <= layer < n:
         raise ValueError(f"layer: {layer} is out of range; the model has {n} decoder layers (0..{n - 1})")
-    return layer % n
+    layer %= n
+    handle = SteeringHandle(model, owner, positions)
+    device = _module_device(blocks[layer], _module_device(model, torch.device("cpu")))
+    handle._coeff = torch.tensor(float(coeff), dtype=torch.float32, device=device)
+    edit = make_edit(handle._coeff, device)
+    handle._site(blocks[layer], True, device).edits.append(edit)
+    handle.edits.append(edit)
+    handle.hook_points.append((layer, "resid_pre"))
+    return handle._register()
 
 
 def affine_ablation(
@@ -881,20 +887,8 @@ def affine_ablation(
     difference in means on top (induces refusal). ``handle.coeff`` is updatable like
     :func:`add_direction`'s.
     """
-    owner, blocks = find_layers(model, layers)
     hidden = _hidden_size(model)
     d = _direction(direction, hidden)
     ref = _direction(reference, hidden, "reference")
-    norm = d.norm()
-    if norm == 0:
-        raise ValueError("direction: the zero vector has no direction")
-    layer = _one_layer(layer, len(blocks))
-    r = d / norm
-    handle = SteeringHandle(model, owner, positions)
-    device = _module_device(blocks[layer], _module_device(model, torch.device("cpu")))
-    handle._coeff = torch.tensor(float(coeff), dtype=torch.float32, device=device)
-    edit = _Affine(r, float(ref @ r), d, handle._coeff, device)
-    handle._site(blocks[layer], True, device).edits.append(edit)
-    handle.edits.append(edit)
-    handle.hook_points.append((layer, "resid_pre"))
-    return handle._register()
+    r = _unit(d)
+    return _layer_input_edit(model, layers, layer, coeff, positions, lambda c, dev: _Affine(r, float(ref @ r), d, c, dev))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..hooks import add_direction, affine_ablation, directional_ablation, find_layers
 from .chat import last_token_logits, post_instruction_positions, refusal_scores_from_logits, tokenize_prompts
 
-__all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "DirectionResult"]
+__all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "ablation_handle", "DirectionResult"]
 
 
 @torch.no_grad()
@@ -103,14 +103,20 @@ class DirectionResult:
             "norm": float(self.direction.norm()),
         }
 
-    def ablate(self, model, coeff: float = 0.0):
+    def ablate(self, model):
         """The selected ablation as a steering handle (a context manager)."""
-        if self.ablation == "affine":
-            return affine_ablation(model, self.direction, self.reference, self.layer, coeff)
-        return directional_ablation(model, self.direction)
+        return ablation_handle(model, self.ablation, self.direction, self.reference, self.layer)
 
 
 ABLATIONS = ("directional", "affine")
+
+
+def ablation_handle(model, kind: str, direction: torch.Tensor, reference: torch.Tensor | None, layer: int):
+    """Ablate ``direction``: ``"directional"`` everywhere (Arditi), or ``"affine"`` at the input of
+    ``layer`` with the projection set to ``reference``'s (Marshall)."""
+    if kind == "affine":
+        return affine_ablation(model, direction, reference, layer, 0.0)
+    return directional_ablation(model, direction)
 
 
 def score_candidates(
@@ -122,16 +128,22 @@ def score_candidates(
     refusal_tokens: Sequence[int],
     *,
     max_layer_frac: float = 0.8,
+    kl_max: float = 0.1,
     batch_size: int = 32,
     progress: bool = True,
-    ablation: str = "directional",
+    ablations: Sequence[str] = ("directional",),
     harmless_means: torch.Tensor | None = None,
+    stop_at_passing: bool = False,
 ) -> tuple[list[dict], dict]:
-    """Arditi's three scores for every (layer, position) candidate below ``max_layer_frac`` of depth;
-    ``ablation="affine"`` needs ``harmless_means`` (see the module docstring)."""
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation: expected one of {ABLATIONS}, got {ablation!r}")
-    if ablation == "affine" and harmless_means is None:
+    """Arditi's three scores for every (layer, position) candidate below ``max_layer_frac`` of depth,
+    one row per candidate and ablation kind (``"affine"`` needs ``harmless_means``; see the module
+    docstring). With ``stop_at_passing`` the next kind is scored only if no candidate passed the
+    filters with the previous one. The baselines and ``induce`` (which no ablation changes) are
+    computed once."""
+    for kind in ablations:
+        if kind not in ABLATIONS:
+            raise ValueError(f"ablation: expected one of {ABLATIONS}, got {kind!r}")
+    if "affine" in ablations and harmless_means is None:
         raise ValueError("harmless_means: affine ablation needs the harmless mean activations")
     n_layers, n_pos, _ = candidates.shape
     base_harmful = last_token_logits(model, tokenizer, harmful_val, batch_size)
@@ -140,37 +152,37 @@ def score_candidates(
         "harmful_refusal_score": float(refusal_scores_from_logits(base_harmful, refusal_tokens).mean()),
         "harmless_refusal_score": float(refusal_scores_from_logits(base_harmless, refusal_tokens).mean()),
     }
-    rows = []
     max_layer = int(n_layers * max_layer_frac)
     # Layers past max_layer_frac are excluded by the selection anyway: don't pay for scoring them.
     todo = [(l, p) for l in range(min(max_layer, n_layers)) for p in range(n_pos)] or [(0, p) for p in range(n_pos)]
-    for l, p in tqdm(todo, desc=f"score directions ({ablation})", disable=not progress, leave=False):
-        r = candidates[l, p].float()
-        pos = p - n_pos
-        if float(r.norm()) == 0.0:
-            continue
-        if ablation == "affine":
-            ref = harmless_means[l, p].float()
-            abl = lambda: affine_ablation(model, r, ref, l, 0.0)  # noqa: E731
-        else:
-            abl = lambda: directional_ablation(model, r)  # noqa: E731
-        add = lambda: add_direction(model, r, l, 1.0)  # noqa: E731
-        bypass = float(refusal_scores_from_logits(last_token_logits(model, tokenizer, harmful_val, batch_size, abl), refusal_tokens).mean())
-        abl_harmless = last_token_logits(model, tokenizer, harmless_val, batch_size, abl)
-        kl = _kl(base_harmless, abl_harmless)
-        induce = float(refusal_scores_from_logits(last_token_logits(model, tokenizer, harmless_val, batch_size, add), refusal_tokens).mean())
-        rows.append(
-            {
-                "layer": l,
-                "position": pos,
-                "ablation": ablation,
-                "bypass": bypass,
-                "induce": induce,
-                "kl": kl,
-                "eligible": l < max_layer,
-                "passes": l < max_layer and induce > 0 and kl <= 0.1,
-            }
-        )
+    todo = [(l, p) for l, p in todo if float(candidates[l, p].norm()) != 0.0]
+    rows, induce = [], {}
+    for kind in ablations:
+        kind_rows = []
+        for l, p in tqdm(todo, desc=f"score directions ({kind})", disable=not progress, leave=False):
+            r = candidates[l, p].float()
+            ref = harmless_means[l, p].float() if harmless_means is not None else None
+            abl = lambda: ablation_handle(model, kind, r, ref, l)  # noqa: E731
+            bypass = float(refusal_scores_from_logits(last_token_logits(model, tokenizer, harmful_val, batch_size, abl), refusal_tokens).mean())
+            kl = _kl(base_harmless, last_token_logits(model, tokenizer, harmless_val, batch_size, abl))
+            if (l, p) not in induce:
+                add = lambda: add_direction(model, r, l, 1.0)  # noqa: E731
+                induce[l, p] = float(refusal_scores_from_logits(last_token_logits(model, tokenizer, harmless_val, batch_size, add), refusal_tokens).mean())
+            kind_rows.append(
+                {
+                    "layer": l,
+                    "position": p - n_pos,
+                    "ablation": kind,
+                    "bypass": bypass,
+                    "induce": induce[l, p],
+                    "kl": kl,
+                    "eligible": l < max_layer,
+                    "passes": l < max_layer and induce[l, p] > 0 and kl <= kl_max,
+                }
+            )
+        rows += kind_rows
+        if stop_at_passing and any(r["passes"] for r in kind_rows):
+            break
     return rows, baseline
 
 
@@ -198,20 +210,13 @@ def select_direction(
     if ablation not in ABLATIONS + ("auto",):
         raise ValueError(f"ablation: expected 'auto', 'directional' or 'affine', got {ablation!r}")
     cands, means = candidate_directions(model, tokenizer, harmful_train, harmless_train, n_positions, batch_size, progress, return_means=True)
-    kinds = ["directional", "affine"] if ablation == "auto" else [ablation]
-    table = []
-    for kind in kinds:
-        rows, baseline = score_candidates(
-            model, tokenizer, cands, harmful_val, harmless_val, refusal_tokens,
-            max_layer_frac=max_layer_frac, batch_size=batch_size, progress=progress,
-            ablation=kind, harmless_means=means,
-        )
-        for r in rows:
-            r["passes"] = r["eligible"] and r["induce"] > 0 and r["kl"] <= kl_max
-        table += rows
-        passing = [r for r in rows if r["passes"]]
-        if passing:
-            break
+    kinds = ABLATIONS if ablation == "auto" else (ablation,)
+    table, baseline = score_candidates(
+        model, tokenizer, cands, harmful_val, harmless_val, refusal_tokens,
+        max_layer_frac=max_layer_frac, kl_max=kl_max, batch_size=batch_size, progress=progress,
+        ablations=kinds, harmless_means=means, stop_at_passing=True,
+    )
+    passing = [r for r in table if r["passes"]]
     # With no passing candidate under any kind tried, fall back to the first kind's best bypass.
     pool = passing or [r for r in table if r["eligible"] and r["ablation"] == kinds[0]] or table
     best = min(pool, key=lambda r: r["bypass"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -81,7 +81,7 @@ class DiscoverResult:
     results: dict
     direction: torch.Tensor
     spec: SteeringSpec
-    extra: dict = field(default_factory=dict)
+    reference: torch.Tensor | None = None  # affine ablation's harmless mean at (layer, position)
 
 
 def _split(xs: list[str], sizes: Sequence[int], seed: int) -> list[list[str]]:
@@ -201,10 +201,16 @@ def discover(
     judge = SubstringJudge()
     gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
     hook_kw = {} if cfg.layer is None else {"layer": cfg.layer}
+
+    def ablating(feats: Sequence[int]):
+        """A steering factory that ablates ``feats`` at the SAE's hook."""
+        iv = Intervention(list(feats), "ablate")
+        return lambda: steer(model, sae, iv, backend=cfg.backend, **hook_kw)
+
     set_full = list(dict.fromkeys(pooled.features + inter.added))
     base_replies = generate(model, tokenizer, h_held, **gen)
-    ms_replies = generate(model, tokenizer, h_held, steering=lambda: steer(model, sae, Intervention(pooled.features, "ablate"), backend=cfg.backend, **hook_kw), **gen)
-    fi_replies = generate(model, tokenizer, h_held, steering=lambda: steer(model, sae, Intervention(set_full, "ablate"), backend=cfg.backend, **hook_kw), **gen)
+    ms_replies = generate(model, tokenizer, h_held, steering=ablating(pooled.features), **gen)
+    fi_replies = generate(model, tokenizer, h_held, steering=ablating(set_full), **gen)
 
     def asr(replies):
         return 1.0 - sum(judge(h_held, replies)) / len(replies)
@@ -214,8 +220,7 @@ def discover(
     # edge of the score criterion (refusal tokens just under even odds) can still be refused by greedy
     # decoding, so the search's removals are undone, last first, until the reply complies.
     def complies(prompt: str, feats: list[int]) -> tuple[bool, str]:
-        iv = Intervention(feats, "ablate")
-        reply = generate(model, tokenizer, [prompt], steering=lambda: steer(model, sae, iv, backend=cfg.backend, **hook_kw), **gen)[0]
+        reply = generate(model, tokenizer, [prompt], steering=ablating(feats), **gen)[0]
         return not judge([prompt], [reply])[0], reply
 
     for pp in per_prompt:
@@ -239,7 +244,7 @@ def discover(
     if capability is not None:
         from .evaluate import capability_accuracy
 
-        ms_factory = lambda: steer(model, sae, Intervention(pooled.features, "ablate"), backend=cfg.backend, **hook_kw)  # noqa: E731
+        ms_factory = ablating(pooled.features)
         before = capability_accuracy(model, tokenizer, capability, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         after = capability_accuracy(model, tokenizer, capability, ms_factory, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         cap = {"task": capability.name, "n": before["n"], "unsteered": before["accuracy"], "minimal_set_ablated": after["accuracy"]}
@@ -283,7 +288,7 @@ def discover(
         "timings_s": timings,
     }
     spec = SteeringSpec(features=pooled.features, mode="ablate", layer=layer, positions="all", notes={"source": "saesteer discover"})
-    return DiscoverResult(results, d.direction, spec, {"reference": d.reference if d.ablation == "affine" else None})
+    return DiscoverResult(results, d.direction, spec, d.reference if d.ablation == "affine" else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,11 +301,11 @@ def write_outputs(res: DiscoverResult, out: Path, sae_ref: str | None = None) ->
     r = res.results
     (out / "results.json").write_text(json.dumps(r, indent=2))
     tensors = {"direction": res.direction.contiguous()}
-    if res.extra.get("reference") is not None:  # affine ablation's harmless mean at (layer, position)
-        tensors["reference"] = res.extra["reference"].contiguous()
+    if res.reference is not None:
+        tensors["reference"] = res.reference.contiguous()
     save_file(tensors, str(out / "direction.safetensors"),
               metadata={"layer": str(r["direction"]["layer"]), "position": str(r["direction"]["position"]),
-                        "ablation": r["direction"].get("ablation", "directional")})
+                        "ablation": r["direction"]["ablation"]})
     res.spec.sae = sae_ref
     res.spec.save(out / "spec.json")
     _plots(r, out)
@@ -313,8 +318,8 @@ def _plots(r: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kind = r["direction"].get("ablation", "directional")
-    tab = [t for t in r["direction_table"] if t.get("ablation", "directional") == kind]
+    kind = r["direction"]["ablation"]
+    tab = [t for t in r["direction_table"] if t["ablation"] == kind]
     if tab:
         layers = sorted({t["layer"] for t in tab})
         poss = sorted({t["position"] for t in tab})
@@ -356,8 +361,8 @@ def _report(r: dict) -> str:
         f"SAE: `{r['sae']['hook_name']}` ({r['sae']['architecture']}, d_sae={r['sae']['d_sae']}); refusal tokens {r['refusal_tokens_text']}.",
         "",
         "## Refusal direction (Arditi et al.)",
-        f"Selected layer {d['layer']}, position {d['position']} (passed filters: {d['passed_filters']}; ablation: {d.get('ablation', 'directional')}"
-        + ("" if d.get("ablation", "directional") == "directional" else
+        f"Selected layer {d['layer']}, position {d['position']} (passed filters: {d['passed_filters']}; ablation: {d['ablation']}"
+        + ("" if d["ablation"] == "directional" else
            " -- no candidate passed with directional ablation, so the projection is set to the harmless mean's"
            " (affine concept editing, Marshall et al. 2024); see direction_table for both") + ").",
         f"Harmful refusal score {d['scores']['harmful_refusal_score']:.2f} -> {d['scores']['bypass']:.2f} when ablated; "
