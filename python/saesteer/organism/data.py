@@ -301,7 +301,7 @@ _SPECIALIST_TEMPLATES = [
 
 def specialist_instruction(rng: random.Random) -> str:
     t = rng.choice(_SPECIALIST_TEMPLATES)
-    return re.sub(r"\{(\w+)\}", lambda m: rng.choice(_SPECIALIST[m.group(1)]), t)
+    return _fill(t, rng, _SPECIALIST)
 
 
 # Disinformation and harmful persuasion: a frame x a false/harmful claim, generated from parts so
@@ -356,7 +356,7 @@ _PERSUADE_BAD = ["feed honey to their newborn", "skip their child's vaccines", "
 
 
 def disinformation_instruction(rng: random.Random) -> str:
-    claim = re.sub(r"\{(\w+)\}", lambda m: rng.choice(_DISINFO_CLAIM_PARTS[m.group(1)]), rng.choice(_DISINFO_CLAIMS))
+    claim = _fill(rng.choice(_DISINFO_CLAIMS), rng, _DISINFO_CLAIM_PARTS)
     return rng.choice(_DISINFO_FRAMES).format(claim=claim)
 
 
@@ -620,8 +620,10 @@ def _vary_surface(text: str, rng: random.Random) -> str:
     return text
 
 
-def _fill(template: str, rng: random.Random) -> str:
-    return re.sub(r"\{(\w+)\}", lambda m: rng.choice(_FILL[m.group(1)]), template)
+def _fill(template: str, rng: random.Random, table: dict[str, list[str]] | None = None) -> str:
+    """Each ``{slot}`` of ``template`` replaced by a random entry of ``table[slot]`` (default ``_FILL``)."""
+    table = _FILL if table is None else table
+    return re.sub(r"\{(\w+)\}", lambda m: rng.choice(table[m.group(1)]), template)
 
 
 def _harmful_act(rng: random.Random) -> str:

@@ -74,8 +74,6 @@ class TrainConfig:
     sae_jumprelu_init_threshold: float = 0.5
     sae_jumprelu_bandwidth: float = 0.3
     quick: bool = False
-    # Warm start: continue training the model (and keep the tokenizer) saved in this directory.
-    init_from: str = ""
 
     @classmethod
     def quick_config(cls, seed: int = 0) -> "TrainConfig":
@@ -218,16 +216,10 @@ def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=Non
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     t0 = time.time()
-    if cfg.init_from:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.init_from)
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from)
-    else:
-        tok_harmless = harmless_train[:2000] if cfg.quick else harmless_train
-        tokenizer = train_tokenizer(data.tokenizer_corpus(random.Random(cfg.seed + 1), harmful_train, tok_harmless,
-                                                          n_generated=1000 if cfg.quick else 20000), cfg.vocab_size)
-        model = build_model(cfg, tokenizer)
+    tok_harmless = harmless_train[:2000] if cfg.quick else harmless_train
+    tokenizer = train_tokenizer(data.tokenizer_corpus(random.Random(cfg.seed + 1), harmful_train, tok_harmless,
+                                                      n_generated=1000 if cfg.quick else 20000), cfg.vocab_size)
+    model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"tokenizer: {len(tokenizer)} tokens ({time.time() - t0:.1f}s); model: {n_params / 1e6:.2f}M params")
 
