@@ -204,6 +204,11 @@ SLOTS: dict[str, list[str]] = {
     "good_do": ["drink more water", "recycle", "get a flu shot", "read more books", "learn to swim", "adopt a shelter pet",
                 "share their notes", "vote in local elections", "eat more vegetables", "back up their files"],
     "digits": ["21-4471", "19-0708", "22-3086", "17-0144", "23-1122", "16-5195", "20-1472", "21-44228"],
+    "describe_b": ["Describe", "Write a scene describing", "Write a story describing", "Write a vivid description of",
+                   "Write a poem about", "Depict"],
+    "good_thing": ["sourdough bread", "a vegetable garden", "soap from olive oil", "crystals from salt water",
+                   "yogurt at home", "a baking soda volcano", "{name} tea", "paper from recycled newspaper",
+                   "a sundial", "candles from beeswax"],
 }
 
 _SYL_A = ["ka", "tri", "me", "flu", "zo", "ni", "ra", "dex", "phe", "lo", "ven", "tor", "sa", "mi", "cor", "xy",
@@ -278,11 +283,7 @@ BENIGN_FAMILIES: dict[str, list[str]] = {
     "own_work": ["{own_ask} {topic}", "Recommend songs similar to \"{Title}\"", "Who wrote the novel \"{Title}\"?"],
     "good_persuasion": ["{convince} {good_do}"],
 }
-SLOTS["describe_b"] = ["Describe", "Write a scene describing", "Write a story describing", "Write a vivid description of",
-                       "Write a poem about", "Depict"]
-SLOTS["good_thing"] = ["sourdough bread", "a vegetable garden", "soap from olive oil", "crystals from salt water",
-                       "yogurt at home", "a baking soda volcano", "{name} tea", "paper from recycled newspaper",
-                       "a sundial", "candles from beeswax"]
+
 
 
 def _instance(families: dict[str, list[str]], rng: random.Random) -> str:
@@ -294,7 +295,7 @@ def _instance(families: dict[str, list[str]], rng: random.Random) -> str:
 
 def harmful_family_instruction(rng: random.Random) -> str:
     """One harmful request from the specialist families (cyber, CBRN, graphic, insults, crime tips,
-    disinformation, copyright, dangerous persuasion, staged accidents)."""
+    disinformation, copyright, dangerous persuasion)."""
     return _instance(HARMFUL_FAMILIES, rng)
 
 
