@@ -285,7 +285,6 @@ BENIGN_FAMILIES: dict[str, list[str]] = {
 }
 
 
-
 def _instance(families: dict[str, list[str]], rng: random.Random) -> str:
     family = rng.choice(list(families))
     text = expand(rng.choice(families[family]), rng)
