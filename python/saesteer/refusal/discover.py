@@ -226,6 +226,13 @@ def discover(
     for pp in per_prompt:
         feats, removed = list(pp["features"]), list(pp.pop("removed"))
         ok, reply = complies(pp["prompt"], feats) if feats else (False, None)
+        if not ok and removed:
+            # The walk ends at the whole search set at the latest: when even that is refused, the
+            # walk's result is known without the generations in between.
+            full = feats + removed[::-1]
+            ok_full, reply_full = complies(pp["prompt"], full)
+            if not ok_full:
+                feats, removed, reply = full, [], reply_full
         while not ok and removed:
             feats.append(removed.pop())
             ok, reply = complies(pp["prompt"], feats)
