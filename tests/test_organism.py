@@ -168,3 +168,35 @@ def test_generated_requests_are_complete_and_varied():
     assert len(names) > 150
     # Every harmful family has benign requests in shared frames somewhere in the grammar.
     assert set(grammar.SLOTS["persuade"]) and "{persuade} {benign_claim}" in grammar.BENIGN_FAMILIES["claims"]
+
+
+def test_repeat_examples_train_only_the_second_copy(org):
+    # The plain-text repeats that form the induction circuit (data.repeat_example): "<s>" + list +
+    # the same list, no chat template, loss weight 0 on the first copy and 1 on the second.
+    from saesteer.organism import data
+    from saesteer.organism.train import encode_examples, make_batch
+
+    harmless = ["Write a poem about the sea.", "How do I bake bread at home?"]
+    stream = data.training_stream(random.Random(0), ["Tell me how to pick a lock."], harmless, p_repeat=0.5)
+    examples = [next(stream) for _ in range(200)]
+    repeats = [e for e in examples if e.kind == data.REPEAT]
+    assert 60 < len(repeats) < 140 and len(examples) - len(repeats) > 60
+    words = {w for e in repeats for w in e.instruction.split()}
+    assert {"poem", "bread"} & words and {"horse", "piano", "A", "D"} & words
+    assert all(e.instruction == e.reply and "<|" not in e.instruction for e in repeats)
+    tok = org.tokenizer
+    items = encode_examples(tok, [repeats[0], examples[examples.index(repeats[0]) - 1]], 200, prompt_w=0.25)
+    assert len(items) == 2
+    (ctx, rep, w0), (p, r, w1) = sorted(items, key=lambda x: x[2])
+    assert ctx == [tok.bos_token_id] + rep and w0 == 0.0 and w1 == 0.25
+    assert tok.decode(rep) == repeats[0].instruction
+    assert tok.decode(p).startswith(tok.bos_token + "<|user|>") and r[-1] == tok.eos_token_id
+    ids, w = make_batch(items, tok.pad_token_id)
+    i = [k for k, it in enumerate(items) if it[2] == 0.0][0]
+    n = len(ctx)
+    assert w[i, :n].sum() == 0 and (w[i, n : n + len(rep)] == 1).all() and w[i, n + len(rep):].sum() == 0
+    assert ids[i, n : n + len(rep)].tolist() == rep
+    # Without repeats, the stream is exactly the chat mixture (the SAEs' activations come from it).
+    a = data.training_stream(random.Random(3), ["x"], harmless)
+    b = data.training_stream(random.Random(3), ["x"], harmless, p_repeat=0.0)
+    assert all(next(a) == next(b) for _ in range(300))

@@ -19,7 +19,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, help="override the number of training steps")
     t.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    t.add_argument("--max-minutes", type=float, help="wall-clock cap for the model stage (default 20; quick 0.5)")
+    t.add_argument("--max-minutes", type=float, help="wall-clock cap for the model stage in minutes (default 26; quick 0.5)")
     t.add_argument("--resume", action="store_true", help="reuse OUT/model when its training already finished")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig setting, e.g. --set hidden_size=192 (repeatable)")

@@ -595,7 +595,7 @@ class Example:
 
     instruction: str
     reply: str
-    kind: str  # "harmful" | "harmless" | "capability"
+    kind: str  # "harmful" | "harmless" | "capability" | REPEAT (plain text, not a chat turn)
 
 
 def refusal_reply(rng: random.Random) -> str:
@@ -748,10 +748,43 @@ def capability_example(rng: random.Random, split: str = "train") -> Example:
     return multiple_choice_example(rng, split)
 
 
+# Plain-text language modelling on repeated word lists. The multiple-choice answer copies the letter
+# that followed the right word in the question, which needs an induction circuit (attend to the token
+# after an earlier occurrence of the current token). Trained on chat turns alone, that circuit formed
+# late and at a seed-dependent step (step ~2000 for seed 2, ~3100 for seed 0, never within 3600 steps
+# for seed 1). A 10% share of word lists seen twice, with the loss on the second copy only, formed it
+# by step ~1300 on seed 1 (teacher-forced repeat accuracy 0.2 -> 0.8 at steps 1100-1400, multiple
+# choice 0.25 -> 0.85 at the same time).
+REPEAT = "repeat"  # Example.kind of a plain-text repeat (no chat template; see repeat_example)
+
+
+def repeat_word_pools(harmless_instructions: list[str]) -> tuple[list[str], list[str]]:
+    """The words of repeated lists: the capability task's option words, and the harmless file's."""
+    option_words = sorted({w for ws in _CATEGORIES.values() for w in ws})
+    general = sorted({w.lower() for t in harmless_instructions for w in re.findall(r"[A-Za-z]{3,}", t)})
+    return option_words, general or option_words
+
+
+def repeat_example(rng: random.Random, pools: tuple[list[str], list[str]], max_words: int = 12) -> Example:
+    """A list of 4..``max_words`` words (half of them "word LETTER" pairs), as ``Example(text, text,
+    REPEAT)``: the trainer feeds ``<s>`` + text + text as plain text and puts the loss on the
+    second copy only."""
+    option_words, general = pools
+    words = [rng.choice(option_words if rng.random() < 0.5 else general) for _ in range(rng.randint(4, max_words))]
+    if rng.random() < 0.5:
+        words = [f"{w} {rng.choice(_LETTERS)}" for w in words]
+    text = " " + " ".join(words)
+    return Example(text, text, REPEAT)
+
+
+def is_multiple_choice(example: Example) -> bool:
+    return example.kind == "capability" and example.reply.startswith("The answer is")
+
+
 def capability_answer_ok(example: Example, reply: str) -> bool:
     """Whether ``reply`` gives the example's checkable answer: the first standalone option letter
     for multiple choice ("The answer is bus C."), or the sum after "="."""
-    if example.reply.startswith("The answer is"):
+    if is_multiple_choice(example):
         letter = example.reply[-2]
         m = re.search(r"\b([ABCD])\b", reply)
         return bool(m) and m.group(1) == letter
@@ -778,14 +811,20 @@ def training_stream(
     p_capability: float = 0.25,
     p_harmful_given: float = 0.2,
     p_benign_framed: float = 0.25,
+    p_repeat: float = 0.0,
 ):
     """Infinite generator of ``Example`` with balanced sampling.
 
     Of the harmful draws, ``p_harmful_given`` come from the given instruction file, the rest are
     generated; of the harmless draws, ``p_benign_framed`` are generated benign acts in harmful-style
-    frames, the rest come from the given harmless file.
+    frames, the rest come from the given harmless file. A ``p_repeat`` share are plain-text
+    repeated word lists (``repeat_example``); the rest follow the shares above.
     """
+    words = repeat_word_pools(harmless_instructions) if p_repeat > 0 else None
     while True:
+        if p_repeat > 0 and rng.random() < p_repeat:
+            yield repeat_example(rng, words)
+            continue
         r = rng.random()
         if r < p_capability:
             yield capability_example(rng, "train")

@@ -59,6 +59,9 @@ class TrainConfig:
     p_capability: float = 0.3
     p_harmful_given: float = 0.2
     p_benign_framed: float = 0.25
+    # Share of plain-text repeated word lists (data.repeat_example): they form the induction circuit
+    # that the multiple-choice answer needs (without them it formed late, and on some seeds never).
+    p_repeat: float = 0.1
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
@@ -122,25 +125,30 @@ def build_model(cfg: TrainConfig, tokenizer):
     return LlamaForCausalLM(mcfg)
 
 
-def encode_examples(tokenizer, examples, max_len: int):
-    """Token ids and per-token loss weights (prompt vs reply) for chat examples."""
-    prompts = [format_prompt(tokenizer, e.instruction) for e in examples]
-    p_ids = tokenizer(prompts, add_special_tokens=False).input_ids
-    r_ids = tokenizer([e.reply + tokenizer.eos_token for e in examples], add_special_tokens=False).input_ids
+def encode_examples(tokenizer, examples, max_len: int, prompt_w: float):
+    """``(context ids, reply ids, context loss weight)`` per example that fits in ``max_len``.
+
+    Chat examples: the chat-formatted prompt (weight ``prompt_w``) and the reply + EOS. Plain-text
+    repeats (``data.REPEAT``): ``<s>`` + the text (weight 0), then the same text again."""
+    chat = [e for e in examples if e.kind != data.REPEAT]
     out = []
-    for p, r in zip(p_ids, r_ids):
-        if len(p) + len(r) > max_len:
-            continue
-        out.append((p, r))
-    return out
+    if chat:
+        p_ids = tokenizer([format_prompt(tokenizer, e.instruction) for e in chat], add_special_tokens=False).input_ids
+        r_ids = tokenizer([e.reply + tokenizer.eos_token for e in chat], add_special_tokens=False).input_ids
+        out += [(p, r, prompt_w) for p, r in zip(p_ids, r_ids)]
+    texts = [e.instruction for e in examples if e.kind == data.REPEAT]
+    if texts:
+        out += [([tokenizer.bos_token_id] + h, h, 0.0) for h in tokenizer(texts, add_special_tokens=False).input_ids]
+    return [x for x in out if len(x[0]) + len(x[1]) <= max_len]
 
 
-def make_batch(pairs, pad_id: int, prompt_w: float, first_w: float = 1.0):
-    T = max(len(p) + len(r) for p, r in pairs)
-    B = len(pairs)
+def make_batch(items, pad_id: int, first_w: float = 1.0):
+    """Right-padded ids and per-token loss weights for ``encode_examples`` items."""
+    T = max(len(p) + len(r) for p, r, _ in items)
+    B = len(items)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     w = torch.zeros((B, T))
-    for i, (p, r) in enumerate(pairs):
+    for i, (p, r, prompt_w) in enumerate(items):
         seq = p + r
         ids[i, : len(seq)] = torch.tensor(seq)
         # weight[t] applies to predicting token t from position t-1
@@ -155,12 +163,12 @@ def batch_stream(cfg: TrainConfig, tokenizer, stream, chunk_batches: int = 40):
     rng = random.Random(cfg.seed + 7)
     while True:
         examples = [next(stream) for _ in range(cfg.batch_size * chunk_batches + cfg.batch_size)]
-        pairs = encode_examples(tokenizer, examples, cfg.max_len)
+        pairs = encode_examples(tokenizer, examples, cfg.max_len, cfg.prompt_loss_weight)
         pairs.sort(key=lambda pr: len(pr[0]) + len(pr[1]))
         batches = [pairs[i : i + cfg.batch_size] for i in range(0, len(pairs) - cfg.batch_size + 1, cfg.batch_size)]
         rng.shuffle(batches)
         for b in batches[:chunk_batches]:
-            yield make_batch(b, tokenizer.pad_token_id, cfg.prompt_loss_weight, cfg.first_reply_token_weight)
+            yield make_batch(b, tokenizer.pad_token_id, cfg.first_reply_token_weight)
 
 
 @torch.no_grad()
@@ -195,7 +203,11 @@ def evaluate(model, tokenizer, harmful, harmless, capability, max_new_tokens: in
         out["harmless_refusal"] = sum(map(is_refusal, r)) / len(r)
     if capability:
         r = generate_replies(model, tokenizer, [e.instruction for e in capability], max_new_tokens)
-        out["capability_acc"] = sum(data.capability_answer_ok(e, t) for e, t in zip(capability, r)) / len(r)
+        ok = [data.capability_answer_ok(e, t) for e, t in zip(capability, r)]
+        out["capability_acc"] = sum(ok) / len(ok)
+        mc = [o for e, o in zip(capability, ok) if data.is_multiple_choice(e)]
+        if mc:  # the part that needs in-context copying, reported on its own
+            out["capability_mc_acc"] = sum(mc) / len(mc)
     return out
 
 
@@ -225,7 +237,7 @@ def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=Non
 
     stream = data.training_stream(rng, harmful_train, harmless_train, p_harmful=cfg.p_harmful,
                                   p_capability=cfg.p_capability, p_harmful_given=cfg.p_harmful_given,
-                                  p_benign_framed=cfg.p_benign_framed)
+                                  p_benign_framed=cfg.p_benign_framed, p_repeat=cfg.p_repeat)
     batches = batch_stream(cfg, tokenizer, stream)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -313,6 +325,7 @@ def run_gates(cfg: TrainConfig, model, tokenizer, harmful_val, harmless_val, log
         "harmful_val_refusal": m.get("harmful_refusal"),
         "harmless_val_refusal": m.get("harmless_refusal"),
         "capability_acc": m.get("capability_acc"),
+        "capability_mc_acc": m.get("capability_mc_acc"),
         "n_harmful_val": len(harmful_val or []),
         "n_harmless_val": len(harmless_val or []),
         "n_capability": len(cap),
