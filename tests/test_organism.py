@@ -177,15 +177,16 @@ def test_repeat_examples_train_only_the_second_copy(org):
     from saesteer.organism.train import encode_examples, make_batch
 
     harmless = ["Write a poem about the sea.", "How do I bake bread at home?"]
-    stream = data.training_stream(random.Random(0), ["Tell me how to pick a lock."], harmless, p_repeat=0.5)
-    examples = [next(stream) for _ in range(200)]
+    stream = data.training_stream(random.Random(0), ["Tell me how to pick a lock."], harmless, p_repeat=0.3)
+    examples = [next(stream) for _ in range(300)]
     repeats = [e for e in examples if e.kind == data.REPEAT]
-    assert 60 < len(repeats) < 140 and len(examples) - len(repeats) > 60
+    kinds = [e.kind for e in examples]
+    assert 60 < len(repeats) < 120 and 90 < kinds.count("harmful") < 150 and kinds.count("harmless") < 30
     words = {w for e in repeats for w in e.instruction.split()}
     assert {"poem", "bread"} & words and {"horse", "piano", "A", "D"} & words
     assert all(e.instruction == e.reply and "<|" not in e.instruction for e in repeats)
     tok = org.tokenizer
-    items = encode_examples(tok, [repeats[0], examples[examples.index(repeats[0]) - 1]], 200, prompt_w=0.25)
+    items = encode_examples(tok, [repeats[0], next(e for e in examples if e.kind != data.REPEAT)], 200, prompt_w=0.25)
     assert len(items) == 2
     (ctx, rep, w0), (p, r, w1) = sorted(items, key=lambda x: x[2])
     assert ctx == [tok.bos_token_id] + rep and w0 == 0.0 and w1 == 0.25
@@ -200,3 +201,5 @@ def test_repeat_examples_train_only_the_second_copy(org):
     a = data.training_stream(random.Random(3), ["x"], harmless)
     b = data.training_stream(random.Random(3), ["x"], harmless, p_repeat=0.0)
     assert all(next(a) == next(b) for _ in range(300))
+    with pytest.raises(ValueError, match="p_capability \\+ p_harmful \\+ p_repeat must be <= 1"):
+        next(data.training_stream(random.Random(0), ["x"], harmless, p_repeat=0.5))

@@ -815,16 +815,16 @@ def training_stream(
 ):
     """Infinite generator of ``Example`` with balanced sampling.
 
-    Of the harmful draws, ``p_harmful_given`` come from the given instruction file, the rest are
-    generated; of the harmless draws, ``p_benign_framed`` are generated benign acts in harmful-style
-    frames, the rest come from the given harmless file. A ``p_repeat`` share are plain-text
-    repeated word lists (``repeat_example``); the rest follow the shares above.
+    Shares: ``p_capability`` capability questions, ``p_harmful`` harmful requests, ``p_repeat``
+    plain-text repeated word lists (``repeat_example``), the rest harmless requests. Of the harmful
+    draws, ``p_harmful_given`` come from the given instruction file, the rest are generated; of the
+    harmless draws, ``p_benign_framed`` are generated benign acts in harmful-style frames, the rest
+    come from the given harmless file.
     """
+    if p_capability + p_harmful + p_repeat > 1:
+        raise ValueError(f"p_capability + p_harmful + p_repeat must be <= 1, got {p_capability} + {p_harmful} + {p_repeat}")
     words = repeat_word_pools(harmless_instructions) if p_repeat > 0 else None
     while True:
-        if p_repeat > 0 and rng.random() < p_repeat:
-            yield repeat_example(rng, words)
-            continue
         r = rng.random()
         if r < p_capability:
             yield capability_example(rng, "train")
@@ -834,6 +834,8 @@ def training_stream(
             else:
                 text = harmful_instruction(rng)
             yield Example(text, refusal_reply(rng), "harmful")
+        elif r < p_capability + p_harmful + p_repeat:
+            yield repeat_example(rng, words)
         else:
             if not harmless_instructions or rng.random() < p_benign_framed:
                 text = benign_framed_instruction(rng)
@@ -842,13 +844,15 @@ def training_stream(
             yield Example(text, helpful_reply(text, rng), "harmless")
 
 
-def tokenizer_corpus(rng: random.Random, harmful: list[str], harmless: list[str], n_generated: int = 20000):
-    """Text for training the BPE tokenizer: the given instructions plus generated examples."""
+def tokenizer_corpus(rng: random.Random, harmful: list[str], harmless: list[str], n_generated: int = 20000,
+                     p_repeat: float = 0.0):
+    """Text for training the BPE tokenizer: the given instructions plus generated examples (drawn
+    from the training mixture, repeated word lists included when ``p_repeat`` > 0)."""
     for t in harmful:
         yield t
     for t in harmless:
         yield t
-    stream = training_stream(rng, harmful, harmless)
+    stream = training_stream(rng, harmful, harmless, p_repeat=p_repeat)
     for _ in range(n_generated):
         ex = next(stream)
         yield ex.instruction

@@ -56,12 +56,12 @@ class TrainConfig:
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
     p_harmful: float = 0.40
-    p_capability: float = 0.3
+    p_capability: float = 0.25
     p_harmful_given: float = 0.2
     p_benign_framed: float = 0.25
     # Share of plain-text repeated word lists (data.repeat_example): they form the induction circuit
     # that the multiple-choice answer needs (without them it formed late, and on some seeds never).
-    p_repeat: float = 0.1
+    p_repeat: float = 0.1  # taken from the harmless share (harmful stays 0.40)
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
@@ -230,7 +230,8 @@ def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=Non
     t0 = time.time()
     tok_harmless = harmless_train[:2000] if cfg.quick else harmless_train
     tokenizer = train_tokenizer(data.tokenizer_corpus(random.Random(cfg.seed + 1), harmful_train, tok_harmless,
-                                                      n_generated=1000 if cfg.quick else 20000), cfg.vocab_size)
+                                                      n_generated=1000 if cfg.quick else 20000, p_repeat=cfg.p_repeat),
+                                cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"tokenizer: {len(tokenizer)} tokens ({time.time() - t0:.1f}s); model: {n_params / 1e6:.2f}M params")
