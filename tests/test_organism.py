@@ -91,6 +91,17 @@ def test_manifest_reports_gates_and_sae_metrics(org):
         assert {"l0", "fve", "dead"} <= set(info["metrics_eval"])
 
 
+def test_default_recipe_is_the_shipped_one(org):
+    # `saesteer organism train` with its defaults is the recipe recorded in the shipped manifest;
+    # settings added since (e.g. p_repeat) default to what the shipped run did without them.
+    from dataclasses import asdict
+
+    shipped = org.manifest["training"]["config"]
+    default = asdict(TrainConfig())
+    assert {k: (v, default[k]) for k, v in shipped.items() if k in default and default[k] != v} == {}
+    assert {k: default[k] for k in set(default) - set(shipped)} == {"p_repeat": 0.0}
+
+
 def test_saes_load_and_reconstruct(org):
     from sae_lens import SAE
 

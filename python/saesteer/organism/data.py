@@ -751,10 +751,8 @@ def capability_example(rng: random.Random, split: str = "train") -> Example:
 # Plain-text language modelling on repeated word lists. The multiple-choice answer copies the letter
 # that followed the right word in the question, which needs an induction circuit (attend to the token
 # after an earlier occurrence of the current token). Trained on chat turns alone, that circuit formed
-# late and at a seed-dependent step (step ~2000 for seed 2, ~3100 for seed 0, never within 3600 steps
-# for seed 1). A 10% share of word lists seen twice, with the loss on the second copy only, formed it
-# by step ~1300 on seed 1 (teacher-forced repeat accuracy 0.2 -> 0.8 at steps 1100-1400, multiple
-# choice 0.25 -> 0.85 at the same time).
+# late and at a seed-dependent step (~3100 of 3600 for seed 0, ~2100 for seed 2, never for seed 1).
+# Word lists seen twice, with the loss on the second copy only, make it form earlier (TrainConfig.p_repeat).
 REPEAT = "repeat"  # Example.kind of a plain-text repeat (no chat template; see repeat_example)
 
 

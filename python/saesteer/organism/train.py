@@ -56,12 +56,15 @@ class TrainConfig:
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
     p_harmful: float = 0.40
-    p_capability: float = 0.25
+    p_capability: float = 0.3
     p_harmful_given: float = 0.2
     p_benign_framed: float = 0.25
-    # Share of plain-text repeated word lists (data.repeat_example): they form the induction circuit
-    # that the multiple-choice answer needs (without them it formed late, and on some seeds never).
-    p_repeat: float = 0.1  # taken from the harmless share (harmful stays 0.40)
+    # Share of plain-text repeated word lists (data.repeat_example), taken from the harmless share.
+    # They form the induction circuit that multiple choice needs: with 0.1 (and p_capability 0.25)
+    # multiple choice formed by step ~1600-2000 on seeds 0, 1 and 2 (without: ~3100, never, ~2100),
+    # but harmful_val refusal then ended lower on seeds 0 and 1 (see README, Status). Off by default,
+    # so the default command reproduces the shipped weights; `--set p_repeat=0.1 --set p_capability=0.25`.
+    p_repeat: float = 0.0
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
