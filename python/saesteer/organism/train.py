@@ -62,7 +62,7 @@ class TrainConfig:
     # Share of plain-text repeated word lists (data.repeat_example), taken from the harmless share.
     # They form the induction circuit that multiple choice needs: with 0.1 (and p_capability 0.25)
     # multiple choice formed by step ~1600-2000 on seeds 0, 1 and 2 (without: ~3100, never, ~2100),
-    # but harmful_val refusal then ended lower on seeds 0 and 1 (see README, Status). Off by default,
+    # but harmful_val refusal then ends lower: only seed 1 passes its gates (README, Status). Off by default,
     # so the default command reproduces the shipped weights; `--set p_repeat=0.1 --set p_capability=0.25`.
     p_repeat: float = 0.0
     eval_every: int = 200
