@@ -821,7 +821,7 @@ def training_stream(
     """
     if p_capability + p_harmful + p_repeat > 1:
         raise ValueError(f"p_capability + p_harmful + p_repeat must be <= 1, got {p_capability} + {p_harmful} + {p_repeat}")
-    words = repeat_word_pools(harmless_instructions) if p_repeat > 0 else None
+    pools = repeat_word_pools(harmless_instructions) if p_repeat > 0 else None
     while True:
         r = rng.random()
         if r < p_capability:
@@ -833,7 +833,7 @@ def training_stream(
                 text = harmful_instruction(rng)
             yield Example(text, refusal_reply(rng), "harmful")
         elif r < p_capability + p_harmful + p_repeat:
-            yield repeat_example(rng, words)
+            yield repeat_example(rng, pools)
         else:
             if not harmless_instructions or rng.random() < p_benign_framed:
                 text = benign_framed_instruction(rng)
