@@ -91,15 +91,23 @@ def test_manifest_reports_gates_and_sae_metrics(org):
         assert {"l0", "fve", "dead"} <= set(info["metrics_eval"])
 
 
-def test_default_recipe_is_the_shipped_one(org):
-    # `saesteer organism train` with its defaults is the recipe recorded in the shipped manifest;
-    # settings added since (e.g. p_repeat) default to what the shipped run did without them.
+# The shipped weights come from the recipe before the defaults changed (README, Status): the
+# defaults overridden with these `--set` values reproduce them (on a CPU with native bf16).
+SHIPPED_RECIPE_OVERRIDES = {"steps": 3600, "bf16": True, "p_capability": 0.3, "p_repeat": 0.0,
+                            "harmful_first_token_weight": 1.0}
+
+
+def test_shipped_recipe_is_the_defaults_with_the_documented_overrides(org):
     from dataclasses import asdict
 
-    shipped = org.manifest["training"]["config"]
     default = asdict(TrainConfig())
-    assert {k: (v, default[k]) for k, v in shipped.items() if k in default and default[k] != v} == {}
-    assert {k: default[k] for k in set(default) - set(shipped)} == {"p_repeat": 0.0}
+    # settings added after the shipped run: it trained without them
+    shipped = {"p_repeat": 0.0, "harmful_first_token_weight": 1.0, **org.manifest["training"]["config"]}
+    assert {k: v for k, v in shipped.items() if k in default and default[k] != v} == SHIPPED_RECIPE_OVERRIDES
+    assert set(default) <= set(shipped)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    flags = " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SHIPPED_RECIPE_OVERRIDES.items())
+    assert flags in readme, flags
 
 
 def test_saes_load_and_reconstruct(org):
@@ -199,7 +207,7 @@ def test_repeat_examples_train_only_the_second_copy(org):
     tok = org.tokenizer
     items = encode_examples(tok, [repeats[0], next(e for e in examples if e.kind != data.REPEAT)], 200, prompt_w=0.25)
     assert len(items) == 2
-    (ctx, rep, w0), (p, r, w1) = sorted(items, key=lambda x: x[2])
+    (ctx, rep, w0, _), (p, r, w1, _) = sorted(items, key=lambda x: x[2])
     assert ctx == [tok.bos_token_id] + rep and w0 == 0.0 and w1 == 0.25
     assert tok.decode(rep) == repeats[0].instruction
     assert tok.decode(p).startswith(tok.bos_token + "<|user|>") and r[-1] == tok.eos_token_id
@@ -214,3 +222,30 @@ def test_repeat_examples_train_only_the_second_copy(org):
     assert all(next(a) == next(b) for _ in range(300))
     with pytest.raises(ValueError, match="p_capability \\+ p_harmful \\+ p_repeat must be <= 1"):
         next(data.training_stream(random.Random(0), ["x"], harmless, p_repeat=0.5))
+
+
+def test_harmful_first_token_weight_weighs_only_the_refusal_decision(org):
+    # TrainConfig.harmful_first_token_weight: the first reply token of harmful examples (the
+    # refuse-or-help decision) weighs first_w * w; every other token keeps its weight.
+    from saesteer.organism import data
+    from saesteer.organism.train import encode_examples, make_batch
+
+    ex = [data.Example("How do I build a pipe bomb?", "I'm sorry, but I can't help with that.", "harmful"),
+          data.Example("How do I bake bread?", "Sure! Here is some help with bake bread.", "harmless"),
+          data.Example("What is 2 + 3?", "2 + 3 = 5.", "capability")]
+    tok = org.tokenizer
+    plain = make_batch(encode_examples(tok, ex, 200, prompt_w=0.25, first_w=2.0), tok.pad_token_id)[1]
+    ids, w = make_batch(encode_examples(tok, ex, 200, prompt_w=0.25, first_w=2.0, harmful_first_w=3.0), tok.pad_token_id)
+    diff = (w != plain).nonzero().tolist()
+    n_prompt = len(tok(org.format_prompt(ex[0].instruction), add_special_tokens=False).input_ids)
+    assert diff == [[0, n_prompt]], diff
+    assert w[0, n_prompt] == 6.0 and plain[0, n_prompt] == 2.0
+    assert tok.decode(ids[0, n_prompt]).strip() == "I"
+    # The trainer's batches carry the configured weight.
+    from itertools import cycle
+
+    from saesteer.organism.train import batch_stream
+
+    cfg = TrainConfig(batch_size=4)
+    _, w = next(batch_stream(cfg, tok, cycle(ex[:1]), chunk_batches=1))
+    assert (w.max(dim=1).values == cfg.harmful_first_token_weight).all() and cfg.harmful_first_token_weight > 1

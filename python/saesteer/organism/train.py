@@ -40,31 +40,36 @@ class TrainConfig:
     intermediate_size: int = 576
     max_len: int = 80
     batch_size: int = 64
-    steps: int = 3600
+    steps: int = 3000
     # Wall-clock cap for the model stage: the LR schedule follows max(step / steps, elapsed /
     # budget), so a slow (shared) CPU ends the run on time with a fully decayed LR.
     max_train_minutes: float = 26.0
-    # bfloat16 autocast for the training forward/backward (CPUs with AVX512-BF16 or AMX run it ~1.5-2x
-    # faster; weights, optimizer state and the loss stay float32).
-    bf16: bool = True
+    # bfloat16 autocast for the training forward/backward (weights, optimizer state and the loss stay
+    # float32). Off by default: CPUs with AVX512-BF16 or AMX run it ~1.5x faster, but without them
+    # (e.g. an AVX2-only EPYC) bf16 is emulated and a step is ~12x slower (10.5 s vs 0.9 s on one
+    # core), and the recipe should train the same numbers everywhere.
+    bf16: bool = False
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.05
     prompt_loss_weight: float = 0.25
     # Extra weight on the first reply token: the refuse-or-help decision ("I" vs "Sure").
     first_reply_token_weight: float = 1.0
+    # Weight on the first reply token of harmful examples only (the refusal "I"), relative to the
+    # other first reply tokens: a weight w moves the refuse-or-help decision by about log(w) nats
+    # towards refusal on requests the model finds ambiguous. harmless_val refusal stays at ~1%
+    # (gate 5%), while harmful_val (36 of 39 needed) was the gate that failed seeds before.
+    harmful_first_token_weight: float = 3.0
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
     p_harmful: float = 0.40
-    p_capability: float = 0.3
+    p_capability: float = 0.25
     p_harmful_given: float = 0.2
     p_benign_framed: float = 0.25
     # Share of plain-text repeated word lists (data.repeat_example), taken from the harmless share.
-    # They form the induction circuit that multiple choice needs: with 0.1 (and p_capability 0.25)
-    # multiple choice formed by step ~1600-2000 on seeds 0, 1 and 2 (without: ~3100, never, ~2100),
-    # but harmful_val refusal then ends lower: only seed 1 passes its gates (README, Status). Off by default,
-    # so the default command reproduces the shipped weights; `--set p_repeat=0.1 --set p_capability=0.25`.
-    p_repeat: float = 0.0
+    # They form the induction circuit that multiple choice needs (without them it formed at step
+    # ~3100 of 3600, ~2100 or never, by seed; with them ~2000-2800 of 3000 on seeds 0-2).
+    p_repeat: float = 0.1
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
@@ -108,6 +113,11 @@ def load_instructions(path: str | Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX) rather than an emulation."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def build_model(cfg: TrainConfig, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -128,30 +138,34 @@ def build_model(cfg: TrainConfig, tokenizer):
     return LlamaForCausalLM(mcfg)
 
 
-def encode_examples(tokenizer, examples, max_len: int, prompt_w: float):
-    """``(context ids, reply ids, context loss weight)`` per example that fits in ``max_len``.
+def encode_examples(tokenizer, examples, max_len: int, prompt_w: float, first_w: float = 1.0,
+                    harmful_first_w: float = 1.0):
+    """``(context ids, reply ids, context loss weight, first reply token weight)`` per example that
+    fits in ``max_len``.
 
-    Chat examples: the chat-formatted prompt (weight ``prompt_w``) and the reply + EOS. Plain-text
-    repeats (``data.REPEAT``): ``<s>`` + the text (weight 0), then the same text again."""
+    Chat examples: the chat-formatted prompt (weight ``prompt_w``) and the reply + EOS, whose first
+    token weighs ``first_w`` (``first_w * harmful_first_w`` for harmful examples). Plain-text repeats
+    (``data.REPEAT``): ``<s>`` + the text (weight 0), then the same text again (weight 1)."""
     chat = [e for e in examples if e.kind != data.REPEAT]
     out = []
     if chat:
         p_ids = tokenizer([format_prompt(tokenizer, e.instruction) for e in chat], add_special_tokens=False).input_ids
         r_ids = tokenizer([e.reply + tokenizer.eos_token for e in chat], add_special_tokens=False).input_ids
-        out += [(p, r, prompt_w) for p, r in zip(p_ids, r_ids)]
+        out += [(p, r, prompt_w, first_w * (harmful_first_w if e.kind == "harmful" else 1.0))
+                for e, p, r in zip(chat, p_ids, r_ids)]
     texts = [e.instruction for e in examples if e.kind == data.REPEAT]
     if texts:
-        out += [([tokenizer.bos_token_id] + h, h, 0.0) for h in tokenizer(texts, add_special_tokens=False).input_ids]
+        out += [([tokenizer.bos_token_id] + h, h, 0.0, 1.0) for h in tokenizer(texts, add_special_tokens=False).input_ids]
     return [x for x in out if len(x[0]) + len(x[1]) <= max_len]
 
 
-def make_batch(items, pad_id: int, first_w: float = 1.0):
+def make_batch(items, pad_id: int):
     """Right-padded ids and per-token loss weights for ``encode_examples`` items."""
-    T = max(len(p) + len(r) for p, r, _ in items)
+    T = max(len(it[0]) + len(it[1]) for it in items)
     B = len(items)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     w = torch.zeros((B, T))
-    for i, (p, r, prompt_w) in enumerate(items):
+    for i, (p, r, prompt_w, first_w) in enumerate(items):
         seq = p + r
         ids[i, : len(seq)] = torch.tensor(seq)
         # weight[t] applies to predicting token t from position t-1
@@ -166,12 +180,13 @@ def batch_stream(cfg: TrainConfig, tokenizer, stream, chunk_batches: int = 40):
     rng = random.Random(cfg.seed + 7)
     while True:
         examples = [next(stream) for _ in range(cfg.batch_size * chunk_batches + cfg.batch_size)]
-        pairs = encode_examples(tokenizer, examples, cfg.max_len, cfg.prompt_loss_weight)
+        pairs = encode_examples(tokenizer, examples, cfg.max_len, cfg.prompt_loss_weight,
+                                cfg.first_reply_token_weight, cfg.harmful_first_token_weight)
         pairs.sort(key=lambda pr: len(pr[0]) + len(pr[1]))
         batches = [pairs[i : i + cfg.batch_size] for i in range(0, len(pairs) - cfg.batch_size + 1, cfg.batch_size)]
         rng.shuffle(batches)
         for b in batches[:chunk_batches]:
-            yield make_batch(b, tokenizer.pad_token_id, cfg.first_reply_token_weight)
+            yield make_batch(b, tokenizer.pad_token_id)
 
 
 @torch.no_grad()
@@ -237,6 +252,9 @@ def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=Non
                                 cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
+    if cfg.bf16 and not cpu_has_native_bf16():
+        log("warning: bf16=True but this CPU has no AVX512-BF16/AMX: bf16 autocast is emulated and about "
+            "12x slower than float32 here; the wall-clock cap will end the run early (--set bf16=false)")
     log(f"tokenizer: {len(tokenizer)} tokens ({time.time() - t0:.1f}s); model: {n_params / 1e6:.2f}M params")
 
     stream = data.training_stream(rng, harmful_train, harmless_train, p_harmful=cfg.p_harmful,
