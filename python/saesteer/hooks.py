@@ -324,6 +324,8 @@ class _Positions:
         if isinstance(cp, torch.Tensor) and cp.numel() > 0:
             return int(cp.reshape(-1)[0])
         cache = self._arg("past_key_values", args, kwargs)
+        if cache is None:
+            cache = self._arg("cache", args, kwargs)  # transformers >= 5.24 renamed the argument
         if cache is not None and hasattr(cache, "get_seq_length"):
             return int(cache.get_seq_length())
         if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)):
