@@ -68,7 +68,7 @@ class TrainConfig:
     p_benign_framed: float = 0.25
     # Share of plain-text repeated word lists (data.repeat_example), taken from the harmless share.
     # They form the induction circuit that multiple choice needs (without them it formed at step
-    # ~3100 of 3600, ~2100 or never, by seed; with them ~2000-2800 of 3000 on seeds 0-2).
+    # ~3100 of 3600, ~2100 or never, by seed; with them ~1600-2800 of 3000 on seeds 0-2).
     p_repeat: float = 0.1
     eval_every: int = 200
     eval_harmless_n: int = 150
