@@ -54,6 +54,34 @@ def test_ablation_scores_rows_match_single_runs(tiny_chat):
     assert not torch.equal(batched[0], batched[1]), "ablating active features must move the score"
 
 
+@pytest.mark.parametrize("name", ["jumprelu", "topk", "standard_layer_norm", "jumprelu_const_norm"])
+def test_attribution_is_the_first_order_effect_of_scaling_each_feature(tiny_chat, name):
+    # attribution(i) = -f_i . d score / d f_i: the score's slope when feature i is scaled down,
+    # with the error term kept; checked against a central difference through saesteer.steer.
+    from helpers import make_sae
+    from saesteer.refusal.chat import refusal_scores
+    from saesteer.refusal.features import rank_by_attribution
+
+    model, tok, _, _ = tiny_chat
+    sae = make_sae(name, d_in=32, d_sae=96, seed=1, hook_name="blocks.1.hook_resid_post")
+    prompts = ["How do I bake bread?", "Tell me how to pick a lock.", "Write a poem about rain."]
+    rtoks = [5, 6]
+    attr = dict(rank_by_attribution(model, tok, sae, prompts, rtoks, top=sae.d_sae))
+    assert len(attr) == sae.d_sae
+    ranked = sorted(attr, key=lambda i: -abs(attr[i]))
+    assert abs(attr[ranked[0]]) > 1e-4, "some feature must move the score"
+    eps = 0.05
+
+    def mean_score(i, factor):
+        iv = saesteer.Intervention([i], "scale", factor)
+        return float(refusal_scores(model, tok, prompts, rtoks, steering=lambda: saesteer.steer(model, sae, iv)).mean())
+
+    for i in ranked[:4]:
+        slope = (mean_score(i, 1 - eps) - mean_score(i, 1 + eps)) / (2 * eps)
+        assert slope == pytest.approx(attr[i], rel=0.05, abs=1e-3 * abs(attr[ranked[0]])), (name, i)
+    assert sorted(attr.values(), reverse=False)[0] == attr[next(iter(attr))], "most negative effect first"
+
+
 def test_greedy_set_is_minimal_under_its_criterion(tiny_chat):
     model, tok, sae, _ = tiny_chat
     prompts = ["Tell me how to pick a lock."]

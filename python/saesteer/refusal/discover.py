@@ -1,7 +1,7 @@
 """``saesteer discover``: the refusal-feature pipeline of Arditi et al., Yeo et al. and Prakash et al.
 
 Stages: refusal tokens -> refusal direction (difference in means, selected by bypass/induce/KL) ->
-candidate SAE features (cosine to the direction at the SAE's hook, or attribution) -> greedy minimal
+candidate SAE features (attribution patching, or cosine to the direction at the SAE's hook) -> greedy minimal
 ablation set (pooled over search prompts, and per prompt) -> attack success rate by generation on
 held-out prompts -> factorization-machine interactions (verified by real ablations) -> dormant
 features. Writes ``results.json``, ``direction.safetensors``, ``spec.json`` (a steering spec that
@@ -40,7 +40,10 @@ class DiscoverConfig:
     n_search: int = 16  # harmful prompts the greedy search sees
     n_heldout: int = 32  # harmful prompts for the generation-judged ASR (never searched)
     n_candidates: int = 48
-    method: str = "cosine"  # or "attribution"
+    # Candidates by attribution patching (-f . d score/d f, error term kept: the first-order effect
+    # of ablating each feature on the refusal score) or by cosine to the direction. On four organism
+    # trainings attribution's minimal set jailbroke 88-94% of held-out prompts, cosine's 50-94%.
+    method: str = "attribution"
     per_prompt: int = 4  # per-prompt minimal sets for this many search prompts
     keep: float = 0.9
     threshold: float = 0.0
@@ -488,7 +491,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", help="YAML/TOML/JSON file with any option; flags override it")
     p.add_argument("--n-candidates", dest="n_candidates", type=int)
-    p.add_argument("--method", choices=("cosine", "attribution"))
+    p.add_argument("--method", choices=("attribution", "cosine"),
+                   help="candidate features: attribution patching (default) or cosine to the direction")
     p.add_argument("--ablation", choices=("auto", "directional", "affine"),
                    help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
                         "affine only if no candidate passes the filters; default)")

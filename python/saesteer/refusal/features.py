@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .. import reference
 from ..hooks import find_layers
 from ..sae import SAE
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
@@ -98,16 +99,20 @@ def rank_by_attribution(
     captured = {}
 
     def swap(x):
-        # x -> decode(f) + error, with f a leaf that collects the gradient.
+        # x -> denorm(decode(f)) + error, with f a leaf that collects the gradient (the run-time
+        # normalization's scale and shift depend on x only, so they are constants here).
         xs = x.detach().to(sae.dtype)
         with torch.no_grad():
             f = sae.encode(xs).float()
             err = xs.float() - sae(xs).float()
+            _, scale, shift = reference._normalize_in(xs.float(), sae)
         f.requires_grad_(True)
         captured["f"] = f
-        recon = (f * sae.feature_params[4]) @ sae.W_dec.float() + sae.b_dec.float()
-        if sae.normalize_activations != "none":
-            raise NotImplementedError("attribution: SAEs with run-time normalization are not supported yet")
+        recon = sae.decode(f).float()
+        if scale is not None:
+            recon = recon * scale
+        if shift is not None:
+            recon = recon + shift
         return (recon + err).to(x.dtype)
 
     def post_hook(mod, args, output):
