@@ -95,7 +95,7 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
           f"{g['harmful_refusal']:.0%} -> {g['harmful_refusal_ablated']:.0%} with it ablated ({d['ablation']}), "
           f"harmless {g['harmless_refusal']:.0%} -> {g['harmless_refusal_added']:.0%} with it added")
     print(f"SAE {r['sae']['hook_name']} ({r['sae']['architecture']}, {r['sae']['d_sae']} features); "
-          f"top candidates by cosine: {[c[0] for c in r['candidates'][:8]]}")
+          f"top candidates by {r['candidate_method']}: {[c[0] for c in r['candidates'][:8]]}")
     print(f"minimal jailbreak set: {feats}; attack success on held-out harmful prompts "
           f"{r['asr']['baseline']:.0%} -> {r['asr']['minimal_set']:.0%} (with FM-added features {r['asr']['with_interactions']:.0%})")
 

@@ -1,11 +1,11 @@
 """Candidate refusal features (Prakash et al. stage 1; Yeo et al.).
 
-* ``cosine`` (default): rank features by the cosine between their decoder row ``W_dec[i]`` and the
+* ``cosine``: rank features by the cosine between their decoder row ``W_dec[i]`` and the
   refusal direction taken at the SAE's hook point.
 * ``attribution``: attribution patching of the refusal score through the SAE with its error term
   carried (Yeo et al.): the first-order effect of ablating feature ``i`` is ``-f_i * dm/df_i``,
   summed over positions and averaged over harmful prompts; features whose ablation lowers refusal
-  the most rank first.
+  the most rank first. ``saesteer discover``'s default.
 """
 
 from __future__ import annotations
