@@ -52,6 +52,15 @@ def _normalize_in(x: torch.Tensor, sae: SAE):
     return x, scale, shift
 
 
+def _denorm(y: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
+    """``y * scale + shift`` with the ``(scale, shift)`` of :func:`_normalize_in` (None: identity)."""
+    if scale is not None:
+        y = y * scale
+    if shift is not None:
+        y = y + shift
+    return y
+
+
 def _acts_from_pre(pre: torch.Tensor, sae: SAE, cols: torch.Tensor | None) -> torch.Tensor:
     """Activation of the non-topk architectures, from ``pre = x' @ W_enc[:, cols]`` (no bias yet)."""
     p = sae.feature_params if cols is None else sae.feature_params[:, cols]
@@ -115,11 +124,7 @@ def reconstruct(x: torch.Tensor, sae: SAE) -> torch.Tensor:
     f, scale, shift = _encode_cd(x, sae)
     cd = f.dtype
     p = sae.feature_params.to(cd)
-    out = (f * p[4]) @ sae.W_dec.to(cd) + sae.b_dec.to(cd)
-    if scale is not None:
-        out = out * scale
-    if shift is not None:
-        out = out + shift
+    out = _denorm((f * p[4]) @ sae.W_dec.to(cd) + sae.b_dec.to(cd), scale, shift)
     return out.to(torch.promote_types(x.dtype, sae.dtype))
 
 

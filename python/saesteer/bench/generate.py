@@ -166,12 +166,9 @@ class FullSAEHook:
 
     def _decode(self, f, scale, shift):
         sae = self.sae
-        out = (f * sae.feature_params[4].to(f.dtype)) @ sae.W_dec + sae.b_dec
-        if scale is not None:
-            out = out * scale
-        if shift is not None:
-            out = out + shift
-        return out
+        from .. import reference
+
+        return reference._denorm((f * sae.feature_params[4].to(f.dtype)) @ sae.W_dec + sae.b_dec, scale, shift)
 
     def steer(self, x: torch.Tensor) -> torch.Tensor:
         xs = x.to(self.sae.dtype)

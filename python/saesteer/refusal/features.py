@@ -103,17 +103,12 @@ def rank_by_attribution(
         # normalization's scale and shift depend on x only, so they are constants here).
         xs = x.detach().to(sae.dtype)
         with torch.no_grad():
-            f = sae.encode(xs).float()
-            err = xs.float() - sae(xs).float()
-            _, scale, shift = reference._normalize_in(xs.float(), sae)
-        f.requires_grad_(True)
+            f, scale, shift = reference._encode_cd(xs, sae)
+        f = f.float().requires_grad_(True)
         captured["f"] = f
-        recon = sae.decode(f).float()
-        if scale is not None:
-            recon = recon * scale
-        if shift is not None:
-            recon = recon + shift
-        return (recon + err).to(x.dtype)
+        recon = reference._denorm(sae.decode(f).float(), scale, shift)
+        # plus the error term xs - recon: the forward value is xs, the gradient flows through f
+        return (recon + (xs.float() - recon.detach())).to(x.dtype)
 
     def post_hook(mod, args, output):
         if isinstance(output, tuple):
