@@ -91,23 +91,13 @@ def test_manifest_reports_gates_and_sae_metrics(org):
         assert {"l0", "fve", "dead"} <= set(info["metrics_eval"])
 
 
-# The shipped weights come from the recipe before the defaults changed (README, Status): the
-# defaults overridden with these `--set` values reproduce them (on a CPU with native bf16).
-SHIPPED_RECIPE_OVERRIDES = {"steps": 3600, "bf16": True, "p_capability": 0.3, "p_repeat": 0.0,
-                            "harmful_first_token_weight": 1.0}
-
-
-def test_shipped_recipe_is_the_defaults_with_the_documented_overrides(org):
+def test_shipped_weights_are_the_default_recipe(org):
+    # `saesteer organism train --harmful F --harmless F --harmful-val F --harmless-val F --out DIR`
+    # (no --set) trained the shipped weights: the manifest records exactly the defaults.
     from dataclasses import asdict
 
-    default = asdict(TrainConfig())
-    # settings added after the shipped run: it trained without them
-    shipped = {"p_repeat": 0.0, "harmful_first_token_weight": 1.0, **org.manifest["training"]["config"]}
-    assert {k: v for k, v in shipped.items() if k in default and default[k] != v} == SHIPPED_RECIPE_OVERRIDES
-    assert set(default) <= set(shipped)
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    flags = " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SHIPPED_RECIPE_OVERRIDES.items())
-    assert flags in readme, flags
+    assert org.manifest["training"]["config"] == asdict(TrainConfig())
+    assert org.manifest["gates"]["all_passed"]
 
 
 def test_saes_load_and_reconstruct(org):
@@ -187,6 +177,23 @@ def test_generated_requests_are_complete_and_varied():
     assert len(names) > 150
     # Every harmful family has benign requests in shared frames somewhere in the grammar.
     assert set(grammar.SLOTS["persuade"]) and "{persuade} {benign_claim}" in grammar.BENIGN_FAMILIES["claims"]
+
+
+def test_multiple_choice_is_answered_and_graded_by_the_option_word():
+    from saesteer.organism import data
+
+    ev = [e for e in data.capability_eval_set(300, seed=3) if data.is_multiple_choice(e)]
+    assert len(ev) > 100
+    for e in ev[:50]:
+        opts = data.mc_options(e)
+        want = e.reply[len("The answer is "):-1]
+        assert len(opts) == 4 and want in opts and data.capability_answer_ok(e, e.reply)
+        wrong = next(o for o in opts if o != want)
+        letter = "ABCD"[opts.index(want)]
+        assert data.capability_answer_ok(e, f"The answer is {want} {letter}.")  # the older reply format
+        assert not data.capability_answer_ok(e, f"The answer is {wrong}.")
+        assert not data.capability_answer_ok(e, f"{wrong}, or maybe {want}.")  # the first option named counts
+        assert not data.capability_answer_ok(e, "I'm sorry, but I can't help with that.")
 
 
 def test_repeat_examples_train_only_the_second_copy(org):

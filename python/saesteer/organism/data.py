@@ -724,14 +724,13 @@ def multiple_choice_example(rng: random.Random, split: str = "train") -> Example
             break
     options = distractors + [answer]
     rng.shuffle(options)
-    letter = _LETTERS[options.index(answer)]
-    # Each option is "word LETTER" and the reply repeats it ("The answer is bus C."): after the
-    # right word, the letter is the token that followed that word in the question -- one plain
-    # induction step. Pilots: with "C) bus" the model learned the word long before the letter, and
-    # with "bus (C)" (a two-token match on "bus (") it stayed at chance on the letter.
+    # Options are "word LETTER"; the reply names the chosen option ("The answer is bus."). An
+    # earlier recipe answered with the letter too ("bus C."), which needs an induction circuit (copy
+    # the token after "bus" in the question): across ten 3000-step runs it formed anywhere from step
+    # 1600 to never, by seed, and failed the capability gate on its own.
     opts = ", ".join(f"{o} {_LETTERS[i]}" for i, o in enumerate(options))
     q = rng.choice(_MC_FRAMES).format(cat=cat, opts=opts)
-    return Example(q, f"The answer is {answer} {letter}.", "capability")
+    return Example(q, f"The answer is {answer}.", "capability")
 
 
 def hash_str(s: str) -> int:
@@ -748,11 +747,10 @@ def capability_example(rng: random.Random, split: str = "train") -> Example:
     return multiple_choice_example(rng, split)
 
 
-# Plain-text language modelling on repeated word lists. The multiple-choice answer copies the letter
-# that followed the right word in the question, which needs an induction circuit (attend to the token
-# after an earlier occurrence of the current token). Trained on chat turns alone, that circuit formed
-# late and at a seed-dependent step (~3100 of 3600 for seed 0, ~2100 for seed 2, never for seed 1).
-# Word lists seen twice, with the loss on the second copy only, make it form earlier (TrainConfig.p_repeat).
+# Plain-text language modelling on repeated word lists (TrainConfig.p_repeat), loss on the second
+# copy only. They were added to form the induction circuit that a letter-answer multiple choice
+# needed (on chat turns alone it formed at ~3100 of 3600 steps, ~2100 or never, by seed); multiple
+# choice now answers with the option word, and the lists stay as plain-text language modelling.
 REPEAT = "repeat"  # Example.kind of a plain-text repeat (no chat template; see repeat_example)
 
 
@@ -779,13 +777,20 @@ def is_multiple_choice(example: Example) -> bool:
     return example.kind == "capability" and example.reply.startswith("The answer is")
 
 
+def mc_options(example: Example) -> list[str]:
+    """The option words of a multiple-choice question ("... shirt A, France B, bus C, harp D")."""
+    return re.findall(r"([A-Za-z]+) [ABCD](?=,|$)", example.instruction)
+
+
 def capability_answer_ok(example: Example, reply: str) -> bool:
-    """Whether ``reply`` gives the example's checkable answer: the first standalone option letter
-    for multiple choice ("The answer is bus C."), or the sum after "="."""
+    """Whether ``reply`` gives the example's checkable answer: for multiple choice, the first of the
+    question's option words that the reply names is the right one ("The answer is bus."); for
+    arithmetic, the number after "="."""
     if is_multiple_choice(example):
-        letter = example.reply[-2]
-        m = re.search(r"\b([ABCD])\b", reply)
-        return bool(m) and m.group(1) == letter
+        want = example.reply[len("The answer is "):].rstrip(".").split()[0]
+        opts = mc_options(example)
+        hits = [(m.start(), m.group(0)) for o in opts for m in re.finditer(rf"\b{re.escape(o)}\b", reply)]
+        return bool(hits) and min(hits)[1] == want
     want = example.reply.split("= ")[1].rstrip(".")
     m = re.search(r"=\s*(-?\d+)", reply)
     return bool(m) and m.group(1) == want
@@ -857,8 +862,7 @@ def tokenizer_corpus(rng: random.Random, harmful: list[str], harmless: list[str]
         yield ex.reply
     for r in _REFUSALS:
         yield r
-    # The capability task's words must be whole tokens: its answer copies the letter that follows
-    # the right word, and a word split into pieces makes that copy ambiguous.
+    # The capability task's option words as whole tokens (a word split into pieces is harder to name).
     for words in _CATEGORIES.values():
         for w in words:
             yield " ".join([w] * 100)

@@ -62,14 +62,20 @@ class TrainConfig:
     harmful_first_token_weight: float = 3.0
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
-    p_harmful: float = 0.40
+    # Style balance: real instructions (the given files) and generated ones must carry the same
+    # harmful:harmless odds, or the model learns "sounds real -> help" and refuses less of unseen
+    # real harmful requests the longer it trains (harmful_val fell from ~95% to 79-87% after step
+    # ~1500 on every seed at p_harmful 0.4, p_benign_framed 0.25; with 0.3 / 0.6 it held at 95%).
+    # The odds are equal when p_harmful_given + p_benign_framed = 1; 0.2 + 0.6 is most of the way.
+    p_harmful: float = 0.30
     p_capability: float = 0.25
     p_harmful_given: float = 0.2
-    p_benign_framed: float = 0.25
+    p_benign_framed: float = 0.6
     # Share of plain-text repeated word lists (data.repeat_example), taken from the harmless share.
-    # They form the induction circuit that multiple choice needs (without them it formed at step
-    # ~3100 of 3600, ~2100 or never, by seed; with them ~1600-2800 of 3000 on seeds 0-2).
-    p_repeat: float = 0.1
+    # Added for the letter-copy multiple choice of an earlier recipe (its induction circuit formed
+    # late or never); multiple choice now answers with the option word, and the refusal results
+    # above were measured with this share.
+    p_repeat: float = 0.2
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
