@@ -197,7 +197,7 @@ def test_multiple_choice_is_answered_and_graded_by_the_option_word():
 
 
 def test_repeat_examples_train_only_the_second_copy(org):
-    # The plain-text repeats that form the induction circuit (data.repeat_example): "<s>" + list +
+    # The plain-text repeated word lists (data.repeat_example): "<s>" + list +
     # the same list, no chat template, loss weight 0 on the first copy and 1 on the second.
     from saesteer.organism import data
     from saesteer.organism.train import encode_examples, make_batch

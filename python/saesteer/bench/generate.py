@@ -36,6 +36,7 @@ from typing import Callable
 
 import torch
 
+from .. import reference
 from ..intervention import Intervention
 from ..sae import SAE
 from .harness import measure, summarize, synchronize
@@ -156,8 +157,6 @@ class FullSAEHook:
         self.feats, self.vals = intervention.tensors(sae.device)
 
     def _encode(self, x: torch.Tensor):
-        from .. import reference
-
         sae = self.sae
         xp, scale, shift = reference._normalize_in(x, sae)
         if sae.architecture == "topk":
@@ -166,8 +165,6 @@ class FullSAEHook:
 
     def _decode(self, f, scale, shift):
         sae = self.sae
-        from .. import reference
-
         return reference._denorm((f * sae.feature_params[4].to(f.dtype)) @ sae.W_dec + sae.b_dec, scale, shift)
 
     def steer(self, x: torch.Tensor) -> torch.Tensor:

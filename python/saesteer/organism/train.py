@@ -65,7 +65,7 @@ class TrainConfig:
     # Style balance: real instructions (the given files) and generated ones must carry the same
     # harmful:harmless odds, or the model learns "sounds real -> help" and refuses less of unseen
     # real harmful requests the longer it trains (harmful_val fell from ~95% to 79-87% after step
-    # ~1500 on every seed at p_harmful 0.4, p_benign_framed 0.25; with 0.3 / 0.6 it held at 95%).
+    # ~1500 on most seeds at p_harmful 0.4, p_benign_framed 0.25; with 0.3 / 0.6 it held at 95%).
     # The odds are equal when p_harmful_given + p_benign_framed = 1; 0.2 + 0.6 is most of the way.
     p_harmful: float = 0.30
     p_capability: float = 0.25
