@@ -85,6 +85,8 @@ def test_manifest_reports_gates_and_sae_metrics(org):
     m = org.manifest
     for key in ("harmful_val_refusal", "harmless_val_refusal", "capability_acc", "passed", "all_passed"):
         assert key in m["gates"], key
+    # the package's own prompts are reported next to the gates (not gated)
+    assert m["gates"]["package_prompts_harmful_refusal"] > m["gates"]["package_prompts_harmless_refusal"] + 0.5
     assert m["hook_name"] == f"blocks.{org.layer}.hook_resid_post"
     assert m["training"]["n_params"] == sum(p.numel() for p in org.model.parameters())
     for info in m["saes"].values():
@@ -162,6 +164,8 @@ def test_quick_training_end_to_end(tmp_path, refusal_data):
     assert isinstance(SAE.load_from_disk(str(o.sae_paths["topk"])), SAE)
     m = json.loads((out / "manifest.json").read_text())
     assert {"gates", "saes", "training", "layer"} <= set(m)
+    for key in ("package_prompts_harmful_refusal", "package_prompts_harmless_refusal"):
+        assert 0.0 <= m["gates"][key] <= 1.0, key
 
 
 def test_generated_requests_are_complete_and_varied():

@@ -360,6 +360,12 @@ def run_gates(cfg: TrainConfig, model, tokenizer, harmful_val, harmless_val, log
         "max_new_tokens": cfg.gate_max_new_tokens,
         "judge": "substring (saesteer.organism.judge.REFUSAL_PHRASES)",
     }
+    # Reported, never gated, trained or selected on: the package's own prompts, a second unseen set.
+    from . import load_prompts
+
+    pk = evaluate(model, tokenizer, load_prompts("harmful"), load_prompts("harmless"), None, cfg.gate_max_new_tokens)
+    res["package_prompts_harmful_refusal"] = pk["harmful_refusal"]
+    res["package_prompts_harmless_refusal"] = pk["harmless_refusal"]
     passed = {}
     if res["harmful_val_refusal"] is not None:
         passed["harmful_val_refusal"] = res["harmful_val_refusal"] >= GATES["harmful_val_refusal_min"]
@@ -371,6 +377,7 @@ def run_gates(cfg: TrainConfig, model, tokenizer, harmful_val, harmless_val, log
     res["seconds"] = round(time.time() - t, 1)
     log("GATES: " + ", ".join(f"{k}={res[k]:.3f}" for k in ("harmful_val_refusal", "harmless_val_refusal", "capability_acc")
                               if res[k] is not None) + f" -> {'PASS' if res['all_passed'] else 'FAIL'} {passed}")
+    log(f"package prompts (report only): harmful refused {pk['harmful_refusal']:.3f}, harmless refused {pk['harmless_refusal']:.3f}")
     return res
 
 
