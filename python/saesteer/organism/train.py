@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, load_prompts
 from .judge import is_refusal
 from .tokenizer import format_prompt, train_tokenizer
 
@@ -361,8 +361,6 @@ def run_gates(cfg: TrainConfig, model, tokenizer, harmful_val, harmless_val, log
         "judge": "substring (saesteer.organism.judge.REFUSAL_PHRASES)",
     }
     # Reported, never gated, trained or selected on: the package's own prompts, a second unseen set.
-    from . import load_prompts
-
     pk = evaluate(model, tokenizer, load_prompts("harmful"), load_prompts("harmless"), None, cfg.gate_max_new_tokens)
     res["package_prompts_harmful_refusal"] = pk["harmful_refusal"]
     res["package_prompts_harmless_refusal"] = pk["harmless_refusal"]
