@@ -112,6 +112,11 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path):
     assert set(r["asr"]) >= {"baseline", "minimal_set", "with_interactions"}
     assert set(r["minimal_set"]) <= {c[0] for c in r["candidates"]}
     assert r["config"]["seed"] == 1 and r["config"]["n_candidates"] == TINY["n_candidates"], "flags override the config file"
+    # The pool starts at n_candidates and doubles while the whole pool flips too few search prompts.
+    pool = r["candidate_pool"]
+    assert pool[0]["n"] == TINY["n_candidates"] and len(r["candidates"]) == pool[-1]["n"]
+    for a, b in zip(pool, pool[1:]):
+        assert a["full_flip_rate"] < r["config"]["min_full_flip"] and b["n"] == min(2 * a["n"], r["config"]["max_candidates"], 96)  # d_sae 96
     for pp in r["per_prompt_sets"]:  # confirmed by generation: the score-minimal set, extended if needed
         assert set(pp["score_minimal"]) <= set(pp["features"]) and isinstance(pp["complied_by_generation"], bool)
     for f in ("report.md", "direction.safetensors", "refusal_score_by_layer_position.png", "asr_vs_features.png"):
@@ -138,6 +143,10 @@ def test_discover_bad_input(tiny_chat, tmp_path, capsys):
     assert rc == 2 and "instruction" in err and "--field" in err
     rc, err = _run_err(base + ["--sae", str(d / "sae"), "--layer", "9"], capsys)
     assert rc == 2 and "layer: 9 is out of range" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"min_full_flip": 1.5}))
+    rc, err = _run_err(base + ["--sae", str(d / "sae"), "--config", str(bad)], capsys)
+    assert rc == 2 and "min_full_flip" in err and "[0, 1]" in err
     # An SAE for another model width.
     from helpers import make_sae_lens_sae
 
@@ -194,3 +203,16 @@ def test_direction_ablation_kind_is_checked_first(tiny_chat):
     model, tok, _, _ = tiny_chat
     with pytest.raises(ValueError, match="ablation: expected 'auto', 'directional' or 'affine'"):
         select_direction(model, tok, ["a"], ["b"], ["a"], ["b"], [0], ablation="zero")
+
+
+def test_candidate_pool_grows_until_it_flips_the_search_prompts(tiny_chat, tmp_path):
+    # A threshold no score is under: no pool flips anything, so the pool doubles up to the cap.
+    _, _, _, d = tiny_chat
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**TINY, "threshold": -1e9, "max_candidates": 40}))
+    out = tmp_path / "out"
+    assert main(["discover", "--model", str(d), "--sae", str(d / "sae"), "--out", str(out), "--config", str(cfg), "--quiet"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [c["n"] for c in r["candidate_pool"]] == [5, 10, 20, 40]
+    assert all(c["full_flip_rate"] == 0 for c in r["candidate_pool"])
+    assert len(r["candidates"]) == 40 and "Candidate pool" in (out / "report.md").read_text()

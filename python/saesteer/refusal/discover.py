@@ -40,6 +40,13 @@ class DiscoverConfig:
     n_search: int = 16  # harmful prompts the greedy search sees
     n_heldout: int = 32  # harmful prompts for the generation-judged ASR (never searched)
     n_candidates: int = 48
+    # Candidate pool growth: the greedy search can only keep a fraction (``keep``) of what the whole
+    # pool flips, so a pool that flips few search prompts yields a set that jailbreaks few. While
+    # ablating the top ``n`` candidates flips fewer than ``min_full_flip`` of the search prompts, ``n``
+    # doubles, up to ``max_candidates``. (On one organism training the top 48 flipped 4 of 16 and
+    # the kept set jailbroke 53% of held-out prompts; the top 192 flipped all 16: 34 features, 84%.)
+    min_full_flip: float = 0.75
+    max_candidates: int = 384
     # Candidates by attribution patching (-f . d score/d f, error term kept: the first-order effect
     # of ablating each feature on the refusal score) or by cosine to the direction. On four organism
     # trainings attribution's minimal set jailbroke 88-94% of held-out prompts, cosine's 50-94%.
@@ -143,6 +150,10 @@ def discover(
         raise ValueError("prompts: both the harmful and the harmless prompt sets must be non-empty")
     if cfg.method not in ("cosine", "attribution"):
         raise ValueError(f"method: expected 'cosine' or 'attribution', got {cfg.method!r}")
+    if not 0.0 <= cfg.min_full_flip <= 1.0:
+        raise ValueError(f"min_full_flip: expected a fraction in [0, 1], got {cfg.min_full_flip!r}")
+    if cfg.n_candidates < 1 or cfg.max_candidates < 1:
+        raise ValueError(f"n_candidates, max_candidates: expected >= 1, got {cfg.n_candidates} and {cfg.max_candidates}")
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     timings = {}
@@ -173,15 +184,24 @@ def discover(
 
     stages.set_postfix_str("candidates")
     site_dir = _site_direction(model, tokenizer, sae, h_dir, l_dir, d.position, layer, cfg.batch_size)
+    top = max(cfg.n_candidates, cfg.max_candidates)
     if cfg.method == "cosine":
-        cands = rank_by_cosine(sae, site_dir, cfg.n_candidates)
+        ranked = rank_by_cosine(sae, site_dir, top)
     else:
-        cands = rank_by_attribution(model, tokenizer, sae, h_val or h_dir, rtoks, top=cfg.n_candidates, layer=cfg.layer)
+        ranked = rank_by_attribution(model, tokenizer, sae, h_val or h_dir, rtoks, top=top, layer=cfg.layer)
+    kw = dict(layer=cfg.layer, backend=cfg.backend)
+    n, pool_steps = min(cfg.n_candidates, len(ranked)), []
+    while True:
+        full = ablation_scores(model, tokenizer, sae, h_search, [[i for i, _ in ranked[:n]]], rtoks, **kw)[0]
+        pool_steps.append({"n": n, "full_flip_rate": float((full < cfg.threshold).float().mean())})
+        if pool_steps[-1]["full_flip_rate"] >= cfg.min_full_flip or n >= min(top, len(ranked)):
+            break
+        n = min(2 * n, top, len(ranked))
+    cands = ranked[:n]
     cand_ids = [i for i, _ in cands]
     stages.update()
 
     stages.set_postfix_str("greedy search")
-    kw = dict(layer=cfg.layer, backend=cfg.backend)
     pooled = greedy_minimal_set(model, tokenizer, sae, h_search, cand_ids, rtoks, threshold=cfg.threshold, keep=cfg.keep, progress=progress, **kw)
     per_prompt = []
     for p in h_search[: cfg.per_prompt]:
@@ -280,6 +300,7 @@ def discover(
         "sae": {"hook_name": sae.hook_name, "layer": layer, "d_sae": sae.d_sae, "architecture": sae.architecture},
         "candidates": [[i, s] for i, s in cands],
         "candidate_method": cfg.method,
+        "candidate_pool": pool_steps,  # pool size and the search prompts' flip rate, per growth step
         "minimal_set": pooled.features,
         "minimal_set_search": pooled.to_dict(),
         "minimal_set_heldout_flip_rate": float((ms_scores < cfg.threshold).float().mean()),
@@ -363,6 +384,13 @@ def _plots(r: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _short(features: list[int], n: int = 24) -> str:
+    """A feature list for a table cell: the first ``n``, then how many there are in all."""
+    if len(features) <= n:
+        return str(features)
+    return "[" + ", ".join(map(str, features[:n])) + f", ...] ({len(features)} features)"
+
+
 def _report(r: dict) -> str:
     d, a = r["direction"], r["asr"]
     lines = [
@@ -386,6 +414,9 @@ def _report(r: dict) -> str:
         "## Features",
         f"Top candidates by {r['candidate_method']}: " + ", ".join(f"{i} ({s:.2f})" for i, s in r["candidates"][:10]),
         "",
+        "Candidate pool (top n ablated together: flip rate of the search prompts): "
+        + ", ".join(f"{c['n']}: {c['full_flip_rate']:.0%}" for c in r.get("candidate_pool", [])) + ".",
+        "",
         f"**Minimal set** ({len(r['minimal_set'])} features): {r['minimal_set']} — flips "
         f"{r['minimal_set_search']['flip_rate']:.0%} of the search prompts, {r['minimal_set_heldout_flip_rate']:.0%} of held-out ones (refusal score < 0).",
         "",
@@ -401,7 +432,7 @@ def _report(r: dict) -> str:
         "",
         *( ["Per-prompt minimal sets (each searched on its own prompt, then confirmed by generation):", "",
             "| prompt | minimal by score | confirmed set (generation) | complied |", "| --- | --- | --- | --- |",
-            *[f"| {pp['prompt'][:60]} | {pp['score_minimal']} | {pp['features']} | {pp['complied_by_generation']} |"
+            *[f"| {pp['prompt'][:60]} | {_short(pp['score_minimal'])} | {_short(pp['features'])} | {pp['complied_by_generation']} |"
               for pp in r["per_prompt_sets"]], ""] if r.get("per_prompt_sets") else [] ),
         "## Interactions (factorization machine, verified by real ablations)",
         f"FM fit R^2 = {r['interactions_detail']['r2']:.2f} on {r['interactions_detail']['n_samples']} random ablation masks; features added: {r['interactions_detail']['added']}.",
@@ -454,6 +485,7 @@ def _run(args) -> int:
     if args.quick:
         cfg.n_direction, cfg.n_val, cfg.n_search, cfg.n_heldout = 16, 8, 6, 8
         cfg.n_candidates, cfg.fm_samples, cfg.per_prompt, cfg.max_new_tokens = 12, 48, 1, 12
+        cfg.max_candidates = 48
     # Cheap checks first: prompt files, then the SAE/model shapes, before any heavy work.
     harmful = load_prompts(args.harmful, args.field) if args.harmful else shipped_prompts("harmful")
     harmless = load_prompts(args.harmless, args.field) if args.harmless else shipped_prompts("harmless")
