@@ -59,7 +59,9 @@ class TrainConfig:
     # other first reply tokens: a weight w moves the refuse-or-help decision by about log(w) nats
     # towards refusal on requests the model finds ambiguous. harmless_val refusal stays at ~1%
     # (gate 5%), while harmful_val (36 of 39 needed) was the gate that failed seeds before.
-    harmful_first_token_weight: float = 3.0
+    # 6 rather than 3 (default command, seeds 0/1/2): harmful_val 94.9/94.9/97.4% vs 94.9/92.3/92.3%,
+    # package-prompt harmful refusal 88/90/92% vs 86/84/86%, harmless_val 1.0/1.5/1.2% vs 1.6/0.9/1.3%.
+    harmful_first_token_weight: float = 6.0
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
     # Style balance: real instructions (the given files) and generated ones must carry the same
