@@ -40,7 +40,9 @@ class TrainConfig:
     intermediate_size: int = 576
     max_len: int = 80
     batch_size: int = 64
-    steps: int = 3000
+    # 3800 steps fill the 26-min cap on an idle 2-core AVX2 EPYC (~0.4 s a step); a slower CPU ends
+    # on the cap. 3000 steps (the recipe before) left ~6 min of the budget unused there.
+    steps: int = 3800
     # Wall-clock cap for the model stage: the LR schedule follows max(step / steps, elapsed /
     # budget), so a slow (shared) CPU ends the run on time with a fully decayed LR.
     max_train_minutes: float = 26.0
@@ -61,6 +63,8 @@ class TrainConfig:
     # (gate 5%), while harmful_val (36 of 39 needed) was the gate that failed seeds before.
     # 6 rather than 3 (default command, seeds 0/1/2): harmful_val 94.9/94.9/97.4% vs 94.9/92.3/92.3%,
     # package-prompt harmful refusal 88/90/92% vs 86/84/86%, harmless_val 1.0/1.5/1.2% vs 1.6/0.9/1.3%.
+    # 12 (seed 0) moved the boundary further but not the separation: package prompts 90% / 8%
+    # (harmful / harmless) against 88% / 2% at 6; the misses left are not a bias but a weak boundary.
     harmful_first_token_weight: float = 6.0
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
@@ -69,15 +73,18 @@ class TrainConfig:
     # real harmful requests the longer it trains (harmful_val fell from ~95% to 79-87% after step
     # ~1500 on most seeds at p_harmful 0.4, p_benign_framed 0.25; with 0.3 / 0.6 it held at 95%).
     # The odds are equal when p_harmful_given + p_benign_framed = 1; 0.2 + 0.6 is most of the way.
-    p_harmful: float = 0.30
+    # 0.34 (was 0.30) takes half of the repeat share below: harmful:harmless stays ~1.1.
+    p_harmful: float = 0.34
     p_capability: float = 0.25
     p_harmful_given: float = 0.2
     p_benign_framed: float = 0.6
     # Share of plain-text repeated word lists (data.repeat_example), taken from the harmless share.
     # Added for the letter-copy multiple choice of an earlier recipe (its induction circuit formed
-    # late or never); multiple choice now answers with the option word, and the refusal results
-    # above were measured with this share.
-    p_repeat: float = 0.2
+    # late or never); multiple choice now answers with the option word. 0.1 (was 0.2), with 0.04 to
+    # p_harmful and 0.06 to harmless and 3800 steps: ~60% more real harmless instructions seen, and
+    # the boundary sharpens (seeds 0/1: harmless_val 0.5/0.9% vs 1.0/1.5%, harmful_val 97.4/97.4% vs
+    # 94.9/94.9%, package prompts 90%/0% and 90%/2% vs 88%/2% and 90%/2%); capability 99.7/98.3%.
+    p_repeat: float = 0.1
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
