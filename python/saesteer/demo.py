@@ -93,7 +93,8 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
     g = d["generation"]
     print(f"refusal direction: layer {d['layer']}, position {d['position']}; harmful prompts refused "
           f"{g['harmful_refusal']:.0%} -> {g['harmful_refusal_ablated']:.0%} with it ablated ({d['ablation']}), "
-          f"harmless {g['harmless_refusal']:.0%} -> {g['harmless_refusal_added']:.0%} with it added")
+          f"harmless {g['harmless_refusal']:.0%} -> {g['harmless_refusal_added']:.0%} with it added "
+          f"({g['harmless_refusal_added_prompt']:.0%} added at the prompt only)")
     print(f"SAE {r['sae']['hook_name']} ({r['sae']['architecture']}, {r['sae']['d_sae']} features); "
           f"top candidates by {r['candidate_method']}: {[c[0] for c in r['candidates'][:8]]}")
     print(f"minimal jailbreak set: {feats}; attack success on held-out harmful prompts "

@@ -268,8 +268,13 @@ def discover(
         "harmful_refusal": 1.0 - asr_d["baseline"],
         "harmful_refusal_ablated": 1.0 - asr(generate(model, tokenizer, h_held, steering=lambda: d.ablate(model), **gen)),
         "harmless_refusal": sum(judge(l_held, generate(model, tokenizer, l_held, **gen))) / len(l_held),
-        "harmless_refusal_added": sum(judge(l_held, generate(model, tokenizer, l_held, steering=lambda: add_direction(model, d.direction, d.layer, 1.0), **gen))) / len(l_held),
     }
+    # Added at every position (Arditi et al.), and at the prompt's positions only: a direction strong
+    # enough to flip the first token can, added to every generated token too, derail the reply itself
+    # (the shipped organism writes "I'mI'mIII..." and the judge sees no refusal phrase).
+    for key, pos in (("harmless_refusal_added", "all"), ("harmless_refusal_added_prompt", "prompt")):
+        adding = lambda pos=pos: add_direction(model, d.direction, d.layer, 1.0, positions=pos)
+        dir_gen[key] = sum(judge(l_held, generate(model, tokenizer, l_held, steering=adding, **gen))) / len(l_held)
     cap = None
     if capability is not None:
         from .evaluate import capability_accuracy
@@ -407,7 +412,8 @@ def _report(r: dict) -> str:
         f"harmless {d['scores']['harmless_refusal_score']:.2f} -> {d['scores']['induce']:.2f} when added; KL {d['scores']['kl']:.3f}.",
         "",
         f"By generation (held-out): harmful refused {d['generation']['harmful_refusal']:.0%} -> {d['generation']['harmful_refusal_ablated']:.0%} with the direction ablated; "
-        f"harmless refused {d['generation']['harmless_refusal']:.0%} -> {d['generation']['harmless_refusal_added']:.0%} with it added.",
+        f"harmless refused {d['generation']['harmless_refusal']:.0%} -> {d['generation']['harmless_refusal_added']:.0%} with it added "
+        f"(at the prompt's positions only: {d['generation']['harmless_refusal_added_prompt']:.0%}).",
         "",
         "![scores](refusal_score_by_layer_position.png)",
         "",
