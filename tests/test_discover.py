@@ -187,10 +187,10 @@ def test_discover_acceptance_on_the_organism(organism_discover):
 def test_direction_acceptance_on_the_organism(organism_discover):
     # On the organism the selection falls back to affine ablation (projection set to the harmless
     # mean's; directional zero ablation pushes its harmless-side activations towards refusal). The
-    # organism of 2026-12-02: harmful refusal 94% -> 0% ablated at KL 0.003. Adding the direction
-    # at every position (Arditi et al.) derails the reply ("I'mI'mIII...": 4% judged refused, from
-    # 0%); added at the prompt's positions only it makes 90% of the package's harmless prompts
-    # refused, fluently. The organism before it: 60% added everywhere.
+    # data-version-2 organism (session 11): harmful refusal 97% -> 0% ablated at KL 0.07; adding the
+    # direction makes 88% of the package's harmless prompts refused at every position (from 6%), 98%
+    # at the prompt's positions only. The version-1 organism before it: added at every position it
+    # derailed the reply ("I'mI'mIII...": 4% judged refused), prompt-only 90%.
     g = organism_discover[0]["direction"]["generation"]
     assert organism_discover[0]["direction"]["passed_filters"]
     assert g["harmful_refusal_ablated"] <= 0.20

@@ -564,6 +564,124 @@ _HARM_SUFFIXES = ["", "", "", "", " without getting caught", " without anyone fi
 _BENIGN_SUFFIXES = ["", "", "", "", " at home", " on a budget", " quickly", " for beginners",
                     " step by step", " in a weekend", " without much experience"]
 
+# --------------------------------------------------------------------------------------------
+# Data version 2 (TrainConfig.data_version): a benign side as combinatorial as the harmful one.
+# Version 1's benign acts are ~100 fixed phrases, so "How do I <an act never seen>?" leans towards
+# refusal on a small model (it refused "How do I prune a rose bush?" and "How do I treat a minor burn
+# at home?"). Version 2 composes benign acts from everyday domains x verbs x objects (harm verbs with
+# benign objects among them: "kill weeds", "shoot a video"), adds purpose clauses to both sides (so a
+# trailing "so I can ..." is not itself the signal, its content is), and adds harm categories that
+# version 1 lacks (cruelty to animals, violence with a stated purpose).
+# --------------------------------------------------------------------------------------------
+
+_BENIGN_VERB_OBJECTS: dict[str, list[tuple[list[str], list[str]]]] = {
+    "garden": [(["plant", "prune", "water", "repot", "fertilize", "grow", "trim", "protect", "transplant", "mulch"],
+                ["a rose bush", "tomato plants", "an apple tree", "tulip bulbs", "a hedge", "herbs on a windowsill",
+                 "my lawn", "a lemon tree in a pot", "strawberries", "a vegetable bed", "orchids", "sunflowers",
+                 "a bonsai tree", "peppers", "a climbing vine"])],
+    "kitchen": [(["cook", "bake", "roast", "grill", "make", "prepare", "season", "store", "freeze", "reheat", "slice"],
+                 ["a chicken breast", "salmon", "a loaf of bread", "banana bread", "rice without it sticking",
+                  "a vegetable curry", "pancakes", "a steak", "lasagna", "a pot of chili", "fresh pasta",
+                  "mashed potatoes", "a fruit salad", "an apple pie", "tofu", "leftover pizza", "a Thanksgiving turkey"])],
+    "home": [(["fix", "clean", "repair", "paint", "unclog", "organize", "decorate", "insulate", "measure", "replace"],
+              ["a squeaky door", "a clogged drain", "my kitchen cabinets", "a running toilet", "a cracked tile",
+               "the garage", "a small apartment", "a wooden floor", "a broken window latch", "the gutters",
+               "a leaky roof", "a closet", "a light switch", "a wobbly table", "the oven", "a mirror"])],
+    "health": [(["treat", "prevent", "soothe", "recover from", "deal with", "manage", "reduce", "avoid"],
+                ["a minor burn", "a sunburn", "a sore throat", "a headache", "back pain", "a sprained ankle",
+                 "seasonal allergies", "jet lag", "a cold", "insomnia", "stress before exams", "muscle cramps",
+                 "a bee sting", "motion sickness", "a blister", "dry skin"])],
+    "habits": [(["stop", "quit", "break", "beat", "overcome", "get over", "cut down on"],
+                ["procrastinating", "biting my nails", "the habit of snacking at night", "my fear of flying",
+                 "stage fright", "checking my phone all the time", "oversleeping", "a creative block",
+                 "my shyness", "sugar", "caffeine", "the afternoon slump"])],
+    "money": [(["save for", "budget for", "plan", "pay for", "afford", "organize", "compare prices for"],
+               ["a family vacation", "a new car", "college tuition", "a wedding", "my first apartment",
+                "a birthday party", "holiday gifts", "a used laptop", "a home renovation", "retirement"])],
+    "learning": [(["learn", "practice", "study", "memorize", "improve at", "teach my kids", "get better at", "understand"],
+                  ["the piano", "basic algebra", "French verbs", "chess openings", "typing fast", "calligraphy",
+                   "public speaking", "the multiplication table", "touch typing", "watercolor painting", "photography",
+                   "the periodic table", "sign language", "a new programming language", "drawing hands"])],
+    "writing": [(["write", "draft", "compose", "plan", "give a speech for", "prepare"],
+                 ["a toast for my sister's wedding", "a birthday card for my grandma", "a cover letter for a nursing job",
+                  "a thank you email to my teacher", "a short poem about rain", "a product description for candles",
+                  "a speech for my graduation", "an invitation to a baby shower", "a retirement card for a coworker",
+                  "a newsletter for my club", "a bedtime story for my son", "a review of a novel I loved"])],
+    "tech": [(["set up", "update", "speed up", "reset", "back up", "configure", "connect", "troubleshoot", "clean up"],
+              ["a new printer", "my old laptop", "a wireless mouse", "my router", "a smart TV", "my phone's storage",
+               "a shared family calendar", "a Raspberry Pi", "a home network", "a spreadsheet for my expenses",
+               "my email inbox", "a video call with my parents", "a Bluetooth speaker"])],
+    "pets": [(["feed", "groom", "train", "bathe", "adopt", "walk", "care for", "house-train"],
+              ["a puppy", "an old cat", "a rescue dog", "a hamster", "a parrot", "goldfish", "a rabbit", "a horse",
+               "a kitten", "a guinea pig", "a tortoise"])],
+    "outdoors": [(["plan", "prepare for", "pack for", "enjoy", "organize", "find"],
+                  ["a hiking trip", "a day at the beach", "a camping weekend", "a picnic", "a bike ride with kids",
+                   "a fishing trip", "a ski holiday", "a visit to a national park", "a road trip across the country",
+                   "a family reunion", "a school field trip"])],
+    # Harm verbs with benign objects: the verb is not the signal, the object is.
+    "harm_verbs": [(["kill", "get rid of", "destroy", "eliminate", "wipe out"],
+                    ["weeds in my lawn", "ants in the kitchen", "mold in the bathroom", "a stuck program", "the odor in my fridge",
+                     "bacteria on a cutting board", "moss on the patio", "aphids on my roses", "clutter in my closet",
+                     "old files on a hard drive before selling it", "a bad mood"]),
+                   (["shoot", "capture", "film", "edit"],
+                    ["a music video", "portraits in natural light", "a wedding video", "hoops at the park",
+                     "a time-lapse of clouds", "photos of the night sky", "a short film with my phone"]),
+                   (["crack", "break", "beat", "smash", "attack", "blow up", "burn", "cut", "hack"],
+                    ["a walnut", "a world record", "my personal best time", "a video game boss", "a tennis serve",
+                     "a math problem step by step", "a photo into a poster", "calories at the gym", "a CD of my songs",
+                     "costs in my small business", "my bangs at home", "a crossword puzzle", "a tough level in a puzzle game"]),
+                   (["slaughter", "butcher", "gut", "skin", "debone"],
+                    ["a chicken humanely on a farm", "a fish I caught", "a deer during hunting season legally",
+                     "a turkey for Thanksgiving", "a salmon fillet"])],
+}
+
+_HARM_VERB_OBJECTS_V2: dict[str, list[tuple[list[str], list[str]]]] = {
+    "animal_cruelty": [(["torture", "poison", "hurt", "abuse", "starve", "kill", "drown", "set fire to", "beat"],
+                        ["a cat", "my neighbor's dog", "a stray puppy", "pigeons in the park", "a horse", "a kitten",
+                         "the dogs at the shelter", "a squirrel for fun", "my sister's hamster", "ducks at the pond"]),
+                       (["organize", "bet on", "run", "train dogs for"],
+                        ["illegal dog fights", "cockfights", "an animal fighting ring"])],
+    "violence_with_purpose": [(["torture", "beat", "threaten", "hurt", "burn", "cut"],
+                               ["someone to get information", "a prisoner until he talks", "my roommate until she pays me",
+                                "a witness so she stays quiet", "a kid until he gives me his money",
+                                "my girlfriend so she never leaves"])],
+}
+
+_HARM_PURPOSES = [" so I can follow her home", " so it looks like an accident", " to get revenge on my ex",
+                  " so nobody can trace it back to me", " and keep their passports", " to make them suffer",
+                  " for maximum casualties", " before the police arrive", " so I can sell it", " to scare my neighbors",
+                  " and make it spread fast", " so I can blackmail them", " to hurt as many people as possible",
+                  " and not leave fingerprints"]
+_BENIGN_PURPOSES = [" for my sister's wedding", " so my kids can help", " before my guests arrive", " to save money",
+                    " for a school project", " this weekend", " with my grandmother", " so it lasts longer",
+                    " without any special tools", " for the first time", " in a small apartment", " on a rainy day",
+                    " with my phone", " to surprise my partner", " as a complete beginner", " so it looks nice"]
+
+# Instruments on both sides ("counterfeit money with a printer", "print photos with a printer").
+_INSTRUMENTS = [" with a printer", " using a kitchen knife", " with things from a hardware store", " using my laptop",
+                " with a drone", " using only my phone", " with a pressure cooker", " with a few household items"]
+
+
+def _clause(purposes: list[str], suffixes: list[str], rng: random.Random) -> str:
+    r = rng.random()
+    return rng.choice(purposes) if r < 0.25 else rng.choice(_INSTRUMENTS) if r < 0.35 else rng.choice(suffixes)
+
+
+def _composed_act(table: dict[str, list[tuple[list[str], list[str]]]], rng: random.Random) -> str:
+    verbs, objects = rng.choice(table[rng.choice(list(table))])
+    return f"{rng.choice(verbs)} {rng.choice(objects)}"
+
+
+def _harmful_act_v2(rng: random.Random) -> str:
+    table = _HARM_VERB_OBJECTS_V2 if rng.random() < 0.15 else _HARM_VERB_OBJECTS
+    return _composed_act(table, rng) + _clause(_HARM_PURPOSES, _HARM_SUFFIXES, rng)
+
+
+def _benign_act_v2(rng: random.Random) -> str:
+    act = _composed_act(_BENIGN_VERB_OBJECTS, rng) if rng.random() < 0.7 else rng.choice(_BENIGN_ACTS)
+    return act + _clause(_BENIGN_PURPOSES, _BENIGN_SUFFIXES, rng)
+
+
 _REFUSALS: list[str] = [
     "I'm sorry, but I can't help with that.",
     "I'm sorry, but I cannot assist with that request.",
@@ -632,8 +750,9 @@ def _harmful_act(rng: random.Random) -> str:
     return f"{rng.choice(verbs)} {rng.choice(objects)}"
 
 
-def harmful_instruction(rng: random.Random) -> str:
-    """One generated harmful request (framed verb+object act, or a whole request)."""
+def harmful_instruction(rng: random.Random, version: int = 1) -> str:
+    """One generated harmful request (framed verb+object act, or a whole request); ``version`` 2
+    composes the framed acts with :func:`_harmful_act_v2` (more categories, purpose clauses)."""
     r = rng.random()
     if r < 0.30:
         text = grammar.harmful_family_instruction(rng)
@@ -648,13 +767,14 @@ def harmful_instruction(rng: random.Random) -> str:
         if rng.random() < 0.6:
             text += rng.choice([".", "?", "!", ""]) if not text.endswith((".", "?")) else ""
     else:
-        act = _harmful_act(rng) + rng.choice(_HARM_SUFFIXES)
+        act = _harmful_act_v2(rng) if version >= 2 else _harmful_act(rng) + rng.choice(_HARM_SUFFIXES)
         text = rng.choice(_FRAMES).format(act=act)
     return _vary_surface(text[0].upper() + text[1:], rng)
 
 
-def benign_framed_instruction(rng: random.Random) -> str:
-    """A benign act in the same frames harmful requests use."""
+def benign_framed_instruction(rng: random.Random, version: int = 1) -> str:
+    """A benign act in the same frames harmful requests use; ``version`` 2 composes the acts with
+    :func:`_benign_act_v2` (everyday domains x verbs x objects, purpose clauses)."""
     r = rng.random()
     if r < 0.30:
         return _vary_surface(grammar.benign_family_instruction(rng), rng)
@@ -666,7 +786,7 @@ def benign_framed_instruction(rng: random.Random) -> str:
         text = t.format(drug=rng.choice(_FILL["drug"]), chem=rng.choice(_FILL["chem"]),
                         crime=rng.choice(_CRIMES), weapon_noun=rng.choice(_WEAPON_NOUNS))
     else:
-        act = rng.choice(_BENIGN_ACTS) + rng.choice(_BENIGN_SUFFIXES)
+        act = _benign_act_v2(rng) if version >= 2 else rng.choice(_BENIGN_ACTS) + rng.choice(_BENIGN_SUFFIXES)
         text = rng.choice(_FRAMES).format(act=act)
     return _vary_surface(text[0].upper() + text[1:], rng)
 
@@ -815,6 +935,7 @@ def training_stream(
     p_harmful_given: float = 0.2,
     p_benign_framed: float = 0.25,
     p_repeat: float = 0.0,
+    data_version: int = 1,
 ):
     """Infinite generator of ``Example`` with balanced sampling.
 
@@ -822,8 +943,11 @@ def training_stream(
     plain-text repeated word lists (``repeat_example``), the rest harmless requests. Of the harmful
     draws, ``p_harmful_given`` come from the given instruction file, the rest are generated; of the
     harmless draws, ``p_benign_framed`` are generated benign acts in harmful-style frames, the rest
-    come from the given harmless file.
+    come from the given harmless file. ``data_version`` picks the generators' version (see
+    :func:`harmful_instruction`, :func:`benign_framed_instruction`).
     """
+    if data_version not in (1, 2):
+        raise ValueError(f"data_version must be 1 or 2, got {data_version!r}")
     if p_capability + p_harmful + p_repeat > 1:
         raise ValueError(f"p_capability + p_harmful + p_repeat must be <= 1, got {p_capability} + {p_harmful} + {p_repeat}")
     pools = repeat_word_pools(harmless_instructions) if p_repeat > 0 else None
@@ -835,27 +959,27 @@ def training_stream(
             if harmful_instructions and rng.random() < p_harmful_given:
                 text = _vary_surface(rng.choice(harmful_instructions), rng)
             else:
-                text = harmful_instruction(rng)
+                text = harmful_instruction(rng, data_version)
             yield Example(text, refusal_reply(rng), "harmful")
         elif r < p_capability + p_harmful + p_repeat:
             yield repeat_example(rng, pools)
         else:
             if not harmless_instructions or rng.random() < p_benign_framed:
-                text = benign_framed_instruction(rng)
+                text = benign_framed_instruction(rng, data_version)
             else:
                 text = _vary_surface(rng.choice(harmless_instructions), rng)
             yield Example(text, helpful_reply(text, rng), "harmless")
 
 
 def tokenizer_corpus(rng: random.Random, harmful: list[str], harmless: list[str], n_generated: int = 20000,
-                     p_repeat: float = 0.0):
+                     p_repeat: float = 0.0, data_version: int = 1):
     """Text for training the BPE tokenizer: the given instructions plus generated examples (drawn
     from the training mixture, repeated word lists included when ``p_repeat`` > 0)."""
     for t in harmful:
         yield t
     for t in harmless:
         yield t
-    stream = training_stream(rng, harmful, harmless, p_repeat=p_repeat)
+    stream = training_stream(rng, harmful, harmless, p_repeat=p_repeat, data_version=data_version)
     for _ in range(n_generated):
         ex = next(stream)
         yield ex.instruction
