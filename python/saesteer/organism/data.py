@@ -745,9 +745,7 @@ def _fill(template: str, rng: random.Random, table: dict[str, list[str]] | None 
 
 
 def _harmful_act(rng: random.Random) -> str:
-    cat = rng.choice(list(_HARM_VERB_OBJECTS))
-    verbs, objects = rng.choice(_HARM_VERB_OBJECTS[cat])
-    return f"{rng.choice(verbs)} {rng.choice(objects)}"
+    return _composed_act(_HARM_VERB_OBJECTS, rng)
 
 
 def harmful_instruction(rng: random.Random, version: int = 1) -> str:
