@@ -292,9 +292,9 @@ def test_organism_ablation_lowers_and_clamping_raises_refusal(organism_setup):
     # harmful refusal 1.0 -> 0.875 / 0.92 -> 0.79 with the top-32 cosine features ablated (score
     # 8.5 -> 5.1 / 7.1 -> 4.0; the top 16 only 8.5 -> 6.9 / 7.1 -> 5.7 on this organism, where
     # refusal is spread over more features; discover's attribution-ranked 8 jailbreak 88%, 100% with
-    # their interacting features). Clamping the top 2 at 2x their max activation: harmful 1.0 / 0.92 -> 1.0 (score
-    # 8.5 -> 9.6 / 7.1 -> 8.6), harmless 0.0 -> 0.125 / 0.04 -> 0.04 (score -8.3 -> -3.9 / -9.1 ->
-    # -5.0); the top 4 at 2x: harmless 0.0 -> 0.67 / 0.04 -> 0.54 (score -> 0.9 / -0.2), harmful
+    # their interacting features). Clamping the top 2 at 2x their max activation: harmful 1.0 /
+    # 0.92 -> 1.0 (score 8.5 -> 9.6 / 7.1 -> 8.6), harmless 0.0 -> 0.125 / 0.04 -> 0.04 (score
+    # -8.3 -> -3.9 / -9.1 -> -5.0); the top 4 at 2x: harmless 0.0 -> 0.67 / 0.04 -> 0.54 (score -> 0.9 / -0.2), harmful
     # score flat (8.3 / 7.1: refusal is saturated and the reply starts to drift).
     org, sae, feats = organism_setup
     data = _org_data(24, 0)

@@ -924,6 +924,15 @@ def capability_eval_set(n: int, seed: int = 1234) -> list[Example]:
 # --------------------------------------------------------------------------------------------
 
 
+DATA_VERSIONS = (1, 2)
+
+
+def check_data_version(data_version) -> None:
+    """Raise ``ValueError`` naming ``data_version`` unless it is one of :data:`DATA_VERSIONS`."""
+    if data_version not in DATA_VERSIONS:
+        raise ValueError(f"data_version must be 1 or 2, got {data_version!r}")
+
+
 def training_stream(
     rng: random.Random,
     harmful_instructions: list[str],
@@ -944,8 +953,7 @@ def training_stream(
     come from the given harmless file. ``data_version`` picks the generators' version (see
     :func:`harmful_instruction`, :func:`benign_framed_instruction`).
     """
-    if data_version not in (1, 2):
-        raise ValueError(f"data_version must be 1 or 2, got {data_version!r}")
+    check_data_version(data_version)
     if p_capability + p_harmful + p_repeat > 1:
         raise ValueError(f"p_capability + p_harmful + p_repeat must be <= 1, got {p_capability} + {p_harmful} + {p_repeat}")
     pools = repeat_word_pools(harmless_instructions) if p_repeat > 0 else None

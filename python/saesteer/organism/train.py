@@ -82,8 +82,9 @@ class TrainConfig:
     # Added for the letter-copy multiple choice of an earlier recipe (its induction circuit formed
     # late or never); multiple choice now answers with the option word. 0.1 (was 0.2), with 0.04 to
     # p_harmful and 0.06 to harmless and 3800 steps: ~60% more real harmless instructions seen, and
-    # the boundary sharpens (data version 1, seeds 0/1: harmless_val 0.5/0.9% vs 1.0/1.5%, harmful_val 97.4/97.4% vs
-    # 94.9/94.9%, package prompts 90%/0% and 90%/2% vs 88%/2% and 90%/2%); capability 99.7/98.3%.
+    # the boundary sharpens (data version 1, seeds 0/1: harmless_val 0.5/0.9% vs 1.0/1.5%,
+    # harmful_val 97.4/97.4% vs 94.9/94.9%, package prompts 90%/0% and 90%/2% vs 88%/2% and 90%/2%);
+    # capability 99.7/98.3%.
     p_repeat: float = 0.1
     # Generators' version (data.training_stream): 2 composes benign acts from everyday domains x verbs
     # x objects and adds purpose clauses and instruments to both sides (see data._BENIGN_VERB_OBJECTS).
@@ -429,8 +430,7 @@ def train_organism(harmful, harmless, out, harmful_val=None, harmless_val=None, 
         if isinstance(cur, bool) and isinstance(v, str):
             v = v.lower() in ("1", "true", "yes")
         setattr(cfg, k, type(cur)(v))
-    if cfg.data_version not in (1, 2):
-        raise ValueError(f"data_version must be 1 or 2, got {cfg.data_version}")
+    data.check_data_version(cfg.data_version)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     H, B = load_instructions(harmful), load_instructions(harmless)
