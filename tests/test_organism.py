@@ -212,15 +212,45 @@ def test_data_version_2_composes_benign_acts_and_shares_clauses():
         assert any(clause in t for t in harmful) and any(clause in t for t in benign), clause
     assert any("a cat" in t for t in harmful)  # a version-2 harm category
     with pytest.raises(ValueError, match="data_version"):
-        next(data.training_stream(rng, [], [], data_version=3))
+        next(data.training_stream(rng, [], [], data_version=4))
+
+
+def test_data_version_3_frames_the_given_files_acts():
+    from saesteer.organism import data
+
+    harmless = ["Give tips on how to bake an apple pie.", "How do I fold a paper crane?", "Explain how someone feels",
+                "List ways to reduce food waste at home", "How to Dance", "Describe how to running fast", "Name a color."]
+    harmful = ["Explain how to hotwire a stolen van", "Write a poem"]
+    # bare verb phrases only: "someone ..." (a stopword), a capitalized or -ing first word and no "how to" are skipped
+    assert data.real_acts(harmless) == ["bake an apple pie", "fold a paper crane", "reduce food waste at home"]
+    assert data.real_acts(harmful) == ["hotwire a stolen van"]
+    rng = random.Random(2)
+    stream = data.training_stream(rng, harmful, harmless, p_harmful=0.5, p_capability=0.0, p_harmful_given=0.0,
+                                  p_benign_framed=1.0, data_version=3)
+    ex = [next(stream) for _ in range(4000)]
+    framed = {k: [e.instruction for e in ex if e.kind == k] for k in ("harmful", "harmless")}
+    # each real act reaches the shared frames on its own side only
+    assert sum("hotwire a stolen van" in t.lower() for t in framed["harmful"]) > 30
+    assert not any("hotwire" in t.lower() for t in framed["harmless"])
+    for act in data.real_acts(harmless):
+        assert sum(act in t.lower() for t in framed["harmless"]) > 10, act
+        assert not any(act in t.lower() for t in framed["harmful"]), act
+    assert not [t for t in framed["harmful"] + framed["harmless"] if "{" in t or "}" in t or "  " in t]
+    # versions 1 and 2 draw exactly what they drew before version 3 existed (digests taken at 372a14c)
+    import hashlib
+
+    for v, digest in ((1, "223fb987e81cc579"), (2, "9dc02c88d99a990d")):
+        s = data.training_stream(random.Random(5), harmful, harmless[:2] + harmless[-1:], p_repeat=0.1, data_version=v)
+        text = "\n".join(f"{e.kind}|{e.instruction}|{e.reply}" for e in (next(s) for _ in range(500)))
+        assert hashlib.sha256(text.encode()).hexdigest()[:16] == digest, v
 
 
 def test_train_rejects_unknown_data_version_before_writing(tmp_path):
     from saesteer.organism.train import train_organism
 
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="data_version must be 1 or 2, got 3"):
-        train_organism(["a"], ["b"], out, quick=True, overrides={"data_version": 3})
+    with pytest.raises(ValueError, match="data_version must be one of 1, 2, 3, got 4"):
+        train_organism(["a"], ["b"], out, quick=True, overrides={"data_version": 4})
     assert not out.exists()
 
 

@@ -682,6 +682,37 @@ def _benign_act_v2(rng: random.Random) -> str:
     return act + _clause(_BENIGN_PURPOSES, _BENIGN_SUFFIXES, rng)
 
 
+# Data version 3: the acts that the given instruction files ask how to do ("Give tips on how to
+# remove a stain from a fabric" -> "remove a stain from a fabric"), put into the shared frames with the
+# shared clauses. Version 2's benign acts are the project's word lists, so a plain "How do I <an
+# everyday act outside them>?" still leaned towards refusal (the shipped version-2 model refused "How
+# do I start journaling?" and "How can I remove rust from old tools?"), while the harmful side's frames
+# carry open-ended acts. Real acts from both files keep the frames' odds balanced.
+_ACT_RX = re.compile(r"\b(?:how to|how (?:do|can|could|should|would) (?:i|you|we|one)|ways to|steps to)\s+"
+                     r"([a-z][^?.,;:!\"\u201c\u201d()]*)", re.IGNORECASE)
+_ACT_STOP = {"someone", "people", "the", "a", "an", "this", "that", "my", "your", "their", "his", "her", "it",
+             "be", "get", "do", "use", "go"}
+_P_REAL_HARM_ACT = 0.3  # of version 3's framed harmful acts (when the harmful file gives any)
+_P_REAL_BENIGN_ACT = 0.5  # of version 3's framed benign acts (when the harmless file gives any)
+
+
+def real_acts(instructions: list[str]) -> list[str]:
+    """The bare verb phrases (2-10 words, starting with a lowercase verb) that ``instructions`` ask
+    how to do, sorted and deduplicated: "Explain how to bake an apple pie." -> "bake an apple pie"."""
+    out = set()
+    for text in instructions:
+        m = _ACT_RX.search(text)
+        if m is None:
+            continue
+        act = m.group(1).strip()
+        words = act.split()
+        first = words[0] if words else ""
+        if 2 <= len(words) <= 10 and first.isalpha() and first.islower() and not first.endswith("ing") \
+                and first not in _ACT_STOP:
+            out.add(act)
+    return sorted(out)
+
+
 _REFUSALS: list[str] = [
     "I'm sorry, but I can't help with that.",
     "I'm sorry, but I cannot assist with that request.",
@@ -748,9 +779,10 @@ def _harmful_act(rng: random.Random) -> str:
     return _composed_act(_HARM_VERB_OBJECTS, rng)
 
 
-def harmful_instruction(rng: random.Random, version: int = 1) -> str:
+def harmful_instruction(rng: random.Random, version: int = 1, real_acts: list[str] | tuple = ()) -> str:
     """One generated harmful request (framed verb+object act, or a whole request); ``version`` 2
-    composes the framed acts with :func:`_harmful_act_v2` (more categories, purpose clauses)."""
+    composes the framed acts with :func:`_harmful_act_v2` (more categories, purpose clauses);
+    ``version`` 3 also frames ``real_acts`` (:func:`real_acts` of the given harmful file)."""
     r = rng.random()
     if r < 0.30:
         text = grammar.harmful_family_instruction(rng)
@@ -764,15 +796,19 @@ def harmful_instruction(rng: random.Random, version: int = 1) -> str:
         text = _fill(rng.choice(_HARM_WHOLE), rng)
         if rng.random() < 0.6:
             text += rng.choice([".", "?", "!", ""]) if not text.endswith((".", "?")) else ""
+    elif version >= 3 and real_acts and rng.random() < _P_REAL_HARM_ACT:
+        act = rng.choice(real_acts) + _clause(_HARM_PURPOSES, _HARM_SUFFIXES, rng)
+        text = rng.choice(_FRAMES).format(act=act)
     else:
         act = _harmful_act_v2(rng) if version >= 2 else _harmful_act(rng) + rng.choice(_HARM_SUFFIXES)
         text = rng.choice(_FRAMES).format(act=act)
     return _vary_surface(text[0].upper() + text[1:], rng)
 
 
-def benign_framed_instruction(rng: random.Random, version: int = 1) -> str:
+def benign_framed_instruction(rng: random.Random, version: int = 1, real_acts: list[str] | tuple = ()) -> str:
     """A benign act in the same frames harmful requests use; ``version`` 2 composes the acts with
-    :func:`_benign_act_v2` (everyday domains x verbs x objects, purpose clauses)."""
+    :func:`_benign_act_v2` (everyday domains x verbs x objects, purpose clauses); ``version`` 3 also
+    frames ``real_acts`` (:func:`real_acts` of the given harmless file)."""
     r = rng.random()
     if r < 0.30:
         return _vary_surface(grammar.benign_family_instruction(rng), rng)
@@ -783,6 +819,9 @@ def benign_framed_instruction(rng: random.Random, version: int = 1) -> str:
         t = rng.choice(_BENIGN_SENSITIVE)
         text = t.format(drug=rng.choice(_FILL["drug"]), chem=rng.choice(_FILL["chem"]),
                         crime=rng.choice(_CRIMES), weapon_noun=rng.choice(_WEAPON_NOUNS))
+    elif version >= 3 and real_acts and rng.random() < _P_REAL_BENIGN_ACT:
+        act = rng.choice(real_acts) + _clause(_BENIGN_PURPOSES, _BENIGN_SUFFIXES, rng)
+        text = rng.choice(_FRAMES).format(act=act)
     else:
         act = _benign_act_v2(rng) if version >= 2 else rng.choice(_BENIGN_ACTS) + rng.choice(_BENIGN_SUFFIXES)
         text = rng.choice(_FRAMES).format(act=act)
@@ -924,13 +963,13 @@ def capability_eval_set(n: int, seed: int = 1234) -> list[Example]:
 # --------------------------------------------------------------------------------------------
 
 
-DATA_VERSIONS = (1, 2)
+DATA_VERSIONS = (1, 2, 3)
 
 
 def check_data_version(data_version) -> None:
     """Raise ``ValueError`` naming ``data_version`` unless it is one of :data:`DATA_VERSIONS`."""
     if data_version not in DATA_VERSIONS:
-        raise ValueError(f"data_version must be 1 or 2, got {data_version!r}")
+        raise ValueError(f"data_version must be one of {', '.join(map(str, DATA_VERSIONS))}, got {data_version!r}")
 
 
 def training_stream(
@@ -957,6 +996,8 @@ def training_stream(
     if p_capability + p_harmful + p_repeat > 1:
         raise ValueError(f"p_capability + p_harmful + p_repeat must be <= 1, got {p_capability} + {p_harmful} + {p_repeat}")
     pools = repeat_word_pools(harmless_instructions) if p_repeat > 0 else None
+    harm_acts = real_acts(harmful_instructions) if data_version >= 3 else ()
+    benign_acts = real_acts(harmless_instructions) if data_version >= 3 else ()
     while True:
         r = rng.random()
         if r < p_capability:
@@ -965,13 +1006,13 @@ def training_stream(
             if harmful_instructions and rng.random() < p_harmful_given:
                 text = _vary_surface(rng.choice(harmful_instructions), rng)
             else:
-                text = harmful_instruction(rng, data_version)
+                text = harmful_instruction(rng, data_version, harm_acts)
             yield Example(text, refusal_reply(rng), "harmful")
         elif r < p_capability + p_harmful + p_repeat:
             yield repeat_example(rng, pools)
         else:
             if not harmless_instructions or rng.random() < p_benign_framed:
-                text = benign_framed_instruction(rng, data_version)
+                text = benign_framed_instruction(rng, data_version, benign_acts)
             else:
                 text = _vary_surface(rng.choice(harmless_instructions), rng)
             yield Example(text, helpful_reply(text, rng), "harmless")
