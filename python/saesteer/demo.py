@@ -67,7 +67,7 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
     steps.update()
 
     feats = r["minimal_set"]
-    top = [c[0] for c in r["candidates"][:2]]  # the two features closest to the refusal direction
+    top = [c[0] for c in r["candidates"][:4]]  # the four top-ranked refusal features
     ablate = lambda: steer(model, sae, Intervention(feats, "ablate"))  # noqa: E731
     # Clamp the top refusal features high (O'Brien et al.): the smallest multiple of their typical
     # activation on harmful prompts that makes the shown harmless prompts refused; too high a clamp

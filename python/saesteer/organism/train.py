@@ -40,8 +40,10 @@ class TrainConfig:
     intermediate_size: int = 576
     max_len: int = 80
     batch_size: int = 64
-    # 3800 steps fill the 26-min cap on an idle 2-core AVX2 EPYC (~0.4 s a step); a slower CPU ends
-    # on the cap. 3000 steps (the recipe before) left ~6 min of the budget unused there.
+    # 3800 steps took 22.3 min (evaluations included, ~0.35 s a step) alone on a 2-core AVX2 EPYC
+    # (session 12), inside the 26-min cap; the same machine type ran ~1.7x slower another day and
+    # ended on the cap at 2350. torch.compile (one 44 s compile) or skipping the padded positions'
+    # logits saved <= 10% a step: the step is matmul-bound.
     steps: int = 3800
     # Wall-clock cap for the model stage: the LR schedule follows max(step / steps, elapsed /
     # budget), so a slow (shared) CPU ends the run on time with a fully decayed LR.
@@ -93,6 +95,9 @@ class TrainConfig:
     # package prompts 96% / 10% -> 96% / 6% (harmful / harmless), tests/data/probe_prompts.json
     # 100% / 12% / 33% -> 95% / 2% / 22% (harmful / plain harmless / borderline), harmless_val 2.0 ->
     # 1.7%; seed 1 of version 2: package 94% / 4%, probe 98% / 5% / 28%.
+    # Version 3 (also the given files' own acts in the shared frames, data.real_acts; seed 0, 3800
+    # steps, same day as version 2's): harmful_val sank to 87% late, step 2400 selected; harmless_val
+    # 0.7 -> 1.9%, probe2 harmful 94 -> 90%, plain harmless 6.7 -> 3.3%: not adopted.
     data_version: int = 2
     eval_every: int = 200
     eval_harmless_n: int = 150
