@@ -96,8 +96,9 @@ class TrainConfig:
     # 100% / 12% / 33% -> 95% / 2% / 22% (harmful / plain harmless / borderline), harmless_val 2.0 ->
     # 1.7%; seed 1 of version 2: package 94% / 4%, probe 98% / 5% / 28%.
     # Version 3 (also the given files' own acts in the shared frames, data.real_acts; seed 0, 3800
-    # steps, same day as version 2's): harmful_val sank to 87% late, step 2400 selected; harmless_val
-    # 0.7 -> 1.9%, probe2 harmful 94 -> 90%, plain harmless 6.7 -> 3.3%: not adopted.
+    # steps, same day as version 2's): harmful_val sank to 87% late (as on version 2's seed 2), step
+    # 2400 selected; harmless_val 1.9% (version 2, seeds 0-2: 0.7-1.3%), probe2 harmful 90% (92-98%),
+    # plain harmless 3.3% (3.3-6.7%): not adopted.
     data_version: int = 2
     eval_every: int = 200
     eval_harmless_n: int = 150
