@@ -779,10 +779,10 @@ def _harmful_act(rng: random.Random) -> str:
     return _composed_act(_HARM_VERB_OBJECTS, rng)
 
 
-def harmful_instruction(rng: random.Random, version: int = 1, real_acts: list[str] | tuple = ()) -> str:
+def harmful_instruction(rng: random.Random, version: int = 1, given_acts: list[str] | tuple = ()) -> str:
     """One generated harmful request (framed verb+object act, or a whole request); ``version`` 2
     composes the framed acts with :func:`_harmful_act_v2` (more categories, purpose clauses);
-    ``version`` 3 also frames ``real_acts`` (:func:`real_acts` of the given harmful file)."""
+    ``version`` 3 also frames ``given_acts`` (:func:`real_acts` of the given harmful file)."""
     r = rng.random()
     if r < 0.30:
         text = grammar.harmful_family_instruction(rng)
@@ -796,19 +796,19 @@ def harmful_instruction(rng: random.Random, version: int = 1, real_acts: list[st
         text = _fill(rng.choice(_HARM_WHOLE), rng)
         if rng.random() < 0.6:
             text += rng.choice([".", "?", "!", ""]) if not text.endswith((".", "?")) else ""
-    elif version >= 3 and real_acts and rng.random() < _P_REAL_HARM_ACT:
-        act = rng.choice(real_acts) + _clause(_HARM_PURPOSES, _HARM_SUFFIXES, rng)
-        text = rng.choice(_FRAMES).format(act=act)
     else:
-        act = _harmful_act_v2(rng) if version >= 2 else _harmful_act(rng) + rng.choice(_HARM_SUFFIXES)
+        if version >= 3 and given_acts and rng.random() < _P_REAL_HARM_ACT:
+            act = rng.choice(given_acts) + _clause(_HARM_PURPOSES, _HARM_SUFFIXES, rng)
+        else:
+            act = _harmful_act_v2(rng) if version >= 2 else _harmful_act(rng) + rng.choice(_HARM_SUFFIXES)
         text = rng.choice(_FRAMES).format(act=act)
     return _vary_surface(text[0].upper() + text[1:], rng)
 
 
-def benign_framed_instruction(rng: random.Random, version: int = 1, real_acts: list[str] | tuple = ()) -> str:
+def benign_framed_instruction(rng: random.Random, version: int = 1, given_acts: list[str] | tuple = ()) -> str:
     """A benign act in the same frames harmful requests use; ``version`` 2 composes the acts with
     :func:`_benign_act_v2` (everyday domains x verbs x objects, purpose clauses); ``version`` 3 also
-    frames ``real_acts`` (:func:`real_acts` of the given harmless file)."""
+    frames ``given_acts`` (:func:`real_acts` of the given harmless file)."""
     r = rng.random()
     if r < 0.30:
         return _vary_surface(grammar.benign_family_instruction(rng), rng)
@@ -819,11 +819,11 @@ def benign_framed_instruction(rng: random.Random, version: int = 1, real_acts: l
         t = rng.choice(_BENIGN_SENSITIVE)
         text = t.format(drug=rng.choice(_FILL["drug"]), chem=rng.choice(_FILL["chem"]),
                         crime=rng.choice(_CRIMES), weapon_noun=rng.choice(_WEAPON_NOUNS))
-    elif version >= 3 and real_acts and rng.random() < _P_REAL_BENIGN_ACT:
-        act = rng.choice(real_acts) + _clause(_BENIGN_PURPOSES, _BENIGN_SUFFIXES, rng)
-        text = rng.choice(_FRAMES).format(act=act)
     else:
-        act = _benign_act_v2(rng) if version >= 2 else rng.choice(_BENIGN_ACTS) + rng.choice(_BENIGN_SUFFIXES)
+        if version >= 3 and given_acts and rng.random() < _P_REAL_BENIGN_ACT:
+            act = rng.choice(given_acts) + _clause(_BENIGN_PURPOSES, _BENIGN_SUFFIXES, rng)
+        else:
+            act = _benign_act_v2(rng) if version >= 2 else rng.choice(_BENIGN_ACTS) + rng.choice(_BENIGN_SUFFIXES)
         text = rng.choice(_FRAMES).format(act=act)
     return _vary_surface(text[0].upper() + text[1:], rng)
 
