@@ -61,7 +61,7 @@ def torch_subset(sae, x, iv):
 
 def cpu_op(sae, x, iv):
     feats, vals = iv.tensors(x.device)
-    args = ops._native_args(sae)
+    args = ops.native_args(sae)
     return lambda: torch.ops.saesteer.steer.default(x, *args, feats, iv.mode_id, vals, None)
 
 

@@ -1,6 +1,6 @@
 """The GPU check of saesteer's kernels: correctness of every op x backend x dtype x architecture against
 the float64 reference, CUDA-graph capture and torch.compile of ``steer``, then the timings of the
-issue's target shapes. Prints a Markdown report and writes it to ``--out``.
+target shapes of DESIGN.md's performance model. Prints a Markdown report and writes it to ``--out``.
 
 On a GPU machine (CUDA torch, nvcc; sae-lens not needed)::
 
@@ -8,7 +8,7 @@ On a GPU machine (CUDA torch, nvcc; sae-lens not needed)::
 
 ``--build`` first runs ``SAESTEER_FORCE_CUDA=1 MAX_JOBS=16 pip install --no-build-isolation --no-deps -e .``
 and restarts itself. ``--part check`` / ``--part bench`` / ``--part generate`` run one part
-(``generate``: issue 8's steered-generation target on a random-init Gemma-2-2B config). On a CPU machine the
+(``generate``: the steered-generation target on a random-init Gemma-2-2B config). On a CPU machine the
 correctness half runs the Triton kernels in the interpreter::
 
     python benchmarks/gpu_check.py --interpret --small --out /tmp/gpu_check_cpu.md
@@ -48,7 +48,7 @@ def _args(argv=None):
     p.add_argument("--interpret", action="store_true", help="CPU: run Triton under TRITON_INTERPRET=1")
     p.add_argument("--small", action="store_true", help="small correctness shapes (for the interpreter)")
     p.add_argument("--part", choices=("all", "check", "bench", "generate"), default="all",
-                   help="check: correctness, CUDA graph, compile; bench: op timings; generate: issue 8's "
+                   help="check: correctness, CUDA graph, compile; bench: op timings; generate: the "
                         "steered-generation target (Gemma-2-2B config, random init, bf16, one 65k SAE)")
     p.add_argument("--repeats", type=int, default=20)
     return p.parse_args(argv)
@@ -135,7 +135,7 @@ def _near_tie_rows(x64: torch.Tensor, ref: saesteer.SAE, ks, dtype) -> torch.Ten
     """Rows whose float64 topk scores at a cut ``k`` in ``ks`` (k-th vs (k+1)-th) are within ``dtype``'s
     tolerance: there a half-precision kernel may legitimately pick the other feature."""
     tol = TOLERANCES[dtype]
-    xp, _, _ = reference._normalize_in(x64.reshape(-1, x64.shape[-1]), ref)
+    xp, _, _ = reference.normalize_input(x64.reshape(-1, x64.shape[-1]), ref)
     p = ref.feature_params.double()
     score = ((xp @ ref.W_enc.double() + p[0]) * p[2]).sort(dim=-1, descending=True).values
     near = torch.zeros(score.shape[0], dtype=torch.bool, device=score.device)
@@ -475,7 +475,7 @@ def bench_generate() -> str:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if r.returncode != 0 or not md.exists():
             return f"## Steered generation\n\n`saesteer {' '.join(GENERATE_CMD)}` failed (rc {r.returncode}):\n\n```\n{(r.stdout + r.stderr)[-3000:]}\n```"
-        return "## Steered generation (issue 8: saesteer >= 95% of unsteered tokens/s)\n\n" + md.read_text()
+        return "## Steered generation (target: saesteer >= 95% of unsteered tokens/s)\n\n" + md.read_text()
 
 
 def main() -> int:

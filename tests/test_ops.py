@@ -256,7 +256,7 @@ def test_encode_topk_then_decode_sparse_reconstructs(backend):
 # the op layer: opcheck, torch.compile, bad input
 # ------------------------------------------------------------------------------------------------
 def _op_args(sae: saesteer.SAE):
-    return ops._native_args(sae)
+    return ops.native_args(sae)
 
 
 @needs_native

@@ -359,7 +359,7 @@ class _Positions:
 def _reference_steer(x2, sae, feats, mode, vals, mask):
     # saesteer.reference.steer with the intervention already as tensors, so that the values are
     # read from a tensor (torch.compile sees updates) and nothing is rebuilt per call.
-    return reference._apply_delta(x2, sae, feats, lambda f: reference._edit(f, MODES[mode], vals.to(f.dtype)), mask)
+    return reference.apply_delta(x2, sae, feats, lambda f: reference.edit(f, MODES[mode], vals.to(f.dtype)), mask)
 
 
 def _reference_steer_rows(x, sae, feats, mode, vals, mask):
@@ -371,7 +371,7 @@ class _SAEEdit:
     """One SAE's error-preserving edit at one hook point (a single intervention or one per row)."""
 
     def __init__(self, sae: SAE, intervention, device: torch.device, backend: str):
-        self.sae = _sae_on(sae, device)
+        self.sae = sae.packed(device)
         self.device = device
         self.per_row = isinstance(intervention, (list, tuple))
         op = "steer_rows" if self.per_row else "steer"
@@ -379,7 +379,7 @@ class _SAEEdit:
         if name == "torch":
             self._op = _reference_steer_rows if self.per_row else _reference_steer
         else:
-            self._op = ops._IMPLS[(op, name)]  # validated once here, called per token
+            self._op = ops.kernel(op, device, name, sae.dtype)  # validated once here, called per token
         self.backend = name
         self.set(intervention)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .intervention import MODES, Intervention, as_intervention
-from .sae import _LAYER_NORM_EPS, SAE
+from .packed import LAYER_NORM_EPS, PackedSAE, as_packed
 
 __all__ = [
     "encode",
@@ -21,7 +21,16 @@ __all__ = [
     "steer",
     "steer_rows",
     "feature_acts",
+    "normalize_input",
+    "denormalize",
+    "encode_columns",
+    "edit",
+    "apply_delta",
+    "check_token_mask",
 ]
+
+# Every function takes a saesteer.SAE or its kernel view (saesteer.packed.PackedSAE); the math
+# reads the view.
 
 
 def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -31,11 +40,12 @@ def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return out
 
 
-def _normalize_in(x: torch.Tensor, sae: SAE):
+def normalize_input(x: torch.Tensor, sae):
     """``(x', scale, shift)`` with ``x' = norm(x) - b_dec * apply_b_dec``; ``denorm(y) = y * scale + shift``.
 
     ``scale``/``shift`` are ``[..., 1]`` tensors, or None for the identity.
     """
+    sae = as_packed(sae)
     scale = shift = None
     if sae.normalize_activations == "constant_norm_rescale":
         coeff = (sae.d_in**0.5) / x.norm(dim=-1, keepdim=True)
@@ -45,15 +55,15 @@ def _normalize_in(x: torch.Tensor, sae: SAE):
         mu = x.mean(dim=-1, keepdim=True)
         x = x - mu
         std = x.std(dim=-1, keepdim=True)
-        x = x / (std + _LAYER_NORM_EPS)
+        x = x / (std + LAYER_NORM_EPS)
         scale, shift = std, mu
     if sae.apply_b_dec_to_input:
         x = x - sae.b_dec.to(x.dtype)
     return x, scale, shift
 
 
-def _denorm(y: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
-    """``y * scale + shift`` with the ``(scale, shift)`` of :func:`_normalize_in` (None: identity)."""
+def denormalize(y: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
+    """``y * scale + shift`` with the ``(scale, shift)`` of :func:`normalize_input` (None: identity)."""
     if scale is not None:
         y = y * scale
     if shift is not None:
@@ -61,9 +71,9 @@ def _denorm(y: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | N
     return y
 
 
-def _acts_from_pre(pre: torch.Tensor, sae: SAE, cols: torch.Tensor | None) -> torch.Tensor:
+def _acts_from_pre(pre: torch.Tensor, sae, cols: torch.Tensor | None) -> torch.Tensor:
     """Activation of the non-topk architectures, from ``pre = x' @ W_enc[:, cols]`` (no bias yet)."""
-    p = sae.feature_params if cols is None else sae.feature_params[:, cols]
+    p = sae.params if cols is None else sae.params[:, cols]
     p = p.to(pre.dtype)
     bias, thr, mag_scale, mag_bias = p[0], p[1], p[2], p[3]
     if sae.architecture == "gated":
@@ -75,17 +85,22 @@ def _acts_from_pre(pre: torch.Tensor, sae: SAE, cols: torch.Tensor | None) -> to
     return torch.relu(h)
 
 
-def _topk_acts(xp: torch.Tensor, sae: SAE) -> torch.Tensor:
-    p = sae.feature_params.to(xp.dtype)
+def _topk_acts(xp: torch.Tensor, sae) -> torch.Tensor:
+    p = sae.params.to(xp.dtype)
     score = (xp @ sae.W_enc.to(xp.dtype) + p[0]) * p[2]
     vals, idx = torch.topk(score, sae.k, dim=-1, sorted=False)
     return torch.zeros_like(score).scatter_(-1, idx, torch.relu(vals))
 
 
-def _encode_cd(x: torch.Tensor, sae: SAE, cols: torch.Tensor | None = None):
-    """Activations in the compute dtype: ``(f [..., |cols| or d_sae], scale, shift)``."""
-    cd = _compute_dtype(x.dtype, sae.dtype)
-    xp, scale, shift = _normalize_in(x.to(cd), sae)
+def encode_columns(x: torch.Tensor, sae, cols: torch.Tensor | None = None, dtype: torch.dtype | None = None):
+    """Activations ``(f [..., |cols| or d_sae], scale, shift)`` computed in ``dtype``.
+
+    ``dtype`` defaults to the compute dtype (at least float32); pass the SAE's dtype to get sae-lens's
+    own low-precision arithmetic.
+    """
+    sae = as_packed(sae)
+    cd = _compute_dtype(x.dtype, sae.dtype) if dtype is None else dtype
+    xp, scale, shift = normalize_input(x.to(cd), sae)
     if sae.architecture == "topk":
         f = _topk_acts(xp, sae)
         return (f if cols is None else f[..., cols]), scale, shift
@@ -93,68 +108,75 @@ def _encode_cd(x: torch.Tensor, sae: SAE, cols: torch.Tensor | None = None):
     return _acts_from_pre(xp @ W.to(cd), sae, cols), scale, shift
 
 
-def encode(x: torch.Tensor, sae: SAE) -> torch.Tensor:
+def encode(x: torch.Tensor, sae) -> torch.Tensor:
     """Feature activations ``f [..., d_sae]`` (sae-lens ``SAE.encode``)."""
-    sae._check_x(x)
-    f, _, _ = _encode_cd(x, sae)
+    sae = as_packed(sae)
+    sae.check_input(x)
+    f, _, _ = encode_columns(x, sae)
     return f.to(torch.promote_types(x.dtype, sae.dtype))
 
 
-def feature_acts(x: torch.Tensor, sae: SAE, features) -> torch.Tensor:
+def feature_acts(x: torch.Tensor, sae, features) -> torch.Tensor:
     """Activations of the listed features only, ``[..., |features|]`` (gathers |S| encoder columns)."""
-    sae._check_x(x)
+    sae = as_packed(sae)
+    sae.check_input(x)
     cols = torch.as_tensor(features, dtype=torch.long, device=sae.device)
-    f, _, _ = _encode_cd(x, sae, cols)
+    f, _, _ = encode_columns(x, sae, cols)
     return f.to(torch.promote_types(x.dtype, sae.dtype))
 
 
-def decode(f: torch.Tensor, sae: SAE) -> torch.Tensor:
+def decode(f: torch.Tensor, sae) -> torch.Tensor:
     """``f * dec_scale @ W_dec + b_dec`` (sae-lens ``decode`` without the run-time denorm)."""
+    sae = as_packed(sae)
     if f.shape[-1] != sae.d_sae:
         raise ValueError(f"f: expected last dimension d_sae={sae.d_sae}, got shape {tuple(f.shape)}")
     cd = _compute_dtype(f.dtype, sae.dtype)
-    p = sae.feature_params.to(cd)
+    p = sae.params.to(cd)
     out = (f.to(cd) * p[4]) @ sae.W_dec.to(cd) + sae.b_dec.to(cd)
     return out.to(torch.promote_types(f.dtype, sae.dtype))
 
 
-def reconstruct(x: torch.Tensor, sae: SAE) -> torch.Tensor:
+def reconstruct(x: torch.Tensor, sae) -> torch.Tensor:
     """``denorm(decode(encode(x)))`` — sae-lens ``SAE.forward`` without the error term."""
-    sae._check_x(x)
-    f, scale, shift = _encode_cd(x, sae)
+    sae = as_packed(sae)
+    sae.check_input(x)
+    f, scale, shift = encode_columns(x, sae)
     cd = f.dtype
-    p = sae.feature_params.to(cd)
-    out = _denorm((f * p[4]) @ sae.W_dec.to(cd) + sae.b_dec.to(cd), scale, shift)
+    p = sae.params.to(cd)
+    out = denormalize((f * p[4]) @ sae.W_dec.to(cd) + sae.b_dec.to(cd), scale, shift)
     return out.to(torch.promote_types(x.dtype, sae.dtype))
 
 
-def encode_topk(x: torch.Tensor, sae: SAE, k: int):
+def encode_topk(x: torch.Tensor, sae, k: int):
     """``(values [..., k], indices int64 [..., k])``: the k largest activations per row, descending.
 
     Ties (in particular among zero activations) are broken arbitrarily.
     """
-    sae._check_x(x)
+    sae = as_packed(sae)
+    sae.check_input(x)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= sae.d_sae:
         raise ValueError(f"k: expected an int in [1, d_sae={sae.d_sae}], got {k!r}")
-    f, _, _ = _encode_cd(x, sae)
+    f, _, _ = encode_columns(x, sae)
     vals, idx = torch.topk(f, k, dim=-1, sorted=True)
     return vals.to(torch.promote_types(x.dtype, sae.dtype)), idx
 
 
-def decode_sparse(values: torch.Tensor, indices: torch.Tensor, sae: SAE) -> torch.Tensor:
+def decode_sparse(values: torch.Tensor, indices: torch.Tensor, sae) -> torch.Tensor:
     """``sum_j values[..., j] * dec_scale[i_j] * W_dec[i_j] + b_dec`` with ``i_j = indices[..., j]``."""
+    sae = as_packed(sae)
     if values.shape != indices.shape:
         raise ValueError(f"values/indices: shapes differ, {tuple(values.shape)} vs {tuple(indices.shape)}")
     cd = _compute_dtype(values.dtype, sae.dtype)
     lead = values.shape[:-1]
     k = values.shape[-1]
     idx = indices.reshape(-1, k).long()
-    w = values.reshape(-1, k).to(cd) * sae.feature_params[4].to(cd)[idx]
+    w = values.reshape(-1, k).to(cd) * sae.params[4].to(cd)[idx]
     out = F.embedding_bag(idx, sae.W_dec.to(cd), per_sample_weights=w, mode="sum") + sae.b_dec.to(cd)
     return out.reshape(*lead, sae.d_in).to(values.dtype)
 
 
-def _edit(f: torch.Tensor, mode: str, v: torch.Tensor) -> torch.Tensor:
+def edit(f: torch.Tensor, mode: str, v: torch.Tensor) -> torch.Tensor:
+    """The edited activations ``f'`` of ``f`` under ``mode`` with values ``v`` (broadcast to ``f``)."""
     if mode == "ablate":
         return torch.zeros_like(f)
     if mode == "scale":
@@ -166,11 +188,14 @@ def _edit(f: torch.Tensor, mode: str, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
 
 
-def _apply_delta(x, sae, feats, coef_fn, token_mask):
-    """Shared tail of steer/steer_rows: ``y = x + s * ((f' - f) * dec_scale) @ W_dec[S]``."""
+def apply_delta(x, sae, feats, coef_fn, token_mask):
+    """``y = x + s * ((f' - f) * dec_scale) @ W_dec[S]`` with ``f'= coef_fn(f)``, the activations
+    ``f`` of the features ``feats`` (int64 tensor ``[|S|]``) of ``x [..., d_in]``; tokens where
+    ``token_mask`` is False, or whose features do not change, are ``x`` bit for bit."""
+    sae = as_packed(sae)
     cd = _compute_dtype(x.dtype, sae.dtype)
-    f, scale, _ = _encode_cd(x, sae, feats)
-    coef = (coef_fn(f) - f) * sae.feature_params[4, feats].to(cd)
+    f, scale, _ = encode_columns(x, sae, feats)
+    coef = (coef_fn(f) - f) * sae.params[4, feats].to(cd)
     if scale is not None:
         coef = coef * scale
     delta = coef @ sae.W_dec[feats].to(cd)
@@ -197,7 +222,7 @@ def check_token_mask(token_mask, lead, device):
     return token_mask
 
 
-def steer(x: torch.Tensor, sae: SAE, intervention: Intervention, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+def steer(x: torch.Tensor, sae, intervention: Intervention, token_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Error-preserving steer of ``x [..., d_in]``.
 
     ``y = x + s * sum_{i in S} (f'_i - f_i) * W_dec[i]`` where ``f' = edit(f)`` (see
@@ -205,18 +230,19 @@ def steer(x: torch.Tensor, sae: SAE, intervention: Intervention, token_mask: tor
     sae-lens's ``decode(f') + (x - decode(f))`` up to rounding; tokens where ``token_mask`` is False,
     or where nothing changes, are returned bit for bit.
     """
-    sae._check_x(x)
+    sae = as_packed(sae)
+    sae.check_input(x)
     iv = as_intervention(intervention, sae.d_sae)
     mask = check_token_mask(token_mask, x.shape[:-1], x.device)
     if not iv.features:
         return x.clone()
     feats, vals = iv.tensors(sae.device)
-    return _apply_delta(x, sae, feats, lambda f: _edit(f, iv.mode, vals.to(f.dtype)), mask)
+    return apply_delta(x, sae, feats, lambda f: edit(f, iv.mode, vals.to(f.dtype)), mask)
 
 
 def steer_rows(
     x: torch.Tensor,
-    sae: SAE,
+    sae,
     features,
     values: torch.Tensor,
     mode: str,
@@ -227,7 +253,8 @@ def steer_rows(
     ``values [R, |S|]``: for ``ablate`` a 0/1 mask (1 = ablate that feature in that row), else the
     per-row values of ``scale``/``clamp``/``add``.
     """
-    sae._check_x(x)
+    sae = as_packed(sae)
+    sae.check_input(x)
     if x.dim() != 3:
         raise ValueError(f"x: steer_rows expects [R, T, d_in], got shape {tuple(x.shape)}")
     iv = Intervention(features, "ablate").check(sae.d_sae)  # validates the ids
@@ -241,10 +268,10 @@ def steer_rows(
         return x.clone()
     feats, _ = iv.tensors(sae.device)
 
-    def edit(f):
+    def row_edit(f):
         v = values.to(device=f.device, dtype=f.dtype)[:, None, :]
         if mode == "ablate":
             return f * (1 - v)
-        return _edit(f, mode, v)
+        return edit(f, mode, v)
 
-    return _apply_delta(x, sae, feats, edit, mask)
+    return apply_delta(x, sae, feats, row_edit, mask)

@@ -28,23 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import ops, reference
+from .packed import ARCHITECTURES, NORMS, PARAM_ROWS, DecoderPlacement, PackedSAE
+
 __all__ = ["SAE", "load_sae", "ARCHITECTURES", "NORMS", "PARAM_ROWS"]
-
-#: Supported architectures, in the order of their integer ids in the native op schemas.
-ARCHITECTURES = ("standard", "jumprelu", "gated", "topk")
-#: Run-time input normalizations, in the order of their ids. sae-lens treats every other value
-#: ("expected_average_only_in", "covariance_whitening") as the identity at run time (its loaders fold
-#: them into the weights), and so do we.
-NORMS = ("none", "constant_norm_rescale", "layer_norm")
-#: Rows of ``feature_params``:
-#:   bias       b_enc (b_gate for gated)
-#:   threshold  jumprelu threshold; 0 for standard and gated (relu(p) * (p > 0) == relu(p))
-#:   mag_scale  gated: exp(r_mag); topk: ||W_dec[i]|| when rescaled, else 1; others 1
-#:   mag_bias   gated: b_mag; others 0
-#:   dec_scale  topk rescaled: 1 / ||W_dec[i]||; others 1 (multiplies f before the decode)
-PARAM_ROWS = ("bias", "threshold", "mag_scale", "mag_bias", "dec_scale")
-
-_LAYER_NORM_EPS = 1e-5  # sae-lens's run_time_activation_ln_in default
 
 
 def _hook_layer(hook_name: str | None) -> int | None:
@@ -54,7 +41,7 @@ def _hook_layer(hook_name: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class SAE(nn.Module):
+class SAE(DecoderPlacement, nn.Module):
     """A sparse autoencoder with exactly sae-lens v6's encode/decode.
 
     Build one with :meth:`from_sae_lens`, :func:`load_sae`, or directly from tensors.
@@ -149,19 +136,10 @@ class SAE(nn.Module):
         self.hook_name = hook_name
         self.model_name = model_name
         self.metadata = dict(metadata or {})
-        self._derived: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------
     # properties
     # ------------------------------------------------------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.W_dec.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.W_dec.device
-
     @property
     def hook_layer(self) -> int | None:
         """The layer index parsed from :attr:`hook_name` (``blocks.L.…``), or None."""
@@ -175,56 +153,73 @@ class SAE(nn.Module):
     def norm_id(self) -> int:
         return NORMS.index(self.normalize_activations)
 
-    def _cached(self, name: str, deps: tuple[torch.Tensor, ...], build):
-        # Keyed on storage and version counters, so an in-place edit of a weight is seen.
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in deps)
-        hit = self._derived.get(name)
+    def packed(self, device: torch.device | str | None = None) -> PackedSAE:
+        """The kernel view of this SAE (:class:`saesteer.packed.PackedSAE`), on ``device`` (default:
+        the SAE's own; another device gets moved copies and leaves this SAE where it is).
+
+        Built once and cached; rebuilt when a buffer is replaced or edited in place (its version
+        counter moves) or an architecture field changes. Inside a ``torch.compile``-d region the
+        cached view is returned as it is, since Dynamo cannot compare version counters.
+        """
+        device = self.W_dec.device if device is None else torch.device(device)
+        cache = self.__dict__.setdefault("_packed", {})
+        hit = cache.get(device)
+        if hit is not None and torch.compiler.is_compiling():
+            return hit[2]
+        bufs = tuple(self._buffers.values())
+        # ids + version counters; the entry keeps the buffers alive, so an id cannot be reused meanwhile.
+        key = (*map(id, bufs), *[t._version for t in bufs], self.architecture, self.normalize_activations,
+               self.apply_b_dec_to_input, self.k, self.rescale_acts_by_decoder_norm)
         if hit is not None and hit[0] == key:
-            return hit[1]
+            return hit[2]
         with torch.no_grad():
-            val = build()
-        self._derived[name] = (key, val)
-        return val
+            view = self._build_packed(device)
+        cache[device] = (key, bufs, view)
+        return view
+
+    def _build_packed(self, device: torch.device) -> PackedSAE:
+        def on(t):
+            return None if t is None else t.to(device=device)
+
+        W_enc, W_dec, b_dec = on(self.W_enc), on(self.W_dec).contiguous(), on(self.b_dec)
+        n = self.d_sae
+        p = torch.zeros(5, n, dtype=torch.float32, device=device)
+        p[2] = 1.0
+        p[4] = 1.0
+        if self.architecture == "gated":
+            p[0] = on(self.b_gate).float()
+            # sae-lens computes exp(r_mag) in the SAE dtype before scaling W_enc.
+            p[2] = on(self.r_mag).exp().float()
+            p[3] = on(self.b_mag).float()
+        else:
+            p[0] = on(self.b_enc).float()
+        if self.architecture == "jumprelu":
+            p[1] = on(self.threshold).float()
+        norms = W_dec.norm(dim=-1)
+        if self.architecture == "topk" and self.rescale_acts_by_decoder_norm:
+            p[2] = norms.float()
+            p[4] = (1 / norms).float()
+        return PackedSAE(
+            W_enc=W_enc, W_enc_T=W_enc.t().contiguous(), W_dec=W_dec, b_dec=b_dec, params=p,
+            decoder_norms=norms.float(), architecture=self.architecture,
+            normalize_activations=self.normalize_activations, apply_b_dec_to_input=self.apply_b_dec_to_input,
+            k=self.k,
+        )
 
     @property
     def W_enc_T(self) -> torch.Tensor:
         """``W_enc`` transposed and contiguous, ``[d_sae, d_in]``: a feature's encoder is a row."""
-        return self._cached("W_enc_T", (self.W_enc,), lambda: self.W_enc.t().contiguous())
+        return self.packed().W_enc_T
 
     @property
     def decoder_norms(self) -> torch.Tensor:
         """``||W_dec[i]||`` in float32, ``[d_sae]`` (sae-lens computes it in the SAE dtype)."""
-        return self._cached("dec_norm", (self.W_dec,), lambda: self.W_dec.norm(dim=-1).float())
+        return self.packed().decoder_norms
 
     @property
     def feature_params(self) -> torch.Tensor:
         """Packed per-feature parameters, float32 ``[5, d_sae]``, rows :data:`PARAM_ROWS`."""
-        deps = [self.W_dec]
-        for n in ("b_enc", "threshold", "b_gate", "b_mag", "r_mag"):
-            t = getattr(self, n, None)
-            if t is not None:
-                deps.append(t)
-        return self._cached("feature_params", tuple(deps), self._build_feature_params)
-
-    def _build_feature_params(self) -> torch.Tensor:
-        n = self.d_sae
-        p = torch.zeros(5, n, dtype=torch.float32, device=self.device)
-        p[2] = 1.0
-        p[4] = 1.0
-        if self.architecture == "gated":
-            p[0] = self.b_gate.float()
-            # sae-lens computes exp(r_mag) in the SAE dtype before scaling W_enc.
-            p[2] = self.r_mag.exp().float()
-            p[3] = self.b_mag.float()
-        else:
-            p[0] = self.b_enc.float()
-        if self.architecture == "jumprelu":
-            p[1] = self.threshold.float()
-        if self.architecture == "topk" and self.rescale_acts_by_decoder_norm:
-            norms = self.W_dec.norm(dim=-1)
-            p[2] = norms.float()
-            p[4] = (1 / norms).float()
-        return p
+        return self.packed().params
 
     # ------------------------------------------------------------------------------------------
     # conversion
@@ -293,42 +288,24 @@ class SAE(nn.Module):
     # ------------------------------------------------------------------------------------------
     # the math (pure PyTorch; the fused ops live in saesteer.ops)
     # ------------------------------------------------------------------------------------------
-    def _check_x(self, x: torch.Tensor, name: str = "x") -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() < 1 or x.shape[-1] != self.d_in:
-            raise ValueError(f"{name}: expected last dimension d_in={self.d_in}, got shape {tuple(x.shape)}")
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``f [..., d_sae]`` of ``x [..., d_in]`` (sae-lens ``encode``)."""
-        from . import reference
-
         return reference.encode(x, self)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``[..., d_in]`` of dense activations ``f [..., d_sae]`` (no run-time denorm)."""
-        from . import reference
-
         return reference.decode(f, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction of ``x`` (with the run-time normalization undone)."""
-        from . import reference
-
         return reference.reconstruct(x, self)
 
     def encode_topk(self, x: torch.Tensor, k: int, backend: str = "auto"):
         """``(values [..., k], indices int64 [..., k])``: the k largest activations per row."""
-        from . import ops
-
         return ops.encode_topk(x, self, k, backend=backend)
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """Reconstruction from sparse activations, ``sum_j values[j] W_dec[indices[j]] + b_dec``."""
-        from . import ops
-
         return ops.decode_sparse(values, indices, self, backend=backend)
 
     def extra_repr(self) -> str:

@@ -157,15 +157,11 @@ class FullSAEHook:
         self.feats, self.vals = intervention.tensors(sae.device)
 
     def _encode(self, x: torch.Tensor):
-        sae = self.sae
-        xp, scale, shift = reference._normalize_in(x, sae)
-        if sae.architecture == "topk":
-            return reference._topk_acts(xp, sae), scale, shift
-        return reference._acts_from_pre(xp @ sae.W_enc, sae, None), scale, shift
+        return reference.encode_columns(x, self.sae, dtype=self.sae.dtype)
 
     def _decode(self, f, scale, shift):
         sae = self.sae
-        return reference._denorm((f * sae.feature_params[4].to(f.dtype)) @ sae.W_dec + sae.b_dec, scale, shift)
+        return reference.denormalize((f * sae.feature_params[4].to(f.dtype)) @ sae.W_dec + sae.b_dec, scale, shift)
 
     def steer(self, x: torch.Tensor) -> torch.Tensor:
         xs = x.to(self.sae.dtype)

@@ -103,10 +103,10 @@ def rank_by_attribution(
         # normalization's scale and shift depend on x only, so they are constants here).
         xs = x.detach().to(sae.dtype)
         with torch.no_grad():
-            f, scale, shift = reference._encode_cd(xs, sae)
+            f, scale, shift = reference.encode_columns(xs, sae)
         f = f.float().requires_grad_(True)
         captured["f"] = f
-        recon = reference._denorm(sae.decode(f).float(), scale, shift)
+        recon = reference.denormalize(sae.decode(f).float(), scale, shift)
         # plus the error term xs - recon: the forward value is xs, the gradient flows through f
         return (recon + (xs.float() - recon.detach())).to(x.dtype)
 

@@ -3,7 +3,7 @@
 Each op is a ``torch.library.triton_op`` in the ``saesteer_triton`` namespace, so torch.compile
 traces into the kernels (``wrap_triton``) instead of treating them as opaque; where that API is
 missing (torch < 2.6) the same functions launch the kernels directly. Importing this package
-registers the backend with :mod:`saesteer.ops` (which imports it lazily).
+registers the backend with :mod:`saesteer.ops.registry` (which imports it on first need).
 
 Kernels: :mod:`.steer` (steer, steer_rows), :mod:`.encode_topk`, :mod:`.decode_sparse`; the SAE
 math they share is in :mod:`.sae_math`.
@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from .. import ops as _ops
+from ..ops import registry as _registry
 from .decode_sparse import decode_sparse as _decode_sparse
 from .encode_topk import encode_topk as _encode_topk
 from .steer import steer_2d as _steer_2d
@@ -82,7 +82,7 @@ def _rows_2d(x: torch.Tensor) -> torch.Tensor:
 def steer(x2, sae, feats, mode, vals, mask):
     m = None if mask is None else mask.contiguous()
     return _steer_op(
-        _rows_2d(x2), sae.W_enc_T, sae.W_dec, sae.b_dec, sae.feature_params, sae.arch_id, sae.norm_id,
+        _rows_2d(x2), sae.W_enc_T, sae.W_dec, sae.b_dec, sae.params, sae.arch_id, sae.norm_id,
         sae.apply_b_dec_to_input, sae.k or 0, feats, mode, vals.contiguous(), m, 1,
     )
 
@@ -93,7 +93,7 @@ def steer_rows(x, sae, feats, mode, vals, mask):
         mode, vals = 1, 1.0 - vals
     m = None if mask is None else mask.reshape(-1).contiguous()
     out = _steer_op(
-        _rows_2d(x), sae.W_enc_T, sae.W_dec, sae.b_dec, sae.feature_params, sae.arch_id, sae.norm_id,
+        _rows_2d(x), sae.W_enc_T, sae.W_dec, sae.b_dec, sae.params, sae.arch_id, sae.norm_id,
         sae.apply_b_dec_to_input, sae.k or 0, feats, mode, vals.contiguous(), m, max(T, 1),
     )
     return out.view(R, T, D)
@@ -101,15 +101,15 @@ def steer_rows(x, sae, feats, mode, vals, mask):
 
 def encode_topk(x2, sae, k):
     return _encode_topk_op(
-        _rows_2d(x2), sae.W_enc_T, sae.b_dec, sae.feature_params, sae.arch_id, sae.norm_id,
+        _rows_2d(x2), sae.W_enc_T, sae.b_dec, sae.params, sae.arch_id, sae.norm_id,
         sae.apply_b_dec_to_input, sae.k or 0, k,
     )
 
 
 def decode_sparse(values, indices, sae):
-    return _decode_sparse_op(values.contiguous(), indices.contiguous(), sae.W_dec, sae.b_dec, sae.feature_params)
+    return _decode_sparse_op(values.contiguous(), indices.contiguous(), sae.W_dec, sae.b_dec, sae.params)
 
 
-_ops.register_backend(
+_registry.register_backend(
     "triton", supports, steer=steer, steer_rows=steer_rows, encode_topk=encode_topk, decode_sparse=decode_sparse
 )

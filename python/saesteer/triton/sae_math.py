@@ -45,7 +45,7 @@ def row_stats(x_row, row_ok, D, sqrt_d, NORM: tl.constexpr, BLOCK_T: tl.constexp
             xc = tl.where(m, xc, 0.0)
             var += tl.sum(xc * xc, axis=1)
         std = tl.sqrt(var / (D - 1))
-        inv = 1.0 / (std + 1e-5)  # saesteer.sae._LAYER_NORM_EPS, sae-lens's default
+        inv = 1.0 / (std + 1e-5)  # saesteer.packed.LAYER_NORM_EPS, sae-lens's default
         scale = std
     return mu, inv, scale
 
