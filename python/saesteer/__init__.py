@@ -9,7 +9,9 @@ from ._version import __version__
 from ._native import build_info
 from .intervention import MODES, Intervention
 from .sae import ARCHITECTURES, SAE, load_sae
-from . import reference, ops
+from . import reference, ops, steering, hf
+from .hf import SteeringHandle, add_direction, affine_ablation, attach, capture, directional_ablation, steer
+from .steering import SAESteerer
 
 __all__ = [
     "__version__",
@@ -21,17 +23,30 @@ __all__ = [
     "MODES",
     "reference",
     "ops",
+    "steering",
+    "SAESteerer",
+    "hf",
+    "steer",
+    "attach",
+    "SteeringHandle",
+    "capture",
+    "directional_ablation",
+    "add_direction",
+    "affine_ablation",
+    "organism",
 ]
+
+# Loaded on first use: these pull in transformers (and the organism's weights).
+_LAZY = ("organism", "refusal", "hooks")
 
 
 def __getattr__(name):
-    # Late imports keep `import saesteer` light; these pull in transformers.
-    if name in ("steer", "attach", "directional_ablation", "add_direction", "affine_ablation", "SteeringHandle"):
-        from . import hooks
-
-        return getattr(hooks, name)
-    if name == "organism":
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(".organism", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'saesteer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))

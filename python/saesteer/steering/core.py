@@ -188,10 +188,13 @@ class SAESteerer:
     def apply_rows(self, x: torch.Tensor, plan: EditPlan, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The steered ``x [R, T, d_in]`` where batch row ``r`` gets intervention ``r`` of the plan
         (``plan.rows == R``); ``token_mask`` bool ``[R, T]``. The per-row form of :meth:`apply`,
-        without a per-token gather (what ``generate`` over a batch of prompts needs)."""
+        without a per-token gather (what ``generate`` over a batch of prompts needs). When the plan
+        changes nothing, ``x`` itself is returned."""
         if x.dim() != 3 or x.shape[2] != self.d_in:
             raise ValueError(f"x: expected [R, T, d_in={self.d_in}], got shape {tuple(x.shape)}")
         B, T = x.shape[0], x.shape[1]
+        if plan.is_noop:
+            return x
         if plan.single:
             m = None if token_mask is None else token_mask.reshape(-1)
             return self.apply(x.reshape(-1, self.d_in), plan, None, m).view(x.shape)
@@ -200,8 +203,6 @@ class SAESteerer:
                 f"intervention: {plan.rows} per-row interventions but the batch has {B} rows "
                 "(num_return_sequences and beam search multiply the rows; give one intervention per row)"
             )
-        if plan.is_noop:
-            return x
         xs, _, token_mask = self._to_sae(x, None, token_mask)
         ys = xs
         for g in plan.groups:

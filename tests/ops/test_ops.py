@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 def backends(op: str) -> list:
     """The backends that run ``op`` on CPU tensors. Triton does so only in the interpreter
     (TRITON_INTERPRET=1), where this file's sweep takes ~25 min: those cases are marked slow
-    (tests/test_triton.py is the interpreter's own, faster sweep)."""
+    (tests/ops/test_triton.py is the interpreter's own, faster sweep)."""
     avail = ops.available_backends(CPU, op)
     return [
         pytest.param(b, marks=pytest.mark.slow) if b == "triton" else b

@@ -1,4 +1,4 @@
-"""Drop-in steering of HF models (issue 5): saesteer.steer / attach, positions with a KV cache, padding,
+"""Drop-in steering of HF models: saesteer.steer / attach, positions with a KV cache, padding,
 per-row interventions, dtypes, save/load, bad input, directional ablation, activation addition, compile.
 
 Tiny random models built from configs (no downloads). Embeddings are redrawn from N(0, 1) so that the

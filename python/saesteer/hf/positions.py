@@ -1,0 +1,169 @@
+"""Which tokens of the current forward an edit applies to.
+
+A forward pre-hook on the module that owns the decoder layers (e.g. ``model.model``) reads the
+arguments of every forward -- ``input_ids``/``inputs_embeds``, the 2-D ``attention_mask`` and the
+KV cache -- and computes, once per forward, which tokens of that forward are edited; the layer
+hooks only read the result. A forward whose cache is empty starts a new sequence (so every
+``generate`` call starts afresh) and its tokens are the prompt; with a KV cache each later forward
+holds only new tokens, which are "generated". Without a cache (``use_cache=False``), ``generate``
+re-runs the whole sequence each step; a forward whose ``input_ids`` extend the previous forward's
+is taken as the same sequence continued. Padding: tokens where the attention mask is 0 are never
+edited.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+__all__ = ["POSITIONS", "PositionTracker"]
+
+POSITIONS = ("all", "prompt", "generated")
+
+
+class PositionTracker:
+    """Reads every forward of the layers' owner and keeps the token mask of the current one.
+
+    ``mask`` is None (every token), or a bool tensor ``[B, T]``; ``skip`` is True when no token of
+    the forward is edited (e.g. a decode step under ``positions="prompt"``).
+    """
+
+    def __init__(self, positions, owner: nn.Module):
+        if isinstance(positions, str):
+            if positions not in POSITIONS:
+                raise ValueError(f"positions: expected one of {POSITIONS}, a bool mask or a callable, got {positions!r}")
+            self.kind = positions
+        elif isinstance(positions, torch.Tensor):
+            if positions.dtype != torch.bool or positions.dim() not in (1, 2):
+                raise ValueError(
+                    f"positions: a mask must be a bool tensor [seq] or [batch, seq], got {positions.dtype} "
+                    f"of shape {tuple(positions.shape)}"
+                )
+            self.kind = "mask"
+        elif callable(positions):
+            self.kind = "callable"
+        else:
+            raise TypeError(f"positions: expected a str, a bool tensor or a callable, got {type(positions).__name__}")
+        self.positions = positions
+        try:
+            params = inspect.signature(owner.forward).parameters.values()
+            self._arg_names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            self._arg_names = []
+        self.active = False
+        self.mask: torch.Tensor | None = None
+        self.skip = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current sequence: the next forward's tokens are a new prompt."""
+        self.prompt_length: int | None = None
+        self._prev_ids: torch.Tensor | None = None
+
+    def _arg(self, name, args, kwargs):
+        if name in kwargs:
+            return kwargs[name]
+        try:
+            i = self._arg_names.index(name)
+        except ValueError:
+            return None
+        return args[i] if i < len(args) else None
+
+    def begin(self, module, args, kwargs) -> None:  # forward pre-hook of the owner
+        self.active = True
+        self.skip = False
+        self.mask = None
+        ids = self._arg("input_ids", args, kwargs)
+        ref = ids if isinstance(ids, torch.Tensor) else self._arg("inputs_embeds", args, kwargs)
+        if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
+            if self.kind != "all":
+                raise RuntimeError(
+                    f"saesteer: positions={self.kind!r} needs the model's input_ids or inputs_embeds to find the "
+                    "prompt; none reached the forward"
+                )
+            return
+        B, T = ref.shape[0], ref.shape[1]
+        attn = self._arg("attention_mask", args, kwargs)
+        real = past = None
+        if isinstance(attn, torch.Tensor) and attn.dim() == 2 and attn.shape[0] == B and attn.shape[1] >= T:
+            real = attn[:, attn.shape[1] - T :] != 0  # pads (left or right) are never edited
+            past = attn.shape[1] - T
+        if self.kind == "all":
+            self.mask = real
+            return
+        if not past:  # no mask, or one covering only this forward's tokens: ask the cache
+            past = self._past_length(args, kwargs)
+        self._track(ids if isinstance(ids, torch.Tensor) else None, B, T, past)
+        P = self.prompt_length
+        lo, hi = past, past + T
+        sel = None  # [T] or [B, T] bool over this forward's tokens; None = all of them
+        if self.kind == "prompt":
+            if lo >= P:
+                self.skip = True
+                return
+            if hi > P:
+                sel = torch.arange(lo, hi, device=ref.device) < P
+        elif self.kind == "generated":
+            if hi <= P:
+                self.skip = True
+                return
+            if lo < P:
+                sel = torch.arange(lo, hi, device=ref.device) >= P
+        elif self.kind == "callable":
+            sel = self.positions(torch.arange(lo, hi, device=ref.device), P)
+            if not isinstance(sel, torch.Tensor) or sel.dtype != torch.bool or sel.shape[-1] != T:
+                raise ValueError(
+                    f"positions: the callable must return a bool tensor [T={T}] or [B, T={T}], got "
+                    f"{getattr(sel, 'dtype', type(sel).__name__)} {tuple(getattr(sel, 'shape', ()))}"
+                )
+        else:  # a bool mask over sequence positions (columns of the attention mask)
+            m = self.positions.to(ref.device)
+            sel = torch.zeros(*m.shape[:-1], T, dtype=torch.bool, device=ref.device)
+            n = max(0, min(hi, m.shape[-1]) - lo)
+            sel[..., :n] = m[..., lo : lo + n]
+        if sel is not None:
+            sel = sel.expand(B, T)
+            real = sel if real is None else real & sel
+        self.mask = real
+
+    def end(self, module, args, kwargs, output) -> None:  # forward hook of the owner (always called)
+        self.active = False
+        self.mask = None
+        self.skip = False
+
+    def _past_length(self, args, kwargs) -> int:
+        cp = self._arg("cache_position", args, kwargs)  # transformers 4
+        if isinstance(cp, torch.Tensor) and cp.numel() > 0:
+            return int(cp.reshape(-1)[0])
+        cache = self._arg("past_key_values", args, kwargs)
+        if cache is None:
+            cache = self._arg("cache", args, kwargs)  # transformers >= 5.24 renamed the argument
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)):
+            return int(cache[0][0].shape[-2])  # legacy tuple cache
+        return 0
+
+    def _track(self, ids, B: int, T: int, past: int) -> None:
+        if past > 0:
+            if self.prompt_length is None:  # attached mid-sequence: what came before is the prompt
+                self.prompt_length = past
+            self._prev_ids = None
+            return
+        prev = self._prev_ids
+        continued = (
+            prev is not None
+            and ids is not None
+            and self.prompt_length is not None
+            and prev.shape[0] == B
+            and prev.shape[1] < T
+            and prev.device == ids.device
+            and torch.equal(ids[:, : prev.shape[1]], prev)
+        )
+        if not continued:
+            self.prompt_length = T
+        self._prev_ids = ids
+
+
