@@ -19,16 +19,12 @@ import saesteer
 from saesteer import Intervention
 
 
-def last_token_features(model, tokenizer, sae, layer, texts):
-    """Mean SAE activations ``[d_sae]`` at the last prompt token, read at ``layer``'s output."""
-    _, blocks = saesteer.hooks.find_layers(model)
-    seen = []
-    h = blocks[layer].register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o)[:, -1]))
-    with torch.no_grad():
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)  # left padding
+def last_token_features(model, tokenizer, sae, texts):
+    """Mean SAE activations ``[d_sae]`` at the last prompt token, read at the SAE's hook point."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)  # left padding
+    with torch.no_grad(), saesteer.capture(model, sae, transform=lambda x: x[:, -1].float()) as rec:
         model(**enc)
-    h.remove()
-    return sae.encode(seen[0].float()).mean(0)
+    return sae.encode(rec[sae.hook_name][0]).mean(0)
 
 
 def organism_demo(k: int, clamp_value: float | None, max_new_tokens: int) -> None:
@@ -38,8 +34,8 @@ def organism_demo(k: int, clamp_value: float | None, max_new_tokens: int) -> Non
     sae = saesteer.SAE.from_sae_lens(org.sae) if not isinstance(org.sae, saesteer.SAE) else org.sae
     harmful, harmless = organism.load_prompts("harmful")[:4], organism.load_prompts("harmless")[:4]
     fmt = [org.format_prompt(p) for p in harmful], [org.format_prompt(p) for p in harmless]
-    diff = last_token_features(org.model, org.tokenizer, sae, org.layer, fmt[0]) - last_token_features(
-        org.model, org.tokenizer, sae, org.layer, fmt[1]
+    diff = last_token_features(org.model, org.tokenizer, sae, fmt[0]) - last_token_features(
+        org.model, org.tokenizer, sae, fmt[1]
     )
     feats = diff.topk(k).indices.tolist()
     clamp_value = clamp_value or float(diff.max()) * 4
@@ -85,12 +81,9 @@ def random_demo(k: int, clamp_value: float | None, max_new_tokens: int) -> None:
     attention_mask[0, :3] = 0  # row 0 is a shorter, left-padded prompt
     gen = dict(attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False)
 
-    acts = []
-    h = model.model.layers[layer].register_forward_hook(lambda m, a, o: acts.append(o))
-    with torch.no_grad():
+    with torch.no_grad(), saesteer.capture(model, sae) as rec:
         model(prompts, attention_mask=attention_mask)
-    h.remove()
-    feats = (sae.encode(acts[0]) > 0).flatten(0, 1).sum(0).topk(k).indices.tolist()  # the most active features
+    feats = (sae.encode(rec[sae.hook_name][0]) > 0).flatten(0, 1).sum(0).topk(k).indices.tolist()  # the most active features
     clamp_value = clamp_value or 20.0
 
     def show(title, out):
@@ -119,8 +112,8 @@ def main() -> None:
     if not args.random:
         try:
             return organism_demo(args.k, args.clamp, args.max_new_tokens)
-        except (FileNotFoundError, ImportError, AttributeError) as e:
-            print(f"(no built-in organism: {e}; using a small random Llama)\n")
+        except FileNotFoundError as e:  # a source checkout without the shipped weights
+            print(f"(no built-in organism weights: {e}; using a small random Llama)\n")
     random_demo(args.k, args.clamp, args.max_new_tokens)
 
 
