@@ -145,7 +145,7 @@ def _edit(f: torch.Tensor, feats: torch.Tensor, mode: str, vals: torch.Tensor) -
 
 
 class FullSAEHook:
-    """Forward hook on a decoder layer: the full SAE with the error term, as sae-lens steers.
+    """The full SAE with the error term, as sae-lens steers (run at a decoder layer's output).
 
     ``y = decode(edit(encode(x))) + (x - decode(encode(x)))``, computed in the SAE's dtype with the
     sae-lens math of :mod:`saesteer.reference` (its activation and normalization helpers).
@@ -171,10 +171,6 @@ class FullSAEHook:
         error = xs - self._decode(f_clean, scale, shift)
         return (steered + error).to(x.dtype)
 
-    def __call__(self, module, args, output):
-        if isinstance(output, tuple):
-            return (self.steer(output[0]),) + tuple(output[1:])
-        return self.steer(output)
 
 
 class _StepClock:
@@ -198,23 +194,12 @@ def _variant_context(variant: str, model, sae, layer: int, iv: Intervention):
 
     if variant == "none":
         return contextlib.nullcontext()
+    from .. import hf
+
     if variant == "saesteer":
-        from ..hooks import steer
-
-        return steer(model, sae, iv, positions="all", layer=layer)
-    from ..hooks import find_layers
-
-    _, blocks = find_layers(model)
-    handle = blocks[layer].register_forward_hook(FullSAEHook(sae, iv))
-
-    @contextlib.contextmanager
-    def ctx():
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    return ctx()
+        return hf.steer(model, sae, iv, positions="all", layer=layer)
+    full = FullSAEHook(sae, iv)
+    return hf.intercept(model, (layer, "resid_post"), lambda name, x: full.steer(x))
 
 
 def bench_generate(
