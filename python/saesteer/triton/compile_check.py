@@ -16,9 +16,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .decode_sparse import _decode_sparse_kernel
-from .encode_topk import _encode_dense_kernel, _encode_select_kernel, _normalize_kernel
-from .steer import _steer_kernel
+from .decode_sparse import decode_sparse_kernel
+from .encode_topk import encode_dense_kernel, encode_select_kernel, normalize_kernel
+from .steer import steer_kernel
 
 
 def _variants(dt: str):
@@ -32,7 +32,7 @@ def _variants(dt: str):
     for (bt, bs, bk, bdo), (arch, norm, mode) in itertools.product(
         [(1, 64, 64, 256), (16, 64, 32, 128)], [(1, 2, 2), (3, 1, 0), (2, 0, 3), (0, 0, 1)]
     ):
-        yield _steer_kernel, steer, dict(
+        yield steer_kernel, steer, dict(
             ARCH=arch, NORM=norm, APPLY_B_DEC=True, MODE=mode, HAS_MASK=True, TOPK_SRC=arch == 3,
             BLOCK_T=bt, BLOCK_S=bs, BLOCK_K=bk, BLOCK_DO=bdo,
         ), 4
@@ -42,21 +42,21 @@ def _variants(dt: str):
     )
     xn = dict(enc, xn_ptr="*fp32")  # PREC 1 and 2 read an fp32 x'
     for arch, (bm, warps), prec in itertools.product((1, 3), ((16, 4), (64, 8)), (1, 2) if dt != "fp32" else (1,)):
-        yield _encode_select_kernel, xn, dict(ARCH=arch, PREC=prec, BM=bm, BN=128, BK=64, KPAD=64), warps
+        yield encode_select_kernel, xn, dict(ARCH=arch, PREC=prec, BM=bm, BN=128, BK=64, KPAD=64), warps
     if dt != "fp32":
-        yield _encode_select_kernel, enc, dict(ARCH=1, PREC=0, BM=64, BN=128, BK=64, KPAD=64), 8
+        yield encode_select_kernel, enc, dict(ARCH=1, PREC=0, BM=64, BN=128, BK=64, KPAD=64), 8
     dense = dict(
         xn_ptr=p, w_ptr=p, params_ptr="*fp32", out_ptr="*fp32", N="i32", D="i32", d_sae="i32", stride_xn="i32",
         stride_p="i32", stride_out="i32",
     )
-    yield _encode_dense_kernel, dense, dict(ARCH=0, PREC=1 if dt == "fp32" else 0, BM=64, BN=128, BK=64), 8
+    yield encode_dense_kernel, dense, dict(ARCH=0, PREC=1 if dt == "fp32" else 0, BM=64, BN=128, BK=64), 8
     norm = dict(x_ptr=p, out_ptr=p, bdec_ptr=p, N="i32", D="i32", stride_x="i32", stride_out="i32", sqrt_d="fp32")
-    yield _normalize_kernel, norm, dict(NORM=2, APPLY_B_DEC=True, BLOCK_T=4, BLOCK_K=256), 4
+    yield normalize_kernel, norm, dict(NORM=2, APPLY_B_DEC=True, BLOCK_T=4, BLOCK_K=256), 4
     dec = dict(
         v_ptr=p, i_ptr="*i64", wdec_ptr=p, bdec_ptr=p, params_ptr="*fp32", out_ptr=p, K="i32", D="i32",
         stride_v="i32", stride_i="i32", stride_p="i32", stride_out="i32",
     )
-    yield _decode_sparse_kernel, dec, dict(BLOCK_J=16, BLOCK_D=512), 4
+    yield decode_sparse_kernel, dec, dict(BLOCK_J=16, BLOCK_D=512), 4
 
 
 def compile_all(arch: int, dtypes=("bf16", "fp32")) -> int:

@@ -13,7 +13,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _decode_sparse_kernel(
+def decode_sparse_kernel(
     v_ptr, i_ptr, wdec_ptr, bdec_ptr, params_ptr, out_ptr, K, D, stride_v, stride_i, stride_p, stride_out,
     BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -42,7 +42,7 @@ def decode_sparse(values, indices, W_dec, b_dec, params, wrap=lambda k: k) -> to
         return out
     BLOCK_D = min(512, triton.next_power_of_2(D))
     BLOCK_J = max(2, min(16, triton.next_power_of_2(K)))
-    wrap(_decode_sparse_kernel)[(N, triton.cdiv(D, BLOCK_D))](
+    wrap(decode_sparse_kernel)[(N, triton.cdiv(D, BLOCK_D))](
         values, indices, W_dec, b_dec, params, out, K, D, values.stride(0), indices.stride(0), params.stride(0),
         out.stride(0), BLOCK_J=BLOCK_J, BLOCK_D=BLOCK_D, num_warps=4,
     )

@@ -2,7 +2,7 @@
 
 Two stages, both capture-safe (no host sync, outputs from ``torch.empty``, shapes from sizes only):
 
-1. ``_encode_select_kernel``, grid ``(cdiv(N, BM), SPLIT)``: program ``(m, s)`` walks the column
+1. ``encode_select_kernel``, grid ``(cdiv(N, BM), SPLIT)``: program ``(m, s)`` walks the column
    tiles ``s, s + SPLIT, ...`` of the encode GEMM ``x' @ W_enc`` (``BM x BN`` tiles, fp32
    accumulate), applies the activation in the epilogue and merges the tile into a running per-row
    candidate set of ``KPAD >= k`` entries held in registers. The merge is a streaming selection:
@@ -33,7 +33,7 @@ MAX_KPAD = 256
 
 
 @triton.jit
-def _normalize_kernel(
+def normalize_kernel(
     x_ptr, out_ptr, bdec_ptr, N, D, stride_x, stride_out, sqrt_d,
     NORM: tl.constexpr, APPLY_B_DEC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -86,7 +86,7 @@ def _encode_tile(
 
 
 @triton.jit
-def _encode_select_kernel(
+def encode_select_kernel(
     xn_ptr, w_ptr, params_ptr, cand_v_ptr, cand_i_ptr, N, D, d_sae, stride_xn, stride_p, stride_cand,
     ARCH: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     KPAD: tl.constexpr,
@@ -125,7 +125,7 @@ def _encode_select_kernel(
 
 
 @triton.jit
-def _encode_dense_kernel(
+def encode_dense_kernel(
     xn_ptr, w_ptr, params_ptr, out_ptr, N, D, d_sae, stride_xn, stride_p, stride_out,
     ARCH: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
@@ -165,7 +165,7 @@ def normalize_input(x2, b_dec, norm: int, apply_b_dec: bool, dtype: torch.dtype,
         return x2
     out = torch.empty((N, D), dtype=dtype, device=x2.device)
     if N:
-        wrap(_normalize_kernel)[(triton.cdiv(N, 4),)](
+        wrap(normalize_kernel)[(triton.cdiv(N, 4),)](
             x2, out, b_dec, N, D, x2.stride(0), out.stride(0), float(D) ** 0.5,
             NORM=norm, APPLY_B_DEC=bool(apply_b_dec), BLOCK_T=4, BLOCK_K=256,
         )
@@ -190,7 +190,7 @@ def encode_keys_topk(
     if kpad > MAX_KPAD:
         keys = torch.empty((N, d_sae), dtype=torch.float32, device=x2.device)
         if N:
-            wrap(_encode_dense_kernel)[(triton.cdiv(N, BM), triton.cdiv(d_sae, BN))](
+            wrap(encode_dense_kernel)[(triton.cdiv(N, BM), triton.cdiv(d_sae, BN))](
                 xn, W_enc_T, params, keys, N, D, d_sae, xn.stride(0), params.stride(0), keys.stride(0),
                 ARCH=arch, PREC=prec, BM=BM, BN=BN, BK=BK, num_warps=8 if BM == 64 else 4,
             )
@@ -202,7 +202,7 @@ def encode_keys_topk(
     cand_v = torch.empty((N, split * kpad), dtype=torch.float32, device=x2.device)
     cand_i = torch.empty((N, split * kpad), dtype=torch.int32, device=x2.device)
     if N:
-        wrap(_encode_select_kernel)[(row_blocks, split)](
+        wrap(encode_select_kernel)[(row_blocks, split)](
             xn, W_enc_T, params, cand_v, cand_i, N, D, d_sae, xn.stride(0), params.stride(0), cand_v.stride(0),
             ARCH=arch, PREC=prec, BM=BM, BN=BN, BK=BK, KPAD=kpad, num_warps=8 if BM == 64 else 4,
         )

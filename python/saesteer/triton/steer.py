@@ -48,7 +48,7 @@ def _mm_nn(a, b, acc, USE_DOT: tl.constexpr):
 
 
 @triton.jit
-def _steer_kernel(
+def steer_kernel(
     x_ptr, out_ptr, wenc_ptr, wdec_ptr, bdec_ptr, params_ptr, feats_ptr, vals_ptr, mask_ptr,
     tk_v_ptr, tk_i_ptr,
     N, D, S, K_TOPK, stride_x, stride_out, stride_p, tok_per_row, stride_vals, sqrt_d,
@@ -139,7 +139,7 @@ def steer_2d(
         tk_v, tk_i = params, feats  # unused (TOPK_SRC=False); any tensor of the right kind
     BT, BS, BK, BDO, warps = _blocks(N, S, D)
     mask_u8 = mask.view(torch.uint8) if mask is not None else x2
-    wrap(_steer_kernel)[(triton.cdiv(N, BT), triton.cdiv(D, BDO))](
+    wrap(steer_kernel)[(triton.cdiv(N, BT), triton.cdiv(D, BDO))](
         x2, out, W_enc_T, W_dec, b_dec, params, feats, vals, mask_u8, tk_v, tk_i,
         N, D, S, sae_k if arch == 3 else 0, x2.stride(0), out.stride(0), params.stride(0),
         tok_per_row, stride_vals, float(D) ** 0.5,
