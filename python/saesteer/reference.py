@@ -25,6 +25,7 @@ __all__ = [
     "denormalize",
     "encode_columns",
     "edit",
+    "row_edit",
     "apply_delta",
     "check_token_mask",
 ]
@@ -267,11 +268,17 @@ def steer_rows(
     if S == 0:
         return x.clone()
     feats, _ = iv.tensors(sae.device)
+    return apply_delta(x, sae, feats, row_edit(values, mode), mask)
 
-    def row_edit(f):
+
+def row_edit(values: torch.Tensor, mode: str):
+    """The per-row edit of :func:`steer_rows` as a function of ``f [R, T, |S|]``: row ``r`` takes
+    ``values[r]`` (for ``ablate`` a 0/1 mask, 1 = ablate)."""
+
+    def fn(f):
         v = values.to(device=f.device, dtype=f.dtype)[:, None, :]
         if mode == "ablate":
             return f * (1 - v)
         return edit(f, mode, v)
 
-    return apply_delta(x, sae, feats, row_edit, mask)
+    return fn

@@ -227,11 +227,7 @@ def _torch_steer(x2, sae, feats, mode, vals, mask):
 
 
 def _torch_steer_rows(x, sae, feats, mode, vals, mask):
-    def row_edit(f):
-        v = vals.to(dtype=f.dtype)[:, None, :]
-        return f * (1 - v) if mode == 0 else reference.edit(f, MODES[mode], v)
-
-    return reference.apply_delta(x, sae, feats, row_edit, mask)
+    return reference.apply_delta(x, sae, feats, reference.row_edit(vals, MODES[mode]), mask)
 
 
 registry.register_backend(
