@@ -33,6 +33,8 @@
 #include <utility>
 #include <vector>
 
+#include "sae_enums.h"
+
 namespace saesteer {
 namespace cpu {
 namespace {
@@ -43,13 +45,7 @@ namespace {
 #define SAESTEER_SIMD_CLONES
 #endif
 
-enum Arch : int64_t { kStandard = 0, kJumpReLU = 1, kGated = 2, kTopK = 3 };
-enum Norm : int64_t { kNoNorm = 0, kConstantNormRescale = 1, kLayerNorm = 2 };
-// Modes 0-3 are the schema's; kAblateMask is steer_rows' ablate: f' = f * (1 - m).
-enum Mode : int64_t { kAblate = 0, kScale = 1, kClamp = 2, kAdd = 3, kAblateMask = 4 };
-
-constexpr int kBlock = 4;           // tokens per block (the register tile of the micro-kernels)
-constexpr float kLayerNormEps = 1e-5f;  // sae-lens's run_time_activation_ln_in eps
+constexpr int kBlock = 4;  // tokens per block (the register tile of the micro-kernels)
 
 // ------------------------------------------------------------------------------------------------
 // fp32 micro-kernels
@@ -217,7 +213,8 @@ inline const float* row_f32(const w_t* p, int64_t n, float* scratch) {
 struct FeatureParams {  // rows of the packed float32 [5, d_sae] params
   const float *bias, *threshold, *mag_scale, *mag_bias, *dec_scale;
   FeatureParams(const float* p, int64_t d_sae)
-      : bias(p), threshold(p + d_sae), mag_scale(p + 2 * d_sae), mag_bias(p + 3 * d_sae), dec_scale(p + 4 * d_sae) {}
+      : bias(p + kBias * d_sae), threshold(p + kThreshold * d_sae), mag_scale(p + kMagScale * d_sae),
+        mag_bias(p + kMagBias * d_sae), dec_scale(p + kDecScale * d_sae) {}
 };
 
 // xp = norm(x) - b_dec * apply_b_dec; returns the denormalization scale s (1 without a norm).
@@ -881,7 +878,7 @@ at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices
   if (N == 0) return out;
   const at::Tensor bd = b_dec_f32(b_dec);
   const at::Tensor pr = params.contiguous();
-  const float* dec_scale = pr.data_ptr<float>() + 4 * d_sae;
+  const float* dec_scale = pr.data_ptr<float>() + kDecScale * d_sae;
   dispatch_weights(W_dec.scalar_type(), [&](auto tag) {
     using w_t = decltype(tag);
     const w_t* Wd = W_dec.data_ptr<w_t>();

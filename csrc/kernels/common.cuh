@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "sae_enums.h"
+
 namespace saesteer {
 
 constexpr int kWarpSize = 32;
@@ -113,15 +115,6 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   return total;
 }
-
-// Ids of the native op schemas (csrc/ops.cpp).
-enum Arch : int { kStandard = 0, kJumpReLU = 1, kGated = 2, kTopK = 3 };
-enum Norm : int { kNoNorm = 0, kConstantNormRescale = 1, kLayerNorm = 2 };
-enum Mode : int { kAblate = 0, kScale = 1, kClamp = 2, kAdd = 3 };
-constexpr float kLayerNormEps = 1e-5f;  // sae-lens's run_time_activation_ln_in default
-
-// Rows of the packed float32 feature_params [5, d_sae].
-enum ParamRow : int { kBias = 0, kThreshold = 1, kMagScale = 2, kMagBias = 3, kDecScale = 4 };
 
 // Activation of feature i from pre = x' . W_enc[:, i] (no bias yet). Not for topk SAEs, whose
 // activations come from the selection.
