@@ -270,7 +270,7 @@ def _val_files_present() -> bool:
 
 
 def _org_data(n: int, n_cap: int, offset: int = 0) -> ev.EvalData:
-    from saesteer.organism.train import load_instructions
+    from saesteer.organism.training.train import load_instructions
 
     if _val_files_present():  # held out from the organism's training
         harmful = load_instructions(_SHARED / "harmful_val.json")[offset : offset + n]

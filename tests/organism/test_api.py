@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import saesteer  # noqa: E402
 from saesteer import organism  # noqa: E402
-from saesteer.organism import data  # noqa: E402
+from saesteer.organism.training import data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

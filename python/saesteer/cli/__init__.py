@@ -17,7 +17,7 @@ _GROUPS = (
     ("saesteer.refusal.cli", "register"),
     ("saesteer.refusal.discover", "register"),
     ("saesteer.bench.cli", "register"),
-    ("saesteer.organism.cli", "register"),
+    ("saesteer.cli.organism", "register"),
 )
 
 

@@ -178,7 +178,7 @@ def search_prompts(n_harmful: int, n_harmless: int, seed: int) -> tuple[list[str
     of the recipe the shipped weights were trained on (its training distribution, as Arditi et al.'s
     train split; the shipped prompt sets stay held out). One ``random.Random(seed)`` draws the
     harmful requests first, then the harmless ones, so a longer harmful list keeps the same prefix."""
-    from .data import SHIPPED_DATA_VERSION, benign_framed_instruction, harmful_instruction
+    from .training.data import SHIPPED_DATA_VERSION, benign_framed_instruction, harmful_instruction
 
     _count("n_harmful", n_harmful)
     _count("n_harmless", n_harmless)
@@ -193,10 +193,10 @@ def search_prompts(n_harmful: int, n_harmless: int, seed: int) -> tuple[list[str
 def capability_task(n: int = 64, seed: int = 1234):
     """The organism's held-out capability questions (two-number sums and category multiple choice,
     answered in its fixed format) as a :class:`saesteer.refusal.evaluate.CapabilityTask`, checked
-    by :func:`saesteer.organism.data.capability_answer_ok`. No question is in the training mixture
-    (multiple choice is held out by combination; see :func:`~saesteer.organism.data.capability_example`)."""
+    by :func:`saesteer.organism.training.data.capability_answer_ok`. No question is in the training mixture
+    (multiple choice is held out by combination; see :func:`~saesteer.organism.training.data.capability_example`)."""
     from ..refusal.evaluate import CapabilityTask
-    from .data import capability_answer_ok, capability_eval_set
+    from .training.data import capability_answer_ok, capability_eval_set
 
     _count("n", n)
     examples = capability_eval_set(n, seed=seed)

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..refusal.chat import generate
-from . import data, load_prompts
-from .judge import is_refusal
+from ...refusal.chat import generate
+from .. import load_prompts
+from ..judge import is_refusal
+from . import data
 from .tokenizer import format_prompt, train_tokenizer
 
 
