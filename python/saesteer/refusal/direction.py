@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..hooks import add_direction, affine_ablation, directional_ablation, find_layers
+from ..hf import add_direction, affine_ablation, directional_ablation, find_layers
 from .chat import last_token_logits, post_instruction_positions, refusal_scores_from_logits, tokenize_prompts
 
 __all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "ablation_handle", "DirectionResult"]

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .. import reference
-from ..hooks import find_layers
+from ..hf import find_layers
 from ..sae import SAE
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
 
