@@ -154,7 +154,10 @@ def run_demo(n_show: int = 4, out: str | Path | None = None) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the whole method on the built-in refusal organism (about a minute)")
+    p = sub.add_parser("demo", help="the whole method on the built-in refusal organism (about a minute)",
+                       description="The built-in organism unsteered, then discover with small sample sizes, then "
+                                   "steering with the features it finds: ablating them jailbreaks harmful prompts, "
+                                   "clamping them high makes harmless prompts refused.")
     p.add_argument("--show", type=int, default=4, help="prompts of each kind to show")
     p.add_argument("--out", help="also write the discover outputs (results.json, report.md, plots) here")
     p.set_defaults(func=lambda a: run_demo(a.show, a.out))

@@ -75,7 +75,11 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("discover", help="find the refusal direction, refusal features and minimal jailbreak sets")
+    p = sub.add_parser("discover", help="find the refusal direction, refusal features and minimal jailbreak sets",
+                       description="The refusal direction (Arditi et al.), candidate SAE features, greedy minimal "
+                                   "ablation sets (Prakash et al.), their attack success rate by generation on held-out "
+                                   "prompts, verified feature interactions and dormant features. Writes OUT/results.json, "
+                                   "OUT/spec.json (for eval / generate), OUT/report.md and plots.")
     add_model_args(p)
     p.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset name (default: shipped set)")
     p.add_argument("--harmless", help="harmless prompts (default: shipped set)")
