@@ -27,7 +27,7 @@ def llm():
     from saesteer.vllm import SteeredLLM
 
     return SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", max_model_len=256,
-                      enforce_eager=True, enable_prefix_caching=True, gpu_memory_utilization=0.5)
+                      enforce_eager=True, enable_prefix_caching=True, block_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +93,11 @@ def test_one_batch_mixes_steered_and_unsteered_requests(org, llm, prompts, refus
     assert got == want
 
 
-def test_prefix_cache_is_salted_by_the_spec(org, llm, prompts, refusal_features):
+def test_prefix_cache_is_salted_by_the_spec(org, llm, refusal_features):
     """A prompt steered first must not lend its KV blocks to the same prompt unsteered (or under
-    another spec), with prefix caching on."""
-    p = prompts[0]
+    another spec), with prefix caching on (blocks of 32 tokens: the prompt spans several)."""
+    p = org.tokenizer(org.format_prompt(" ".join(organism.load_prompts("harmful")[:4])), add_special_tokens=False).input_ids
+    assert len(p) > 2 * 32
     ablate = spec(Intervention(refusal_features, "ablate"), "all")
     clamp = spec(Intervention(refusal_features, "clamp", 6.0), "all")
     steered = vllm_greedy(llm, [p], [ablate])[0]
