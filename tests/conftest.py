@@ -34,7 +34,7 @@ def tiny_chat(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from helpers import make_sae_lens_sae
-    from saesteer.organism.tokenizer import train_tokenizer
+    from saesteer.organism.training.tokenizer import train_tokenizer
     from saesteer.refusal.data import shipped_prompts
 
     texts = shipped_prompts("harmful") + shipped_prompts("harmless") + ["I'm sorry, but I can't help with that.", "Sure! Here is how."]

@@ -194,6 +194,9 @@ def test_bad_x():
         (([1, 2], "clamp"), "needs a value"),
         (([1, 2], "clamp", [1.0]), "one value per feature"),
         (([1, 2], "scale", [1.0, float("nan")]), "NaN"),
+        (([1], "clamp", float("inf")), "inf value for features \\[1\\]"),
+        (([1, 2], "add", [1.0, float("-inf")]), "must be finite"),
+        (([3], "clamp", torch.tensor([float("inf")])), "inf"),
         (([1], "ablate", 2.0), "takes no value"),
         (([1.5], "ablate"), "integer"),
     ],
@@ -201,6 +204,21 @@ def test_bad_x():
 def test_intervention_validation(args, match):
     with pytest.raises(ValueError, match=match):
         Intervention(*args)
+
+
+@pytest.mark.parametrize(
+    "d,match",
+    [
+        ({"mode": "ablate"}, "no 'features' key"),
+        ({"features": [1], "mode": "ablate", "valu": 3}, "unknown keys \\['valu'\\]"),
+        ({"features": [1], "mode": "clamp", "value": 1.0, "values": [1.0]}, "not both"),
+        ({"features": [1], "mode": "clamp"}, "needs a value"),
+    ],
+)
+def test_intervention_dict_errors_name_the_key(d, match):
+    with pytest.raises(ValueError, match=match):
+        Intervention.from_dict(d)
+    assert Intervention.from_dict({"features": [1], "mode": "clamp", "values": [2.0]}).values == (2.0,)
 
 
 def test_intervention_ids_out_of_range():

@@ -82,7 +82,7 @@ class Intervention:
     ------
     ValueError
         Unknown mode, duplicate or negative ids, ids ``>= d_sae``, a missing value, a value of the
-        wrong length, or a NaN value. The message names the problem.
+        wrong length, or a NaN or infinite value. The message names the problem.
     """
 
     __slots__ = ("features", "mode", "values", "_cache")
@@ -121,9 +121,10 @@ class Intervention:
                     raise ValueError(
                         f"value: expected one value per feature ({len(feats)}), got {len(vals)} values"
                     )
-            bad = [i for i, v in zip(feats, vals) if math.isnan(v)]
+            bad = [i for i, v in zip(feats, vals) if not math.isfinite(v)]
             if bad:
-                raise ValueError(f"value: NaN value for features {bad[:10]}")
+                kinds = sorted({"NaN" if math.isnan(v) else "inf" for v in vals if not math.isfinite(v)})
+                raise ValueError(f"value: {' and '.join(kinds)} value for features {bad[:10]} (values must be finite)")
         self.features = feats
         self.mode = mode
         self.values = vals
@@ -186,6 +187,17 @@ class Intervention:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Intervention":
+        """From ``{"features": [...], "mode": ..., "value": ...}`` (``values`` for ``value`` also
+        accepted; ``mode`` defaults to ``ablate``). Missing or unknown keys are errors."""
+        if not isinstance(d, dict):
+            raise TypeError(f"intervention: expected a dict, got {type(d).__name__}")
+        if "features" not in d:
+            raise ValueError(f"intervention: the dict has no 'features' key (keys: {sorted(d)}); expected {{features, mode, value}}")
+        unknown = sorted(set(d) - {"features", "mode", "value", "values"})
+        if unknown:
+            raise ValueError(f"intervention: unknown keys {unknown}; expected features, mode and value")
+        if "value" in d and "values" in d:
+            raise ValueError("intervention: give 'value' or 'values', not both")
         return cls(d["features"], d.get("mode", "ablate"), d.get("value", d.get("values")))
 
     def __eq__(self, other) -> bool:

@@ -261,6 +261,44 @@ def test_callable_and_mask_positions():
     rec.remove()
 
 
+@pytest.mark.parametrize(
+    "mask, match",
+    [
+        (torch.ones(3, 6, dtype=torch.bool), "the mask has 3 batch rows but the batch has 2"),
+        (torch.ones(5, dtype=torch.bool), "covers 5 sequence positions but this forward reaches position 6"),
+    ],
+)
+def test_bad_position_masks_are_named_errors(mask, match):
+    model = tiny_model()
+    sae = make_sae("jumprelu", d_in=D, d_sae=D_SAE, hook_name="blocks.1.hook_resid_post")
+    x = ids(2, 6)
+    with torch.no_grad():
+        clean = model(x).logits
+        with pytest.raises(ValueError, match=match):
+            with saesteer.steer(model, sae, Intervention([1], "clamp", 3.0), positions=mask):
+                model(x)
+        assert no_hooks_left(model)
+        assert torch.equal(model(x).logits, clean)
+
+
+def test_mask_positions_follow_generation():
+    """A mask as long as prompt + generated tokens edits exactly its positions across the KV cache."""
+    model = tiny_model()
+    L = 1
+    sae = make_sae("jumprelu", d_in=D, d_sae=D_SAE, hook_name=f"blocks.{L}.hook_resid_post")
+    iv = Intervention(list(range(10)), "clamp", 6.0)
+    x = ids(1, 4)
+    mask = torch.zeros(4 + 3, dtype=torch.bool)
+    mask[[1, 5]] = True  # one prompt position, one generated position
+    rec = Recorder(model, L)
+    with torch.no_grad(), saesteer.steer(model, sae, iv, positions=mask):
+        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=3, do_sample=False)
+    edited = [(s != r).any(-1)[0] for s, r in zip(rec.seen, rec.raw)]
+    rec.remove()
+    assert edited[0].nonzero().flatten().tolist() == [1]  # the prompt forward
+    assert [bool(e.any()) for e in edited[1:]] == [False, True]  # positions 4 and 5
+
+
 # ------------------------------------------------------------------------------------------------
 # batches: left padding and per-row interventions
 # ------------------------------------------------------------------------------------------------

@@ -72,6 +72,26 @@ def test_token_mask_and_single_plan():
     assert_close_dtype(st.apply(x, plan, rows=rows), y)
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize(
+    "iv",
+    [Intervention(list(range(0, 101, 3)), "ablate"), Intervention([2, 7, 30], "scale", -3.0),
+     Intervention([2, 7, 30], "clamp", 5.0), Intervention([2, 7], "add", [1.0, -2.0])],
+    ids=lambda iv: iv.mode,
+)
+def test_single_plan_with_a_row_per_token_every_mode(iv, backend):
+    """One intervention given with a row index per token (what an engine with one steered request
+    in its batch passes): each mode, ablate included, equals the reference on the rows it names."""
+    sae = make_sae("jumprelu", D, D_SAE)
+    st = SAESteerer(sae, backend=backend)
+    x = torch.randn(11, D, generator=torch.Generator().manual_seed(3)) * 2
+    rows = torch.tensor([0, -1, 0, 0, -1, 0, 0, 0, -1, 0, 0])
+    y = st.apply(x, st.plan([iv]), rows=rows)
+    assert_close_dtype(y, _expected(x, sae, [iv], rows))
+    assert torch.equal(y[rows < 0], x[rows < 0])
+    assert not torch.equal(y[rows == 0], x[rows == 0])
+
+
 def test_apply_rows_matches_per_token():
     sae = make_sae("standard", D, D_SAE)
     ivs = [Intervention([2, 7], "ablate"), None, Intervention([7, 11], "clamp", 2.0)]

@@ -1,31 +1,31 @@
-"""The ``saesteer`` command line: ``saesteer {demo,generate,eval,discover,bench,organism,info}``.
+"""The ``saesteer`` command line: ``saesteer {info,demo,generate,eval,discover,bench,organism,...}``.
 
-Each subcommand lives beside the code it drives and registers itself through a ``register(subparsers)``
-function; this file only assembles them.
+One module per subcommand, each with a ``register(subparsers)`` function; this file only assembles
+them. A new subcommand is a module in this package plus one line in :data:`SUBCOMMANDS`. The CLI is
+the layer that knows about the built-in organism: it resolves ``organism`` / ``organism:NAME`` and
+the organism's prompts and capability task (see :mod:`saesteer.cli.common`), so the science in
+:mod:`saesteer.refusal` takes models, prompts and SAEs as plain arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
-# (module, attribute) of each subcommand group's register function, in help order.
-_GROUPS = (
-    ("saesteer.demo", "register"),
-    ("saesteer.refusal.cli", "register"),
-    ("saesteer.refusal.discover", "register"),
-    ("saesteer.bench.cli", "register"),
-    ("saesteer.organism.cli", "register"),
+#: Modules whose ``register(subparsers)`` adds a subcommand, in help order. A module that is not
+#: installed in this build (an optional part of the library) is skipped.
+SUBCOMMANDS = (
+    "saesteer.cli.info",
+    "saesteer.cli.demo",
+    "saesteer.cli.generate",
+    "saesteer.cli.eval",
+    "saesteer.cli.discover",
+    "saesteer.cli.bench",
+    "saesteer.cli.organism",
 )
 
-
-def _info(args) -> int:
-    import saesteer
-
-    print(json.dumps(saesteer.build_info(), indent=2))
-    return 0
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,16 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find and steer the SAE features that make chat models refuse.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    info = sub.add_parser("info", help="how the extension was built and which backends are available")
-    info.set_defaults(func=_info)
-    for mod, attr in _GROUPS:
+    for mod in SUBCOMMANDS:
         try:
-            register = getattr(importlib.import_module(mod), attr)
+            module = importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name and e.name.startswith("saesteer"):
                 continue  # that part of the library is not installed in this build
             raise
-        register(sub)
+        module.register(sub)
     return p
 
 
@@ -64,7 +62,3 @@ def main(argv: list[str] | None = None) -> int:
         # User errors: one clear line, no traceback.
         print(f"saesteer {args.command}: error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

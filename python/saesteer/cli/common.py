@@ -1,20 +1,30 @@
-"""``saesteer generate`` and ``saesteer eval`` (``discover`` registers here too).
+"""What the subcommands share: the model / SAE / steering flags, loading a model and its SAE from
+them, and the built-in organism's defaults.
 
-Without ``--model``/``--sae`` both run on the built-in refusal organism. Inputs are validated
-(files, fields, SAE width against the model's hidden size, layer range) before any model loads;
-``saesteer.cli.main`` turns the ``ValueError``/``FileNotFoundError`` raised here into one line.
+Without ``--model`` / ``--sae`` the commands run on the built-in refusal organism: this module is
+where ``organism`` and ``organism:NAME`` are resolved and where the organism's search prompts and
+capability task come from (through :mod:`saesteer.organism`); :mod:`saesteer.refusal` never sees
+the organism. Inputs are validated (files, fields, SAE width against the model's hidden size, layer
+range) before any model loads; :func:`saesteer.cli.main` turns the ``ValueError`` /
+``FileNotFoundError`` raised here into one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import sys
-import textwrap
-from pathlib import Path
 
-__all__ = ["register", "add_model_args", "add_steering_args", "load_model", "steering_spec"]
+__all__ = [
+    "add_model_args",
+    "add_steering_args",
+    "number_list",
+    "steering_spec",
+    "default_device",
+    "is_organism_ref",
+    "resolve_sae",
+    "load_model",
+    "organism_search_prompts",
+    "organism_capability_task",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -40,7 +50,7 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--positions", choices=("all", "prompt", "generated"), help="tokens to edit (default: all)")
 
 
-def _number_list(text: str, name: str, kind=float) -> list:
+def number_list(text: str, name: str, kind=float) -> list:
     """``"1,2,3"`` -> ``[1, 2, 3]`` of ``kind`` (int or float), with a one-line error."""
     what = "integers" if kind is int else "numbers"
     try:
@@ -54,7 +64,7 @@ def _number_list(text: str, name: str, kind=float) -> list:
 
 def steering_spec(args, required: bool = True):
     """The :class:`SteeringSpec` from ``--steer`` and/or the flags (flags override the file)."""
-    from .spec import SteeringSpec
+    from ..refusal.spec import SteeringSpec
 
     spec = SteeringSpec.load(args.steer) if args.steer else None
     if spec is None:
@@ -64,7 +74,7 @@ def steering_spec(args, required: bool = True):
             return None
         spec = SteeringSpec(features=[])
     if args.features is not None:
-        spec.features = _number_list(args.features, "--features", int)
+        spec.features = number_list(args.features, "--features", int)
     if args.mode is not None:
         spec.mode = args.mode
     if args.value is not None:
@@ -79,7 +89,7 @@ def steering_spec(args, required: bool = True):
     return spec
 
 
-def _device(name: str | None) -> str:
+def default_device(name: str | None) -> str:
     import torch
 
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,14 +103,56 @@ def _hidden_and_layers(config) -> tuple[int | None, int | None]:
     return hidden, n
 
 
+def is_organism_ref(ref: str | None) -> bool:
+    """True for the SAE references that name the built-in organism's SAEs: ``organism``, ``organism:NAME``."""
+    return ref is not None and (ref == "organism" or ref.startswith("organism:"))
+
+
+def _organism_sae(org, ref: str, device):
+    """The organism SAE ``ref`` names (``organism``: its default) as a :class:`saesteer.SAE` on ``device``."""
+    name = org.default_sae if ref == "organism" else ref.split(":", 1)[1]
+    if name not in org.saes:
+        raise ValueError(f"--sae: the organism has no SAE {name!r} (it has: {', '.join(sorted(org.saes))})")
+    return org.saes[name].to(device=device)
+
+
+def resolve_sae(ref: str | None, device="cpu", organism=None):
+    """Load the SAE a spec or a ``--sae`` flag names: ``None`` / ``organism`` / ``organism:NAME`` (the
+    built-in organism's; ``organism``: an already loaded organism to take it from), else what
+    :func:`saesteer.refusal.spec.resolve_sae` accepts (an sae-lens directory, ``RELEASE:SAE_ID``)."""
+    if ref is None or is_organism_ref(ref):
+        if organism is None:
+            from .. import organism as organism_pkg
+
+            organism = organism_pkg.load()
+        return _organism_sae(organism, ref or "organism", device)
+    from ..refusal.spec import resolve_sae as resolve_sae_ref
+
+    return resolve_sae_ref(ref, device=device)
+
+
+def organism_search_prompts(n_harmful: int, n_harmless: int, seed: int) -> tuple[list[str], list[str]]:
+    """Fresh harmful and harmless prompts from the organism's training distribution (the generator
+    of the recipe the shipped weights were trained on), as Arditi et al.'s train split: discover
+    runs its direction, selection and search on them and holds the shipped prompt sets out."""
+    from .. import organism
+
+    return organism.search_prompts(n_harmful, n_harmless, seed)
+
+
+def organism_capability_task(n: int = 64, seed: int = 1234):
+    """The organism's held-out capability questions as a :class:`saesteer.refusal.evaluate.CapabilityTask`."""
+    from .. import organism
+
+    return organism.capability_task(n, seed=seed)
+
+
 def load_model(args, spec=None):
     """``(model, tokenizer, sae, layer, name)`` for the CLI flags; checks the SAE against the model's
     config (width, layer range) before loading the model's weights."""
     import torch
 
-    from .spec import resolve_sae
-
-    device = _device(args.device)
+    device = default_device(args.device)
     sae_ref = args.sae or (spec.sae if spec is not None else None)
     org = None
     if args.model is None:
@@ -108,7 +160,7 @@ def load_model(args, spec=None):
 
         org = organism.load(device=device)
         model, tok, name = org.model, org.tokenizer, "organism"
-        sae = resolve_sae(sae_ref or "organism", device=device)
+        sae = resolve_sae(sae_ref or "organism", device=device, organism=org)
         hidden, n_layers = _hidden_and_layers(model.config)
     else:
         from transformers import AutoConfig
@@ -144,185 +196,3 @@ def load_model(args, spec=None):
     return model, tok, sae, layer, name
 
 
-# ------------------------------------------------------------------------------------------------
-# saesteer generate
-# ------------------------------------------------------------------------------------------------
-def _side_by_side(left: str, right: str, width: int) -> str:
-    col = max(20, (width - 3) // 2)
-    a = textwrap.wrap(left, col) or [""]
-    b = textwrap.wrap(right, col) or [""]
-    n = max(len(a), len(b))
-    a += [""] * (n - len(a))
-    b += [""] * (n - len(b))
-    return "\n".join(f"{x:<{col}} | {y}" for x, y in zip(a, b))
-
-
-def _generate(args) -> int:
-    from .chat import generate
-    from .data import load_prompts
-    from .evaluate import Steering
-
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        prompts += load_prompts(args.prompts_file, field=args.field, limit=args.limit)
-    if not prompts:
-        raise ValueError("prompts: give prompt text as arguments or --prompts-file FILE")
-    spec = steering_spec(args)
-    model, tok, sae, layer, _ = load_model(args, spec)
-    steering = Steering(model, sae, spec, args.backend)
-    kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False)
-    plain = generate(model, tok, prompts, **kw)
-    steered = generate(model, tok, prompts, steering=steering, **kw)
-    if args.json:
-        print(json.dumps({"spec": spec.to_dict(), "replies": [
-            {"prompt": p, "unsteered": u, "steered": s} for p, u, s in zip(prompts, plain, steered)]}, indent=2))
-        return 0
-    width = shutil.get_terminal_size((120, 20)).columns
-    feats = ",".join(map(str, spec.features))
-    value = "" if spec.mode == "ablate" else f"={spec.values}"
-    print(f"steering: {spec.mode}{value} features [{feats}] at layer {layer}, positions={spec.positions}")
-    for p, u, s in zip(prompts, plain, steered):
-        print("\n" + "=" * min(width, 120))
-        print(f"prompt: {p}")
-        print(_side_by_side("UNSTEERED", "STEERED", width))
-        print(_side_by_side(u, s, width))
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------
-# saesteer eval
-# ------------------------------------------------------------------------------------------------
-_SWEEP_COLUMNS = ("condition", "value", "harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy",
-                  "kl_first", "kl_reply", "loss", "perplexity", "refusal_score_harmful", "refusal_score_harmless")
-
-
-def _eval(args) -> int:
-    import torch
-
-    from . import evaluate as ev
-    from .data import load_prompts, shipped_prompts
-    from .report import plot_lines, write_json, write_markdown_report
-
-    # Everything that can be wrong with the inputs fails here, before a model loads.
-    sweep = _number_list(args.sweep, "--sweep") if args.sweep else None
-    harmful = load_prompts(args.harmful, field=args.field, limit=args.limit) if args.harmful else shipped_prompts("harmful")[: args.limit]
-    harmless = load_prompts(args.harmless, field=args.field, limit=args.limit) if args.harmless else shipped_prompts("harmless")[: args.limit]
-    mc = ev.load_mc(args.mc, limit=args.limit) if args.mc else None
-    spec = steering_spec(args)
-    if sweep is not None and spec.mode == "ablate":
-        raise ValueError("--sweep: sweeps the value of clamp/scale/add; the spec's mode is 'ablate' (pass --mode clamp)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {str(out)!r} exists and is not a directory")
-    n_cap = args.capability if args.capability is not None else (64 if args.model is None else 0)
-    capability = ev.organism_capability_task(n_cap) if n_cap > 0 else None
-
-    torch.set_grad_enabled(False)
-    judge = None
-    if args.judge not in (None, "substring"):
-        judge = ev.load_model_judge(args.judge, device=_device(args.device), trust_remote_code=args.trust_remote_code)
-    model, tok, sae, layer, name = load_model(args, spec)
-    data = ev.EvalData(harmful, harmless, mc=mc, capability=capability)
-    kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, judge=judge)
-    steering = ev.Steering(model, sae, spec, args.backend)
-    sweep_conds = ev.sweep_conditions(steering, sweep) if sweep is not None else {}
-    # One pass over every condition, so the unsteered baseline runs once for the comparison and the sweep.
-    result = ev.evaluate_conditions(model, tok, data, {"steered": steering, **sweep_conds}, **kw)
-    all_rows = result["rows"]
-    result["rows"] = [r for r in all_rows if r["condition"] in ("unsteered", "steered")]
-    report = {
-        "model": name,
-        "sae": spec.sae or "organism",
-        "layer": layer,
-        "spec": spec.to_dict(),
-        "n": {"harmful": len(harmful), "harmless": len(harmless), "mc": len(mc or []), "capability": n_cap},
-        "max_new_tokens": args.max_new_tokens,
-        "judge": result["judge"],
-        "refusal_tokens": result["refusal_tokens"],
-        "conditions": result["rows"],
-        "examples": result["examples"],
-    }
-    sections = [
-        ("Setup", f"model `{name}`, SAE `{report['sae']}` at layer {layer}; steering `{json.dumps(spec.to_dict())}`; "
-                  f"{len(harmful)} harmful / {len(harmless)} harmless prompts, {len(mc or [])} multiple-choice items, "
-                  f"{n_cap} capability questions; greedy, {args.max_new_tokens} new tokens; judge {result['judge']}."),
-        ("Unsteered vs steered", [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
-    ]
-    if sweep is not None:
-        sweep_rows = [dict(all_rows[0], value=None)] + [dict(r, value=sweep_conds[r["condition"]].spec.values) for r in all_rows if r["condition"] in sweep_conds]
-        report["sweep"] = sweep_rows
-        steered = sweep_rows[1:]
-        ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy") if k in steered[0]}
-        plot_lines(out / "sweep.png", [r["value"] for r in steered], ys, xlabel=f"{spec.mode} value", ylabel="rate / accuracy",
-                   title=f"refusal amplification: features {spec.features}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
-                   secondary_label="KL(unsteered || steered)", ylim=(-0.02, 1.02))
-        sections.append(("Refusal amplification sweep", [
-            f"`{spec.mode}` of features {spec.features} swept over {sweep} (O'Brien et al.). The first row is the unsteered model.",
-            [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
-            "![sweep](sweep.png)",
-        ]))
-    if not args.no_probes:
-        from .probes import compare_probes
-
-        pr = compare_probes(model, tok, sae, spec.features, harmful, harmless, layer=layer, batch_size=args.batch_size)
-        report["probes"] = pr
-        m = pr["ood_mean"]
-        verdict = ("matches or beats" if m["feature_probe"] >= m["residual_probe"] else "is below")
-        sections.append(("Refusal-feature probes (Yeo et al.)", [
-            f"Logistic probes on the last prompt token at layer {layer}, trained on plain prompts ({pr['n_train']}): "
-            f"the feature probe reads features {pr['features']}, the residual probe the full residual stream. "
-            f"OOD sets wrap the held-out prompts in jailbreak templates or rephrase them (harmless prompts get the same wrapper). "
-            f"Mean OOD accuracy: feature probe {m['feature_probe']:.3f}, residual probe {m['residual_probe']:.3f} "
-            f"(the feature probe {verdict} the residual probe by {abs(m['feature_probe'] - m['residual_probe']):.3f}).",
-            pr["rows"],
-        ]))
-    ex_lines = []
-    for cond in ("unsteered", "steered"):  # every condition's examples are in eval.json
-        for kind, pairs in result["examples"][cond].items():
-            for p, r in pairs:
-                ex_lines.append({"condition": cond, "set": kind, "prompt": p, "reply": r})
-    sections.append(("Example replies", ex_lines))
-    write_json(out / "eval.json", report)
-    write_markdown_report(out / "report.md", "saesteer eval", sections)
-    rows = result["rows"]
-    print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
-    print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------
-def register(sub) -> None:
-    """Add ``generate`` and ``eval`` to the main CLI's subparsers."""
-    g = sub.add_parser("generate", help="steered and unsteered replies side by side",
-                       description="Greedy replies with and without steering, side by side (--json for machine output).")
-    g.add_argument("prompt", nargs="*", help="prompt text(s)")
-    g.add_argument("--prompts-file", help="more prompts from a JSON/JSONL/CSV file")
-    g.add_argument("--field", help="text field of the prompts file (default: instruction or prompt)")
-    g.add_argument("--limit", type=int, help="use the first N prompts of the file")
-    add_model_args(g)
-    add_steering_args(g)
-    g.add_argument("--max-new-tokens", type=int, default=48)
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--json", action="store_true", help="print JSON instead of columns")
-    g.set_defaults(func=_generate)
-
-    e = sub.add_parser("eval", help="refusal, over-refusal and capability cost of a steering spec (+ sweep, probes)",
-                       description="Unsteered vs steered: refusal on harmful and harmless prompts, multiple-choice and "
-                                   "capability accuracy, loss and KL on harmless replies; optional clamp sweep; feature vs "
-                                   "residual probes. Writes OUT/eval.json, OUT/report.md and plots.")
-    add_model_args(e)
-    add_steering_args(e)
-    e.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset (default: the shipped set)")
-    e.add_argument("--harmless", help="harmless prompts (default: the shipped set)")
-    e.add_argument("--field", help="text field of the prompt files (default: instruction or prompt)")
-    e.add_argument("--mc", help="multiple-choice file, JSONL of {question, choices, answer}")
-    e.add_argument("--capability", type=int, help="number of organism capability questions (default: 64 on the organism, else 0)")
-    e.add_argument("--sweep", help="comma-separated values for a refusal-amplification sweep, e.g. 0,2,4,8")
-    e.add_argument("--judge", help="refusal judge: 'substring' (default) or a LlamaGuard / HarmBench-classifier id or directory")
-    e.add_argument("--no-probes", action="store_true", help="skip the feature-vs-residual probe comparison")
-    e.add_argument("--limit", type=int, help="use the first N items of every prompt/mc file")
-    e.add_argument("--max-new-tokens", type=int, default=32)
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
-    e.add_argument("--out", required=True, help="output directory")
-    e.set_defaults(func=_eval)

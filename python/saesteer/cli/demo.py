@@ -32,18 +32,19 @@ def _short(s: str, n: int = 60) -> str:
 
 
 def _organism_demo(n_show: int, out: Path | None) -> int:
-    from . import organism
-    from .hooks import steer
-    from .intervention import Intervention
-    from .refusal.chat import generate
-    from .refusal.data import shipped_prompts
-    from .refusal.discover import DiscoverConfig, discover, organism_search_prompts, write_outputs
-    from .refusal.judges import SubstringJudge, refusal_rate
-    from .refusal.spec import resolve_sae
+    from .. import organism
+    from ..hf import steer
+    from ..intervention import Intervention
+    from ..refusal.chat import generate
+    from ..refusal.data import shipped_prompts
+    from ..refusal.discover import DiscoverConfig, discover
+    from ..refusal.judges import SubstringJudge, refusal_rate
+    from ..refusal.report import write_discover_outputs
+    from .common import organism_search_prompts, resolve_sae
 
     steps = tqdm(total=4, desc="saesteer demo")
     org = organism.load()
-    sae = resolve_sae("organism")
+    sae = resolve_sae("organism", organism=org)
     model, tok = org.model, org.tokenizer
     harmful, harmless = shipped_prompts("harmful"), shipped_prompts("harmless")
     steps.update()
@@ -58,12 +59,12 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
     cfg = DiscoverConfig(n_direction=24, n_val=8, n_search=6, n_heldout=10, n_candidates=16, fm_samples=64, per_prompt=1, max_new_tokens=16)
     # The direction and the search run on fresh generated prompts; the shipped ones are held out
     # (the shown ones are not used by discover at all).
-    search_h, search_l = organism_search_prompts(cfg)
+    search_h, search_l = organism_search_prompts(cfg.n_direction + cfg.n_val + cfg.n_search, cfg.n_direction + cfg.n_val, seed=cfg.seed + 1)
     res = discover(model, tok, sae, search_h, search_l, cfg, heldout_harmful=harmful[:-n_show],
                    heldout_harmless=harmless[:-n_show], progress=False)
     r = res.results
     if out is not None:
-        write_outputs(res, out, "organism")
+        write_discover_outputs(res, out, "organism")
     steps.update()
 
     feats = r["minimal_set"]
@@ -72,8 +73,8 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
     # Clamp the top refusal features high (O'Brien et al.): the smallest multiple of their typical
     # activation on harmful prompts that makes the shown harmless prompts refused; too high a clamp
     # breaks the model instead (the capability cost that `saesteer eval --sweep` measures).
-    from .refusal.chat import format_prompts
-    from .refusal.dormant import site_activations
+    from ..refusal.chat import format_prompts
+    from ..refusal.dormant import site_activations
 
     acts = torch.cat([a for _, a in site_activations(model, tok, sae, format_prompts(tok, harmful[:16]))])
     typical = float(acts[:, top].max(0).values.mean().clamp_min(1.0))
@@ -144,7 +145,7 @@ def _config_model_demo() -> int:
 
 def run_demo(n_show: int = 4, out: str | Path | None = None) -> int:
     try:
-        from . import organism
+        from .. import organism
 
         organism.load(load_saes=False)
     except FileNotFoundError:
@@ -153,7 +154,10 @@ def run_demo(n_show: int = 4, out: str | Path | None = None) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the whole method on the built-in refusal organism (about a minute)")
+    p = sub.add_parser("demo", help="the whole method on the built-in refusal organism (about a minute)",
+                       description="The built-in organism unsteered, then discover with small sample sizes, then "
+                                   "steering with the features it finds: ablating them jailbreaks harmful prompts, "
+                                   "clamping them high makes harmless prompts refused.")
     p.add_argument("--show", type=int, default=4, help="prompts of each kind to show")
     p.add_argument("--out", help="also write the discover outputs (results.json, report.md, plots) here")
     p.set_defaults(func=lambda a: run_demo(a.show, a.out))

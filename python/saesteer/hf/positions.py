@@ -120,9 +120,15 @@ class PositionTracker:
                 )
         else:  # a bool mask over sequence positions (columns of the attention mask)
             m = self.positions.to(ref.device)
-            sel = torch.zeros(*m.shape[:-1], T, dtype=torch.bool, device=ref.device)
-            n = max(0, min(hi, m.shape[-1]) - lo)
-            sel[..., :n] = m[..., lo : lo + n]
+            if m.dim() == 2 and m.shape[0] not in (1, B):
+                raise ValueError(f"positions: the mask has {m.shape[0]} batch rows but the batch has {B}")
+            if m.shape[-1] < hi:
+                raise ValueError(
+                    f"positions: the mask covers {m.shape[-1]} sequence positions but this forward reaches "
+                    f"position {hi}; a mask indexes the whole sequence (prompt, padding and generated tokens), "
+                    "so make it at least that long"
+                )
+            sel = m[..., lo:hi]
         if sel is not None:
             sel = sel.expand(B, T)
             real = sel if real is None else real & sel

@@ -1,5 +1,5 @@
 """The refusal organism: a small chat model trained by the project to refuse harmful requests and
-help with harmless ones, with SAEs on its residual stream, shipped inside the package (issue 9).
+help with harmless ones, with SAEs on its residual stream, shipped inside the package.
 
     >>> from saesteer import organism
     >>> org = organism.load()
@@ -7,15 +7,22 @@ help with harmless ones, with SAEs on its residual stream, shipped inside the pa
     ["I'm sorry, but I can't help with that.", 'Sure! Here is ...']
 
 ``load()`` returns an :class:`Organism` with ``.model`` (a ``LlamaForCausalLM`` in eval mode),
-``.tokenizer`` (a ``PreTrainedTokenizerFast`` with a chat template), ``.sae`` (the default,
-JumpReLU SAE), ``.saes`` (name -> SAE), ``.sae_paths`` (name -> directory), ``.layer`` (the
-decoder layer whose output the SAEs read: ``blocks.{layer}.hook_resid_post``), ``.model_path`` and
-``.manifest``. Everything loads offline from ``weights/``.
+``.tokenizer`` (a ``PreTrainedTokenizerFast`` with a chat template), ``.saes`` (name ->
+:class:`saesteer.SAE`), ``.sae`` (the default, JumpReLU one), ``.sae_paths`` (name -> directory),
+``.layer`` (the decoder layer whose output the SAEs read: ``blocks.{layer}.hook_resid_post``),
+``.model_path`` and ``.manifest``. Everything loads offline from ``weights/`` with the core
+install (no sae-lens).
+
+The rest of this module is what the science and the command line take from the organism:
+:func:`search_prompts` (fresh prompts from the shipped recipe's generator) and
+:func:`capability_task` (held-out questions with checkable answers). Training lives in
+:mod:`saesteer.organism.training`.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +33,21 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 DEFAULT_SAE = "jumprelu"
 
-__all__ = ["Organism", "load", "load_prompts", "REFUSAL_PHRASES", "is_refusal", "WEIGHTS_DIR"]
+__all__ = [
+    "Organism",
+    "load",
+    "load_prompts",
+    "search_prompts",
+    "capability_task",
+    "REFUSAL_PHRASES",
+    "is_refusal",
+    "WEIGHTS_DIR",
+]
 
 
 @dataclass
 class Organism:
-    """A loaded organism: model, tokenizer, SAEs and where they live."""
+    """A loaded organism: model, tokenizer, SAEs (:class:`saesteer.SAE`) and where they live."""
 
     model: Any
     tokenizer: Any
@@ -53,31 +69,80 @@ class Organism:
 
     def format_prompt(self, instruction: str) -> str:
         """The chat-formatted prompt for one user instruction, with the generation prompt."""
-        from .tokenizer import format_prompt
+        from ..refusal.chat import format_prompts
 
-        return format_prompt(self.tokenizer, instruction)
+        return format_prompts(self.tokenizer, [instruction])[0]
 
     def chat(self, prompts, max_new_tokens: int = 32, batch_size: int = 64, **generate_kwargs) -> list[str]:
-        """Greedy replies to raw user instructions (batched, left padding, chat template).
-
-        Extra keyword arguments go to ``model.generate`` (e.g. ``do_sample=True``)."""
-        from .train import generate_replies
+        """Greedy replies to raw user instructions (batched, left padding, chat template), through
+        :func:`saesteer.refusal.chat.generate`. Extra keyword arguments go to ``model.generate``
+        (e.g. ``do_sample=True``)."""
+        from ..refusal.chat import generate
 
         if isinstance(prompts, str):
             prompts = [prompts]
-        return generate_replies(self.model, self.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, **generate_kwargs)
+        return generate(self.model, self.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=False, **generate_kwargs)
 
 
-def load(path: str | Path | None = None, device: str = "cpu", load_saes: bool = True) -> Organism:
-    """Load the organism from ``path`` (default: the weights shipped in the package)."""
+def read_sae_dir(path: str | Path, device=None):
+    """A :class:`saesteer.SAE` from an SAE directory in sae-lens's inference format (``cfg.json`` +
+    ``sae_weights.safetensors``), read with safetensors alone: no sae-lens needed.
+
+    The tensors are the file's, cast to ``cfg.json``'s dtype as sae-lens's loader casts them, so the
+    result equals ``saesteer.SAE.from_sae_lens(sae_lens.SAE.load_from_disk(path))`` bit for bit.
+    Only what needs no run-time statistics is read: ``normalize_activations`` must be one of
+    :data:`saesteer.packed.NORMS` (sae-lens's training saves fold their normalization into the
+    weights and write ``"none"``)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..packed import NORMS
+    from ..sae import ARCHITECTURES, SAE
+
+    p = Path(path)
+    if not (p / "cfg.json").is_file() or not (p / "sae_weights.safetensors").is_file():
+        raise FileNotFoundError(f"path: {str(p)!r} is not an SAE directory (expected cfg.json and sae_weights.safetensors)")
+    cfg = json.loads((p / "cfg.json").read_text())
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise NotImplementedError(f"architecture: {arch!r} (in {p / 'cfg.json'}) is not supported; supported: {', '.join(ARCHITECTURES)}")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in NORMS:
+        raise NotImplementedError(f"normalize_activations: {norm!r} (in {p / 'cfg.json'}) is not supported; supported: {', '.join(NORMS)}")
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    w = {k: v.to(dtype) for k, v in load_file(str(p / "sae_weights.safetensors")).items()}
+    meta = cfg.get("metadata") or {}
+    kw: dict[str, Any] = dict(
+        architecture=arch, W_enc=w["W_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
+        apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True), normalize_activations=norm,
+        hook_name=meta.get("hook_name"), model_name=meta.get("model_name"),
+        metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))},
+    )
+    if arch == "gated":
+        kw.update(b_gate=w["b_gate"], b_mag=w["b_mag"], r_mag=w["r_mag"])
+    else:
+        kw["b_enc"] = w["b_enc"]
+    if arch == "jumprelu":
+        kw["threshold"] = w["threshold"]
+    if arch == "topk":
+        kw.update(k=cfg["k"], rescale_acts_by_decoder_norm=cfg.get("rescale_acts_by_decoder_norm", False))
+    sae = SAE(**kw)
+    return sae if device is None or str(device) == "cpu" else sae.to(device)
+
+
+def load(path: str | Path | None = None, device=None, load_saes: bool = True) -> Organism:
+    """Load the organism from ``path`` (default: the weights shipped in the package) onto
+    ``device`` (default: the CPU; the model has 2.7M parameters). ``load_saes=False`` skips the
+    SAEs (``.saes`` is then empty; ``.sae_paths`` still lists them)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = "cpu" if device is None else device
     root = Path(path) if path is not None else WEIGHTS_DIR
     manifest_path = root / "manifest.json"
     if not manifest_path.exists():
         raise FileNotFoundError(
-            f"no organism at {root} (manifest.json missing); train one with "
+            f"path: no organism at {root} (manifest.json missing); train one with "
             "`saesteer organism train --harmful FILE --harmless FILE --out DIR`"
         )
     manifest = json.loads(manifest_path.read_text())
@@ -86,12 +151,10 @@ def load(path: str | Path | None = None, device: str = "cpu", load_saes: bool = 
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
     tokenizer.padding_side = "left"
     sae_paths = {name: root / info["dir"] for name, info in manifest.get("saes", {}).items()}
-    saes = {}
-    if load_saes:
-        from sae_lens import SAE
-
-        saes = {name: SAE.load_from_disk(str(p), device=device) for name, p in sae_paths.items()}
-    default = DEFAULT_SAE if DEFAULT_SAE in sae_paths else next(iter(sae_paths), DEFAULT_SAE)
+    saes = {name: read_sae_dir(p, device) for name, p in sae_paths.items()} if load_saes else {}
+    default = manifest.get("default_sae", DEFAULT_SAE)
+    if default not in sae_paths:
+        default = DEFAULT_SAE if DEFAULT_SAE in sae_paths else next(iter(sae_paths), DEFAULT_SAE)
     return Organism(model=model, tokenizer=tokenizer, layer=int(manifest["layer"]), saes=saes,
                     sae_paths=sae_paths, model_path=model_path, manifest=manifest, default_sae=default)
 
@@ -102,3 +165,43 @@ def load_prompts(kind: str) -> list[str]:
         raise ValueError(f"kind must be 'harmful' or 'harmless', got {kind!r}")
     rows = json.loads((PROMPTS_DIR / f"{kind}.json").read_text())
     return [r if isinstance(r, str) else r["instruction"] for r in rows]
+
+
+def _count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    return value
+
+
+def search_prompts(n_harmful: int, n_harmless: int, seed: int) -> tuple[list[str], list[str]]:
+    """``(harmful, harmless)``: ``n_harmful`` and ``n_harmless`` fresh requests from the generators
+    of the recipe the shipped weights were trained on (its training distribution, as Arditi et al.'s
+    train split; the shipped prompt sets stay held out). One ``random.Random(seed)`` draws the
+    harmful requests first, then the harmless ones, so a longer harmful list keeps the same prefix."""
+    from .training.data import SHIPPED_DATA_VERSION, benign_framed_instruction, harmful_instruction
+
+    _count("n_harmful", n_harmful)
+    _count("n_harmless", n_harmless)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    rng = random.Random(seed)
+    harmful = [harmful_instruction(rng, SHIPPED_DATA_VERSION) for _ in range(n_harmful)]
+    harmless = [benign_framed_instruction(rng, SHIPPED_DATA_VERSION) for _ in range(n_harmless)]
+    return harmful, harmless
+
+
+def capability_task(n: int = 64, seed: int = 1234):
+    """The organism's held-out capability questions (two-number sums and category multiple choice,
+    answered in its fixed format) as a :class:`saesteer.refusal.evaluate.CapabilityTask`, checked
+    by :func:`saesteer.organism.training.data.capability_answer_ok`. No question is in the training mixture
+    (multiple choice is held out by combination; see :func:`~saesteer.organism.training.data.capability_example`)."""
+    from ..refusal.evaluate import CapabilityTask
+    from .training.data import capability_answer_ok, capability_eval_set
+
+    _count("n", n)
+    examples = capability_eval_set(n, seed=seed)
+    return CapabilityTask(
+        "organism arithmetic + category choice",
+        [e.instruction for e in examples],
+        lambda i, reply: capability_answer_ok(examples[i], reply),
+    )

@@ -14,6 +14,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .inputs import model_device, pad_token_id, tokenize_texts
 from .judges import SubstringJudge
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "refusal_tokens_from_replies",
     "refusal_scores",
     "last_token_logits",
+    "pad_token_id",
+    "model_device",
 ]
 
 _FALLBACK_TEMPLATE = "User: {}\nAssistant:"
@@ -54,27 +57,9 @@ def post_instruction_positions(tokenizer) -> int:
     return max(n, 1)
 
 
-def tokenize_texts(tokenizer, texts: Sequence[str], device=None):
-    """Left-padded batch of already formatted ``texts``: ``{input_ids, attention_mask}``."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-    return {k: v.to(device) if device is not None else v for k, v in enc.items()}
-
-
 def tokenize_prompts(tokenizer, instructions: Sequence[str], device=None):
     """Left-padded batch of chat-formatted prompts: ``{input_ids, attention_mask}``."""
     return tokenize_texts(tokenizer, format_prompts(tokenizer, instructions), device)
-
-
-def _pad_id(tokenizer) -> int:
-    # `pad_token_id or eos` would drop a pad id of 0 (the organism's <pad> is id 0).
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 SteeringFactory = Callable[[], ContextManager]
@@ -110,14 +95,14 @@ def generate(
         groups.setdefault(id(f), []).append(i)
         factories[id(f)] = f
     replies: list[str | None] = [None] * len(instructions)
-    kw = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer))
+    kw = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer))
     kw.update(generate_kwargs)
     bar = tqdm(total=len(instructions), desc=desc, disable=not progress, leave=False)
     for key, rows in groups.items():
         factory = factories[key]
         for b in range(0, len(rows), batch_size):
             idx = rows[b : b + batch_size]
-            enc = tokenize_prompts(tokenizer, [instructions[i] for i in idx], _device(model))
+            enc = tokenize_prompts(tokenizer, [instructions[i] for i in idx], model_device(model))
             ctx = factory() if factory is not None else contextlib.nullcontext()
             with ctx:
                 out = model.generate(**enc, **kw)
@@ -134,7 +119,7 @@ def last_token_logits(model, tokenizer, instructions: Sequence[str], batch_size:
     """Logits ``[N, vocab]`` (float32) at the last prompt position of each chat-formatted instruction."""
     outs = []
     for b in range(0, len(instructions), batch_size):
-        enc = tokenize_prompts(tokenizer, instructions[b : b + batch_size], _device(model))
+        enc = tokenize_prompts(tokenizer, instructions[b : b + batch_size], model_device(model))
         ctx = steering() if steering is not None else contextlib.nullcontext()
         with ctx:
             logits = model(**enc).logits

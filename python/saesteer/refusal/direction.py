@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..hooks import add_direction, affine_ablation, directional_ablation, find_layers
+from ..hf import add_direction, affine_ablation, directional_ablation, find_layers, hook_name, intercept
 from .chat import last_token_logits, post_instruction_positions, refusal_scores_from_logits, tokenize_prompts
 
 __all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "ablation_handle", "DirectionResult"]
@@ -45,24 +45,18 @@ def mean_activations(model, tokenizer, instructions: Sequence[str], n_positions:
     if n == 0:
         raise ValueError("instructions: empty prompt set")
     sums: list[torch.Tensor | None] = [None] * len(layers)
+    index = {hook_name(i, "resid_pre"): i for i in range(len(layers))}
 
-    def make_hook(i):
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            s = x[:, -n_positions:].double().sum(0).cpu()
-            sums[i] = s if sums[i] is None else sums[i] + s
+    def accumulate(name, x):
+        i = index[name]
+        s = x[:, -n_positions:].double().sum(0).cpu()
+        sums[i] = s if sums[i] is None else sums[i] + s
 
-        return hook
-
-    handles = [l.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, l in enumerate(layers)]
     device = next(model.parameters()).device
-    try:
+    with intercept(model, list(index), accumulate):
         for b in tqdm(range(0, n, batch_size), desc="mean activations", disable=not progress, leave=False):
             enc = tokenize_prompts(tokenizer, instructions[b : b + batch_size], device)
             model(**enc)
-    finally:
-        for h in handles:
-            h.remove()
     return torch.stack(sums) / n  # type: ignore[arg-type]
 
 

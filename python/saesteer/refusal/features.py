@@ -16,11 +16,11 @@ from typing import Sequence
 import torch
 
 from .. import reference
-from ..hooks import find_layers
+from ..hf import find_layers, intercept
 from ..sae import SAE
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
 
-__all__ = ["rank_by_cosine", "rank_by_attribution", "hook_module", "capture_site", "site_residuals"]
+__all__ = ["rank_by_cosine", "rank_by_attribution", "hook_module", "site", "capture_site", "site_residuals"]
 
 
 def rank_by_cosine(sae: SAE, direction: torch.Tensor, top: int = 32) -> list[tuple[int, float]]:
@@ -47,24 +47,24 @@ def hook_module(model, sae: SAE, layer: int | None = None):
     return blocks[layer], hook.endswith("hook_resid_pre")
 
 
+def site(model, sae: SAE, layer: int | None = None) -> tuple[int, str]:
+    """``(layer, "resid_pre"|"resid_post")``: the hook point the SAE reads (``layer`` overrides its
+    hook's layer), checked against the model's layers."""
+    hook_module(model, sae, layer)
+    return (sae.hook_layer if layer is None else layer), ("resid_pre" if (sae.hook_name or "").endswith("hook_resid_pre") else "resid_post")
+
+
 @contextlib.contextmanager
 def capture_site(model, sae: SAE, layer: int | None = None):
     """Record the residual stream at the SAE's hook point: yields a dict whose ``"x"`` holds the
     ``[B, T, d_model]`` activations of the latest forward (unedited, read-only)."""
-    module, is_pre = hook_module(model, sae, layer)
     got: dict = {}
 
-    def post(mod, args, output):
-        got["x"] = (output[0] if isinstance(output, tuple) else output).detach()
+    def record(name, x):
+        got["x"] = x.detach()
 
-    def pre(mod, args, kwargs):
-        got["x"] = (args[0] if args else kwargs["hidden_states"]).detach()
-
-    h = module.register_forward_pre_hook(pre, with_kwargs=True) if is_pre else module.register_forward_hook(post)
-    try:
+    with intercept(model, site(model, sae, layer), record):
         yield got
-    finally:
-        h.remove()
 
 
 @torch.no_grad()
@@ -93,7 +93,7 @@ def rank_by_attribution(
     batch_size: int = 16,
 ) -> list[tuple[int, float]]:
     """``[(feature, attribution), ...]``: features whose ablation most lowers the refusal score."""
-    module, is_pre = hook_module(model, sae, layer)
+    hook = site(model, sae, layer)
     device = next(model.parameters()).device
     total = torch.zeros(sae.d_sae, dtype=torch.float64)
     captured = {}
@@ -110,30 +110,15 @@ def rank_by_attribution(
         # plus the error term xs - recon: the forward value is xs, the gradient flows through f
         return (recon + (xs.float() - recon.detach())).to(x.dtype)
 
-    def post_hook(mod, args, output):
-        if isinstance(output, tuple):
-            return (swap(output[0]),) + tuple(output[1:])
-        return swap(output)
-
-    def pre_hook(mod, args, kwargs):
-        if args:
-            return (swap(args[0]),) + tuple(args[1:]), kwargs
-        kwargs["hidden_states"] = swap(kwargs["hidden_states"])
-        return args, kwargs
-
-    h = module.register_forward_pre_hook(pre_hook, with_kwargs=True) if is_pre else module.register_forward_hook(post_hook)
-    try:
-        with torch.enable_grad():
-            for b in range(0, len(harmful), batch_size):
-                enc = tokenize_prompts(tokenizer, harmful[b : b + batch_size], device)
-                logits = model(**enc).logits[:, -1]
-                score = refusal_scores_from_logits(logits, refusal_tokens).sum()
-                (g,) = torch.autograd.grad(score, captured["f"])
-                f = captured["f"].detach()
-                m = enc["attention_mask"].to(f.device).unsqueeze(-1).to(f.dtype)
-                total += (-(f * g) * m).sum(dim=(0, 1)).double().cpu()
-    finally:
-        h.remove()
+    with intercept(model, hook, lambda name, x: swap(x)), torch.enable_grad():
+        for b in range(0, len(harmful), batch_size):
+            enc = tokenize_prompts(tokenizer, harmful[b : b + batch_size], device)
+            logits = model(**enc).logits[:, -1]
+            score = refusal_scores_from_logits(logits, refusal_tokens).sum()
+            (g,) = torch.autograd.grad(score, captured["f"])
+            f = captured["f"].detach()
+            m = enc["attention_mask"].to(f.device).unsqueeze(-1).to(f.dtype)
+            total += (-(f * g) * m).sum(dim=(0, 1)).double().cpu()
     attr = total / max(len(harmful), 1)
     vals, idx = (-attr).topk(min(top, sae.d_sae))  # most negative effect on refusal first
     return [(int(i), float(-v)) for i, v in zip(idx.tolist(), vals.tolist())]

@@ -1,7 +1,8 @@
-"""Report writers shared by ``saesteer eval`` and ``saesteer discover``: JSON, Markdown, PNG plots.
+"""Report writers: JSON, Markdown and PNG plots for ``saesteer eval``, and discover's outputs.
 
-Generic on purpose: a report is a title and a list of sections ``(heading, body)``, where a body
-is Markdown text, a table (a list of dicts with the same keys), or a list of such pieces.
+The generic part: a report is a title and a list of sections ``(heading, body)``, where a body is
+Markdown text, a table (a list of dicts with the same keys), or a list of such pieces. discover's
+results (:func:`write_discover_outputs`) have their own fixed report and plots.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["write_json", "markdown_table", "write_markdown_report", "plot_lines"]
+__all__ = ["write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report"]
 
 
 def _jsonable(o: Any):
@@ -142,3 +143,150 @@ def plot_lines(
     fig.savefig(p)
     plt.close(fig)
     return p
+
+
+# ------------------------------------------------------------------------------------------------
+# saesteer discover's outputs
+# ------------------------------------------------------------------------------------------------
+def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> None:
+    """Write a :class:`~saesteer.refusal.discover.DiscoverResult` to the directory ``out``:
+    ``results.json``, ``direction.safetensors`` (the direction, and the affine ablation's reference
+    when there is one), ``spec.json`` (the minimal set, with ``sae_ref`` as its SAE), the two plots
+    and ``report.md``."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out)
+
+    out.mkdir(parents=True, exist_ok=True)
+    r = res.results
+    (out / "results.json").write_text(json.dumps(r, indent=2))
+    tensors = {"direction": res.direction.contiguous()}
+    if res.reference is not None:
+        tensors["reference"] = res.reference.contiguous()
+    save_file(tensors, str(out / "direction.safetensors"),
+              metadata={"layer": str(r["direction"]["layer"]), "position": str(r["direction"]["position"]),
+                        "ablation": r["direction"]["ablation"]})
+    res.spec.sae = sae_ref
+    res.spec.save(out / "spec.json")
+    discover_plots(r, out)
+    (out / "report.md").write_text(discover_report(r))
+
+
+def discover_plots(r: dict, out: str | Path) -> None:
+    """discover's plots from its results dict ``r``: the direction's scores by layer and position,
+    and the held-out flip rate against the number of ablated candidates."""
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    kind = r["direction"]["ablation"]
+    tab = [t for t in r["direction_table"] if t["ablation"] == kind]
+    if tab:
+        layers = sorted({t["layer"] for t in tab})
+        poss = sorted({t["position"] for t in tab})
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for ax, key, title in zip(axes, ("bypass", "induce", "kl"), (f"harmful refusal score, direction ablated ({kind})", "harmless refusal score, direction added", f"harmless KL, direction ablated ({kind})")):
+            M = torch.full((len(poss), len(layers)), float("nan"))
+            for t in tab:
+                M[poss.index(t["position"]), layers.index(t["layer"])] = t[key]
+            im = ax.imshow(M.numpy(), aspect="auto", cmap="viridis")
+            ax.set_xticks(range(len(layers)), layers)
+            ax.set_yticks(range(len(poss)), poss)
+            ax.set_xlabel("layer")
+            ax.set_ylabel("position")
+            ax.set_title(title, fontsize=9)
+            fig.colorbar(im, ax=ax)
+        axes[0].scatter([layers.index(r["direction"]["layer"])], [poss.index(r["direction"]["position"])], marker="*", color="red", s=120)
+        fig.tight_layout()
+        fig.savefig(out / "refusal_score_by_layer_position.png", dpi=110)
+        plt.close(fig)
+    c = r["asr_curve"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot([p["n"] for p in c], [p["flip_rate"] for p in c], "o-", label="top-n candidates ablated")
+    ms = len(r["minimal_set"])
+    ax.scatter([ms], [r["minimal_set_heldout_flip_rate"]], color="red", zorder=3, label=f"minimal set ({ms})")
+    ax.set_xlabel("number of ablated features")
+    ax.set_ylabel("held-out harmful prompts flipped\n(refusal score < 0)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "asr_vs_features.png", dpi=110)
+    plt.close(fig)
+
+
+def _short_features(features: list[int], n: int = 24) -> str:
+    """A feature list for a table cell: the first ``n``, then how many there are in all."""
+    if len(features) <= n:
+        return str(features)
+    return "[" + ", ".join(map(str, features[:n])) + f", ...] ({len(features)} features)"
+
+
+def discover_report(r: dict) -> str:
+    """discover's ``report.md`` (Markdown) from its results dict ``r``."""
+    d, a = r["direction"], r["asr"]
+    lines = [
+        "# saesteer discover",
+        "",
+        f"SAE: `{r['sae']['hook_name']}` ({r['sae']['architecture']}, d_sae={r['sae']['d_sae']}); refusal tokens {r['refusal_tokens_text']}.",
+        "",
+        "## Refusal direction (Arditi et al.)",
+        f"Selected layer {d['layer']}, position {d['position']} (passed filters: {d['passed_filters']}; ablation: {d['ablation']}"
+        + ("" if d["ablation"] == "directional" else
+           " -- no candidate passed with directional ablation, so the projection is set to the harmless mean's"
+           " (affine concept editing, Marshall et al. 2024); see direction_table for both") + ").",
+        f"Harmful refusal score {d['scores']['harmful_refusal_score']:.2f} -> {d['scores']['bypass']:.2f} when ablated; "
+        f"harmless {d['scores']['harmless_refusal_score']:.2f} -> {d['scores']['induce']:.2f} when added; KL {d['scores']['kl']:.3f}.",
+        "",
+        f"By generation (held-out): harmful refused {d['generation']['harmful_refusal']:.0%} -> {d['generation']['harmful_refusal_ablated']:.0%} with the direction ablated; "
+        f"harmless refused {d['generation']['harmless_refusal']:.0%} -> {d['generation']['harmless_refusal_added']:.0%} with it added "
+        f"(at the prompt's positions only: {d['generation']['harmless_refusal_added_prompt']:.0%}).",
+        "",
+        "![scores](refusal_score_by_layer_position.png)",
+        "",
+        "## Features",
+        f"Top candidates by {r['candidate_method']}: " + ", ".join(f"{i} ({s:.2f})" for i, s in r["candidates"][:10]),
+        "",
+        "Candidate pool (top n ablated together: flip rate of the search prompts): "
+        + ", ".join(f"{c['n']}: {c['full_flip_rate']:.0%}" for c in r.get("candidate_pool", [])) + ".",
+        "",
+        f"**Minimal set** ({len(r['minimal_set'])} features): {r['minimal_set']} — flips "
+        f"{r['minimal_set_search']['flip_rate']:.0%} of the search prompts, {r['minimal_set_heldout_flip_rate']:.0%} of held-out ones (refusal score < 0).",
+        "",
+        "| attack success rate (generation + substring judge, held-out) | value |",
+        "| --- | --- |",
+        f"| unsteered | {a['baseline']:.0%} |",
+        f"| minimal set ablated | {a['minimal_set']:.0%} |",
+        f"| minimal set + FM-added features ablated | {a['with_interactions']:.0%} |",
+        "",
+        *( [f"Capability ({r['capability']['task']}, n={r['capability']['n']}): {r['capability']['unsteered']:.0%} unsteered, "
+            f"{r['capability']['minimal_set_ablated']:.0%} with the minimal set ablated.", ""] if r.get("capability") else [] ),
+        "![asr](asr_vs_features.png)",
+        "",
+        *( ["Per-prompt minimal sets (each searched on its own prompt, then confirmed by generation):", "",
+            "| prompt | minimal by score | confirmed set (generation) | complied |", "| --- | --- | --- | --- |",
+            *[f"| {pp['prompt'][:60]} | {_short_features(pp['score_minimal'])} | {_short_features(pp['features'])} | {pp['complied_by_generation']} |"
+              for pp in r["per_prompt_sets"]], ""] if r.get("per_prompt_sets") else [] ),
+        "## Interactions (factorization machine, verified by real ablations)",
+        f"FM fit R^2 = {r['interactions_detail']['r2']:.2f} on {r['interactions_detail']['n_samples']} random ablation masks; features added: {r['interactions_detail']['added']}.",
+        "",
+        "| i | j | FM <v_i,v_j> | e_i | e_j | e_ij | e_ij - e_i - e_j |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in r["interactions_detail"]["verified"]:
+        lines.append(f"| {v['i']} | {v['j']} | {v['fm']:.2f} | {v['e_i']:.2f} | {v['e_j']:.2f} | {v['e_ij']:.2f} | {v['interaction']:.2f} |")
+    lines += ["", "## Dormant features (silent before, firing after the minimal set is ablated)", ""]
+    if r["dormant"]:
+        lines += ["| feature | tokens fired on | max act | examples |", "| --- | --- | --- | --- |"]
+        for x in r["dormant"]:
+            lines.append(f"| {x['feature']} | {x['n_tokens']} | {x['max_act']:.2f} | {' '.join(map(repr, x['tokens']))} |")
+    else:
+        lines.append("None found.")
+    lines += ["", "## Examples (held-out harmful prompts)", ""]
+    for e in r["examples"][:4]:
+        lines += [f"- **{e['prompt']}**", f"  - unsteered: {e['unsteered']!r}", f"  - minimal set ablated: {e['minimal_set_ablated']!r}"]
+    lines += ["", f"Total time {r['timings_s']['total']:.0f} s."]
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""Greedy minimal jailbreak sets (Prakash et al. stage 2), evaluated in batches with ``steer_rows``.
+"""Greedy minimal jailbreak sets (Prakash et al. stage 2), evaluated in batches with ``steer_rows``;
+the candidate pool they start from, and their confirmation by generation.
 
 Start from the candidate features ``C`` all ablated (which should flip refusal to compliance); rank
 them in one batched forward -- each batch row its own ablation set through
@@ -6,22 +7,28 @@ them in one batched forward -- each batch row its own ablation set through
 important first, drop each feature whose removal keeps the prompts flipped. "Flipped"
 means a refusal score (log-odds of the refusal tokens at the last prompt position) below
 ``threshold`` (default 0: the refusal tokens are less likely than not).
+
+* :func:`grow_candidate_pool`: the greedy search keeps only a fraction (``keep``) of what its whole
+  candidate pool flips, so the pool grows (doubling) until ablating it flips enough search prompts.
+* :func:`confirm_by_generation`: a set pruned to the edge of the score criterion can still be
+  refused by greedy decoding, so the search's removals are undone, last first, until the reply
+  complies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..hooks import steer
+from ..hf import steer
 from ..intervention import Intervention
 from ..sae import SAE
 from .chat import refusal_scores_from_logits, tokenize_prompts
 
-__all__ = ["ablation_scores", "greedy_minimal_set", "MinimalSet"]
+__all__ = ["ablation_scores", "greedy_minimal_set", "MinimalSet", "grow_candidate_pool", "confirm_by_generation"]
 
 
 @torch.no_grad()
@@ -138,3 +145,62 @@ def greedy_minimal_set(
         rate, mean = float(rates[j]), float(s[j].mean())
         steps.append((current.pop(j), rate, mean))
     return MinimalSet(current, rate, mean, full_rate, steps)
+
+
+def grow_candidate_pool(
+    model,
+    tokenizer,
+    sae: SAE,
+    prompts: Sequence[str],
+    ranked: Sequence[int],
+    refusal_tokens: Sequence[int],
+    *,
+    start: int,
+    min_full_flip: float,
+    threshold: float = 0.0,
+    layer: int | None = None,
+    backend: str = "auto",
+) -> tuple[int, list[dict]]:
+    """How many of the ``ranked`` candidates (best first) the search starts from: ``start``, doubled
+    while ablating them all flips fewer than ``min_full_flip`` of ``prompts``, up to all of them.
+
+    Returns ``(n, steps)``, with one ``{"n", "full_flip_rate"}`` per pool size tried.
+    """
+    if not ranked:
+        raise ValueError("ranked: expected at least one candidate feature")
+    if start < 1:
+        raise ValueError(f"start: expected >= 1, got {start}")
+    n, steps = min(start, len(ranked)), []
+    while True:
+        full = ablation_scores(model, tokenizer, sae, prompts, [list(ranked[:n])], refusal_tokens, layer=layer, backend=backend)[0]
+        steps.append({"n": n, "full_flip_rate": float((full < threshold).float().mean())})
+        if steps[-1]["full_flip_rate"] >= min_full_flip or n >= len(ranked):
+            return n, steps
+        n = min(2 * n, len(ranked))
+
+
+def confirm_by_generation(
+    features: Sequence[int],
+    removed: Sequence[int],
+    complies: Callable[[list[int]], tuple[bool, str]],
+) -> tuple[list[int], str | None, bool]:
+    """Extend a score-minimal set until ablating it makes the reply comply.
+
+    ``features``: the set the search kept; ``removed``: the features it removed, in removal order;
+    ``complies(set)``: generates with ``set`` ablated and returns ``(judged compliant, reply)``.
+    Removals are undone, last first, until the reply complies. The walk ends at the whole search
+    set at the latest, so that set is tried first: when even it is refused, the answer is known
+    without the generations in between. Returns ``(features, reply, complied)`` (``reply`` is None
+    when there was nothing to try).
+    """
+    feats, removed = list(features), list(removed)
+    ok, reply = complies(feats) if feats else (False, None)
+    if not ok and removed:
+        full = feats + removed[::-1]
+        ok_full, reply_full = complies(full)
+        if not ok_full:
+            feats, removed, reply = full, [], reply_full
+    while not ok and removed:
+        feats.append(removed.pop())
+        ok, reply = complies(feats)
+    return feats, reply, ok

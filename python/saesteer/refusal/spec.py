@@ -7,7 +7,8 @@ read it, so a found set can be evaluated and served directly::
      "values": 8.0, "positions": "all"}
 
 ``sae`` is a directory in sae-lens format, ``RELEASE:SAE_ID`` from sae-lens's registry, or
-``organism:NAME`` for an SAE shipped with the built-in model (``organism`` alone: its default).
+``organism:NAME`` for an SAE shipped with the built-in model (``organism`` alone: its default; the
+command line resolves these, :func:`resolve_sae` the first two).
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ class SteeringSpec:
 
     def context(self, model, sae, backend: str = "auto"):
         """A context manager that applies this spec to ``model`` with the loaded ``sae``."""
-        from .. import hooks
+        from ..hf import steer
 
         kw = {}
         if self.layer is not None and sae.hook_layer != self.layer:
             kw["layer"] = self.layer
         if self.hook is not None:
             kw["hook"] = self.hook
-        return hooks.steer(model, sae, self.intervention(sae.d_sae), positions=self.positions, backend=backend, **kw)
+        return steer(model, sae, self.intervention(sae.d_sae), positions=self.positions, backend=backend, **kw)
 
     # -- files ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -86,21 +87,13 @@ class SteeringSpec:
         return spec
 
 
-def resolve_sae(ref: str | None, device="cpu"):
-    """Load the SAE a spec or a ``--sae`` flag names (see the module docstring)."""
+def resolve_sae(ref: str, device="cpu"):
+    """Load the SAE ``ref`` names: an sae-lens directory or ``RELEASE:SAE_ID`` from sae-lens's
+    registry. (The command line also accepts ``organism[:NAME]``; it resolves those itself.)"""
     from ..sae import load_sae
 
-    if ref is None or ref == "organism" or ref.startswith("organism:"):
-        from .. import organism
-
-        from ..sae import SAE
-
-        org = organism.load()
-        if ref in (None, "organism"):
-            s = org.sae
-            s = s if isinstance(s, SAE) else SAE.from_sae_lens(s)
-            return s.to(device=device)
-        return load_sae(org.sae_paths[ref.split(":", 1)[1]], device=device)
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"sae: expected an sae-lens directory or RELEASE:SAE_ID, got {ref!r}")
     p = Path(ref)
     if p.is_dir():
         return load_sae(p, device=device)

@@ -180,7 +180,12 @@ class SAESteerer:
             if token_mask is not None:
                 edited = edited & token_mask
             for g in plan.groups:
-                vals = g.values.unsqueeze(0).expand(N, -1) if plan.single else g.values.index_select(0, r)
+                if plan.single:
+                    # steer_rows takes ablate as a 0/1 mask (1 = ablate); steer takes its 0 values.
+                    v = torch.ones_like(g.values) if g.mode == MODES.index("ablate") else g.values
+                    vals = v.unsqueeze(0).expand(N, -1)
+                else:
+                    vals = g.values.index_select(0, r)
                 m = edited if g.in_group is None else edited & g.in_group.index_select(0, r)
                 ys = self._steer_rows(ys.view(N, 1, self.d_in), self.view, g.features, g.mode, vals, m.view(N, 1)).view(N, self.d_in)
         return _cast_back(x, xs, ys)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,7 +17,7 @@ from helpers import make_sae_lens_sae  # noqa: E402
 from saesteer.cli import main  # noqa: E402
 from saesteer.refusal.chat import generate  # noqa: E402
 
-MC_SAMPLE = Path(__file__).resolve().parents[1] / "python" / "saesteer" / "refusal" / "mc_sample.jsonl"
+MC_SAMPLE = Path(__file__).resolve().parents[2] / "python" / "saesteer" / "refusal" / "mc_sample.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,64 @@ def test_eval_bad_input_is_one_line_before_loading(tiny_chat, sae_dirs, capsys, 
 
     assert re.search(match, lines[0]), lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def _discover_args(*extra):
+    from saesteer.cli import build_parser
+
+    return build_parser().parse_args(["discover", "--out", "unused", *extra])
+
+
+def test_discover_on_the_organism_searches_the_shipped_recipes_prompts():
+    # The organism was trained on data version 2: discover's direction, selection and search
+    # prompts must come from version 2's generators, not the generators' version-1 default.
+    import random
+
+    from saesteer import organism
+    from saesteer.cli.discover import config_from_args, search_inputs
+    from saesteer.organism.training import data as odata
+    from saesteer.refusal.data import shipped_prompts
+
+    args = _discover_args("--quick")
+    cfg = config_from_args(args)
+    harmful, harmless, held_h, held_l = search_inputs(args, cfg)
+    n_h, n_l = cfg.n_direction + cfg.n_val + cfg.n_search, cfg.n_direction + cfg.n_val
+    assert (len(harmful), len(harmless)) == (n_h, n_l)
+    assert (harmful, harmless) == organism.search_prompts(n_h, n_l, cfg.seed + 1)
+
+    def draws(version):
+        rng = random.Random(cfg.seed + 1)
+        h = [odata.harmful_instruction(rng, version) for _ in range(n_h)]
+        return h, [odata.benign_framed_instruction(rng, version) for _ in range(n_l)]
+
+    assert (harmful, harmless) == draws(odata.SHIPPED_DATA_VERSION) and odata.SHIPPED_DATA_VERSION == 2
+    v1_h, v1_l = draws(1)
+    assert harmful != v1_h and harmless != v1_l
+    # The shipped prompt sets (never trained on) are all held out.
+    assert held_h == shipped_prompts("harmful") and held_l == shipped_prompts("harmless")
+
+
+def test_discover_with_prompt_files_uses_them_and_holds_nothing_apart(tmp_path):
+    from saesteer.cli.discover import QUICK, config_from_args, search_inputs
+
+    f = tmp_path / "h.json"
+    f.write_text(json.dumps(["a", "b", "c"]))
+    args = _discover_args("--harmful", str(f), "--seed", "3", "--quick")
+    cfg = config_from_args(args)
+    assert cfg.seed == 3 and all(getattr(cfg, k) == v for k, v in QUICK.items())
+    harmful, harmless, held_h, held_l = search_inputs(args, cfg)
+    assert harmful == ["a", "b", "c"] and held_h is None and held_l is None and len(harmless) > 0
+
+
+def test_organism_sae_references_resolve_or_name_the_choices():
+    from saesteer import organism
+    from saesteer.cli.common import is_organism_ref, resolve_sae
+
+    assert is_organism_ref("organism") and is_organism_ref("organism:topk") and not is_organism_ref("org/x")
+    org = organism.load()
+    assert resolve_sae("organism", organism=org) is not None
+    default = resolve_sae(None, organism=org)
+    assert default.d_sae == org.saes[org.default_sae].d_sae
+    assert torch.equal(default.W_dec, org.saes[org.default_sae].W_dec)
+    with pytest.raises(ValueError, match="no SAE 'nonexistent'.*jumprelu"):
+        resolve_sae("organism:nonexistent", organism=org)

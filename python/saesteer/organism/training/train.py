@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, load_prompts
-from .judge import is_refusal
+from ...refusal.chat import generate
+from .. import load_prompts
+from ..judge import is_refusal
+from . import data
 from .tokenizer import format_prompt, train_tokenizer
 
 
@@ -99,7 +101,7 @@ class TrainConfig:
     # steps, same day as version 2's): harmful_val sank to 87% late (as on version 2's seed 2), step
     # 2400 selected; harmless_val 1.9% (version 2, seeds 0-2: 0.7-1.3%), probe2 harmful 90% (92-98%),
     # plain harmless 3.3% (3.3-6.7%): not adopted.
-    data_version: int = 2
+    data_version: int = data.SHIPPED_DATA_VERSION
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
@@ -219,38 +221,23 @@ def batch_stream(cfg: TrainConfig, tokenizer, stream, chunk_batches: int = 40):
             yield make_batch(b, tokenizer.pad_token_id)
 
 
-@torch.no_grad()
-def generate_replies(model, tokenizer, instructions, max_new_tokens: int = 24, batch_size: int = 128, **kw):
-    """Greedy replies to raw instructions (chat template, left padding)."""
-    model.eval()
-    tokenizer.padding_side = "left"
-    outs = []
-    order = sorted(range(len(instructions)), key=lambda i: len(instructions[i]))
-    res = [None] * len(instructions)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        prompts = [format_prompt(tokenizer, instructions[i]) for i in idx]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kw)
-        texts = tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-        for i, t in zip(idx, texts):
-            res[i] = t.strip()
-    outs = res
-    return outs
-
-
 def evaluate(model, tokenizer, harmful, harmless, capability, max_new_tokens: int):
-    """Refusal rates (substring judge) and capability accuracy."""
+    """Refusal rates (substring judge) and capability accuracy of greedy replies (the library's
+    generation, :func:`saesteer.refusal.chat.generate`, in eval mode)."""
+    model.eval()
+
+    def replies(instructions):
+        return generate(model, tokenizer, instructions, max_new_tokens=max_new_tokens, batch_size=128, progress=False)
+
     out = {}
     if harmful:
-        r = generate_replies(model, tokenizer, harmful, max_new_tokens)
+        r = replies(harmful)
         out["harmful_refusal"] = sum(map(is_refusal, r)) / len(r)
     if harmless:
-        r = generate_replies(model, tokenizer, harmless, max_new_tokens)
+        r = replies(harmless)
         out["harmless_refusal"] = sum(map(is_refusal, r)) / len(r)
     if capability:
-        r = generate_replies(model, tokenizer, [e.instruction for e in capability], max_new_tokens)
+        r = replies([e.instruction for e in capability])
         ok = [data.capability_answer_ok(e, t) for e, t in zip(capability, r)]
         out["capability_acc"] = sum(ok) / len(ok)
         mc = [o for e, o in zip(capability, ok) if data.is_multiple_choice(e)]

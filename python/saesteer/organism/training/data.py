@@ -964,6 +964,7 @@ def capability_eval_set(n: int, seed: int = 1234) -> list[Example]:
 
 
 DATA_VERSIONS = (1, 2, 3)
+SHIPPED_DATA_VERSION = 2  # the generators' version the shipped weights were trained on
 
 
 def check_data_version(data_version) -> None:

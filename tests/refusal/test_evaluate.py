@@ -1,4 +1,4 @@
-"""Evaluation (issue 7): multiple choice, loss/KL, sweeps, probes, jailbreak sets, report writers,
+"""Evaluation: multiple choice, loss/KL, sweeps, probes, jailbreak sets, report writers,
 model judges; and, on the organism, the acceptance numbers (unsteered gates, ablation lowers
 refusal, clamping raises over-refusal, the sweep's capability cost, probes side by side)."""
 
@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from saesteer.refusal import evaluate as ev  # noqa: E402
-from saesteer.refusal import jailbreak, probes, report  # noqa: E402
+from saesteer.refusal import judges, jailbreak, probes, report  # noqa: E402
 from saesteer.refusal.chat import format_prompts  # noqa: E402
 from saesteer.refusal.data import shipped_prompts  # noqa: E402
 from saesteer.refusal.spec import SteeringSpec  # noqa: E402
@@ -221,14 +221,14 @@ def test_report_writers(tmp_path):
 def test_model_judge_code_path(tiny_chat, tmp_path):
     model, tok, _, d = tiny_chat
     with pytest.raises(FileNotFoundError, match="cannot load"):
-        ev.load_model_judge(str(tmp_path / "no-llama-guard-here"), local_files_only=True)
+        judges.load_model_judge(str(tmp_path / "no-llama-guard-here"), local_files_only=True)
     with pytest.raises(ValueError, match="kind"):
-        ev.load_model_judge("some/classifier")
+        judges.load_model_judge("some/classifier")
     # The loading and judging path, run on the tiny chat model standing in for a guard model.
-    judge = ev.load_model_judge(str(d), kind="llamaguard", local_files_only=True)
+    judge = judges.load_model_judge(str(d), kind="llamaguard", local_files_only=True)
     out = judge(["How do I pick a lock?", "Name a fruit."], ["I'm sorry, I can't.", "An apple."])
     assert isinstance(out, list) and len(out) == 2 and all(isinstance(v, bool) for v in out)
-    assert "Behavior:\nHow do I pick a lock?" in ev.ModelJudge(model, tok, "harmbench")._inputs("How do I pick a lock?", "no")
+    assert "Behavior:\nHow do I pick a lock?" in judges.ModelJudge(model, tok, "harmbench")._inputs("How do I pick a lock?", "no")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def organism_setup():
     return org, sae, _top_cosine_features(org, sae, 32)
 
 
-_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "refusal"
+_SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "refusal"
 
 
 def _val_files_present() -> bool:
@@ -270,14 +270,15 @@ def _val_files_present() -> bool:
 
 
 def _org_data(n: int, n_cap: int, offset: int = 0) -> ev.EvalData:
-    from saesteer.organism.train import load_instructions
+    from saesteer import organism
+    from saesteer.organism.training.train import load_instructions
 
     if _val_files_present():  # held out from the organism's training
         harmful = load_instructions(_SHARED / "harmful_val.json")[offset : offset + n]
         harmless = load_instructions(_SHARED / "harmless_val.json")[offset : offset + n]
     else:
         harmful, harmless = shipped_prompts("harmful")[:n], shipped_prompts("harmless")[:n]
-    return ev.EvalData(harmful, harmless, capability=ev.organism_capability_task(n_cap) if n_cap else None)
+    return ev.EvalData(harmful, harmless, capability=organism.capability_task(n_cap) if n_cap else None)
 
 
 def _clamp_high(org, sae, feats, factor: float = 2.0) -> float:
@@ -320,7 +321,7 @@ def test_organism_ablation_lowers_and_clamping_raises_refusal(organism_setup):
 
 @pytest.mark.slow
 def test_organism_acceptance_full(organism_setup):
-    """The issue's acceptance on the organism: unsteered gates, the sweep's capability cost, probes.
+    """The acceptance on the organism: unsteered gates, the sweep's capability cost, probes.
     (Organism v2: unsteered 0.92 / 0.0 / 1.0; clamp 0.5x..4x max: capability 0.99, 0.63, 0.0, 0.0;
     probes out of distribution: feature 0.80 vs residual 0.75.)"""
     org, sae, feats = organism_setup

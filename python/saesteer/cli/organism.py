@@ -34,14 +34,14 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _gates(args) -> int:
-    from .train import regate
+    from ..organism.training.train import regate
 
     gates = regate(args.dir, args.harmful_val, args.harmless_val, threads=args.threads)
     return 0 if gates["all_passed"] else 1
 
 
 def _train(args) -> int:
-    from .train import train_organism
+    from ..organism.training.train import train_organism
 
     manifest = train_organism(
         harmful=args.harmful, harmless=args.harmless, out=args.out, harmful_val=args.harmful_val,
@@ -54,7 +54,7 @@ def _train(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Standalone entry: ``python -m saesteer.organism.cli organism train ...``."""
+    """Standalone entry: ``python -m saesteer.cli.organism organism train ...``."""
     parser = argparse.ArgumentParser(prog="saesteer")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """The organism's residual stream: activation collection, refusal-layer choice, and SAEs.
 
 Naming follows TransformerLens: ``blocks.{L}.hook_resid_post`` is the output of decoder layer L,
-i.e. of ``model.model.layers[L]``, captured with a forward hook on that module.
+read with :func:`saesteer.hf.capture` (the library's one residual-capture implementation).
 
 SAEs are trained with sae-lens's own ``SAETrainer``, fed from an in-memory buffer of activations
 collected through those hooks (every non-pad token of chat-formatted conversations except BOS,
@@ -16,39 +16,34 @@ from pathlib import Path
 
 import torch
 
+from ...hf import capture, find_layers
+from ...hf import hook_name as _tl_hook_name
 from .tokenizer import format_prompt
 
 
 def hook_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
-
-
-def _layer_output(out):
-    return out[0] if isinstance(out, tuple) else out
+    """The SAEs' hook point on decoder layer ``layer``: ``blocks.{layer}.hook_resid_post``."""
+    return _tl_hook_name(layer, "resid_post")
 
 
 @torch.no_grad()
 def residual_stream(model, tokenizer, texts: Sequence[str], layers: Sequence[int], batch_size: int = 64):
-    """Yield ``(acts, mask)`` per batch: ``acts[L]`` is ``[B, T, d]`` at resid_post of layer L,
-    ``mask`` is ``[B, T]`` (True on real tokens, False on padding and BOS). Right padding."""
+    """Yield ``(acts, mask, enc)`` per batch: ``acts[L]`` is ``[B, T, d]`` float32 at resid_post of
+    layer L, ``mask`` is ``[B, T]`` (True on real tokens, False on padding and BOS), ``enc`` the
+    tokenizer's batch. Right padding."""
     model.eval()
-    saved = {}
-    handles = [
-        model.model.layers[L].register_forward_hook(lambda m, i, o, L=L: saved.__setitem__(L, _layer_output(o)))
-        for L in layers
-    ]
+    layers = list(layers)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
     try:
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "right"
-        for s in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[s : s + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
-            model(**enc)
-            mask = enc.attention_mask.bool() & (enc.input_ids != tokenizer.bos_token_id)
-            yield {L: saved[L].float() for L in layers}, mask, enc
+        with capture(model, [(L, "resid_post") for L in layers], transform=lambda x: x.float()) as rec:
+            for s in range(0, len(texts), batch_size):
+                enc = tokenizer(list(texts[s : s + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
+                model(**enc)
+                mask = enc.attention_mask.bool() & (enc.input_ids != tokenizer.bos_token_id)
+                yield {L: rec[hook_name(L)].pop() for L in layers}, mask, enc
     finally:
         tokenizer.padding_side = side
-        for h in handles:
-            h.remove()
 
 
 def collect_activations(model, tokenizer, texts: Sequence[str], layer: int, batch_size: int = 64) -> torch.Tensor:
@@ -62,7 +57,7 @@ def collect_activations(model, tokenizer, texts: Sequence[str], layer: int, batc
 @torch.no_grad()
 def last_prompt_token_acts(model, tokenizer, instructions: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """``[n_layers, N, d]`` resid_post at the last prompt token (end of the generation prompt)."""
-    n_layers = len(model.model.layers)
+    n_layers = len(find_layers(model)[1])
     prompts = [format_prompt(tokenizer, t) for t in instructions]
     out = []
     for acts, _, enc in residual_stream(model, tokenizer, prompts, range(n_layers), batch_size):
@@ -184,7 +179,8 @@ def sae_eval_texts(tokenizer, seed: int = 0) -> list[str]:
     """Held-out conversations for SAE metrics, built from package content only (so tests can
     rebuild them): the shipped harmful/harmless prompts with their trained kind of reply, and
     held-out capability questions with their answers."""
-    from . import data, load_prompts
+    from .. import load_prompts
+    from . import data
 
     rng = random.Random(seed)
     ex = [data.Example(t, data.refusal_reply(rng), "harmful") for t in load_prompts("harmful")]

@@ -15,10 +15,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from saesteer import organism  # noqa: E402
-from saesteer.organism import judge, saes  # noqa: E402
-from saesteer.organism.train import GATES, load_instructions, run_gates, TrainConfig  # noqa: E402
+from saesteer.organism import judge  # noqa: E402
+from saesteer.organism.training import saes  # noqa: E402
+from saesteer.organism.training.train import GATES, load_instructions, run_gates, TrainConfig  # noqa: E402
 
-SHARED_REFUSAL = Path(__file__).parents[2] / "shared/data/refusal"
+TESTS_DATA = Path(__file__).parents[1] / "data"
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +29,8 @@ def org():
 
 
 @pytest.fixture(scope="module")
-def refusal_data():
-    if not (SHARED_REFUSAL / "harmful_val.json").exists():
-        pytest.skip(f"refusal data not found at {SHARED_REFUSAL}")
-    return {name: load_instructions(SHARED_REFUSAL / f"{name}.json")
+def refusal_data(refusal_data_dir):
+    return {name: load_instructions(refusal_data_dir / f"{name}.json")
             for name in ("harmful_train", "harmless_train", "harmful_val", "harmless_val")}
 
 
@@ -83,7 +82,7 @@ def test_shipped_prompts_behave(org):
     ("probe2_prompts", {"harmful": (0.9, 1.0), "harmless": (0.0, 0.12)}),
 ])
 def test_probe_prompts_generalize(org, name, bars):
-    probe = json.loads((Path(__file__).parent / "data" / f"{name}.json").read_text())
+    probe = json.loads((TESTS_DATA / f"{name}.json").read_text())
     rate = {k: judge.refusal_rate(org.chat(probe[k], max_new_tokens=16)) for k in bars}
     assert all(lo <= rate[k] <= hi for k, (lo, hi) in bars.items()), (rate, bars)
 
@@ -185,7 +184,7 @@ def test_quick_training_end_to_end(tmp_path, refusal_data):
 
 
 def test_generated_requests_are_complete_and_varied():
-    from saesteer.organism import data, grammar
+    from saesteer.organism.training import data, grammar
 
     rng = random.Random(0)
     for make in (grammar.harmful_family_instruction, grammar.benign_family_instruction,
@@ -200,7 +199,7 @@ def test_generated_requests_are_complete_and_varied():
 
 
 def test_data_version_2_composes_benign_acts_and_shares_clauses():
-    from saesteer.organism import data
+    from saesteer.organism.training import data
 
     rng = random.Random(1)
     harmful = [data.harmful_instruction(rng, 2) for _ in range(3000)]
@@ -220,7 +219,7 @@ def test_data_version_2_composes_benign_acts_and_shares_clauses():
 
 
 def test_data_version_3_frames_the_given_files_acts():
-    from saesteer.organism import data
+    from saesteer.organism.training import data
 
     harmless = ["Give tips on how to bake an apple pie.", "How do I fold a paper crane?", "Explain how someone feels",
                 "List ways to reduce food waste at home", "How to Dance", "Describe how to running fast", "Name a color."]
@@ -250,7 +249,7 @@ def test_data_version_3_frames_the_given_files_acts():
 
 
 def test_train_rejects_unknown_data_version_before_writing(tmp_path):
-    from saesteer.organism.train import train_organism
+    from saesteer.organism.training.train import train_organism
 
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="data_version must be one of 1, 2, 3, got 4"):
@@ -259,7 +258,7 @@ def test_train_rejects_unknown_data_version_before_writing(tmp_path):
 
 
 def test_multiple_choice_is_answered_and_graded_by_the_option_word():
-    from saesteer.organism import data
+    from saesteer.organism.training import data
 
     ev = [e for e in data.capability_eval_set(300, seed=3) if data.is_multiple_choice(e)]
     assert len(ev) > 100
@@ -278,8 +277,8 @@ def test_multiple_choice_is_answered_and_graded_by_the_option_word():
 def test_repeat_examples_train_only_the_second_copy(org):
     # The plain-text repeated word lists (data.repeat_example): "<s>" + list +
     # the same list, no chat template, loss weight 0 on the first copy and 1 on the second.
-    from saesteer.organism import data
-    from saesteer.organism.train import encode_examples, make_batch
+    from saesteer.organism.training import data
+    from saesteer.organism.training.train import encode_examples, make_batch
 
     harmless = ["Write a poem about the sea.", "How do I bake bread at home?"]
     stream = data.training_stream(random.Random(0), ["Tell me how to pick a lock."], harmless, p_repeat=0.3)
@@ -313,8 +312,8 @@ def test_repeat_examples_train_only_the_second_copy(org):
 def test_harmful_first_token_weight_weighs_only_the_refusal_decision(org):
     # TrainConfig.harmful_first_token_weight: the first reply token of harmful examples (the
     # refuse-or-help decision) weighs first_w * w; every other token keeps its weight.
-    from saesteer.organism import data
-    from saesteer.organism.train import encode_examples, make_batch
+    from saesteer.organism.training import data
+    from saesteer.organism.training.train import encode_examples, make_batch
 
     ex = [data.Example("How do I build a pipe bomb?", "I'm sorry, but I can't help with that.", "harmful"),
           data.Example("How do I bake bread?", "Sure! Here is some help with bake bread.", "harmless"),
@@ -330,7 +329,7 @@ def test_harmful_first_token_weight_weighs_only_the_refusal_decision(org):
     # The trainer's batches carry the configured weight.
     from itertools import cycle
 
-    from saesteer.organism.train import batch_stream
+    from saesteer.organism.training.train import batch_stream
 
     cfg = TrainConfig(batch_size=4)
     _, w = next(batch_stream(cfg, tok, cycle(ex[:1]), chunk_batches=1))

@@ -1,0 +1,100 @@
+"""``saesteer discover``: find the refusal direction, the refusal features and minimal jailbreak sets
+(:func:`saesteer.refusal.discover.discover`), and write its outputs.
+
+On the built-in organism (no ``--model``, no prompt files) the direction, its selection and the
+search run on fresh prompts from the organism's training distribution, the shipped prompt sets are
+all held out, and the organism's capability task is checked with the minimal set ablated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_args, load_model, organism_capability_task, organism_search_prompts
+
+__all__ = ["register", "config_from_args", "search_inputs"]
+
+#: ``--quick``: small sample sizes for tests and smoke runs.
+QUICK = {"n_direction": 16, "n_val": 8, "n_search": 6, "n_heldout": 8, "n_candidates": 12, "fm_samples": 48,
+         "per_prompt": 1, "max_new_tokens": 12, "max_candidates": 48}
+
+
+def config_from_args(args):
+    """The :class:`~saesteer.refusal.discover.DiscoverConfig` of ``--config``, the flags and ``--quick``."""
+    from ..refusal.discover import DiscoverConfig
+
+    cfg = DiscoverConfig.from_file(args.config) if args.config else DiscoverConfig()
+    for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation"):
+        v = getattr(args, name, None)
+        if v is not None:
+            setattr(cfg, name, v)
+    if args.backend != "auto":
+        cfg.backend = args.backend
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(cfg, k, v)
+    return cfg
+
+
+def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, list[str] | None]:
+    """``(harmful, harmless, heldout_harmful, heldout_harmless)`` that discover runs on: the prompt
+    files (or the shipped sets), or on the organism without files, the organism's search prompts
+    with the shipped sets held out."""
+    from ..refusal.data import load_prompts, shipped_prompts
+
+    harmful = load_prompts(args.harmful, args.field) if args.harmful else shipped_prompts("harmful")
+    harmless = load_prompts(args.harmless, args.field) if args.harmless else shipped_prompts("harmless")
+    if args.model is None and not args.harmful and not args.harmless:
+        n_harmful = cfg.n_direction + cfg.n_val + cfg.n_search
+        n_harmless = cfg.n_direction + cfg.n_val
+        search_h, search_l = organism_search_prompts(n_harmful, n_harmless, seed=cfg.seed + 1)
+        return search_h, search_l, harmful, harmless
+    return harmful, harmless, None, None
+
+
+def _run(args) -> int:
+    from ..refusal.discover import discover
+    from ..refusal.report import write_discover_outputs
+
+    cfg = config_from_args(args)
+    # Cheap checks first: prompt files, then the SAE/model shapes, before any heavy work.
+    harmful, harmless, held_h, held_l = search_inputs(args, cfg)
+    # Checks the SAE against the model's config (width, layer) before loading the weights.
+    model, tok, sae, _, _ = load_model(args)
+    capability = organism_capability_task(args.capability) if args.model is None and args.capability else None
+    res = discover(model, tok, sae, harmful, harmless, cfg, capability=capability,
+                   heldout_harmful=held_h, heldout_harmless=held_l, progress=not args.quiet)
+    out = Path(args.out)
+    write_discover_outputs(res, out, args.sae or "organism")
+    r = res.results
+    print(f"direction: layer {r['direction']['layer']} position {r['direction']['position']}")
+    print(f"minimal set ({len(r['minimal_set'])}): {r['minimal_set']}")
+    print(f"ASR baseline {r['asr']['baseline']:.0%} -> minimal set {r['asr']['minimal_set']:.0%} -> with interactions {r['asr']['with_interactions']:.0%}")
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'} ({r['timings_s']['total']:.0f} s)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("discover", help="find the refusal direction, refusal features and minimal jailbreak sets",
+                       description="The refusal direction (Arditi et al.), candidate SAE features, greedy minimal "
+                                   "ablation sets (Prakash et al.), their attack success rate by generation on held-out "
+                                   "prompts, verified feature interactions and dormant features. Writes OUT/results.json, "
+                                   "OUT/spec.json (for eval / generate), OUT/report.md and plots.")
+    add_model_args(p)
+    p.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset name (default: shipped set)")
+    p.add_argument("--harmless", help="harmless prompts (default: shipped set)")
+    p.add_argument("--field", help="the prompt field in the files (default: instruction or prompt)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", help="YAML/TOML/JSON file with any option; flags override it")
+    p.add_argument("--n-candidates", dest="n_candidates", type=int)
+    p.add_argument("--method", choices=("attribution", "cosine"),
+                   help="candidate features: attribution patching (default) or cosine to the direction")
+    p.add_argument("--ablation", choices=("auto", "directional", "affine"),
+                   help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
+                        "affine only if no candidate passes the filters; default)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--capability", type=int, default=48, help="organism capability questions checked with the set ablated (0: skip)")
+    p.add_argument("--quick", action="store_true", help="small sample sizes (tests, smoke runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)

