@@ -8,7 +8,7 @@ Arditi et al., Yeo et al., Prakash et al. and O'Brien et al.
 from ._version import __version__
 from ._native import build_info
 from .intervention import MODES, Intervention
-from .sae import ARCHITECTURES, SAE, load_sae
+from .sae import ARCHITECTURES, SAE, load_sae, read_sae_dir
 from . import reference, ops, steering, hf
 from .hf import SteeringHandle, add_direction, affine_ablation, attach, capture, directional_ablation, steer
 from .steering import SAESteerer
@@ -18,6 +18,7 @@ __all__ = [
     "build_info",
     "SAE",
     "load_sae",
+    "read_sae_dir",
     "ARCHITECTURES",
     "Intervention",
     "MODES",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ARCHITECTURES", "NORMS", "PARAM_ROWS", "LAYER_NORM_EPS", "DecoderPlacement", "PackedSAE", "as_packed"]
+__all__ = ["ARCHITECTURES", "NORMS", "PARAM_ROWS", "LAYER_NORM_EPS", "SAEFields", "PackedSAE", "as_packed"]
 
 #: Supported architectures, in the order of their integer ids in the native op schemas.
 ARCHITECTURES = ("standard", "jumprelu", "gated", "topk")
@@ -35,10 +35,13 @@ PARAM_ROWS = ("bias", "threshold", "mag_scale", "mag_bias", "dec_scale")
 LAYER_NORM_EPS = 1e-5
 
 
-class DecoderPlacement:
-    """``dtype`` and ``device`` read off ``W_dec``: an SAE's weights share both."""
+class SAEFields:
+    """What an SAE and its kernel view both derive: ``dtype`` and ``device`` (read off ``W_dec``;
+    an SAE's weights share both) and the schema ids of its architecture and normalization."""
 
     W_dec: torch.Tensor
+    architecture: str
+    normalize_activations: str
 
     @property
     def dtype(self) -> torch.dtype:
@@ -48,9 +51,17 @@ class DecoderPlacement:
     def device(self) -> torch.device:
         return self.W_dec.device
 
+    @property
+    def arch_id(self) -> int:
+        return ARCHITECTURES.index(self.architecture)
+
+    @property
+    def norm_id(self) -> int:
+        return NORMS.index(self.normalize_activations)
+
 
 @dataclass(frozen=True, eq=False)
-class PackedSAE(DecoderPlacement):
+class PackedSAE(SAEFields):
     """An SAE as the kernels take it. Built by :meth:`saesteer.SAE.packed`; never edited.
 
     Tensors share storage with the SAE's buffers where the layout allows (``W_enc``, ``W_dec``,
@@ -75,14 +86,6 @@ class PackedSAE(DecoderPlacement):
     @property
     def d_sae(self) -> int:
         return self.W_dec.shape[0]
-
-    @property
-    def arch_id(self) -> int:
-        return ARCHITECTURES.index(self.architecture)
-
-    @property
-    def norm_id(self) -> int:
-        return NORMS.index(self.normalize_activations)
 
     def native_args(self) -> tuple:
         """``(W_enc_T, W_dec, b_dec, params, arch, norm, apply_b_dec, k)``: the SAE arguments of the

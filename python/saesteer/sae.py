@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from . import ops, reference
-from .packed import ARCHITECTURES, NORMS, PARAM_ROWS, DecoderPlacement, PackedSAE
+from .packed import ARCHITECTURES, NORMS, PARAM_ROWS, PackedSAE, SAEFields
 
-__all__ = ["SAE", "load_sae", "ARCHITECTURES", "NORMS", "PARAM_ROWS"]
+__all__ = ["SAE", "load_sae", "read_sae_dir", "ARCHITECTURES", "NORMS", "PARAM_ROWS"]
 
 
 def _hook_layer(hook_name: str | None) -> int | None:
@@ -41,7 +41,7 @@ def _hook_layer(hook_name: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class SAE(DecoderPlacement, nn.Module):
+class SAE(SAEFields, nn.Module):
     """A sparse autoencoder with exactly sae-lens v6's encode/decode.
 
     Build one with :meth:`from_sae_lens`, :func:`load_sae`, or directly from tensors.
@@ -144,14 +144,6 @@ class SAE(DecoderPlacement, nn.Module):
     def hook_layer(self) -> int | None:
         """The layer index parsed from :attr:`hook_name` (``blocks.L.…``), or None."""
         return _hook_layer(self.hook_name)
-
-    @property
-    def arch_id(self) -> int:
-        return ARCHITECTURES.index(self.architecture)
-
-    @property
-    def norm_id(self) -> int:
-        return NORMS.index(self.normalize_activations)
 
     def packed(self, device: torch.device | str | None = None) -> PackedSAE:
         """The kernel view of this SAE (:class:`saesteer.packed.PackedSAE`), on ``device`` (default:
@@ -315,6 +307,48 @@ class SAE(DecoderPlacement, nn.Module):
         if self.hook_name:
             s += f", hook_name={self.hook_name!r}"
         return s
+
+
+def read_sae_dir(path: str | Path, device=None):
+    """A :class:`saesteer.SAE` from an SAE directory in sae-lens's inference format (``cfg.json`` +
+    ``sae_weights.safetensors``), read with safetensors alone: no sae-lens needed.
+
+    The tensors are the file's, cast to ``cfg.json``'s dtype as sae-lens's loader casts them, so the
+    result equals ``saesteer.SAE.from_sae_lens(sae_lens.SAE.load_from_disk(path))`` bit for bit.
+    Only what needs no run-time statistics is read: ``normalize_activations`` must be one of
+    :data:`NORMS` (sae-lens's training saves fold their normalization into the
+    weights and write ``"none"``)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not (p / "cfg.json").is_file() or not (p / "sae_weights.safetensors").is_file():
+        raise FileNotFoundError(f"path: {str(p)!r} is not an SAE directory (expected cfg.json and sae_weights.safetensors)")
+    cfg = json.loads((p / "cfg.json").read_text())
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise NotImplementedError(f"architecture: {arch!r} (in {p / 'cfg.json'}) is not supported; supported: {', '.join(ARCHITECTURES)}")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in NORMS:
+        raise NotImplementedError(f"normalize_activations: {norm!r} (in {p / 'cfg.json'}) is not supported; supported: {', '.join(NORMS)}")
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    w = {k: v.to(dtype) for k, v in load_file(str(p / "sae_weights.safetensors")).items()}
+    meta = cfg.get("metadata") or {}
+    kw: dict[str, Any] = dict(
+        architecture=arch, W_enc=w["W_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
+        apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True), normalize_activations=norm,
+        hook_name=meta.get("hook_name"), model_name=meta.get("model_name"),
+        metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))},
+    )
+    if arch == "gated":
+        kw.update(b_gate=w["b_gate"], b_mag=w["b_mag"], r_mag=w["r_mag"])
+    else:
+        kw["b_enc"] = w["b_enc"]
+    if arch == "jumprelu":
+        kw["threshold"] = w["threshold"]
+    if arch == "topk":
+        kw.update(k=cfg["k"], rescale_acts_by_decoder_norm=cfg.get("rescale_acts_by_decoder_norm", False))
+    sae = SAE(**kw)
+    return sae if device is None or str(device) == "cpu" else sae.to(device)
 
 
 def _sae_lens():

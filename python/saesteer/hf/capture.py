@@ -97,7 +97,12 @@ def intercept(model: nn.Module, hooks, fn: Callable[[str, torch.Tensor], torch.T
     """Call ``fn(hook_name, x)`` on the residual stream ``x [B, T, d]`` at each hook point of every
     forward inside the block; a tensor it returns replaces ``x`` downstream (None leaves it as it
     is). The hooks are removed on exit, also on an exception."""
-    sites = resolve_hooks(model, hooks, layers)
+    with _hooked(resolve_hooks(model, hooks, layers), fn):
+        yield
+
+
+@contextlib.contextmanager
+def _hooked(sites: list[tuple[str, nn.Module, bool]], fn) -> Iterator[None]:
     handles = []
     try:
         for name, module, pre in sites:
@@ -129,11 +134,12 @@ def capture(
     layer's device, or ``transform(x)`` of it (e.g. ``lambda x: x[:, -1].float().cpu()`` to keep
     only the last position). Nothing is modified.
     """
-    rec: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in resolve_hooks(model, hooks, layers)}
+    sites = resolve_hooks(model, hooks, layers)
+    rec: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in sites}
 
     def record(name: str, x: torch.Tensor) -> None:
         x = x.detach()
         rec[name].append(x if transform is None else transform(x))
 
-    with intercept(model, hooks, record, layers):
+    with _hooked(sites, record):
         yield rec

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..sae import read_sae_dir
 from .judge import REFUSAL_PHRASES, is_refusal
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -42,6 +43,8 @@ __all__ = [
     "REFUSAL_PHRASES",
     "is_refusal",
     "WEIGHTS_DIR",
+    "read_manifest",
+    "read_sae_dir",
 ]
 
 
@@ -85,50 +88,18 @@ class Organism:
                         batch_size=batch_size, progress=False, **generate_kwargs)
 
 
-def read_sae_dir(path: str | Path, device=None):
-    """A :class:`saesteer.SAE` from an SAE directory in sae-lens's inference format (``cfg.json`` +
-    ``sae_weights.safetensors``), read with safetensors alone: no sae-lens needed.
-
-    The tensors are the file's, cast to ``cfg.json``'s dtype as sae-lens's loader casts them, so the
-    result equals ``saesteer.SAE.from_sae_lens(sae_lens.SAE.load_from_disk(path))`` bit for bit.
-    Only what needs no run-time statistics is read: ``normalize_activations`` must be one of
-    :data:`saesteer.packed.NORMS` (sae-lens's training saves fold their normalization into the
-    weights and write ``"none"``)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from ..packed import NORMS
-    from ..sae import ARCHITECTURES, SAE
-
-    p = Path(path)
-    if not (p / "cfg.json").is_file() or not (p / "sae_weights.safetensors").is_file():
-        raise FileNotFoundError(f"path: {str(p)!r} is not an SAE directory (expected cfg.json and sae_weights.safetensors)")
-    cfg = json.loads((p / "cfg.json").read_text())
-    arch = cfg.get("architecture", "standard")
-    if arch not in ARCHITECTURES:
-        raise NotImplementedError(f"architecture: {arch!r} (in {p / 'cfg.json'}) is not supported; supported: {', '.join(ARCHITECTURES)}")
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in NORMS:
-        raise NotImplementedError(f"normalize_activations: {norm!r} (in {p / 'cfg.json'}) is not supported; supported: {', '.join(NORMS)}")
-    dtype = getattr(torch, cfg.get("dtype", "float32"))
-    w = {k: v.to(dtype) for k, v in load_file(str(p / "sae_weights.safetensors")).items()}
-    meta = cfg.get("metadata") or {}
-    kw: dict[str, Any] = dict(
-        architecture=arch, W_enc=w["W_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
-        apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True), normalize_activations=norm,
-        hook_name=meta.get("hook_name"), model_name=meta.get("model_name"),
-        metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))},
-    )
-    if arch == "gated":
-        kw.update(b_gate=w["b_gate"], b_mag=w["b_mag"], r_mag=w["r_mag"])
-    else:
-        kw["b_enc"] = w["b_enc"]
-    if arch == "jumprelu":
-        kw["threshold"] = w["threshold"]
-    if arch == "topk":
-        kw.update(k=cfg["k"], rescale_acts_by_decoder_norm=cfg.get("rescale_acts_by_decoder_norm", False))
-    sae = SAE(**kw)
-    return sae if device is None or str(device) == "cpu" else sae.to(device)
+def read_manifest(path: str | Path | None = None) -> tuple[Path, dict, dict[str, Path]]:
+    """``(root, manifest, sae directories by name)`` of the organism at ``path`` (default: the
+    shipped weights), without loading anything else."""
+    root = Path(path) if path is not None else WEIGHTS_DIR
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"path: no organism at {root} (manifest.json missing); train one with "
+            "`saesteer organism train --harmful FILE --harmless FILE --out DIR`"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    return root, manifest, {name: root / info["dir"] for name, info in manifest.get("saes", {}).items()}
 
 
 def load(path: str | Path | None = None, device=None, load_saes: bool = True) -> Organism:
@@ -138,19 +109,11 @@ def load(path: str | Path | None = None, device=None, load_saes: bool = True) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = "cpu" if device is None else device
-    root = Path(path) if path is not None else WEIGHTS_DIR
-    manifest_path = root / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"path: no organism at {root} (manifest.json missing); train one with "
-            "`saesteer organism train --harmful FILE --harmless FILE --out DIR`"
-        )
-    manifest = json.loads(manifest_path.read_text())
+    root, manifest, sae_paths = read_manifest(path)
     model_path = root / manifest.get("model_dir", "model")
     model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
     tokenizer.padding_side = "left"
-    sae_paths = {name: root / info["dir"] for name, info in manifest.get("saes", {}).items()}
     saes = {name: read_sae_dir(p, device) for name, p in sae_paths.items()} if load_saes else {}
     default = manifest.get("default_sae", DEFAULT_SAE)
     if default not in sae_paths:

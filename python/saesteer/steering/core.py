@@ -43,6 +43,9 @@ class _Group:
     mode: int
     values: torch.Tensor  # float32 [S] (a single intervention) or [R, S] (one row per intervention)
     in_group: torch.Tensor | None  # bool [R]: rows of this group; None = every row
+    # A single intervention's values as steer_rows takes them (ablate is a 0/1 mask there, 1 =
+    # ablate; steer takes ablate's 0 values): the same tensor as ``values`` for the other modes.
+    row_values: torch.Tensor | None = None
 
 
 class EditPlan:
@@ -106,7 +109,8 @@ class SAESteerer:
             if iv is None or not iv.features:
                 return EditPlan([], [], 1, True)
             f, v = iv.tensors("cpu")
-            group = _Group(f.to(dev), iv.mode_id, v.clone().to(dev), None)
+            v = v.clone().to(dev)
+            group = _Group(f.to(dev), iv.mode_id, v, None, torch.ones_like(v) if iv.mode == "ablate" else v)
             return EditPlan([group], [(iv.features, iv.mode_id)], 1, True)
         R = len(ivs)
         buckets: dict[tuple, list[int]] = {}
@@ -180,12 +184,7 @@ class SAESteerer:
             if token_mask is not None:
                 edited = edited & token_mask
             for g in plan.groups:
-                if plan.single:
-                    # steer_rows takes ablate as a 0/1 mask (1 = ablate); steer takes its 0 values.
-                    v = torch.ones_like(g.values) if g.mode == MODES.index("ablate") else g.values
-                    vals = v.unsqueeze(0).expand(N, -1)
-                else:
-                    vals = g.values.index_select(0, r)
+                vals = g.row_values.unsqueeze(0).expand(N, -1) if plan.single else g.values.index_select(0, r)
                 m = edited if g.in_group is None else edited & g.in_group.index_select(0, r)
                 ys = self._steer_rows(ys.view(N, 1, self.d_in), self.view, g.features, g.mode, vals, m.view(N, 1)).view(N, self.d_in)
         return _cast_back(x, xs, ys)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..intervention import Intervention
 
-__all__ = ["SteerSpec", "parse_specs", "POSITIONS", "SpecError"]
+__all__ = ["SteerSpec", "parse_specs", "spec_key", "spec_salt", "POSITIONS", "SpecError"]
 
 POSITIONS = ("all", "prompt", "generated")
 _FIELDS = {"sae", "features", "mode", "value", "values", "positions", "layer", "hook_name", "model"}
@@ -96,5 +96,3 @@ def spec_salt(specs: tuple[SteerSpec, ...]) -> str | None:
         return None
     return "saesteer-" + hashlib.sha256(spec_key(specs).encode()).hexdigest()[:32]
 
-
-__all__ += ["spec_key", "spec_salt"]

@@ -24,13 +24,13 @@ forward is ``(positions, hidden_states, residual) -> (hidden, residual)``, SAEs 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from ..sae import read_sae_dir
 from ..steering import SAESteerer
-from ..steering.spec import SpecError, parse_specs, spec_key, spec_salt
+from ..steering.spec import SpecError, parse_specs, spec_salt
 
 __all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae"]
 
@@ -40,15 +40,14 @@ EXTENSION = "saesteer.vllm.WorkerExtension"
 def read_sae(source: str, device=None):
     """A ``saesteer.SAE`` from a directory in sae-lens format (``cfg.json`` + safetensors, read
     without sae-lens) or ``organism:NAME`` (an SAE shipped with the organism)."""
-    from ..organism import WEIGHTS_DIR, read_sae_dir
-
     if source.startswith("organism:"):
-        manifest = json.loads((Path(WEIGHTS_DIR) / "manifest.json").read_text())
+        from ..organism import read_manifest
+
         name = source.split(":", 1)[1]
-        info = manifest.get("saes", {}).get(name)
-        if info is None:
-            raise SpecError(f"--sae: the organism has no SAE {name!r} (has: {', '.join(manifest.get('saes', {}))})")
-        return read_sae_dir(Path(WEIGHTS_DIR) / info["dir"], device)
+        dirs = read_manifest()[2]
+        if name not in dirs:
+            raise SpecError(f"--sae: the organism has no SAE {name!r} (has: {', '.join(dirs)})")
+        source = str(dirs[name])
     if not (Path(source) / "cfg.json").is_file():
         raise SpecError(f"--sae: {source!r} is not an SAE directory (no cfg.json)")
     return read_sae_dir(source, device)
@@ -63,14 +62,14 @@ class _LayerHook:
 
     def __call__(self, module, args, output):
         hidden, residual = output
-        plan = self.ext._step_plan()
-        if plan is None:
+        step = self.ext._step_plan()
+        if step is None:
             return output
         positions = args[0] if args else None
         x = hidden if residual is None else hidden + residual
         y = x
         for name in self.names:
-            y = self.ext._apply(name, y, positions, plan)
+            y = self.ext._apply(name, y, positions, step)
         if y is x:
             return output
         return y, torch.zeros_like(y)
@@ -86,7 +85,9 @@ class WorkerExtension:
         layers = model.model.layers
         device = next(model.parameters()).device
         self._saesteer = {}
-        self._saesteer_cache = {}
+        self._saesteer_specs: dict[str, tuple] = {}
+        self._saesteer_plans: dict[tuple, object] = {}
+        self._saesteer_step = (None, None)
         by_layer: dict[int, list[str]] = {}
         shapes = {}
         for name, src in saes.items():
@@ -103,68 +104,70 @@ class WorkerExtension:
         return shapes
 
     # -- per forward ------------------------------------------------------------------------------
+    _POSITION_IDS = {"all": 0, "prompt": 1, "generated": 2}
+
     def _step_plan(self):
-        """``(token request index [N], prompt lengths [R], specs per request)`` for this forward, or
-        None when no request of the batch is steered."""
+        """``(token request index [N_real], prompt lengths [R], parsed specs per request)`` for the
+        current forward, or None when no request of the batch is steered. Computed once per forward
+        (every hooked layer of that forward shares it)."""
+        from vllm.forward_context import get_forward_context
+
+        ctx = get_forward_context()
+        if self._saesteer_step[0] is ctx:
+            return self._saesteer_step[1]
         runner = self.model_runner
         batch = runner.input_batch
-        num_reqs = batch.num_reqs
-        specs = []
-        for rid in batch.req_ids[:num_reqs]:
-            st = runner.requests[rid]
-            extra = getattr(st.sampling_params, "extra_args", None) or {}
-            specs.append(extra.get("saesteer"))
-        if not any(specs):
-            return None
-        qsl = torch.from_numpy(runner.query_start_loc.np[: num_reqs + 1].copy())
-        counts = qsl[1:] - qsl[:-1]
-        token_req = torch.repeat_interleave(torch.arange(num_reqs), counts)
-        prompt_lens = torch.tensor([runner.requests[rid].num_prompt_tokens for rid in batch.req_ids[:num_reqs]])
-        return token_req, prompt_lens, specs
+        req_ids = batch.req_ids[: batch.num_reqs]
+        specs = [self._parsed(rid, runner.requests[rid]) for rid in req_ids]
+        step = None
+        if any(specs):
+            qsl = torch.from_numpy(runner.query_start_loc.np[: len(req_ids) + 1].copy())
+            token_req = torch.repeat_interleave(torch.arange(len(req_ids)), qsl[1:] - qsl[:-1])
+            prompt_lens = torch.tensor([runner.requests[rid].num_prompt_tokens for rid in req_ids])
+            step = (token_req, prompt_lens, specs)
+        self._saesteer_step = (ctx, step)
+        return step
 
-    def _parsed(self, spec):
-        key = json.dumps(spec, sort_keys=True) if not isinstance(spec, str) else spec
-        got = self._saesteer_cache.get(key)
+    def _parsed(self, req_id: str, state) -> tuple:
+        """The request's parsed specs, parsed once per request (the client validated them already)."""
+        got = self._saesteer_specs.get(req_id)
         if got is None:
-            shapes = {n: s.d_sae for n, s in self._saesteer.items()}
-            got = self._saesteer_cache[key] = parse_specs(spec, shapes)  # validated again by the client
+            if len(self._saesteer_specs) > 4096:  # finished requests: forget them
+                self._saesteer_specs.clear()
+            extra = getattr(state.sampling_params, "extra_args", None) or {}
+            shapes = {n: st.d_sae for n, st in self._saesteer.items()}
+            got = self._saesteer_specs[req_id] = parse_specs(extra.get("saesteer"), shapes)
         return got
 
-    def _apply(self, name: str, x: torch.Tensor, positions, plan) -> torch.Tensor:
-        token_req, prompt_lens, specs = plan
-        N = x.shape[0]
-        n_real = token_req.shape[0]
-        ivs, rows_of_req, modes = [], [], []
-        for spec in specs:
-            idx = -1
-            if spec:
-                for s in self._parsed(spec):
-                    if s.sae == name:
-                        idx = len(ivs)
-                        ivs.append(s.intervention)
-                        modes.append(s.positions)
-                        break
-            rows_of_req.append(idx)
+    def _apply(self, name: str, x: torch.Tensor, positions, step) -> torch.Tensor:
+        token_req, prompt_lens, specs = step
+        N, n_real = x.shape[0], token_req.shape[0]
+        ivs: dict = {}  # distinct interventions on this SAE -> plan row
+        req_row, req_pos = [], []
+        for req_specs in specs:
+            s = next((s for s in req_specs if s.sae == name), None)
+            req_row.append(-1 if s is None else ivs.setdefault(s.intervention, len(ivs)))
+            req_pos.append(0 if s is None else self._POSITION_IDS[s.positions])
         if not ivs:
             return x
         steerer = self._saesteer[name]
-        key = tuple(ivs)
-        plan_cache = self._saesteer_cache.setdefault(("plan", name), {})
-        p = plan_cache.get(key)
-        if p is None:
-            p = plan_cache[key] = steerer.plan(list(ivs))
+        key = (name, tuple(ivs))
+        plan = self._saesteer_plans.get(key)
+        if plan is None:
+            if len(self._saesteer_plans) > 1024:
+                self._saesteer_plans.clear()
+            plan = self._saesteer_plans[key] = steerer.plan(list(ivs))
         rows = torch.full((N,), -1, dtype=torch.int64)
-        req_rows = torch.tensor(rows_of_req, dtype=torch.int64)
-        rows[:n_real] = req_rows[token_req]
+        rows[:n_real] = torch.tensor(req_row, dtype=torch.int64)[token_req]
         mask = None
-        if any(m != "all" for m in modes) and positions is not None:
+        if any(req_pos) and positions is not None:
             pos = positions[:n_real].to("cpu").long()
-            P = prompt_lens[token_req]
-            want = torch.tensor([{"all": 0, "prompt": 1, "generated": 2}[modes[r]] if r >= 0 else 0 for r in rows_of_req])[token_req]
-            keep = (want == 0) | ((want == 1) & (pos < P)) | ((want == 2) & (pos >= P))
+            want = torch.tensor(req_pos)[token_req]
+            generated = pos >= prompt_lens[token_req]
             mask = torch.zeros(N, dtype=torch.bool)
-            mask[:n_real] = keep
-        return steerer.apply(x, p, rows=rows.to(x.device), token_mask=None if mask is None else mask.to(x.device))
+            mask[:n_real] = (want == 0) | ((want == 1) & ~generated) | ((want == 2) & generated)
+            mask = mask.to(x.device)
+        return steerer.apply(x, plan, rows=rows.to(x.device), token_mask=mask)
 
 
 class SteeredLLM:
@@ -190,17 +193,24 @@ class SteeredLLM:
         from vllm import SamplingParams
 
         n = len(prompts)
-        steer = [None] * n if steer is None else (list(steer) if isinstance(steer, (list, tuple)) and (not steer or not isinstance(steer[0], dict) or len(steer) == n) else [steer] * n)
+        if steer is None or isinstance(steer, (dict, str)):
+            steer = [steer] * n  # one spec (or none) for every prompt
+        steer = list(steer)
         if len(steer) != n:
             raise SpecError(f"steer: expected one spec per prompt ({n}), got {len(steer)}")
         parsed = [parse_specs(s, self.saes) for s in steer]  # every spec checked before any request runs
         sp = sampling_params or SamplingParams()
         reqs, params = [], []
         for p, specs in zip(prompts, parsed):
-            prompt = {"prompt_token_ids": list(p)} if not isinstance(p, (str, dict)) else ({"prompt": p} if isinstance(p, str) else dict(p))
+            if isinstance(p, str):
+                prompt = {"prompt": p}
+            elif isinstance(p, dict):
+                prompt = dict(p)
+            else:
+                prompt = {"prompt_token_ids": list(p)}
             q = sp.clone()
             if specs:
-                q.extra_args = dict(q.extra_args or {}, saesteer=json.loads(spec_key(specs)))
+                q.extra_args = dict(q.extra_args or {}, saesteer=[sp_.to_dict() for sp_ in specs])
                 prompt["cache_salt"] = spec_salt(specs)
             reqs.append(prompt)
             params.append(q)
@@ -214,10 +224,10 @@ class SteeredLLM:
 
 
 def _organism_saes(model: str) -> dict[str, str]:
-    from ..organism import WEIGHTS_DIR
+    """The organism's SAEs when ``model`` is the shipped organism's model directory, else none."""
+    from ..organism import read_manifest
 
-    root = Path(WEIGHTS_DIR)
-    if Path(model).resolve() != (root / "model").resolve():
+    root, manifest, dirs = read_manifest()
+    if Path(model).resolve() != (root / manifest.get("model_dir", "model")).resolve():
         return {}
-    manifest = json.loads((root / "manifest.json").read_text())
-    return {name: str(root / info["dir"]) for name, info in manifest.get("saes", {}).items()}
+    return {name: str(p) for name, p in dirs.items()}
