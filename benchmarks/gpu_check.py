@@ -463,7 +463,7 @@ GENERATE_CMD = ["bench", "generate", "--model", "config:gemma2-2b", "--batch-siz
 
 
 def bench_generate() -> str:
-    """Issue 8's GPU target: steered generation of a Gemma-2-2B-shaped model with one 65k SAE at
+    """The GPU target: steered generation of a Gemma-2-2B-shaped model with one 65k SAE at
     >= 95% of unsteered tokens/s, batch 1 and 32 (``saesteer bench generate``, run as a subprocess
     so a failure there cannot hide the kernel results)."""
     import tempfile

@@ -1,7 +1,7 @@
 """Seeded synthetic training data for the refusal organism.
 
-The organism must learn *what makes a request harmful*, not memorize a few hundred prompts (issue 9:
-a naive model trained on 630 fixed prompts refused only 26-46% of held-out harmful prompts). So the
+The organism must learn *what makes a request harmful*, not memorize a few hundred prompts (a
+naive model trained on 630 fixed prompts refused only 26-46% of held-out harmful prompts). So the
 harmful side is generated broadly: harm categories x verbs x objects x phrasings (questions and
 imperatives, short and long, polite, blunt, role-play wrappers). The harmless side reuses the *same*
 phrasings with benign acts, plus safety-flavoured but benign questions, so that neither the frame

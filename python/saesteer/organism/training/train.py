@@ -42,8 +42,8 @@ class TrainConfig:
     intermediate_size: int = 576
     max_len: int = 80
     batch_size: int = 64
-    # 3800 steps took 22.3 min (evaluations included, ~0.35 s a step) alone on a 2-core AVX2 EPYC
-    # (session 12), inside the 26-min cap; the same machine type ran ~1.7x slower another day and
+    # 3800 steps took 22.3 min (evaluations included, ~0.35 s a step) alone on a 2-core AVX2 EPYC,
+    # inside the 26-min cap; the same machine type ran ~1.7x slower another day and
     # ended on the cap at 2350. torch.compile (one 44 s compile) or skipping the padded positions'
     # logits saved <= 10% a step: the step is matmul-bound.
     steps: int = 3800
