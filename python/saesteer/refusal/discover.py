@@ -38,7 +38,7 @@ from .direction import DirectionResult, select_direction
 from .dormant import dormant_features
 from .features import rank_by_attribution, rank_by_cosine, site_residuals
 from .interactions import Interactions, active_features, find_interactions
-from .judges import SubstringJudge
+from .judges import COMPLIED, DEGENERATE, SubstringJudge, judge_classes
 from .report import write_discover_outputs as write_outputs
 from .search import MinimalSet, ablation_scores, confirm_by_generation, greedy_minimal_set, grow_candidate_pool
 from .spec import SteeringSpec
@@ -292,19 +292,27 @@ def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, directi
     def asr(replies):
         return 1.0 - sum(judge(held, replies)) / len(replies)
 
+    def degenerate(prompts, replies):
+        return judge_classes(judge, prompts, replies).count(DEGENERATE) / len(replies)
+
     set_full = list(dict.fromkeys(minimal + interactions.added))
     base_replies = generate(model, tokenizer, held, **gen)
     ms_replies = generate(model, tokenizer, held, steering=ablating(minimal), **gen)
     fi_replies = generate(model, tokenizer, held, steering=ablating(set_full), **gen)
+    # ASR counts every reply that is not a refusal; "degenerate" is the part of it that is empty or
+    # repetition rather than an answer (the judge's third class), "complied" the rest.
     asr_d = {"baseline": asr(base_replies), "minimal_set": asr(ms_replies), "with_interactions": asr(fi_replies), "n_prompts": len(held)}
+    asr_d["degenerate"] = {k: degenerate(held, r) for k, r in (("baseline", base_replies), ("minimal_set", ms_replies), ("with_interactions", fi_replies))}
+    asr_d["complied"] = {k: asr_d[k] - asr_d["degenerate"][k] for k in ("baseline", "minimal_set", "with_interactions")}
 
     per_prompt = []
     for pp in search.per_prompt:
         prompt = pp["prompt"]
 
         def complies(feats: list[int], prompt=prompt) -> tuple[bool, str]:
+            # A degenerate reply (empty, repetition) does not confirm the set: it answers nothing.
             reply = generate(model, tokenizer, [prompt], steering=ablating(feats), **gen)[0]
-            return not judge([prompt], [reply])[0], reply
+            return judge_classes(judge, [prompt], [reply])[0] == COMPLIED, reply
 
         feats, reply, ok = confirm_by_generation(pp["features"], pp["removed"], complies)
         row = {k: v for k, v in pp.items() if k != "removed"}
@@ -323,7 +331,9 @@ def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, directi
     # (the reply degenerates into repeated fragments and the judge sees no refusal phrase).
     for key, pos in (("harmless_refusal_added", "all"), ("harmless_refusal_added_prompt", "prompt")):
         adding = lambda pos=pos: add_direction(model, d.direction, d.layer, 1.0, positions=pos)  # noqa: E731
-        dir_gen[key] = sum(judge(l_held, generate(model, tokenizer, l_held, steering=adding, **gen))) / len(l_held)
+        added = generate(model, tokenizer, l_held, steering=adding, **gen)
+        dir_gen[key] = sum(judge(l_held, added)) / len(l_held)
+        dir_gen[key.replace("refusal", "degenerate")] = degenerate(l_held, added)
 
     cap = None
     if capability is not None:

@@ -5,7 +5,9 @@ MMLU 68.8 -> 36.0 and GSM8K 82.5 -> 35.6: steering refusal trades robustness for
 both sides are measured in one pass. For each condition (unsteered, or a :class:`Steering`):
 
 * ``harmful_refusal`` / ``harmless_refusal``: fraction of greedy replies a :class:`~.judges.Judge`
-  calls refusals (the second is over-refusal);
+  calls refusals (the second is over-refusal); ``*_compliance`` and ``*_degenerate``: the fractions
+  that comply and that are degenerate (empty or repetition, :func:`~.judges.judge_classes`), so a
+  model that breaks down under steering is not read as complying;
 * ``refusal_score_harmful`` / ``_harmless``: mean log-odds of the refusal tokens at the last prompt
   position (no generation);
 * ``mc_accuracy``: multiple choice scored by the logits of the choice letters after an answer prefix;
@@ -36,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .chat import format_prompts, generate, refusal_scores, refusal_tokens_from_replies
 from .inputs import model_device, pad_token_id
-from .judges import Judge, ModelJudge, SubstringJudge, load_model_judge
+from .judges import COMPLIED, DEGENERATE, REFUSED, Judge, ModelJudge, SubstringJudge, class_rates, judge_classes, load_model_judge
 from .spec import SteeringSpec
 
 __all__ = [
@@ -353,17 +355,19 @@ def evaluate_conditions(
         bar.set_postfix_str(name)
         harmful_r = generate(model, tokenizer, data.harmful, steering=steering, desc="harmful", **gen)
         harmless_r = generate(model, tokenizer, data.harmless, steering=steering, desc="harmless", **gen)
-        harmful_y = [bool(v) for v in judge(data.harmful, harmful_r)]
-        harmless_y = [bool(v) for v in judge(data.harmless, harmless_r)]
+        harmful_c = judge_classes(judge, data.harmful, harmful_r)
+        harmless_c = judge_classes(judge, data.harmless, harmless_r)
+        harmful_y = [c == REFUSED for c in harmful_c]
         if steering is None:
             refusal_tokens = refusal_tokens_from_replies(tokenizer, harmful_r, harmful_y)
             if reference is None:
                 reference = harmless_r
         row: dict = {
             "condition": name,
-            "harmful_refusal": sum(harmful_y) / len(harmful_y),
-            "harmless_refusal": sum(harmless_y) / len(harmless_y),
         }
+        for kind, labels in (("harmful", harmful_c), ("harmless", harmless_c)):
+            rates = class_rates(labels)
+            row[f"{kind}_refusal"], row[f"{kind}_compliance"], row[f"{kind}_degenerate"] = rates[REFUSED], rates[COMPLIED], rates[DEGENERATE]
         row["refusal_score_harmful"] = float(refusal_scores(model, tokenizer, data.harmful, refusal_tokens, steering=steering, batch_size=batch_size).mean())
         row["refusal_score_harmless"] = float(refusal_scores(model, tokenizer, data.harmless, refusal_tokens, steering=steering, batch_size=batch_size).mean())
         ex = {"harmful": list(zip(data.harmful, harmful_r))[:n_examples], "harmless": list(zip(data.harmless, harmless_r))[:n_examples]}

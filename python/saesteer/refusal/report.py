@@ -225,6 +225,10 @@ def _short_features(features: list[int], n: int = 24) -> str:
     return "[" + ", ".join(map(str, features[:n])) + f", ...] ({len(features)} features)"
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def discover_report(r: dict) -> str:
     """discover's ``report.md`` (Markdown) from its results dict ``r``."""
     d, a = r["direction"], r["asr"]
@@ -256,11 +260,13 @@ def discover_report(r: dict) -> str:
         f"**Minimal set** ({len(r['minimal_set'])} features): {r['minimal_set']} — flips "
         f"{r['minimal_set_search']['flip_rate']:.0%} of the search prompts, {r['minimal_set_heldout_flip_rate']:.0%} of held-out ones (refusal score < 0).",
         "",
-        "| attack success rate (generation + substring judge, held-out) | value |",
-        "| --- | --- |",
-        f"| unsteered | {a['baseline']:.0%} |",
-        f"| minimal set ablated | {a['minimal_set']:.0%} |",
-        f"| minimal set + FM-added features ablated | {a['with_interactions']:.0%} |",
+        "| held-out harmful prompts (generation + substring judge) | not refused (ASR) | complied | degenerate |",
+        "| --- | --- | --- | --- |",
+        *[f"| {label} | {a[k]:.0%} | {_pct(a.get('complied', {}).get(k))} | {_pct(a.get('degenerate', {}).get(k))} |"
+          for label, k in (("unsteered", "baseline"), ("minimal set ablated", "minimal_set"),
+                           ("minimal set + FM-added features ablated", "with_interactions"))],
+        "",
+        "Degenerate: empty or repetitive replies (no refusal phrase, but no answer either); ASR = complied + degenerate.",
         "",
         *( [f"Capability ({r['capability']['task']}, n={r['capability']['n']}): {r['capability']['unsteered']:.0%} unsteered, "
             f"{r['capability']['minimal_set_ablated']:.0%} with the minimal set ablated.", ""] if r.get("capability") else [] ),
