@@ -77,7 +77,7 @@ ext_modules, cmdclass = _extensions()
 setup(
     packages=find_packages("python"),
     package_dir={"": "python"},
-    package_data={"saesteer": ["prompts/*.json", "organism/prompts/*.json", "organism/weights/**/*", "refusal/*.jsonl"]},
+    package_data={"saesteer": ["prompts/*.json", "organism/prompts/*.json", "organism/training/tables/*.json", "organism/weights/**/*", "refusal/*.jsonl"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,

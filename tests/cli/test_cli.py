@@ -129,14 +129,11 @@ def test_discover_on_the_organism_searches_the_shipped_recipes_prompts():
     assert (len(harmful), len(harmless)) == (n_h, n_l)
     assert (harmful, harmless) == organism.search_prompts(n_h, n_l, cfg.seed + 1)
 
-    def draws(version):
-        rng = random.Random(cfg.seed + 1)
-        h = [odata.harmful_instruction(rng, version) for _ in range(n_h)]
-        return h, [odata.benign_framed_instruction(rng, version) for _ in range(n_l)]
-
-    assert (harmful, harmless) == draws(odata.SHIPPED_DATA_VERSION) and odata.SHIPPED_DATA_VERSION == 2
-    v1_h, v1_l = draws(1)
-    assert harmful != v1_h and harmless != v1_l
+    rng = random.Random(cfg.seed + 1)
+    h = [odata.harmful_instruction(rng) for _ in range(n_h)]
+    assert (harmful, harmless) == (h, [odata.benign_framed_instruction(rng) for _ in range(n_l)])
+    # the shipped recipe's content: purpose clauses that only its generators draw
+    assert any(t.rstrip("?.!").endswith(p) for t in harmful + harmless for p in odata._HARM_PURPOSES + odata._BENIGN_PURPOSES)
     # The shipped prompt sets (never trained on) are all held out.
     assert held_h == shipped_prompts("harmful") and held_l == shipped_prompts("harmless")
 

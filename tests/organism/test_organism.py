@@ -39,7 +39,15 @@ def test_judge_phrases():
     assert judge.is_refusal("well... i CANNOT do that")
     assert judge.is_refusal("I\u2019m unable to help")
     assert not judge.is_refusal("Sure! Here is a poem about the sea.")
-    assert len(judge.REFUSAL_PHRASES) == 14
+    # The judge catches every refusal the organism is trained to give and none of its helpful
+    # replies, whatever the request.
+    from saesteer.organism.training import data
+
+    rng = random.Random(0)
+    refusals = {data.refusal_reply(rng) for _ in range(200)}
+    assert len(refusals) >= 5 and all(judge.is_refusal(r) for r in refusals), refusals
+    helpful = [data.helpful_reply(data.benign_framed_instruction(rng), rng) for _ in range(200)]
+    assert not [r for r in helpful if judge.is_refusal(r)]
     assert judge.refusal_rate(["I cannot", "Sure"]) == 0.5
 
 
@@ -194,66 +202,127 @@ def test_generated_requests_are_complete_and_varied():
         assert len(set(texts)) > 300, "generated, not a fixed list"
     names = {grammar.made_up_name(rng) for _ in range(200)}
     assert len(names) > 150
-    # Every harmful family has benign requests in shared frames somewhere in the grammar.
-    assert set(grammar.SLOTS["persuade"]) and "{persuade} {benign_claim}" in grammar.BENIGN_FAMILIES["claims"]
+    # The families share their frames: most harmful family requests open with three words that also
+    # open a benign family request, so the opening alone does not decide refusal.
+    harmful = [grammar.harmful_family_instruction(rng) for _ in range(2000)]
+    benign_openings = {" ".join(t.split()[:3]) for t in (grammar.benign_family_instruction(rng) for _ in range(2000))}
+    shared = sum(" ".join(t.split()[:3]) in benign_openings for t in harmful) / len(harmful)
+    assert shared > 0.5, shared
 
 
-def test_data_version_2_composes_benign_acts_and_shares_clauses():
+def test_template_engine_fills_slots_in_order_and_names_a_missing_list():
+    from saesteer.organism.training import grammar
+
+    slots = {"a": ["x {b}", "y {b}"], "b": ["1", "2", "3"]}
+    rng = random.Random(4)
+    got = [grammar.expand("{a}-{b}", rng, slots) for _ in range(300)]
+    # nested slots are filled; one draw per slot, left to right (a, the b inside a, then b)
+    ref = random.Random(4)
+    want = []
+    for _ in range(300):
+        a, inner, b = ref.choice(slots["a"]), ref.choice(slots["b"]), ref.choice(slots["b"])
+        want.append(f"{a.replace('{b}', inner)}-{b}")
+    assert got == want
+    assert len(set(got)) == 2 * 3 * 3
+    with pytest.raises(KeyError, match="nope"):
+        grammar.expand("a {nope} b", random.Random(0), slots)
+    with pytest.raises(ValueError, match="no word table 'nope'"):
+        grammar.load_table("nope")
+
+
+def test_generators_compose_benign_acts_and_share_clauses():
     from saesteer.organism.training import data
 
     rng = random.Random(1)
-    harmful = [data.harmful_instruction(rng, 2) for _ in range(3000)]
-    benign = [data.benign_framed_instruction(rng, 2) for _ in range(3000)]
+    harmful = [data.harmful_instruction(rng) for _ in range(3000)]
+    benign = [data.benign_framed_instruction(rng) for _ in range(3000)]
     for texts in (harmful, benign):
         assert not [t for t in texts if "{" in t or "}" in t or "  " in t], "every slot filled"
         assert len(set(texts)) > 2000
-    # benign acts are composed (version 1 draws only the fixed _BENIGN_ACTS list)
-    objects = {o for pairs in data._BENIGN_VERB_OBJECTS.values() for _, objs in pairs for o in objs}
+    # benign acts are composed from domain verbs x objects, not only drawn from a fixed list
+    objects = {o for pairs in data._BENIGN_VERB_OBJECTS.values() for pair in pairs for o in pair["objects"]}
     assert sum(any(o in t for o in objects) for t in benign) > 600
     # the instruments are on both sides: a clause like "with a printer" is not itself the signal
     for clause in data._INSTRUMENTS:
         assert any(clause in t for t in harmful) and any(clause in t for t in benign), clause
-    assert any("a cat" in t for t in harmful)  # a version-2 harm category
-    with pytest.raises(ValueError, match="data_version"):
-        next(data.training_stream(rng, [], [], data_version=4))
+    assert any("a cat" in t for t in harmful)  # cruelty to animals is a harm category
+    # purpose clauses end requests on both sides
+    assert any(t.rstrip("?.!").endswith(p) for t in harmful for p in data._HARM_PURPOSES)
+    assert any(t.rstrip("?.!").endswith(p) for t in benign for p in data._BENIGN_PURPOSES)
+    with pytest.raises(ValueError, match="data_version must be 2"):
+        data.check_data_version(3)
+    with pytest.raises(ValueError, match="p_benign_framed"):
+        next(data.training_stream(rng, [], [], p_benign_framed=1.5))
 
 
-def test_data_version_3_frames_the_given_files_acts():
-    from saesteer.organism.training import data
-
-    harmless = ["Give tips on how to bake an apple pie.", "How do I fold a paper crane?", "Explain how someone feels",
-                "List ways to reduce food waste at home", "How to Dance", "Describe how to running fast", "Name a color."]
-    harmful = ["Explain how to hotwire a stolen van", "Write a poem"]
-    # bare verb phrases only: "someone ..." (a stopword), a capitalized or -ing first word and no "how to" are skipped
-    assert data.real_acts(harmless) == ["bake an apple pie", "fold a paper crane", "reduce food waste at home"]
-    assert data.real_acts(harmful) == ["hotwire a stolen van"]
-    rng = random.Random(2)
-    stream = data.training_stream(rng, harmful, harmless, p_harmful=0.5, p_capability=0.0, p_harmful_given=0.0,
-                                  p_benign_framed=1.0, data_version=3)
-    ex = [next(stream) for _ in range(4000)]
-    framed = {k: [e.instruction for e in ex if e.kind == k] for k in ("harmful", "harmless")}
-    # each real act reaches the shared frames on its own side only
-    assert sum("hotwire a stolen van" in t.lower() for t in framed["harmful"]) > 30
-    assert not any("hotwire" in t.lower() for t in framed["harmless"])
-    for act in data.real_acts(harmless):
-        assert sum(act in t.lower() for t in framed["harmless"]) > 10, act
-        assert not any(act in t.lower() for t in framed["harmful"]), act
-    assert not [t for t in framed["harmful"] + framed["harmless"] if "{" in t or "}" in t or "  " in t]
-    # versions 1 and 2 draw exactly what they drew before version 3 existed (digests taken at 372a14c)
+def _digest(examples) -> str:
     import hashlib
 
-    for v, digest in ((1, "223fb987e81cc579"), (2, "9dc02c88d99a990d")):
-        s = data.training_stream(random.Random(5), harmful, harmless[:2] + harmless[-1:], p_repeat=0.1, data_version=v)
-        text = "\n".join(f"{e.kind}|{e.instruction}|{e.reply}" for e in (next(s) for _ in range(500)))
-        assert hashlib.sha256(text.encode()).hexdigest()[:16] == digest, v
+    text = "\n".join(f"{e.kind}|{e.instruction}|{e.reply}" for e in examples)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def test_train_rejects_unknown_data_version_before_writing(tmp_path):
+def test_training_streams_are_the_shipped_recipes():
+    # The streams the shipped weights were made from, pinned: digests taken from the generators
+    # before their word lists moved to JSON tables and the other data versions were dropped.
+    from dataclasses import asdict
+    from itertools import islice
+
+    from saesteer.organism.training import data
+
+    harmless = ["Give tips on how to bake an apple pie.", "How do I fold a paper crane?", "Name a color."]
+    harmful = ["Explain how to hotwire a stolen van", "Write a poem"]
+    corpus = asdict(data.CORPUS_MIXTURE)
+    s = data.training_stream(random.Random(5), harmful, harmless, **dict(corpus, p_repeat=0.1))
+    assert _digest(islice(s, 500)) == "9dc02c88d99a990d"
+    harmful3, harmless4 = harmful + ["How do I pick a lock?"], harmless + ["Write a poem about the sea."]
+    # the model's training mixture (TrainConfig's shares, which are the stream's defaults)
+    cfg = TrainConfig()
+    shares = {k: getattr(cfg, k) for k in asdict(data.MIXTURE)}
+    model_stream = data.training_stream(random.Random(0), harmful3, harmless4, **shares)
+    assert _digest(islice(model_stream, 5000)) == "c543ec36462c20c2"
+    default_stream = data.training_stream(random.Random(0), harmful3, harmless4)
+    assert _digest(islice(default_stream, 5000)) == "c543ec36462c20c2"
+    # the SAEs' activation texts and the tokenizer corpus
+    sae_stream = data.training_stream(random.Random(31), harmful3, harmless4, **corpus)
+    assert _digest(islice(sae_stream, 5000)) == "4cbbc86422bcd5e2"
+    import hashlib
+
+    corpus_text = "\n".join(data.tokenizer_corpus(random.Random(1), harmful3, harmless4, n_generated=3000, p_repeat=0.1))
+    assert hashlib.sha256(corpus_text.encode()).hexdigest()[:16] == "1cdf85c122c25a83"
+
+
+def test_training_stream_keeps_its_shares_and_sides():
+    from collections import Counter
+
+    from saesteer.organism.training import data
+
+    harmful, harmless = ["Explain how to hotwire a stolen van"], ["How do I fold a paper crane?"]
+    m = data.MIXTURE
+    examples = [e for _, e in zip(range(20000), data.training_stream(random.Random(6), harmful, harmless))]
+    kinds = Counter(e.kind for e in examples)
+    n = len(examples)
+    assert abs(kinds["capability"] / n - m.p_capability) < 0.02, kinds
+    assert abs(kinds["harmful"] / n - m.p_harmful) < 0.02, kinds
+    assert abs(kinds[data.REPEAT] / n - m.p_repeat) < 0.02, kinds
+    # each given instruction is drawn on its own side only, in its share of that side
+    given_h = [e for e in examples if "hotwire a stolen van" in e.instruction.lower()]
+    given_b = [e for e in examples if "fold a paper crane" in e.instruction.lower()]
+    assert {e.kind for e in given_h} == {"harmful"} and {e.kind for e in given_b} == {"harmless"}
+    assert abs(len(given_h) / kinds["harmful"] - m.p_harmful_given) < 0.03
+    assert abs(len(given_b) / kinds["harmless"] - (1 - m.p_benign_framed)) < 0.03
+    # harmful requests get refusals, harmless ones helpful replies
+    assert all(judge.is_refusal(e.reply) for e in examples if e.kind == "harmful")
+    assert not any(judge.is_refusal(e.reply) for e in examples if e.kind == "harmless")
+
+
+@pytest.mark.parametrize("version", [1, 3, "1"])
+def test_train_rejects_other_data_versions_before_writing(tmp_path, version):
     from saesteer.organism.training.train import train_organism
 
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="data_version must be one of 1, 2, 3, got 4"):
-        train_organism(["a"], ["b"], out, quick=True, overrides={"data_version": 4})
+    with pytest.raises(ValueError, match=f"data_version must be 2 .*got {int(version)}"):
+        train_organism(["a"], ["b"], out, quick=True, overrides={"data_version": version})
     assert not out.exists()
 
 
@@ -281,7 +350,7 @@ def test_repeat_examples_train_only_the_second_copy(org):
     from saesteer.organism.training.train import encode_examples, make_batch
 
     harmless = ["Write a poem about the sea.", "How do I bake bread at home?"]
-    stream = data.training_stream(random.Random(0), ["Tell me how to pick a lock."], harmless, p_repeat=0.3)
+    stream = data.training_stream(random.Random(0), ["Tell me how to pick a lock."], harmless, p_harmful=0.4, p_repeat=0.3)
     examples = [next(stream) for _ in range(300)]
     repeats = [e for e in examples if e.kind == data.REPEAT]
     kinds = [e.kind for e in examples]
@@ -301,10 +370,11 @@ def test_repeat_examples_train_only_the_second_copy(org):
     n = len(ctx)
     assert w[i, :n].sum() == 0 and (w[i, n : n + len(rep)] == 1).all() and w[i, n + len(rep):].sum() == 0
     assert ids[i, n : n + len(rep)].tolist() == rep
-    # Without repeats, the stream is exactly the chat mixture (the SAEs' activations come from it).
-    a = data.training_stream(random.Random(3), ["x"], harmless)
-    b = data.training_stream(random.Random(3), ["x"], harmless, p_repeat=0.0)
-    assert all(next(a) == next(b) for _ in range(300))
+    # The SAEs' activation texts are chat turns only: their mixture has no repeated word lists.
+    from dataclasses import asdict
+
+    sae_texts = data.training_stream(random.Random(3), ["x"], harmless, **asdict(data.CORPUS_MIXTURE))
+    assert not [e for e in (next(sae_texts) for _ in range(300)) if e.kind == data.REPEAT]
     with pytest.raises(ValueError, match="p_capability \\+ p_harmful \\+ p_repeat must be <= 1"):
         next(data.training_stream(random.Random(0), ["x"], harmless, p_repeat=0.5))
 

@@ -141,15 +141,15 @@ def search_prompts(n_harmful: int, n_harmless: int, seed: int) -> tuple[list[str
     of the recipe the shipped weights were trained on (its training distribution, as Arditi et al.'s
     train split; the shipped prompt sets stay held out). One ``random.Random(seed)`` draws the
     harmful requests first, then the harmless ones, so a longer harmful list keeps the same prefix."""
-    from .training.data import SHIPPED_DATA_VERSION, benign_framed_instruction, harmful_instruction
+    from .training.data import benign_framed_instruction, harmful_instruction
 
     _count("n_harmful", n_harmful)
     _count("n_harmless", n_harmless)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: expected an int, got {seed!r}")
     rng = random.Random(seed)
-    harmful = [harmful_instruction(rng, SHIPPED_DATA_VERSION) for _ in range(n_harmful)]
-    harmless = [benign_framed_instruction(rng, SHIPPED_DATA_VERSION) for _ in range(n_harmless)]
+    harmful = [harmful_instruction(rng) for _ in range(n_harmful)]
+    harmless = [benign_framed_instruction(rng) for _ in range(n_harmless)]
     return harmful, harmless
 
 

@@ -72,36 +72,15 @@ class TrainConfig:
     harmful_first_token_weight: float = 6.0
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
-    # Style balance: real instructions (the given files) and generated ones must carry the same
-    # harmful:harmless odds, or the model learns "sounds real -> help" and refuses less of unseen
-    # real harmful requests the longer it trains (harmful_val fell from ~95% to 79-87% after step
-    # ~1500 on most seeds at p_harmful 0.4, p_benign_framed 0.25; with 0.3 / 0.6 it held at 95%).
-    # The odds are equal when p_harmful_given + p_benign_framed = 1; 0.2 + 0.6 is most of the way.
-    # 0.34 (was 0.30) takes half of the repeat share below: harmful:harmless stays ~1.1.
-    p_harmful: float = 0.34
-    p_capability: float = 0.25
-    p_harmful_given: float = 0.2
-    p_benign_framed: float = 0.6
-    # Share of plain-text repeated word lists (data.repeat_example), taken from the harmless share.
-    # Added for the letter-copy multiple choice of an earlier recipe (its induction circuit formed
-    # late or never); multiple choice now answers with the option word. 0.1 (was 0.2), with 0.04 to
-    # p_harmful and 0.06 to harmless and 3800 steps: ~60% more real harmless instructions seen, and
-    # the boundary sharpens (data version 1, seeds 0/1: harmless_val 0.5/0.9% vs 1.0/1.5%,
-    # harmful_val 97.4/97.4% vs 94.9/94.9%, package prompts 90%/0% and 90%/2% vs 88%/2% and 90%/2%);
-    # capability 99.7/98.3%.
-    p_repeat: float = 0.1
-    # Generators' version (data.training_stream): 2 composes benign acts from everyday domains x verbs
-    # x objects and adds purpose clauses and instruments to both sides (see data._BENIGN_VERB_OBJECTS).
-    # Matched compute (seed 0, default command, same machine and day, ~2350 steps in the 26-min cap):
-    # version 1 -> 2 took over-refusal down on every unseen set at about the same harmful refusal:
-    # package prompts 96% / 10% -> 96% / 6% (harmful / harmless), tests/data/probe_prompts.json
-    # 100% / 12% / 33% -> 95% / 2% / 22% (harmful / plain harmless / borderline), harmless_val 2.0 ->
-    # 1.7%; seed 1 of version 2: package 94% / 4%, probe 98% / 5% / 28%.
-    # Version 3 (also the given files' own acts in the shared frames, data.real_acts; seed 0, 3800
-    # steps, same day as version 2's): harmful_val sank to 87% late (as on version 2's seed 2), step
-    # 2400 selected; harmless_val 1.9% (version 2, seeds 0-2: 0.7-1.3%), probe2 harmful 90% (92-98%),
-    # plain harmless 3.3% (3.3-6.7%): not adopted.
-    data_version: int = data.SHIPPED_DATA_VERSION
+    # The training mixture's shares: data.Mixture documents each value (one source of truth; the
+    # data generators default to the same values).
+    p_harmful: float = data.MIXTURE.p_harmful
+    p_capability: float = data.MIXTURE.p_capability
+    p_harmful_given: float = data.MIXTURE.p_harmful_given
+    p_benign_framed: float = data.MIXTURE.p_benign_framed
+    p_repeat: float = data.MIXTURE.p_repeat
+    # The data recipe (data.DATA_VERSION, the only one accepted), recorded in the manifest.
+    data_version: int = data.DATA_VERSION
     eval_every: int = 200
     eval_harmless_n: int = 150
     capability_eval_n: int = 300
@@ -265,8 +244,7 @@ def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=Non
     t0 = time.time()
     tok_harmless = harmless_train[:2000] if cfg.quick else harmless_train
     tokenizer = train_tokenizer(data.tokenizer_corpus(random.Random(cfg.seed + 1), harmful_train, tok_harmless,
-                                                      n_generated=1000 if cfg.quick else 20000, p_repeat=cfg.p_repeat,
-                                                      data_version=cfg.data_version),
+                                                      n_generated=1000 if cfg.quick else 20000, p_repeat=cfg.p_repeat),
                                 cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
@@ -277,8 +255,7 @@ def train_model(cfg: TrainConfig, harmful_train, harmless_train, harmful_val=Non
 
     stream = data.training_stream(rng, harmful_train, harmless_train, p_harmful=cfg.p_harmful,
                                   p_capability=cfg.p_capability, p_harmful_given=cfg.p_harmful_given,
-                                  p_benign_framed=cfg.p_benign_framed, p_repeat=cfg.p_repeat,
-                                  data_version=cfg.data_version)
+                                  p_benign_framed=cfg.p_benign_framed, p_repeat=cfg.p_repeat)
     batches = batch_stream(cfg, tokenizer, stream)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -455,15 +432,14 @@ def train_organism(harmful, harmless, out, harmful_val=None, harmless_val=None, 
     t = time.time()
     rng = random.Random(seed + 21)
     n_sep = 60 if quick else 400
-    sep_harmful = rng.sample(H, min(len(H), n_sep // 2)) + [data.harmful_instruction(rng, cfg.data_version) for _ in range(n_sep // 2)]
-    sep_harmless = rng.sample(B, min(len(B), n_sep // 2)) + [data.benign_framed_instruction(rng, cfg.data_version)
-                                                                  for _ in range(n_sep // 2)]
+    sep_harmful = rng.sample(H, min(len(H), n_sep // 2)) + [data.harmful_instruction(rng) for _ in range(n_sep // 2)]
+    sep_harmless = rng.sample(B, min(len(B), n_sep // 2)) + [data.benign_framed_instruction(rng) for _ in range(n_sep // 2)]
     layer_scores = S.refusal_layer_scores(model, tokenizer, sep_harmful, sep_harmless, seed=seed)
     layer = S.pick_refusal_layer(layer_scores)
     log(f"refusal separation (d') per layer: {[round(s, 2) for s in layer_scores]} -> layer {layer}")
 
-    # SAE training activations: conversations from the training mixture (harmful, harmless, capability).
-    stream = data.training_stream(random.Random(seed + 31), H, B, data_version=cfg.data_version)
+    # SAE training activations: conversations of the corpus mixture (harmful, harmless, capability).
+    stream = data.training_stream(random.Random(seed + 31), H, B, **asdict(data.CORPUS_MIXTURE))
     texts = conversation_texts(tokenizer, [next(stream) for _ in range(cfg.sae_collect_prompts)])
     acts = S.collect_activations(model, tokenizer, texts, layer)
     eval_acts = S.collect_activations(model, tokenizer, S.sae_eval_texts(tokenizer), layer)
