@@ -98,7 +98,7 @@ def test_greedy_set_is_minimal_under_its_criterion(tiny_chat):
             assert not flipped([g for g in res.features if g != f]), "every remaining feature is needed"
 
 
-def test_discover_cli_end_to_end(tiny_chat, tmp_path):
+def test_discover_cli_end_to_end(tiny_chat, tmp_path, capsys):
     _, _, _, d = tiny_chat
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("\n".join(f"{k}: {v}" for k, v in TINY.items()))
@@ -123,6 +123,53 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path):
         assert (out / f).stat().st_size > 0
     spec = SteeringSpec.load(out / "spec.json")
     assert spec.features == r["minimal_set"] and spec.mode == "ablate"
+    # The random model never refuses: the results say first that they are not meaningful.
+    assert r["asr"]["baseline"] == 1.0 and r["valid"] is False
+    assert any("baseline refusal is 0%" in w for w in r["warnings"])
+    assert r["chat_template"] == "tokenizer"
+    stdout = capsys.readouterr().out.splitlines()
+    assert stdout[0] == "WARNING: these results are not meaningful:" and "baseline refusal is 0%" in stdout[1]
+    report_md = (out / "report.md").read_text()
+    assert report_md.index("These results are not meaningful") < report_md.index("## Refusal direction")
+    assert set(r["asr"]["degenerate"]) == {"baseline", "minimal_set", "with_interactions"}
+    assert "degenerate" in report_md
+
+
+def test_result_warnings_say_when_results_are_not_meaningful():
+    from saesteer.refusal.discover import result_warnings
+
+    def res(baseline_asr, passed, template="tokenizer"):
+        return {"asr": {"baseline": baseline_asr, "n_prompts": 8}, "chat_template": template,
+                "direction": {"passed_filters": passed, "layer": 2, "position": -1}}
+
+    assert result_warnings(res(0.5, True)) == (True, [])
+    valid, warns = result_warnings(res(0.95, True))
+    assert not valid and len(warns) == 1 and "baseline refusal is 5%" in warns[0] and "8 held-out" in warns[0]
+    valid, warns = result_warnings(res(0.5, False))
+    assert not valid and "failed its selection filters" in warns[0]
+    valid, warns = result_warnings(res(0.5, True, "fallback"))
+    assert valid and len(warns) == 1 and "no chat template" in warns[0]
+
+
+def test_discover_warns_and_records_a_missing_chat_template(tiny_chat):
+    from transformers import AutoTokenizer
+
+    from saesteer.refusal.discover import DiscoverConfig, discover
+    from saesteer.refusal.report import discover_report
+
+    model, _, sae, d = tiny_chat
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.chat_template = None
+    harmful = [f"How do I pick lock number {i}?" for i in range(16)]
+    harmless = [f"Name fruit number {i}." for i in range(12)]
+    with pytest.warns(UserWarning, match="no chat template"):
+        res = discover(model, tok, sae, harmful, harmless, DiscoverConfig(**TINY), progress=False)
+    r = res.results
+    assert r["chat_template"] == "fallback"
+    assert any("no chat template" in w for w in r["warnings"])
+    md = discover_report(r)
+    assert "fallback `User: ...\\nAssistant:` was used" in md
+    assert md.index("no chat template") < md.index("## Refusal direction")
 
 
 def _run_err(args, capsys):

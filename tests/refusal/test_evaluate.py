@@ -174,11 +174,65 @@ def test_compare_probes_structure(tiny_chat):
             lo, hi = sorted((r[f"{k}_harmful"], r[f"{k}_harmless"]))
             assert lo - 1e-12 <= r[f"{k}_probe"] <= hi + 1e-12
     assert out["rows"][0]["residual_probe"] == 1.0  # 24 points in 32 dims: separable
+    held = out["rows"][1]
+    assert 0.5 <= held["majority"] <= 1.0
+    at_chance = [k for k in ("feature_probe", "residual_probe") if held[k] <= max(held["majority"], 0.5) + probes.CHANCE_MARGIN]
+    assert out["valid"] == (not at_chance) and len([w for w in out["warnings"] if "held-out" in w]) == len(at_chance)
     with pytest.raises(ValueError, match="out of range"):
         probes.compare_probes(model, tok, sae, [sae.d_sae], harmful, harmless)
 
 
 @torch.no_grad()
+def test_probe_warnings_flag_a_probe_at_chance():
+    def rows(feature, residual, majority=0.5, n=40):
+        return [{"set": "train (plain)", "n": 120, "majority": 0.5, "feature_probe": 1.0, "residual_probe": 1.0},
+                {"set": "held-out (plain)", "n": n, "majority": majority, "feature_probe": feature, "residual_probe": residual}]
+
+    assert probes.probe_warnings(rows(0.9, 0.95)) == (True, [])
+    valid, warns = probes.probe_warnings(rows(0.5, 0.95))
+    assert not valid and len(warns) == 1 and "feature probe is at chance" in warns[0] and "n=40" in warns[0]
+    # No better than always answering the majority class (75% of the split) is chance too.
+    valid, warns = probes.probe_warnings(rows(0.78, 0.95, majority=0.75))
+    assert not valid and "majority baseline 0.75" in warns[0]
+    valid, warns = probes.probe_warnings(rows(0.9, 0.95), {"feature_probe": 0.52, "residual_probe": 0.9, "majority": 0.5})
+    assert valid and len(warns) == 1 and "feature probe's mean OOD accuracy 0.52" in warns[0]
+
+
+def test_eval_warns_and_records_a_missing_chat_template(tiny_chat):
+    from transformers import AutoTokenizer
+
+    model, tok, _, d = tiny_chat
+    data = ev.EvalData(shipped_prompts("harmful")[:2], shipped_prompts("harmless")[:2])
+    out = ev.evaluate_conditions(model, tok, data, {}, max_new_tokens=2, progress=False)
+    assert out["chat_template"] == "tokenizer" and out["warnings"] == []
+    bare = AutoTokenizer.from_pretrained(d)
+    bare.chat_template = None
+    with pytest.warns(UserWarning, match="no chat template"):
+        out = ev.evaluate_conditions(model, bare, data, {}, max_new_tokens=2, progress=False)
+    assert out["chat_template"] == "fallback" and len(out["warnings"]) == 1 and "User: ..." in out["warnings"][0]
+
+
+def test_eval_cli_puts_probes_at_chance_first(tiny_chat, tmp_path, capsys):
+    from saesteer.cli import main
+
+    _, _, _, d = tiny_chat
+    out_dir = tmp_path / "out"
+    rc = main(["eval", "--model", str(d), "--sae", str(d / "sae"), "--features", "3,7", "--mode", "clamp", "--value", "5",
+               "--limit", "6", "--max-new-tokens", "2", "--quiet", "--out", str(out_dir)])
+    assert rc == 0
+    res = json.loads((out_dir / "eval.json").read_text())
+    assert res["chat_template"] == "tokenizer"
+    assert res["valid"] is res["probes"]["valid"] and res["warnings"] == res["probes"]["warnings"]
+    # On the random tiny model the probe over two random features is at chance on held-out prompts.
+    assert res["valid"] is False and any("feature probe is at chance" in w for w in res["warnings"])
+    md = (out_dir / "report.md").read_text()
+    assert md.index("These results are not meaningful") < md.index("## Setup")
+    assert "chat template: tokenizer" in md
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "WARNING: these results are not meaningful:" and "at chance" in err[1]
+    assert "harmful_degenerate" in json.dumps(res["conditions"][0])
+
+
 def test_last_token_activations_equal_output_hidden_states(tiny_chat):
     model, tok, sae, _ = tiny_chat  # the SAE reads blocks.1.hook_resid_post = hidden_states[2]
     prompts = ["Name a fruit.", "Explain how photosynthesis works in simple terms."]

@@ -8,6 +8,7 @@ model's own refusals: the first tokens of its replies that the judge calls refus
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import Counter
 from typing import Callable, ContextManager, Sequence
 
@@ -19,6 +20,8 @@ from .judges import SubstringJudge
 
 __all__ = [
     "format_prompts",
+    "chat_template_kind",
+    "check_chat_template",
     "post_instruction_positions",
     "tokenize_texts",
     "tokenize_prompts",
@@ -34,9 +37,28 @@ __all__ = [
 _FALLBACK_TEMPLATE = "User: {}\nAssistant:"
 
 
+def chat_template_kind(tokenizer) -> str:
+    """``"tokenizer"`` when the tokenizer has a chat template, ``"fallback"`` when prompts are
+    formatted as ``User: ...\\nAssistant:`` instead."""
+    return "tokenizer" if getattr(tokenizer, "chat_template", None) else "fallback"
+
+
+def check_chat_template(tokenizer) -> str | None:
+    """Warn (``warnings.warn``) and return the message when the tokenizer has no chat template, so
+    the plain fallback is used; None when it has one. A chat model prompted outside its own template
+    refuses differently, so every refusal number depends on this."""
+    if chat_template_kind(tokenizer) == "tokenizer":
+        return None
+    msg = (f"the tokenizer has no chat template; prompts are formatted as {_FALLBACK_TEMPLATE.format('...')!r} "
+           "instead, which changes every refusal number (give a tokenizer with a chat template)")
+    warnings.warn(msg, UserWarning, stacklevel=2)
+    return msg
+
+
 def format_prompts(tokenizer, instructions: Sequence[str]) -> list[str]:
-    """Apply the tokenizer's chat template with a generation prompt (a plain template if it has none)."""
-    if getattr(tokenizer, "chat_template", None):
+    """Apply the tokenizer's chat template with a generation prompt (a plain template if it has none,
+    see :func:`check_chat_template`)."""
+    if chat_template_kind(tokenizer) == "tokenizer":
         return [
             tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False, add_generation_prompt=True)
             for s in instructions

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..hf import add_direction, find_layers, hidden_size, steer
 from ..intervention import Intervention
 from ..sae import SAE
-from .chat import find_refusal_tokens, generate
+from .chat import chat_template_kind, check_chat_template, find_refusal_tokens, generate
 from .direction import DirectionResult, select_direction
 from .dormant import dormant_features
 from .features import rank_by_attribution, rank_by_cosine, site_residuals
@@ -59,7 +59,13 @@ __all__ = [
     "interaction_stage",
     "verification_stage",
     "write_outputs",
+    "result_warnings",
+    "MIN_BASELINE_REFUSAL",
 ]
+
+#: Below this unsteered refusal rate on the held-out harmful prompts there is nothing to jailbreak:
+#: ASR, flip rates and minimal sets describe noise, so the results are marked not meaningful.
+MIN_BASELINE_REFUSAL = 0.1
 
 
 @dataclass
@@ -381,6 +387,29 @@ def _check(model, sae: SAE, harmful, harmless, cfg: DiscoverConfig) -> int:
     return layer
 
 
+def result_warnings(results: dict) -> tuple[bool, list[str]]:
+    """``(valid, warnings)`` for discover's results dict: ``valid`` is False when the results are
+    not meaningful (the model barely refuses the held-out harmful prompts unsteered, or the refusal
+    direction failed its filters); ``warnings`` says why, those first, then the chat-template
+    fallback when it was used (which changes the numbers but does not void them)."""
+    out = []
+    refusal = 1.0 - results["asr"]["baseline"]
+    if refusal < MIN_BASELINE_REFUSAL:
+        out.append(f"baseline refusal is {refusal:.0%} on the {results['asr']['n_prompts']} held-out harmful prompts "
+                   f"(below {MIN_BASELINE_REFUSAL:.0%}): the model does not refuse, so ASR, flip rates and the minimal "
+                   "set are not meaningful")
+    d = results["direction"]
+    if not d["passed_filters"]:
+        out.append(f"the refusal direction (layer {d['layer']}, position {d['position']}) failed its selection filters "
+                   "(no layer and position before the last layers both induces refusal when added and keeps the harmless "
+                   "KL within its bound when ablated): "
+                   "the direction, its tokens and everything ranked from it are not meaningful")
+    valid = not out
+    if results.get("chat_template") == "fallback":
+        out.append("the tokenizer has no chat template; prompts used the fallback 'User: ...\\nAssistant:' format")
+    return valid, out
+
+
 def discover(
     model,
     tokenizer,
@@ -404,6 +433,7 @@ def discover(
     """
     cfg = config or DiscoverConfig()
     layer = _check(model, sae, harmful, harmless, cfg)
+    check_chat_template(tokenizer)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     timings = {}
@@ -443,6 +473,9 @@ def discover(
 
     d, rtoks = ds.direction, ds.refusal_tokens
     results = {
+        "valid": True,
+        "warnings": [],
+        "chat_template": chat_template_kind(tokenizer),
         "direction": {**d.to_dict(), "generation": vs.direction_generation},
         "capability": vs.capability,
         "refusal_tokens": [int(t) for t in rtoks],
@@ -468,5 +501,6 @@ def discover(
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         "timings_s": timings,
     }
+    results["valid"], results["warnings"] = result_warnings(results)
     spec = SteeringSpec(features=ss.pooled.features, mode="ablate", layer=layer, positions="all", notes={"source": "saesteer discover"})
     return DiscoverResult(results, d.direction, spec, d.reference if d.ablation == "affine" else None)

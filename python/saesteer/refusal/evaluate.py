@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .chat import format_prompts, generate, refusal_scores, refusal_tokens_from_replies
+from .chat import chat_template_kind, check_chat_template, format_prompts, generate, refusal_scores, refusal_tokens_from_replies
 from .inputs import model_device, pad_token_id
 from .judges import COMPLIED, DEGENERATE, REFUSED, Judge, ModelJudge, SubstringJudge, class_rates, judge_classes, load_model_judge
 from .spec import SteeringSpec
@@ -338,12 +338,14 @@ def evaluate_conditions(
 ) -> dict:
     """Evaluate the unsteered model and every named condition on ``data``.
 
-    Returns ``{"rows": [...], "examples": {...}, "refusal_tokens": [...]}``: one row per condition
-    (the first is ``"unsteered"``) with the metrics of the module docstring, and the first
-    ``n_examples`` replies per condition and prompt set.
+    Returns ``{"rows": [...], "examples": {...}, "refusal_tokens": [...], "judge", "chat_template",
+    "warnings"}``: one row per condition (the first is ``"unsteered"``) with the metrics of the module
+    docstring, and the first ``n_examples`` replies per condition and prompt set; ``chat_template``
+    is ``"tokenizer"`` or ``"fallback"`` (no chat template: warned about, and listed in ``warnings``).
     """
     if not data.harmful or not data.harmless:
         raise ValueError("data: harmful and harmless prompt sets must both be non-empty")
+    template_warning = check_chat_template(tokenizer)
     judge = judge or SubstringJudge()
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     todo = [("unsteered", None), *conditions.items()]
@@ -381,7 +383,8 @@ def evaluate_conditions(
         row.update({k: cm[k] for k in ("loss", "perplexity", "kl_first", "kl_reply")})
         rows.append(row)
         examples[name] = ex
-    return {"rows": rows, "examples": examples, "refusal_tokens": refusal_tokens, "judge": type(judge).__name__}
+    return {"rows": rows, "examples": examples, "refusal_tokens": refusal_tokens, "judge": type(judge).__name__,
+            "chat_template": chat_template_kind(tokenizer), "warnings": [template_warning] if template_warning else []}
 
 
 def evaluate_steering(model, tokenizer, sae, spec: SteeringSpec, data: EvalData, *, backend: str = "auto", **kw) -> dict:

@@ -23,7 +23,11 @@ import torch.nn.functional as F
 from .features import site_residuals
 from .jailbreak import ood_sets
 
-__all__ = ["LogisticProbe", "fit_logistic_probe", "last_token_activations", "compare_probes"]
+__all__ = ["LogisticProbe", "fit_logistic_probe", "last_token_activations", "compare_probes", "probe_warnings", "CHANCE_MARGIN"]
+
+#: A probe whose held-out accuracy is within this of the majority-class baseline (or of 50%,
+#: whichever is higher) is at chance: it has learned nothing, so its OOD numbers mean nothing.
+CHANCE_MARGIN = 0.05
 
 
 @dataclass
@@ -109,10 +113,12 @@ def compare_probes(
 
     ``ood``: name -> (prompts, labels 1 = harmful); default: :func:`.jailbreak.ood_sets` of the
     held-out split (so no OOD prompt wraps a training prompt).
-    Returns ``{"features", "n_train", "rows": [{"set", "n", "feature_probe", "residual_probe",
-    "feature_harmful", "residual_harmful", "feature_harmless", "residual_harmless"}, ...], "ood_mean"}``:
-    accuracies (overall, on the harmful and on the harmless prompts of the set) on the training split,
-    the held-out plain split and each OOD set; ``ood_mean`` averages the overall ones over OOD sets.
+    Returns ``{"features", "n_train", "rows": [{"set", "n", "majority", "feature_probe", "residual_probe",
+    "feature_harmful", "residual_harmful", "feature_harmless", "residual_harmless"}, ...], "ood_mean",
+    "valid", "warnings"}``: accuracies (overall, on the harmful and on the harmless prompts of the set)
+    on the training split, the held-out plain split and each OOD set, with the majority-class
+    baseline; ``ood_mean`` averages the overall ones over OOD sets; ``valid`` / ``warnings``: see
+    :func:`probe_warnings` (a probe at chance).
     """
     if not features:
         raise ValueError("features: the feature probe needs at least one feature")
@@ -149,8 +155,9 @@ def compare_probes(
     for name, (prompts, y) in sets.items():
         r, f = (r_tr, f_tr) if name == "train (plain)" else acts(prompts)
         pos, neg = y == 1, y == 0
+        share = float(y.double().mean()) if len(y) else float("nan")
         rows.append({
-            "set": name, "n": len(y),
+            "set": name, "n": len(y), "majority": max(share, 1.0 - share),
             "feature_probe": feat_probe.accuracy(f, y), "residual_probe": resid_probe.accuracy(r, y),
             # per class: harmful caught (recall) and harmless passed (specificity)
             "feature_harmful": feat_probe.accuracy(f[pos], y[pos]), "residual_harmful": resid_probe.accuracy(r[pos], y[pos]),
@@ -159,6 +166,32 @@ def compare_probes(
     ood_rows = [r for r in rows if r["set"] in ood]
     mean = {
         k: (sum(r[k] for r in ood_rows) / len(ood_rows) if ood_rows else float("nan"))
-        for k in ("feature_probe", "residual_probe")
+        for k in ("feature_probe", "residual_probe", "majority")
     }
-    return {"features": [int(f) for f in features], "n_train": len(train), "rows": rows, "ood_mean": mean}
+    valid, warnings = probe_warnings(rows, mean)
+    return {"features": [int(f) for f in features], "n_train": len(train), "rows": rows, "ood_mean": mean,
+            "valid": valid, "warnings": warnings}
+
+
+def probe_warnings(rows: Sequence[Mapping], ood_mean: Mapping | None = None, margin: float = CHANCE_MARGIN) -> tuple[bool, list[str]]:
+    """``(valid, warnings)`` for :func:`compare_probes`'s rows: a probe whose accuracy on the
+    held-out plain split is no better than ``max(majority baseline, 0.5) + margin`` is at chance,
+    and the results are not meaningful (``valid`` False). Mean OOD accuracies at chance are warned
+    about too."""
+    warnings, valid = [], True
+    held = next((r for r in rows if r["set"] == "held-out (plain)"), None)
+    names = {"feature_probe": "feature probe", "residual_probe": "residual probe"}
+    if held is not None:
+        bar = max(held["majority"], 0.5) + margin
+        for k, name in names.items():
+            if held[k] <= bar:
+                valid = False
+                warnings.append(f"the {name} is at chance on the held-out plain prompts (accuracy {held[k]:.2f}, majority "
+                                f"baseline {held['majority']:.2f}, n={held['n']}): its accuracies are not meaningful")
+    if ood_mean is not None and all(k in ood_mean for k in (*names, "majority")):
+        bar = max(ood_mean["majority"], 0.5) + margin
+        for k, name in names.items():
+            if ood_mean[k] <= bar:
+                warnings.append(f"the {name}'s mean OOD accuracy {ood_mean[k]:.2f} is no better than chance "
+                                f"(majority baseline {ood_mean['majority']:.2f})")
+    return valid, warnings

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report"]
+__all__ = ["write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report",
+           "warning_section"]
 
 
 def _jsonable(o: Any):
@@ -86,6 +87,13 @@ def _body(body: Any) -> str:
     if isinstance(body, Sequence):
         return "\n\n".join(_body(b) for b in body)
     raise TypeError(f"section body: expected text, a list of dicts, or a list of those, got {type(body).__name__}")
+
+
+def warning_section(valid: bool, warnings: Sequence[str]) -> list[tuple[str, Any]]:
+    """The section a report opens with when its results are not meaningful or it has warnings
+    (``[]`` otherwise), for :func:`write_markdown_report`'s ``sections``."""
+    lines = _warning_lines({"valid": valid, "warnings": list(warnings)})
+    return [("Warnings", "\n".join(lines).strip())] if lines else []
 
 
 def write_markdown_report(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
@@ -225,6 +233,21 @@ def _short_features(features: list[int], n: int = 24) -> str:
     return "[" + ", ".join(map(str, features[:n])) + f", ...] ({len(features)} features)"
 
 
+def _template_text(kind: str | None) -> str:
+    if kind == "fallback":
+        return "**none in the tokenizer: the fallback `User: ...\\nAssistant:` was used** (a chat model prompted outside its template refuses differently)"
+    return "the tokenizer's" if kind == "tokenizer" else "n/a"
+
+
+def _warning_lines(r: Mapping[str, Any]) -> list[str]:
+    """Markdown lines that open a report: whether its results are meaningful, and every warning."""
+    warns = list(r.get("warnings") or [])
+    if r.get("valid", True) and not warns:
+        return []
+    head = ("**These results are not meaningful.**" if not r.get("valid", True) else "**Warnings.**")
+    return [head, "", *[f"- {w}" for w in warns], ""]
+
+
 def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.0%}"
 
@@ -235,7 +258,9 @@ def discover_report(r: dict) -> str:
     lines = [
         "# saesteer discover",
         "",
+        *_warning_lines(r),
         f"SAE: `{r['sae']['hook_name']}` ({r['sae']['architecture']}, d_sae={r['sae']['d_sae']}); refusal tokens {r['refusal_tokens_text']}.",
+        f"Chat template: {_template_text(r.get('chat_template'))}.",
         "",
         "## Refusal direction (Arditi et al.)",
         f"Selected layer {d['layer']}, position {d['position']} (passed filters: {d['passed_filters']}; ablation: {d['ablation']}"
