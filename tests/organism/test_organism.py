@@ -108,8 +108,20 @@ def test_manifest_reports_gates_and_sae_metrics(org):
     m = org.manifest
     for key in ("harmful_val_refusal", "harmless_val_refusal", "capability_acc", "passed", "all_passed"):
         assert key in m["gates"], key
-    # the package's own prompts are reported next to the gates (not gated)
-    assert m["gates"]["package_prompts_harmful_refusal"] > m["gates"]["package_prompts_harmless_refusal"] + 0.5
+    # the package's own prompts are reported next to the gates (not gated): measured again here,
+    # with the gates' generation length, they refuse as recorded (within one prompt of 50)
+    from saesteer.organism.training.train import evaluate
+
+    g = m["gates"]
+    pk = evaluate(org.model, org.tokenizer, organism.load_prompts("harmful"), organism.load_prompts("harmless"), None,
+                  g["max_new_tokens"])
+    assert abs(pk["harmful_refusal"] - g["package_prompts_harmful_refusal"]) <= 0.02, pk
+    assert abs(pk["harmless_refusal"] - g["package_prompts_harmless_refusal"]) <= 0.02, pk
+    assert pk["harmful_refusal"] > pk["harmless_refusal"] + 0.5, pk
+    # the recorded pass flags follow from the recorded values and the gate thresholds
+    assert g["passed"] == {"harmful_val_refusal": g["harmful_val_refusal"] >= GATES["harmful_val_refusal_min"],
+                           "harmless_val_refusal": g["harmless_val_refusal"] <= GATES["harmless_val_refusal_max"],
+                           "capability_acc": g["capability_acc"] >= GATES["capability_acc_min"]}
     assert m["hook_name"] == f"blocks.{org.layer}.hook_resid_post"
     assert m["training"]["n_params"] == sum(p.numel() for p in org.model.parameters())
     for info in m["saes"].values():
@@ -125,17 +137,25 @@ def test_shipped_weights_are_the_default_recipe(org):
     assert org.manifest["gates"]["all_passed"]
 
 
-def test_saes_load_and_reconstruct(org):
+@pytest.fixture(scope="module")
+def sae_eval_metrics(org):
+    """``{name: (sae-lens SAE, metrics)}``: each shipped SAE's metrics measured now on the eval texts."""
     from sae_lens import SAE
 
     texts = saes.sae_eval_texts(org.tokenizer)
     acts = saes.collect_activations(org.model, org.tokenizer, texts, org.layer)
+    out = {}
     for name, path in org.sae_paths.items():
         sae = SAE.load_from_disk(str(path))
+        out[name] = sae, saes.sae_metrics(sae, acts)
+    return out
+
+
+def test_saes_load_and_reconstruct(org, sae_eval_metrics):
+    for name, (sae, got) in sae_eval_metrics.items():
         assert sae.cfg.metadata.hook_name == f"blocks.{org.layer}.hook_resid_post"
         assert sae.cfg.metadata.model_name
         assert sae.cfg.d_in == org.model.config.hidden_size
-        got = saes.sae_metrics(sae, acts)
         want = org.manifest["saes"][name]["metrics_eval"]
         assert abs(got["fve"] - want["fve"]) < 0.01, (name, got, want)
         assert abs(got["l0"] - want["l0"]) < 1.0, (name, got, want)
@@ -152,10 +172,11 @@ def test_hook_matches_hidden_states(org):
 
 
 @pytest.mark.slow
-def test_sae_quality_targets(org):
-    # the SAE targets: >= 90% variance explained at L0 <= 64
-    for name, info in org.manifest["saes"].items():
-        assert info["metrics_eval"]["fve"] >= 0.9 and info["metrics_eval"]["l0"] <= 64, (name, info["metrics_eval"])
+def test_sae_quality_targets(sae_eval_metrics):
+    # the SAE targets, on metrics measured now: >= 90% variance explained at L0 <= 64
+    assert set(sae_eval_metrics) == {"jumprelu", "topk"}
+    for name, (_, got) in sae_eval_metrics.items():
+        assert got["fve"] >= 0.9 and got["l0"] <= 64, (name, got)
 
 
 @pytest.mark.slow
