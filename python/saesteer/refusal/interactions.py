@@ -7,7 +7,12 @@ features) are ablated; the target is the refusal score. The FM
 
 is fitted in torch on random masks; ``<v_i, v_j>`` is the pairwise interaction: negative means that
 ablating both lowers refusal more than the two single effects add up to. The strongest pairs are then
-checked by real ablations (``e_ij - e_i - e_j``, each effect relative to no ablation).
+checked by real ablations (``e_ij - e_i - e_j``, each effect relative to no ablation); a pair is
+confirmed when that real interaction is at least :data:`CONFIRM_MIN` in size and has the FM's sign.
+
+The FM has ``1 + m + m * rank`` parameters, often more than there are masks, so its in-sample R^2
+says nothing. Its fit quality is the held-out R^2 of a second FM fitted on the first
+``1 - heldout`` of the masks and scored on the rest (the same targets, no extra ablations).
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ import torch
 from ..sae import SAE
 from .search import ablation_scores
 
-__all__ = ["FactorizationMachine", "fit_fm", "sample_masks", "find_interactions", "Interactions"]
+__all__ = ["FactorizationMachine", "fit_fm", "fm_r2", "sample_masks", "find_interactions", "Interactions", "CONFIRM_MIN"]
+
+#: A verified pair counts as a confirmed interaction when ``|e_ij - e_i - e_j|`` is at least this
+#: (refusal-score log-odds) and has the sign of the FM's ``<v_i, v_j>``.
+CONFIRM_MIN = 0.05
 
 
 class FactorizationMachine(torch.nn.Module):
@@ -75,9 +84,15 @@ def _fit_fm(X, y, rank, steps, lr, l2, seed):
         loss = (fm(X) - y).pow(2).mean() + l2 * (fm.w.pow(2).sum() + fm.V.pow(2).sum())
         loss.backward()
         opt.step()
+    return fm, fm_r2(fm, X, y)
+
+
+def fm_r2(fm: FactorizationMachine, X: torch.Tensor, y: torch.Tensor) -> float:
+    """``1 - MSE / Var(y)`` of ``fm`` on ``(X, y)`` (NaN for fewer than two targets)."""
+    if len(y) < 2:
+        return float("nan")
     with torch.no_grad():
-        r2 = 1 - float((fm(X) - y).pow(2).mean() / y.var().clamp_min(1e-12))
-    return fm, r2
+        return 1 - float((fm(X) - y).pow(2).mean() / y.var().clamp_min(1e-12))
 
 
 @dataclass
@@ -87,9 +102,21 @@ class Interactions:
     pairs: list  # [i, j, <v_i, v_j>] strongest first
     verified: list  # [{i, j, e_i, e_j, e_ij, interaction, fm}] from real ablations
     added: list[int]  # features the FM adds to the jailbreak set
-    r2: float
+    r2: float  # in-sample, on all n_samples masks
     n_samples: int
+    r2_heldout: float = float("nan")  # of an FM fitted on the other masks, on n_heldout masks
+    n_heldout: int = 0
+    n_params: int = 0  # the FM's parameter count, 1 + m + m * rank
     extra: dict = field(default_factory=dict)
+
+    @property
+    def in_sample_meaningless(self) -> bool:
+        """True when the FM has at least as many parameters as it was fitted on masks."""
+        return self.n_params >= self.n_samples
+
+    @property
+    def n_confirmed(self) -> int:
+        return sum(1 for v in self.verified if v.get("confirmed"))
 
     def to_dict(self) -> dict:
         return {
@@ -100,6 +127,11 @@ class Interactions:
             "added": self.added,
             "r2": self.r2,
             "n_samples": self.n_samples,
+            "r2_heldout": self.r2_heldout,
+            "n_heldout": self.n_heldout,
+            "n_params": self.n_params,
+            "in_sample_meaningless": self.in_sample_meaningless,
+            "n_confirmed": self.n_confirmed,
         }
 
 
@@ -123,11 +155,16 @@ def find_interactions(
     rank: int = 4,
     top_pairs: int = 10,
     verify: int = 5,
+    heldout: float = 0.25,
     layer: int | None = None,
     seed: int = 0,
     backend: str = "auto",
 ) -> Interactions:
-    """Fit the FM on random ablations of ``minimal_set + other_features``; verify the top pairs."""
+    """Fit the FM on random ablations of ``minimal_set + other_features``; verify the top pairs.
+
+    ``heldout``: the fraction of masks a second FM does not see, for the held-out R^2."""
+    if not 0.0 < heldout < 1.0:
+        raise ValueError(f"heldout: expected a fraction in (0, 1), got {heldout!r}")
     feats = list(dict.fromkeys([*map(int, minimal_set), *map(int, other_features)]))
     m = len(feats)
     if m < 2:
@@ -136,6 +173,11 @@ def find_interactions(
     sets = [[feats[j] for j in range(m) if X[n, j] > 0] for n in range(n_samples)]
     y = ablation_scores(model, tokenizer, sae, prompts, sets, refusal_tokens, layer=layer, backend=backend).mean(1)
     fm, r2 = fit_fm(X, y, rank=rank, seed=seed)
+    n_held = max(1, int(round(n_samples * heldout))) if n_samples >= 4 else 0
+    r2_held = float("nan")
+    if n_held:
+        fm_cv, _ = fit_fm(X[:-n_held], y[:-n_held], rank=rank, seed=seed)
+        r2_held = fm_r2(fm_cv, X[-n_held:], y[-n_held:])
     P = fm.pairwise().detach()
     iu = torch.triu_indices(m, m, offset=1)
     vals = P[iu[0], iu[1]]
@@ -152,7 +194,9 @@ def find_interactions(
     verified = []
     for n, (i, j, w) in enumerate(check):
         e_ij = float(s[1 + len(singles) + n]) - base
-        verified.append({"i": i, "j": j, "e_i": eff[i], "e_j": eff[j], "e_ij": e_ij, "interaction": e_ij - eff[i] - eff[j], "fm": w})
+        inter = e_ij - eff[i] - eff[j]
+        confirmed = abs(inter) >= CONFIRM_MIN and inter * w > 0
+        verified.append({"i": i, "j": j, "e_i": eff[i], "e_j": eff[j], "e_ij": e_ij, "interaction": inter, "fm": w, "confirmed": confirmed})
 
     # Features the FM adds to the jailbreak set: outside the set, ablation lowers refusal on its own
     # (w_i < 0) or together with a set member (negative pair weight), strongest first.
@@ -165,4 +209,5 @@ def find_interactions(
         partner = min((float(P[k, feats.index(g)]) for g in in_set if g in feats), default=0.0)
         score[f] = float(w[k]) + min(partner, 0.0)
     added = [f for f, v in sorted(score.items(), key=lambda t: t[1]) if v < 0][:max(1, len(in_set) // 2)]
-    return Interactions(feats, [float(v) for v in w.tolist()], pairs, verified, added, r2, n_samples)
+    n_params = sum(p.numel() for p in fm.parameters())
+    return Interactions(feats, [float(v) for v in w.tolist()], pairs, verified, added, r2, n_samples, r2_held, n_held, n_params)

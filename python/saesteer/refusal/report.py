@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report",
-           "warning_section"]
+           "warning_section", "per_prompt_lines", "interaction_lines"]
 
 
 def _jsonable(o: Any):
@@ -168,7 +168,7 @@ def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> 
 
     out.mkdir(parents=True, exist_ok=True)
     r = res.results
-    (out / "results.json").write_text(json.dumps(r, indent=2))
+    write_json(out / "results.json", r)
     tensors = {"direction": res.direction.contiguous()}
     if res.reference is not None:
         tensors["reference"] = res.reference.contiguous()
@@ -227,10 +227,60 @@ def discover_plots(r: dict, out: str | Path) -> None:
 
 
 def _short_features(features: list[int], n: int = 24) -> str:
-    """A feature list for a table cell: the first ``n``, then how many there are in all."""
-    if len(features) <= n:
-        return str(features)
-    return "[" + ", ".join(map(str, features[:n])) + f", ...] ({len(features)} features)"
+    """A feature list for a table cell, its size first: ``"3: [1, 2, 3]"``; past ``n`` features the
+    first ``n`` and ``...``."""
+    shown = ", ".join(map(str, features[:n])) + (", ..." if len(features) > n else "")
+    return f"{len(features)}: [{shown}]"
+
+
+def per_prompt_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """discover's per-prompt table: the set the score search kept and the set generation confirmed,
+    each with its size. When no reply complied, no set was confirmed, and the cell says so and how
+    many features were ablated in the last try (the whole search pool) instead of listing them."""
+    if not rows:
+        return []
+    out = ["Per-prompt minimal sets (each searched on its own prompt by refusal score, then checked by generation "
+           "and extended until the reply complies). Sets are shown as `size: [features]`.", "",
+           "| prompt | minimal set by score | set confirmed by generation | complied |", "| --- | --- | --- | --- |"]
+    for pp in rows:
+        ok = pp["complied_by_generation"]
+        confirmed = (_short_features(pp["features"]) if ok else
+                     f"none: still refused with all {len(pp['features'])} features tried ablated")
+        out.append(f"| {_cell(pp['prompt'][:60], 3)} | {_short_features(pp['score_minimal'])} | {confirmed} | {ok} |")
+    return out + [""]
+
+
+def interaction_lines(it: Mapping[str, Any]) -> list[str]:
+    """discover's interaction section: the FM's held-out fit quality (its in-sample R^2 only with
+    the warning that it means nothing when the FM has as many parameters as masks), the verified
+    pairs, and a plain statement when none of them was confirmed."""
+    from .interactions import CONFIRM_MIN
+
+    out = ["## Interactions (factorization machine, verified by real ablations)"]
+    n, n_params = it["n_samples"], it.get("n_params")
+    held = it.get("r2_heldout")
+    fit = (f"held-out R^2 = {_cell(held, 2)} on {it.get('n_heldout', 0)} masks not used for fitting"
+           if it.get("n_heldout") else "no held-out R^2 (too few masks)")
+    if n_params is None:
+        in_sample = f"in-sample R^2 = {it['r2']:.2f}"
+    elif n_params >= n:
+        in_sample = f"in-sample R^2 = {it['r2']:.2f} (in-sample, not meaningful: {n_params} parameters >= {n} masks)"
+    else:
+        in_sample = f"in-sample R^2 = {it['r2']:.2f} ({n_params} parameters)"
+    out += [f"FM fitted on {n} random ablation masks: {fit}; {in_sample}. Features added: {it['added']}.", ""]
+    verified = it["verified"]
+    if not verified:
+        return out + ["No pair was verified."]
+    if not any(v.get("confirmed") for v in verified):
+        out += [f"**No interaction was confirmed**: for each pair the FM ranked strongest, the real joint ablation's "
+                f"effect differs from the sum of the single effects by less than {CONFIRM_MIN} (or in the other direction "
+                "than the FM's); the FM weights below are not findings.", ""]
+    out += ["| i | j | FM <v_i,v_j> | e_i | e_j | e_ij | e_ij - e_i - e_j | confirmed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for v in verified:
+        out.append(f"| {v['i']} | {v['j']} | {v['fm']:.2f} | {v['e_i']:.2f} | {v['e_j']:.2f} | {v['e_ij']:.2f} | "
+                   f"{v['interaction']:.2f} | {_cell(v.get('confirmed'), 2)} |")
+    return out
 
 
 def _template_text(kind: str | None) -> str:
@@ -297,18 +347,9 @@ def discover_report(r: dict) -> str:
             f"{r['capability']['minimal_set_ablated']:.0%} with the minimal set ablated.", ""] if r.get("capability") else [] ),
         "![asr](asr_vs_features.png)",
         "",
-        *( ["Per-prompt minimal sets (each searched on its own prompt, then confirmed by generation):", "",
-            "| prompt | minimal by score | confirmed set (generation) | complied |", "| --- | --- | --- | --- |",
-            *[f"| {pp['prompt'][:60]} | {_short_features(pp['score_minimal'])} | {_short_features(pp['features'])} | {pp['complied_by_generation']} |"
-              for pp in r["per_prompt_sets"]], ""] if r.get("per_prompt_sets") else [] ),
-        "## Interactions (factorization machine, verified by real ablations)",
-        f"FM fit R^2 = {r['interactions_detail']['r2']:.2f} on {r['interactions_detail']['n_samples']} random ablation masks; features added: {r['interactions_detail']['added']}.",
-        "",
-        "| i | j | FM <v_i,v_j> | e_i | e_j | e_ij | e_ij - e_i - e_j |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *per_prompt_lines(r.get("per_prompt_sets") or []),
+        *interaction_lines(r["interactions_detail"]),
     ]
-    for v in r["interactions_detail"]["verified"]:
-        lines.append(f"| {v['i']} | {v['j']} | {v['fm']:.2f} | {v['e_i']:.2f} | {v['e_j']:.2f} | {v['e_ij']:.2f} | {v['interaction']:.2f} |")
     lines += ["", "## Dormant features (silent before, firing after the minimal set is ablated)", ""]
     if r["dormant"]:
         lines += ["| feature | tokens fired on | max act | examples |", "| --- | --- | --- | --- |"]
