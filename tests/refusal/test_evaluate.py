@@ -218,7 +218,7 @@ def test_eval_cli_puts_probes_at_chance_first(tiny_chat, tmp_path, capsys):
     _, _, _, d = tiny_chat
     out_dir = tmp_path / "out"
     rc = main(["eval", "--model", str(d), "--sae", str(d / "sae"), "--features", "3,7", "--mode", "clamp", "--value", "5",
-               "--limit", "6", "--max-new-tokens", "2", "--quiet", "--out", str(out_dir)])
+               "--sweep", "0,5", "--limit", "6", "--max-new-tokens", "2", "--quiet", "--out", str(out_dir)])
     assert rc == 0
     res = json.loads((out_dir / "eval.json").read_text())
     assert res["chat_template"] == "tokenizer"
@@ -230,7 +230,9 @@ def test_eval_cli_puts_probes_at_chance_first(tiny_chat, tmp_path, capsys):
     assert "chat template: tokenizer" in md
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "WARNING: these results are not meaningful:" and "at chance" in err[1]
-    assert "harmful_degenerate" in json.dumps(res["conditions"][0])
+    assert all({"harmful_degenerate", "harmless_degenerate", "harmful_compliance"} <= set(r) for r in res["sweep"])
+    sweep_md = md[md.index("## Refusal amplification sweep"):]
+    assert "| harmful_degenerate | harmless_degenerate |" in sweep_md.split("\n\n")[2].splitlines()[0]
 
 
 def test_last_token_activations_equal_output_hidden_states(tiny_chat):
