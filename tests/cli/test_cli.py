@@ -142,12 +142,13 @@ def test_discover_with_prompt_files_uses_them_and_holds_nothing_apart(tmp_path):
     from saesteer.cli.discover import QUICK, config_from_args, search_inputs
 
     f = tmp_path / "h.json"
-    f.write_text(json.dumps(["a", "b", "c"]))
+    prompts = [f"prompt {i}" for i in range(12)]  # --quick holds 8 out; the rest is enough to run
+    f.write_text(json.dumps(prompts))
     args = _discover_args("--harmful", str(f), "--seed", "3", "--quick")
     cfg = config_from_args(args)
     assert cfg.seed == 3 and all(getattr(cfg, k) == v for k, v in QUICK.items())
     harmful, harmless, held_h, held_l = search_inputs(args, cfg)
-    assert harmful == ["a", "b", "c"] and held_h is None and held_l is None and len(harmless) > 0
+    assert harmful == prompts and held_h is None and held_l is None and len(harmless) > 0
 
 
 def test_organism_sae_references_resolve_or_name_the_choices():

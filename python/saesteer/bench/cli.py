@@ -104,9 +104,20 @@ def register(subparsers) -> None:
     g.set_defaults(func=run_generate)
 
 
+def _check_outputs(args) -> None:
+    """Every output file must be writable before the benchmark runs, so no result is lost."""
+    from ..cli.common import check_output
+
+    for flag in ("json", "csv", "plot", "markdown"):
+        path = getattr(args, flag, None)
+        if path:
+            check_output(path, f"--{flag}", kind="file")
+
+
 def _setup(args) -> tuple[torch.device, torch.dtype, int]:
     from .ops import DTYPES
 
+    _check_outputs(args)
     device = torch.device(args.device or _default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA is not available in this torch build/machine")
@@ -210,6 +221,8 @@ def run_generate(args) -> int:
         f"model {info['model']} ({info['model_layers']} layers, hidden {info['d_in']}), SAE {info['sae']} at layer "
         f"{info['layer']}, |S|={args.features} {args.mode}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
         f"{info['dtype']}, steer backend {info['steer_backend']}",
+        "= full-sae: the share of saesteer's generated tokens equal to the full-SAE hook's (the same steering "
+        "through sae-lens's encode/decode with the error term; 100% = identical output)",
     ] + [f"note: {n}" for n in info.get("notes", [])]
     emit(args, header, cols, meta, rows, [], plot_generate)
     return 0

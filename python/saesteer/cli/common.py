@@ -12,13 +12,19 @@ range) before any model loads; :func:`saesteer.cli.main` turns the ``ValueError`
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 __all__ = [
     "add_model_args",
     "add_steering_args",
     "number_list",
     "steering_spec",
+    "check_run_args",
+    "check_output",
     "default_device",
+    "check_model_ref",
+    "quiet_loading",
     "is_organism_ref",
     "resolve_sae",
     "load_model",
@@ -62,8 +68,13 @@ def number_list(text: str, name: str, kind=float) -> list:
     return out
 
 
-def steering_spec(args, required: bool = True):
-    """The :class:`SteeringSpec` from ``--steer`` and/or the flags (flags override the file)."""
+def steering_spec(args, required: bool = True, values_given: bool = False):
+    """The :class:`SteeringSpec` from ``--steer`` and/or the flags (flags override the file).
+
+    ``values_given``: another flag (``eval --sweep``) supplies the values, so a clamp/scale/add
+    spec without a value is accepted. The spec's model (when it records one) becomes
+    ``args.model`` unless ``--model`` names it too; a different ``--model`` is an error.
+    """
     from ..refusal.spec import SteeringSpec
 
     spec = SteeringSpec.load(args.steer) if args.steer else None
@@ -77,6 +88,8 @@ def steering_spec(args, required: bool = True):
         spec.features = number_list(args.features, "--features", int)
     if args.mode is not None:
         spec.mode = args.mode
+        if args.mode == "ablate" and args.value is None:
+            spec.values = None  # ablating the spec's features: its clamp/scale value does not apply
     if args.value is not None:
         spec.values = args.value
     if args.positions is not None:
@@ -84,9 +97,100 @@ def steering_spec(args, required: bool = True):
     if args.layer is not None:
         spec.layer = args.layer
     if spec.mode != "ablate" and spec.values is None:
-        raise ValueError(f"--value: mode {spec.mode!r} needs a value")
-    spec.intervention()  # validates mode/values now, with a clear message
+        if not values_given:
+            raise ValueError(f"--value: mode {spec.mode!r} needs a value")
+    else:
+        try:
+            spec.intervention()  # the library's own check of mode and values, now, with its message
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith("value: "):
+                where = "--value" if args.value is not None else f"steering spec {args.steer}"
+                msg = f"{where}: {msg.removeprefix('value: ')}"
+            raise ValueError(msg) from None
+    _model_from_spec(args, spec)
     return spec
+
+
+def _model_from_spec(args, spec) -> None:
+    """Take the spec's model when ``--model`` is not given; refuse a ``--model`` that differs."""
+    from ..refusal.spec import same_model
+
+    if spec.model is None:
+        return
+    given = args.model if args.model is not None else "organism"
+    if args.model is None and spec.model != "organism":
+        args.model = spec.model
+    elif not same_model(given, spec.model):
+        shown = "the built-in organism (no --model)" if args.model is None else repr(args.model)
+        raise ValueError(f"--model: {shown} is not the model the steering spec {args.steer} was made for, "
+                         f"{spec.model!r}; drop --model to use the spec's, or edit the spec's 'model'")
+
+
+#: The integer flags that count something and must be >= 1 when given.
+COUNT_ARGS = ("batch_size", "limit", "max_new_tokens", "n_candidates")
+
+
+def check_run_args(args) -> None:
+    """Check the counts (``--batch-size``, ``--limit``, ``--max-new-tokens``: >= 1) and ``--device`` /
+    ``--backend`` against this machine's torch and saesteer build, each with one line naming the
+    flag, before anything loads."""
+    import torch
+
+    for key in COUNT_ARGS:
+        n = getattr(args, key, None)
+        if n is not None and n < 1:
+            raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer (>= 1), got {n}")
+
+    name = getattr(args, "device", None)
+    if name is not None:
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+                raise ValueError(f"--device: {name!r} but CUDA is not available ({why}, torch {torch.__version__}); use --device cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(f"--device: {name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    backend = getattr(args, "backend", "auto")
+    if backend not in (None, "auto"):
+        from ..ops.registry import resolve_backend
+
+        try:
+            resolve_backend("steer", torch.device(default_device(name)), backend)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"--backend: {str(e).removeprefix('backend: ')}") from None
+
+
+def check_output(path, flag: str, kind: str = "dir") -> Path:
+    """Check that an output ``path`` can be written before any work starts.
+
+    ``kind="dir"``: an output directory, created (with its parents) when missing; it must not be an
+    existing file. ``kind="file"``: an output file; its directory must exist and it must not be a
+    directory. Either way the place it goes must be writable. Returns the path.
+    """
+    p = Path(path).expanduser()
+    if kind == "dir":
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{flag}: {str(p)!r} exists and is not a directory")
+        where = p
+        while not where.exists():
+            where = where.parent
+        if not where.is_dir():
+            raise ValueError(f"{flag}: cannot create {str(p)!r}: {str(where)!r} is a file, not a directory")
+    else:
+        if p.is_dir():
+            raise ValueError(f"{flag}: {str(p)!r} is a directory; expected a file name")
+        where = p.parent if str(p.parent) else Path(".")
+        if not where.is_dir():
+            raise ValueError(f"{flag}: the directory {str(where)!r} does not exist (create it first)")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ValueError(f"{flag}: {str(p)!r} exists and is not writable")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: cannot write in {str(where)!r} (permission denied)")
+    return p
 
 
 def default_device(name: str | None) -> str:
@@ -147,11 +251,49 @@ def organism_capability_task(n: int = 64, seed: int = 1234):
     return organism.capability_task(n, seed=seed)
 
 
+def quiet_loading() -> None:
+    """Silence transformers' and the hub's own progress bars (``Loading weights``, downloads) for ``--quiet``."""
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+
+
+def check_model_ref(ref: str) -> None:
+    """Fail fast on a ``--model`` that cannot load: a path that does not exist or has no
+    ``config.json``, or a hub id that is not cached while the hub is offline. (A hub id that is
+    neither local nor cached is left to the hub, which answers quickly when it is reachable.)"""
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"--model: {ref!r} is a directory without config.json (expected a saved HF model)")
+        return
+    if p.exists():
+        raise FileNotFoundError(f"--model: {ref!r} is a file; expected a HF model directory or hub id")
+    parts = ref.split("/")
+    if ref.startswith((".", "/", "~")) or len(parts) > 2 or "\\" in ref or not all(parts):
+        raise FileNotFoundError(f"--model: {ref!r} does not exist (as a local path; a hub id is NAME or OWNER/NAME)")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(ref, "config.json")
+    except ValueError:  # the hub's validation of the id
+        raise ValueError(f"--model: {ref!r} is neither a local directory nor a valid hub id (NAME or OWNER/NAME)") from None
+    if isinstance(cached, str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"--model: {ref!r} is not a local directory and not in the HF cache "
+                                f"({constants.HF_HUB_CACHE}), and the hub is offline (HF_HUB_OFFLINE)")
+
+
 def load_model(args, spec=None):
     """``(model, tokenizer, sae, layer, name)`` for the CLI flags; checks the SAE against the model's
     config (width, layer range) before loading the model's weights."""
     import torch
 
+    if getattr(args, "quiet", False):
+        quiet_loading()
     device = default_device(args.device)
     sae_ref = args.sae or (spec.sae if spec is not None else None)
     org = None
@@ -165,10 +307,11 @@ def load_model(args, spec=None):
     else:
         from transformers import AutoConfig
 
+        check_model_ref(args.model)
         try:
             config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         except OSError as e:
-            raise FileNotFoundError(f"model: cannot load {args.model!r} ({str(e).splitlines()[0]})") from None
+            raise FileNotFoundError(f"--model: cannot load {args.model!r} ({str(e).splitlines()[0]})") from None
         if sae_ref is None:
             raise ValueError("--sae: required with --model (or give the spec an 'sae')")
         sae = resolve_sae(sae_ref, device=device)

@@ -64,6 +64,7 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
                    heldout_harmless=harmless[:-n_show], progress=False)
     r = res.results
     if out is not None:
+        res.spec.model = "organism"
         write_discover_outputs(res, out, "organism")
     steps.update()
 
@@ -160,4 +161,12 @@ def register(sub) -> None:
                                    "clamping them high makes harmless prompts refused.")
     p.add_argument("--show", type=int, default=4, help="prompts of each kind to show")
     p.add_argument("--out", help="also write the discover outputs (results.json, report.md, plots) here")
-    p.set_defaults(func=lambda a: run_demo(a.show, a.out))
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from .common import check_output
+
+    if args.out:
+        check_output(args.out, "--out")  # before the minute of work, not after
+    return run_demo(args.show, args.out)

@@ -8,9 +8,8 @@ all held out, and the organism's capability task is checked with the minimal set
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .common import add_model_args, load_model, organism_capability_task, organism_search_prompts
+from .common import (add_model_args, check_output, check_run_args, load_model, organism_capability_task,
+                     organism_search_prompts)
 
 __all__ = ["register", "config_from_args", "search_inputs"]
 
@@ -20,19 +19,29 @@ QUICK = {"n_direction": 16, "n_val": 8, "n_search": 6, "n_heldout": 8, "n_candid
 
 
 def config_from_args(args):
-    """The :class:`~saesteer.refusal.discover.DiscoverConfig` of ``--config``, the flags and ``--quick``."""
+    """The :class:`~saesteer.refusal.discover.DiscoverConfig` of the defaults (``--quick``'s small
+    sizes, else the config's own), then what ``--config`` sets, then the flags: what is given
+    explicitly always wins over ``--quick``."""
+    from dataclasses import fields
+
     from ..refusal.discover import DiscoverConfig
 
-    cfg = DiscoverConfig.from_file(args.config) if args.config else DiscoverConfig()
+    cfg = DiscoverConfig()
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(cfg, k, v)
+    if args.config:
+        # The file's options are those it sets away from the defaults.
+        given, default = DiscoverConfig.from_file(args.config), DiscoverConfig()
+        for f in fields(DiscoverConfig):
+            if getattr(given, f.name) != getattr(default, f.name):
+                setattr(cfg, f.name, getattr(given, f.name))
     for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation"):
         v = getattr(args, name, None)
         if v is not None:
             setattr(cfg, name, v)
     if args.backend != "auto":
         cfg.backend = args.backend
-    if args.quick:
-        for k, v in QUICK.items():
-            setattr(cfg, k, v)
     return cfg
 
 
@@ -49,27 +58,49 @@ def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, li
         n_harmless = cfg.n_direction + cfg.n_val
         search_h, search_l = organism_search_prompts(n_harmful, n_harmless, seed=cfg.seed + 1)
         return search_h, search_l, harmful, harmless
+    # The harmful prompts are split into cfg.n_heldout held out for the judged ASR first, then the
+    # direction's and its selection's prompts: fewer than one of each cannot run.
+    for flag, prompts, need, what in (
+        ("--harmful", harmful, cfg.n_heldout + 2, f"{cfg.n_heldout} held out for the attack success rate, 1 for the direction, 1 to select it"),
+        ("--harmless", harmless, 1, "1 for the direction"),
+    ):
+        if len(prompts) < need:
+            full = cfg.n_heldout + cfg.n_direction + cfg.n_val + cfg.n_search if flag == "--harmful" else cfg.n_direction + cfg.n_val
+            raise ValueError(f"{flag}: {getattr(args, flag[2:]) or 'the shipped set'} holds {len(prompts)} prompt"
+                             f"{'s' if len(prompts) != 1 else ''}; discover needs at least {need} ({what}), "
+                             f"and {full} for this configuration's full sample sizes")
     return harmful, harmless, None, None
 
 
 def _run(args) -> int:
     from ..refusal.discover import discover
     from ..refusal.report import write_discover_outputs
+    from ..refusal.spec import absolute_ref
 
+    # Cheap checks first: flags, the output directory, prompt files, then the SAE/model shapes,
+    # before any heavy work.
+    check_run_args(args)
+    out = check_output(args.out, "--out")
     cfg = config_from_args(args)
-    # Cheap checks first: prompt files, then the SAE/model shapes, before any heavy work.
     harmful, harmless, held_h, held_l = search_inputs(args, cfg)
     # Checks the SAE against the model's config (width, layer) before loading the weights.
     model, tok, sae, _, _ = load_model(args)
     capability = organism_capability_task(args.capability) if args.model is None and args.capability else None
     res = discover(model, tok, sae, harmful, harmless, cfg, capability=capability,
                    heldout_harmful=held_h, heldout_harmless=held_l, progress=not args.quiet)
-    out = Path(args.out)
-    write_discover_outputs(res, out, args.sae or "organism")
+    # spec.json names the model and SAE absolutely, so eval / generate find them from any directory.
+    res.spec.model = absolute_ref(args.model) if args.model else "organism"
+    write_discover_outputs(res, out, absolute_ref(args.sae) if args.sae else "organism")
     r = res.results
+    if not r["valid"]:
+        print("WARNING: these results are not meaningful:")
+    for w in r["warnings"]:
+        print(f"WARNING: {w}")
     print(f"direction: layer {r['direction']['layer']} position {r['direction']['position']}")
     print(f"minimal set ({len(r['minimal_set'])}): {r['minimal_set']}")
     print(f"ASR baseline {r['asr']['baseline']:.0%} -> minimal set {r['asr']['minimal_set']:.0%} -> with interactions {r['asr']['with_interactions']:.0%}")
+    dg = r["asr"]["degenerate"]
+    print(f"  of which degenerate replies: {dg['baseline']:.0%} -> {dg['minimal_set']:.0%} -> {dg['with_interactions']:.0%}")
     print(f"wrote {out / 'results.json'}, {out / 'report.md'} ({r['timings_s']['total']:.0f} s)")
     return 0
 

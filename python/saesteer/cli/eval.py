@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+from dataclasses import replace
 
-from .common import (add_model_args, add_steering_args, default_device, load_model, number_list,
-                     organism_capability_task, steering_spec)
+from .common import (add_model_args, add_steering_args, check_output, check_run_args, default_device, load_model,
+                     number_list, organism_capability_task, steering_spec)
 
 __all__ = ["register"]
 
-_SWEEP_COLUMNS = ("condition", "value", "harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy",
+_SWEEP_COLUMNS = ("condition", "value", "harmful_refusal", "harmless_refusal", "harmful_degenerate", "harmless_degenerate",
+                  "capability_accuracy", "mc_accuracy",
                   "kl_first", "kl_reply", "loss", "perplexity", "refusal_score_harmful", "refusal_score_harmless")
 
 
@@ -22,19 +23,23 @@ def _eval(args) -> int:
     from ..refusal import evaluate as ev
     from ..refusal.data import load_prompts, shipped_prompts
     from ..refusal.judges import load_model_judge
-    from ..refusal.report import plot_lines, write_json, write_markdown_report
+    from ..refusal.report import plot_lines, warning_section, write_json, write_markdown_report
 
     # Everything that can be wrong with the inputs fails here, before a model loads.
+    check_run_args(args)
+    out = check_output(args.out, "--out")
     sweep = number_list(args.sweep, "--sweep") if args.sweep else None
     harmful = load_prompts(args.harmful, field=args.field, limit=args.limit) if args.harmful else shipped_prompts("harmful")[: args.limit]
     harmless = load_prompts(args.harmless, field=args.field, limit=args.limit) if args.harmless else shipped_prompts("harmless")[: args.limit]
     mc = ev.load_mc(args.mc, limit=args.limit) if args.mc else None
-    spec = steering_spec(args)
-    if sweep is not None and spec.mode == "ablate":
-        raise ValueError("--sweep: sweeps the value of clamp/scale/add; the spec's mode is 'ablate' (pass --mode clamp)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {str(out)!r} exists and is not a directory")
+    if sweep is not None and args.mode == "ablate":
+        raise ValueError("--sweep: sweeps the value of clamp/scale/add; --mode ablate takes no value")
+    spec = steering_spec(args, values_given=sweep is not None)
+    # The sweep steps the spec's features through --sweep's values in the spec's mode, or clamps
+    # them when the spec ablates (a discovered set); the spec itself is the "steered" condition
+    # when it is complete (ablate, or a --value / values of its own).
+    sweep_mode = "clamp" if spec.mode == "ablate" else spec.mode
+    has_steered = spec.mode == "ablate" or spec.values is not None
     n_cap = args.capability if args.capability is not None else (64 if args.model is None else 0)
     capability = organism_capability_task(n_cap) if n_cap > 0 else None
 
@@ -46,9 +51,12 @@ def _eval(args) -> int:
     data = ev.EvalData(harmful, harmless, mc=mc, capability=capability)
     kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, judge=judge)
     steering = ev.Steering(model, sae, spec, args.backend)
-    sweep_conds = ev.sweep_conditions(steering, sweep) if sweep is not None else {}
+    sweep_conds = {}
+    if sweep is not None:
+        sweep_conds = ev.sweep_conditions(ev.Steering(model, sae, replace(spec, mode=sweep_mode), args.backend), sweep)
     # One pass over every condition, so the unsteered baseline runs once for the comparison and the sweep.
-    result = ev.evaluate_conditions(model, tok, data, {"steered": steering, **sweep_conds}, **kw)
+    conds = {"steered": steering, **sweep_conds} if has_steered else sweep_conds
+    result = ev.evaluate_conditions(model, tok, data, conds, **kw)
     all_rows = result["rows"]
     result["rows"] = [r for r in all_rows if r["condition"] in ("unsteered", "steered")]
     report = {
@@ -59,6 +67,7 @@ def _eval(args) -> int:
         "n": {"harmful": len(harmful), "harmless": len(harmless), "mc": len(mc or []), "capability": n_cap},
         "max_new_tokens": args.max_new_tokens,
         "judge": result["judge"],
+        "chat_template": result["chat_template"],
         "refusal_tokens": result["refusal_tokens"],
         "conditions": result["rows"],
         "examples": result["examples"],
@@ -66,7 +75,7 @@ def _eval(args) -> int:
     sections = [
         ("Setup", f"model `{name}`, SAE `{report['sae']}` at layer {layer}; steering `{json.dumps(spec.to_dict())}`; "
                   f"{len(harmful)} harmful / {len(harmless)} harmless prompts, {len(mc or [])} multiple-choice items, "
-                  f"{n_cap} capability questions; greedy, {args.max_new_tokens} new tokens; judge {result['judge']}."),
+                  f"{n_cap} capability questions; greedy, {args.max_new_tokens} new tokens; judge {result['judge']}; chat template: {result['chat_template']}."),
         ("Unsteered vs steered", [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
     ]
     if sweep is not None:
@@ -74,11 +83,12 @@ def _eval(args) -> int:
         report["sweep"] = sweep_rows
         steered = sweep_rows[1:]
         ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy") if k in steered[0]}
-        plot_lines(out / "sweep.png", [r["value"] for r in steered], ys, xlabel=f"{spec.mode} value", ylabel="rate / accuracy",
-                   title=f"refusal amplification: features {spec.features}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
+        n_feat = len(spec.features)
+        plot_lines(out / "sweep.png", [r["value"] for r in steered], ys, xlabel=f"{sweep_mode} value", ylabel="rate / accuracy",
+                   title=f"{sweep_mode} sweep, {n_feat} feature{'s' if n_feat != 1 else ''}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
                    secondary_label="KL(unsteered || steered)", ylim=(-0.02, 1.02))
         sections.append(("Refusal amplification sweep", [
-            f"`{spec.mode}` of features {spec.features} swept over {sweep} (O'Brien et al.). The first row is the unsteered model.",
+            f"`{sweep_mode}` of features {spec.features} swept over {sweep} (O'Brien et al.). The first row is the unsteered model.",
             [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
             "![sweep](sweep.png)",
         ]))
@@ -99,13 +109,19 @@ def _eval(args) -> int:
         ]))
     ex_lines = []
     for cond in ("unsteered", "steered"):  # every condition's examples are in eval.json
-        for kind, pairs in result["examples"][cond].items():
+        for kind, pairs in result["examples"].get(cond, {}).items():
             for p, r in pairs:
                 ex_lines.append({"condition": cond, "set": kind, "prompt": p, "reply": r})
     sections.append(("Example replies", ex_lines))
+    # Results that are not meaningful (probes at chance) and the chat-template fallback open the report.
+    report["valid"] = report.get("probes", {}).get("valid", True)
+    report["warnings"] = result["warnings"] + report.get("probes", {}).get("warnings", [])
+    sections[:0] = warning_section(report["valid"], report["warnings"])
     write_json(out / "eval.json", report)
     write_markdown_report(out / "report.md", "saesteer eval", sections)
     rows = result["rows"]
+    for w in ([] if report["valid"] else ["these results are not meaningful:"]) + report["warnings"]:
+        print(f"WARNING: {w}", file=sys.stderr)
     print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
     print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
     return 0
@@ -124,7 +140,8 @@ def register(sub) -> None:
     e.add_argument("--field", help="text field of the prompt files (default: instruction or prompt)")
     e.add_argument("--mc", help="multiple-choice file, JSONL of {question, choices, answer}")
     e.add_argument("--capability", type=int, help="number of organism capability questions (default: 64 on the organism, else 0)")
-    e.add_argument("--sweep", help="comma-separated values for a refusal-amplification sweep, e.g. 0,2,4,8")
+    e.add_argument("--sweep", help="comma-separated values for a refusal-amplification sweep, e.g. 0,2,4,8: the spec's "
+                                   "features at each value in its mode, or clamped when it ablates (no --value needed)")
     e.add_argument("--judge", help="refusal judge: 'substring' (default) or a LlamaGuard / HarmBench-classifier id or directory")
     e.add_argument("--no-probes", action="store_true", help="skip the feature-vs-residual probe comparison")
     e.add_argument("--limit", type=int, help="use the first N items of every prompt/mc file")

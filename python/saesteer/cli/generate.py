@@ -6,7 +6,7 @@ import json
 import shutil
 import textwrap
 
-from .common import add_model_args, add_steering_args, load_model, steering_spec
+from .common import add_model_args, add_steering_args, check_run_args, load_model, steering_spec
 
 __all__ = ["register"]
 
@@ -26,6 +26,7 @@ def _generate(args) -> int:
     from ..refusal.data import load_prompts
     from ..refusal.evaluate import Steering
 
+    check_run_args(args)
     prompts = list(args.prompt)
     if args.prompts_file:
         prompts += load_prompts(args.prompts_file, field=args.field, limit=args.limit)

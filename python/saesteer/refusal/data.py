@@ -31,6 +31,19 @@ def _pick(rows: Sequence, field: str | None, source: str) -> list[str]:
     return out
 
 
+def _jsonl_rows(text: str, path: Path) -> list:
+    """The rows of a JSONL file; a malformed line is named by the file and its 1-based line number."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
+    return rows
+
+
 def load_prompts(source: str | Path, field: str | None = None, limit: int | None = None, split: str = "train") -> list[str]:
     """Load instructions from a .json (list), .jsonl, .csv file, or a HuggingFace dataset name.
 
@@ -42,7 +55,7 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
         suffix = p.suffix.lower()
         text = p.read_text(encoding="utf-8")
         if suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = _jsonl_rows(text, p)
         elif suffix == ".csv":
             rows = list(csv.DictReader(text.splitlines()))
         else:
