@@ -79,3 +79,17 @@ def make_sae(name: str = "jumprelu", d_in: int = 37, d_sae: int = 101, seed: int
     """A ``saesteer.SAE`` wrapping :func:`make_sae_lens_sae` (``name`` a key of ARCH_CONFIGS)."""
     arch, cfg = ARCH_CONFIGS[name]
     return saesteer.SAE.from_sae_lens(make_sae_lens_sae(arch, d_in, d_sae, seed, dtype=dtype, **cfg, **kw))
+
+
+def refusal_features(org, prompt_ids, n_harmful: int, k: int = 4) -> list[int]:
+    """The ``k`` SAE features of the organism whose mean activation at the last prompt token is
+    highest on the first ``n_harmful`` prompts (token-id lists) relative to the rest."""
+    import torch
+
+    import saesteer
+
+    with torch.no_grad(), saesteer.capture(org.model, org.sae, transform=lambda x: x[:, -1]) as rec:
+        for ids in prompt_ids:
+            org.model(torch.tensor([ids]))
+    f = org.sae.encode(torch.cat(rec[org.sae.hook_name]))
+    return (f[:n_harmful].mean(0) - f[n_harmful:].mean(0)).topk(k).indices.tolist()

@@ -21,6 +21,7 @@ NOT_RUN = {
     "demo": "tests/cli/test_demo.py runs it",
     "bench": "tests/bench runs it at small shapes",
     "organism": "training needs the user's prompt files and ~25 minutes",
+    "serve": "needs vLLM; tests/vllm_plugin/test_serve.py runs it (make test-vllm)",
 }
 
 
@@ -61,7 +62,9 @@ def test_readme_command_parses(argv):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args = build_parser().parse_args(argv)
+            args, extra = build_parser().parse_known_args(argv)
+            if extra and not getattr(args, "pass_through", False):  # as saesteer.cli.main does
+                pytest.fail(f"saesteer {' '.join(argv)}: unrecognized arguments {extra}")
     except SystemExit as e:  # argparse rejects with exit code 2 and a usage line on stderr
         pytest.fail(f"saesteer {' '.join(argv)}: argparse exit {e.code}: {err.getvalue().strip()}")
     assert callable(getattr(args, "func", None)), f"saesteer {' '.join(argv)} names no runnable subcommand"

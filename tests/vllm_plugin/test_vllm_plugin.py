@@ -12,6 +12,8 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm
 
 import saesteer  # noqa: E402
 from saesteer import Intervention, organism  # noqa: E402
+
+import helpers  # noqa: E402
 from saesteer.steering.spec import SpecError  # noqa: E402
 
 MAX_NEW = 12
@@ -39,11 +41,7 @@ def prompts(org):
 
 @pytest.fixture(scope="module")
 def refusal_features(org, prompts):
-    with torch.no_grad(), saesteer.capture(org.model, org.sae, transform=lambda x: x[:, -1]) as rec:
-        for ids in prompts:
-            org.model(torch.tensor([ids]))
-    f = org.sae.encode(torch.cat(rec[org.sae.hook_name]))
-    return (f[:3].mean(0) - f[3:].mean(0)).topk(4).indices.tolist()
+    return helpers.refusal_features(org, prompts, n_harmful=3)
 
 
 def hf_greedy(org, ids, iv=None, positions="all"):
@@ -125,3 +123,13 @@ def test_bad_specs_are_rejected_before_the_engine_and_it_serves_on(llm, prompts,
     with pytest.raises(SpecError, match=match):
         llm.generate([prompts[0], prompts[1]], vllm.SamplingParams(max_tokens=2), steer=[None, bad])
     assert len(vllm_greedy(llm, [prompts[1]], None)[0]) == MAX_NEW
+
+
+def test_a_bad_spec_that_bypasses_validation_runs_unedited_and_the_engine_serves_on(org, llm, prompts):
+    """A client of the raw ``vllm.LLM`` can hand a worker a spec nobody validated; the worker must not
+    take the engine (and every request in flight) down: that request runs unedited."""
+    sp = vllm.SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True,
+                             extra_args={"saesteer": {"sae": "jumprelu", "features": [10**6]}})
+    out = llm.llm.generate([{"prompt_token_ids": prompts[0]}], sp, use_tqdm=False)
+    assert list(out[0].outputs[0].token_ids) == hf_greedy(org, prompts[0])
+    assert vllm_greedy(llm, [prompts[1]], None)[0] == hf_greedy(org, prompts[1])

@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "saesteer.cli.discover",
     "saesteer.cli.bench",
     "saesteer.cli.organism",
+    "saesteer.cli.serve",
 )
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -47,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "pass_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # a pass-through subcommand (serve) hands these to the engine's own parser
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

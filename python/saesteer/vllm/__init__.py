@@ -24,6 +24,7 @@ forward is ``(positions, hidden_states, residual) -> (hidden, residual)``, SAEs 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -35,11 +36,14 @@ from ..steering.spec import SpecError, parse_specs, spec_salt
 __all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae"]
 
 EXTENSION = "saesteer.vllm.WorkerExtension"
+_log = logging.getLogger("saesteer.vllm")
 
 
 def read_sae(source: str, device=None):
     """A ``saesteer.SAE`` from a directory in sae-lens format (``cfg.json`` + safetensors, read
-    without sae-lens) or ``organism:NAME`` (an SAE shipped with the organism)."""
+    without sae-lens), ``organism:NAME`` (an SAE shipped with the organism), or an sae-lens
+    pretrained ``RELEASE:ID`` (e.g. ``gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical``;
+    needs sae-lens, downloads on first use)."""
     if source.startswith("organism:"):
         from ..organism import read_manifest
 
@@ -48,9 +52,19 @@ def read_sae(source: str, device=None):
         if name not in dirs:
             raise SpecError(f"--sae: the organism has no SAE {name!r} (has: {', '.join(dirs)})")
         source = str(dirs[name])
-    if not (Path(source) / "cfg.json").is_file():
-        raise SpecError(f"--sae: {source!r} is not an SAE directory (no cfg.json)")
-    return read_sae_dir(source, device)
+    if Path(source).is_dir():
+        if not (Path(source) / "cfg.json").is_file():
+            raise SpecError(f"--sae: {source!r} is not an SAE directory (no cfg.json)")
+        return read_sae_dir(source, device)
+    release, sep, sae_id = source.partition(":")
+    if not sep or not release or not sae_id:
+        raise SpecError(f"--sae: {source!r} is neither a directory nor an sae-lens RELEASE:ID")
+    from ..sae import load_sae
+
+    try:
+        return load_sae(release=release, sae_id=sae_id, device=device or "cpu")
+    except ImportError as e:
+        raise SpecError(f"--sae: {source!r} is an sae-lens release; {e}") from None
 
 
 class _LayerHook:
@@ -136,7 +150,15 @@ class WorkerExtension:
                 self._saesteer_specs.clear()
             extra = getattr(state.sampling_params, "extra_args", None) or {}
             shapes = {n: st.d_sae for n, st in self._saesteer.items()}
-            got = self._saesteer_specs[req_id] = parse_specs(extra.get("saesteer"), shapes)
+            try:
+                got = parse_specs(extra.get("saesteer"), shapes)
+            except SpecError as e:
+                # Only a client that bypasses SteeredLLM and saesteer serve (both validate at
+                # admission) gets here. Raising would take the engine down with every request in
+                # flight, so this request runs unedited and the error is logged.
+                _log.error("request %s: its saesteer spec is invalid and was not applied: %s", req_id, e)
+                got = ()
+            self._saesteer_specs[req_id] = got
         return got
 
     def _apply(self, name: str, x: torch.Tensor, positions, step) -> torch.Tensor:

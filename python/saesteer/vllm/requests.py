@@ -1,0 +1,100 @@
+"""What the steered server does to each HTTP request before vLLM sees it (no vLLM import here).
+
+A request names its edit in one of two places::
+
+    extra_body={"vllm_xargs": {"saesteer": json.dumps(spec)}}   # vLLM's own per-request extra args
+    extra_body={"saesteer": spec}                               # the same, without the JSON string
+
+:meth:`ServerSteering.prepare` validates the spec against the registered SAEs (a bad one raises
+:class:`SpecError` naming the field, which the server answers with 400), falls back to the server's
+default spec when the request names none, writes the canonical spec into ``vllm_xargs`` (where the
+workers read it) and salts the prefix cache with the spec, so KV blocks computed under one spec are
+never reused under another. ``"saesteer": null`` (or ``"none"``, ``[]``) asks for no edit even when
+the server has a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+from ..steering.spec import SpecError, SteerSpec, parse_specs, spec_key, spec_salt
+
+__all__ = ["ServerSteering", "SpecError", "error_body"]
+
+_NONE = ("none", "")
+
+
+def _explicit_none(spec) -> bool:
+    return spec is None or spec == [] or (isinstance(spec, str) and spec.strip().lower() in _NONE)
+
+
+class ServerSteering:
+    """The server's registered SAEs (``name -> d_sae``) and its default spec, which can be switched
+    while the server runs (:meth:`set_default`); requests already admitted keep the spec they got."""
+
+    def __init__(self, saes: dict[str, int], default=None):
+        if not saes:
+            raise SpecError("--sae: register at least one SAE (NAME=DIR)")
+        self.saes = dict(saes)
+        self._lock = threading.Lock()
+        self._default: tuple[SteerSpec, ...] = ()
+        self.set_default(default)
+
+    @property
+    def default(self) -> tuple[SteerSpec, ...]:
+        return self._default
+
+    def set_default(self, spec) -> tuple[SteerSpec, ...]:
+        """Make ``spec`` (a spec, a list of specs, their JSON text, or None for no edit) the edit of
+        every later request that names none. A bad spec raises and leaves the default as it was."""
+        parsed = () if _explicit_none(spec) else parse_specs(spec, self.saes)
+        with self._lock:
+            self._default = parsed
+        return parsed
+
+    def describe(self) -> dict:
+        """What ``GET /v1/saesteer`` answers: the SAEs a spec may name and the current default."""
+        return {"saes": {n: {"d_sae": d} for n, d in sorted(self.saes.items())},
+                "default": [s.to_dict() for s in self._default] or None}
+
+    def prepare(self, body: dict) -> dict:
+        """The request body vLLM should see (a new dict; ``body`` is not modified)."""
+        if not isinstance(body, dict):
+            return body
+        body = dict(body)
+        xargs = body.get("vllm_xargs")
+        if xargs is not None and not isinstance(xargs, dict):
+            return body  # vLLM rejects it with its own message
+        xargs = dict(xargs or {})
+        given = [where for where, present in (("saesteer", "saesteer" in body), ("vllm_xargs.saesteer", "saesteer" in xargs)) if present]
+        if len(given) == 2:
+            raise SpecError("saesteer: given both as extra_body 'saesteer' and as vllm_xargs 'saesteer'; pass one")
+        if given:
+            spec = body.pop("saesteer") if given[0] == "saesteer" else xargs.pop("saesteer")
+            specs = () if _explicit_none(spec) else parse_specs(spec, self.saes)
+        else:
+            specs = self._default
+        if specs:
+            xargs["saesteer"] = spec_key(specs)
+            body["cache_salt"] = _salt(body.get("cache_salt"), specs)
+        if xargs:
+            body["vllm_xargs"] = xargs
+        else:
+            body.pop("vllm_xargs", None)
+        return body
+
+
+def _salt(user_salt, specs: tuple[SteerSpec, ...]) -> str:
+    """The spec's prefix-cache salt, folded together with a salt the client gave (both isolate)."""
+    if not isinstance(user_salt, str) or not user_salt:
+        return spec_salt(specs)
+    return "saesteer-" + hashlib.sha256((user_salt + "\0" + spec_key(specs)).encode()).hexdigest()[:32]
+
+
+def error_body(err: Exception, status: int = 400) -> bytes:
+    """An OpenAI-style error body (the ``openai`` client shows its ``message``)."""
+    msg = str(err)
+    param = msg.split(":", 1)[0] if ":" in msg else "saesteer"
+    return json.dumps({"error": {"message": msg, "type": "BadRequestError", "param": param, "code": status}}).encode()

@@ -1,0 +1,236 @@
+"""``saesteer serve``: vLLM's OpenAI-compatible server with per-request SAE edits.
+
+    saesteer serve --model organism                               # the built-in organism + its SAEs
+    saesteer serve --model google/gemma-2-2b-it \\
+        --sae l20=gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical --port 8000
+    saesteer serve --model DIR --sae mine=path/to/sae --steer spec.json --tensor-parallel-size 2
+
+Every vLLM ``serve`` flag works (they are vLLM's own parser's). The server is vLLM's: this module
+adds :class:`saesteer.vllm.WorkerExtension` to every worker, loads the ``--sae`` SAEs there once the
+engine is up, and puts one ASGI middleware in front of ``/v1/chat/completions`` and
+``/v1/completions`` that validates each request's spec (400 naming the field), applies the server
+default and salts the prefix cache (:class:`saesteer.vllm.requests.ServerSteering`). Two routes:
+``GET /v1/saesteer`` (the SAEs and the default) and ``PUT /v1/saesteer/default`` (switch the
+default at run time; the body is a spec, a list of specs, or ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from . import EXTENSION, read_sae
+from .requests import ServerSteering, SpecError, error_body
+
+__all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
+
+STEERED_PATHS = ("/v1/chat/completions", "/v1/completions")
+
+
+class SteeringMiddleware:
+    """Pure ASGI middleware: rewrites the JSON body of completion requests through
+    :meth:`ServerSteering.prepare`, or answers 400 when the spec is bad (nothing reaches vLLM)."""
+
+    def __init__(self, app, steering: ServerSteering):
+        self.app = app
+        self.steering = steering
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in STEERED_PATHS:
+            return await self.app(scope, receive, send)
+        chunks = []
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            body = None  # not JSON: vLLM answers it with its own error
+        if isinstance(body, dict):
+            try:
+                raw = json.dumps(self.steering.prepare(body)).encode()
+            except SpecError as e:
+                return await _respond(send, 400, error_body(e))
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(raw)).encode()))
+        scope = dict(scope, headers=headers)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _respond(send, status: int, body: bytes):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def add_routes(app, steering: ServerSteering) -> None:
+    """``GET /v1/saesteer`` and ``PUT /v1/saesteer/default`` on a FastAPI app, plus the middleware."""
+    async def describe():
+        return JSONResponse(steering.describe())
+
+    async def set_default(request: Request):
+        raw = await request.body()
+        try:
+            spec = json.loads(raw) if raw.strip() else None
+        except ValueError as e:
+            return Response(error_body(SpecError(f"saesteer: malformed JSON ({e})")), 400, media_type="application/json")
+        try:
+            steering.set_default(spec)
+        except SpecError as e:
+            return Response(error_body(e), 400, media_type="application/json")
+        return JSONResponse(steering.describe())
+
+    app.add_api_route("/v1/saesteer", describe, methods=["GET"])
+    app.add_api_route("/v1/saesteer/default", set_default, methods=["PUT", "POST"])
+    # vLLM's app has built its middleware stack by now (add_middleware is refused after that), so
+    # the steering middleware wraps the built stack: it is the outermost layer.
+    stack = app.middleware_stack or app.build_middleware_stack()
+    app.middleware_stack = SteeringMiddleware(stack, steering)
+
+
+def _parse_saes(items: list[str]) -> dict[str, str]:
+    saes: dict[str, str] = {}
+    for item in items:
+        name, sep, src = item.partition("=")
+        if not sep or not name or not src:
+            raise SpecError(f"--sae: expected NAME=DIR or NAME=RELEASE:ID, got {item!r}")
+        if name in saes:
+            raise SpecError(f"--sae: the name {name!r} is registered twice")
+        saes[name] = src
+    return saes
+
+
+def _read_default(text: str | None):
+    """``--steer``: JSON text, or a file with a spec (discover's ``spec.json`` works)."""
+    if text is None:
+        return None
+    p = Path(text)
+    if not text.lstrip().startswith(("{", "[")) and p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except ValueError as e:
+            raise SpecError(f"--steer: {p} is not JSON ({e})") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SpecError(f"--steer: {text!r} is neither a spec file nor JSON") from None
+
+
+def build_parser():
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(
+        prog="saesteer serve",
+        description="vLLM's OpenAI-compatible server with per-request SAE feature edits. "
+        "A request carries its edit as extra_body={'vllm_xargs': {'saesteer': json.dumps(spec)}}.",
+    )
+    parser = make_arg_parser(parser)
+    parser.add_argument("--sae", action="append", default=[], metavar="NAME=DIR|RELEASE:ID",
+                        help="register an SAE (repeatable): an sae-lens directory, an sae-lens "
+                        "release:id, or organism:NAME. Default on the organism: its SAEs.")
+    parser.add_argument("--steer", default=None, metavar="SPEC",
+                        help="the default edit (JSON or a spec.json file) for requests that name none; "
+                        "switch it at run time with PUT /v1/saesteer/default")
+    parser.set_defaults(model="organism")
+    return parser
+
+
+def resolve(args) -> tuple[dict[str, str], object]:
+    """Fill in the model, the worker extension and the SAEs; returns (saes, default spec). Raises
+    SpecError before anything loads."""
+    if getattr(args, "model_tag", None):
+        args.model = args.model_tag
+    saes = _parse_saes(args.sae)
+    if args.model == "organism":
+        from ..organism import read_manifest
+
+        root, manifest, dirs = read_manifest()
+        args.model = str(root / manifest.get("model_dir", "model"))
+        if not args.served_model_name:
+            args.served_model_name = ["organism"]
+        if not saes:
+            saes = {name: f"organism:{name}" for name in dirs}
+    if not saes:
+        raise SpecError("--sae: register at least one SAE (NAME=DIR, NAME=RELEASE:ID or NAME=organism:NAME)")
+    if args.worker_extension_cls not in ("", None, EXTENSION):
+        raise SpecError(f"--worker-extension-cls: saesteer serve needs {EXTENSION}, got {args.worker_extension_cls!r}")
+    args.worker_extension_cls = EXTENSION
+    if getattr(args, "api_server_count", None) not in (None, 1):
+        raise SpecError("--api-server-count: saesteer serve runs one API server process (the default steering lives there)")
+    args.api_server_count = 1
+    if getattr(args, "headless", False):
+        raise SpecError("--headless: run the headless nodes with vLLM's own `vllm serve --headless "
+                        f"--worker-extension-cls {EXTENSION}`; saesteer serve is the API node")
+    return saes, _read_default(args.steer)
+
+
+async def serve(args, saes: dict[str, str], default) -> None:
+    """vLLM's single-API-server flow with saesteer's SAEs installed on the workers and its routes on the app."""
+    from vllm.entrypoints.launchers.api_server import entry
+    from vllm.entrypoints.launchers.launcher import setup_server
+
+    listen_address, sock = setup_server(args, reuse_port=False)
+    async with entry.build_async_engine_client(args) as engine:
+        shapes = (await engine.collective_rpc("saesteer_install", args=(saes,)))[0]
+        steering = ServerSteering(shapes, None)
+        steering.set_default(default)
+        build_app = entry.build_app
+
+        def build_steered_app(*a, **k):
+            app = build_app(*a, **k)
+            add_routes(app, steering)
+            return app
+
+        entry.build_app = build_steered_app  # build_and_serve looks it up in its own module
+        try:
+            shutdown = await entry.build_and_serve(engine, listen_address, sock, args)
+        finally:
+            entry.build_app = build_app
+    try:
+        await shutdown
+    finally:
+        sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvloop
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+
+    cli_env_setup()
+    args = build_parser().parse_args(argv)
+    try:
+        saes, default = resolve(args)
+        # Every SAE is read (and the default checked against them) before the engine starts.
+        ServerSteering({name: read_sae(src).d_sae for name, src in saes.items()}, default)
+    except (SpecError, FileNotFoundError, ImportError) as e:
+        print(f"saesteer serve: error: {e}", file=sys.stderr)
+        return 2
+    configure_logging_from_args(args)
+    validate_parsed_serve_args(args)
+    uvloop.run(serve(args, saes, default))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

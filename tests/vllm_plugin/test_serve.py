@@ -1,0 +1,195 @@
+"""``saesteer serve`` over HTTP with the official ``openai`` client, on the organism in fp32: steered
+and unsteered replies equal the HF hooks token for token, streaming and completions work, bad specs
+are answered 400 naming the field while the server serves on, and the server's default edit can be
+switched at run time."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
+openai = pytest.importorskip("openai", reason="the openai client is not installed")
+
+import saesteer  # noqa: E402
+from saesteer import Intervention, organism  # noqa: E402
+
+import helpers  # noqa: E402
+
+MAX_NEW = 10
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "saesteer.cli", "serve", "--model", "organism", "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
+           "--enable-prefix-caching", "--block-size", "32", "--gpu-memory-utilization", "0.15"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"saesteer serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.time() > deadline:
+                    pytest.fail(f"saesteer serve did not come up in 240 s:\n{log.read_text()[-4000:]}")
+                time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused")
+
+
+@pytest.fixture(scope="module")
+def org():
+    return organism.load()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(org):
+    texts = organism.load_prompts("harmful")[:2] + organism.load_prompts("harmless")[:1]
+    return [org.tokenizer(org.format_prompt(t), add_special_tokens=False).input_ids for t in texts]
+
+
+@pytest.fixture(scope="module")
+def features(org, prompt_ids):
+    return helpers.refusal_features(org, prompt_ids, n_harmful=2)
+
+
+def hf_greedy(org, ids, iv=None):
+    x = torch.tensor([ids])
+    kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
+    with torch.no_grad():
+        if iv is None:
+            out = org.model.generate(x, **kw)
+        else:
+            with saesteer.steer(org.model, org.sae, iv):
+                out = org.model.generate(x, **kw)
+    return out[0, len(ids):].tolist()
+
+
+def served(client, ids, **extra_body):
+    r = client.completions.create(model="organism", prompt=ids, max_tokens=MAX_NEW, temperature=0,
+                                  extra_body=dict(ignore_eos=True, return_token_ids=True, **extra_body))
+    return list(r.choices[0].token_ids)
+
+
+def _spec(features, mode="ablate", value=None):
+    d = {"sae": "jumprelu", "features": list(features), "mode": mode}
+    if value is not None:
+        d["value"] = value
+    return d
+
+
+def test_steered_and_unsteered_completions_equal_the_hf_hooks(client, org, prompt_ids, features):
+    clamp = Intervention(features, "clamp", 6.0)
+    for ids in prompt_ids:
+        plain = served(client, ids)
+        assert plain == hf_greedy(org, ids)
+        ablated = served(client, ids, vllm_xargs={"saesteer": json.dumps(_spec(features))})
+        assert ablated == hf_greedy(org, ids, Intervention(features, "ablate"))
+        clamped = served(client, ids, saesteer=_spec(features, "clamp", 6.0))  # the plain-JSON form
+        assert clamped == hf_greedy(org, ids, clamp)
+    # Prefix caching is on: the same prompt unsteered after steered still gets the plain reply.
+    assert served(client, prompt_ids[0]) == hf_greedy(org, prompt_ids[0])
+    assert served(client, prompt_ids[2], saesteer=_spec(features, "clamp", 6.0)) != hf_greedy(org, prompt_ids[2]), \
+        "the clamp changed no reply: the test shows nothing"
+
+
+def test_chat_and_streaming(client, org, features):
+    msgs = [{"role": "user", "content": organism.load_prompts("harmful")[0]}]
+    spec = {"vllm_xargs": {"saesteer": json.dumps(_spec(features, "clamp", 6.0))}}
+    full = client.chat.completions.create(model="organism", messages=msgs, max_tokens=MAX_NEW, temperature=0,
+                                          extra_body=spec).choices[0].message.content
+    stream = client.chat.completions.create(model="organism", messages=msgs, max_tokens=MAX_NEW, temperature=0,
+                                            stream=True, extra_body=spec)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == full
+    plain = client.chat.completions.create(model="organism", messages=msgs, max_tokens=MAX_NEW,
+                                           temperature=0).choices[0].message.content
+    assert plain != full
+    assert "sorry" in plain.lower() or "can't" in plain.lower(), plain  # the organism refuses it unsteered
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"sae": "nope", "features": [1]}, "saesteer.sae"),
+        ({"sae": "jumprelu", "features": [10**6]}, "saesteer.features"),
+        ({"sae": "jumprelu", "features": [1, 1]}, "saesteer.features"),
+        ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": float("nan")}, "saesteer.value"),
+        ({"sae": "jumprelu", "features": [1], "mode": "zap"}, "saesteer.mode"),
+        ("{not json", "saesteer: malformed JSON"),
+    ],
+)
+def test_bad_specs_are_400_naming_the_field_and_the_server_serves_on(client, org, prompt_ids, bad, field):
+    text = bad if isinstance(bad, str) else json.dumps(bad)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="organism", prompt=prompt_ids[0], max_tokens=2,
+                                  extra_body={"vllm_xargs": {"saesteer": text}})
+    assert e.value.status_code == 400
+    assert field in e.value.message
+    assert served(client, prompt_ids[1]) == hf_greedy(org, prompt_ids[1])
+
+
+def _put_default(server, spec):
+    req = urllib.request.Request(server + "/v1/saesteer/default", data=json.dumps(spec).encode(), method="PUT",
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_default_edit_switches_at_run_time(server, client, org, prompt_ids, features):
+    ids = prompt_ids[0]
+    with urllib.request.urlopen(server + "/v1/saesteer") as r:
+        info = json.loads(r.read())
+    assert info["saes"]["jumprelu"]["d_sae"] == org.sae.d_sae and info["default"] is None
+    status, body = _put_default(server, {"sae": "jumprelu", "features": [1, 1]})
+    assert status == 400 and "saesteer.features" in body["error"]["message"]
+    try:
+        status, body = _put_default(server, _spec(features))
+        assert status == 200 and body["default"][0]["features"] == list(features)
+        ablated = hf_greedy(org, ids, Intervention(features, "ablate"))
+        assert served(client, ids) == ablated  # no spec of its own: the default applies
+        assert served(client, ids, saesteer=None) == hf_greedy(org, ids)  # explicitly unsteered
+        clamp = _spec(features, "clamp", 6.0)
+        assert served(client, ids, saesteer=clamp) == hf_greedy(org, ids, Intervention(features, "clamp", 6.0))
+    finally:
+        assert _put_default(server, None)[0] == 200
+    assert served(client, ids) == hf_greedy(org, ids)
