@@ -93,3 +93,28 @@ def refusal_features(org, prompt_ids, n_harmful: int, k: int = 4) -> list[int]:
             org.model(torch.tensor([ids]))
     f = org.sae.encode(torch.cat(rec[org.sae.hook_name]))
     return (f[:n_harmful].mean(0) - f[n_harmful:].mean(0)).topk(k).indices.tolist()
+
+
+def organism_prompt_ids(org, n_harmful: int, n_harmless: int) -> list[list[int]]:
+    """Chat-formatted token ids of the organism's first ``n_harmful`` harmful and ``n_harmless``
+    harmless package prompts, harmful first."""
+    from saesteer import organism
+
+    texts = organism.load_prompts("harmful")[:n_harmful] + organism.load_prompts("harmless")[:n_harmless]
+    return [org.tokenizer(org.format_prompt(t), add_special_tokens=False).input_ids for t in texts]
+
+
+def hf_greedy(org, ids, max_new: int, iv=None, positions: str = "all") -> list[int]:
+    """The organism's greedy continuation of ``ids`` (``max_new`` tokens), steered by ``iv`` through
+    the HF hooks when given: the reference the vLLM engine must reproduce."""
+    import contextlib
+
+    import torch
+
+    import saesteer
+
+    x = torch.tensor([ids])
+    edit = contextlib.nullcontext() if iv is None else saesteer.steer(org.model, org.sae, iv, positions=positions)
+    with torch.no_grad(), edit:
+        out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False)
+    return out[0, len(ids):].tolist()

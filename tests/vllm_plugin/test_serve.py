@@ -16,12 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
-import saesteer  # noqa: E402
 from saesteer import Intervention, organism  # noqa: E402
 
 import helpers  # noqa: E402
@@ -80,8 +78,7 @@ def org():
 
 @pytest.fixture(scope="module")
 def prompt_ids(org):
-    texts = organism.load_prompts("harmful")[:2] + organism.load_prompts("harmless")[:1]
-    return [org.tokenizer(org.format_prompt(t), add_special_tokens=False).input_ids for t in texts]
+    return helpers.organism_prompt_ids(org, 2, 1)
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +87,7 @@ def features(org, prompt_ids):
 
 
 def hf_greedy(org, ids, iv=None):
-    x = torch.tensor([ids])
-    kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
-    with torch.no_grad():
-        if iv is None:
-            out = org.model.generate(x, **kw)
-        else:
-            with saesteer.steer(org.model, org.sae, iv):
-                out = org.model.generate(x, **kw)
-    return out[0, len(ids):].tolist()
+    return helpers.hf_greedy(org, ids, MAX_NEW, iv)
 
 
 def served(client, ids, **extra_body):

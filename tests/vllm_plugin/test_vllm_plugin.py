@@ -6,11 +6,9 @@ transformers)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
 
-import saesteer  # noqa: E402
 from saesteer import Intervention, organism  # noqa: E402
 
 import helpers  # noqa: E402
@@ -35,8 +33,7 @@ def llm():
 
 @pytest.fixture(scope="module")
 def prompts(org):
-    texts = organism.load_prompts("harmful")[:3] + organism.load_prompts("harmless")[:3]
-    return [org.tokenizer(org.format_prompt(t), add_special_tokens=False).input_ids for t in texts]
+    return helpers.organism_prompt_ids(org, 3, 3)
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +42,7 @@ def refusal_features(org, prompts):
 
 
 def hf_greedy(org, ids, iv=None, positions="all"):
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        if iv is None:
-            out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
-        else:
-            with saesteer.steer(org.model, org.sae, iv, positions=positions):
-                out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
-    return out[0, len(ids):].tolist()
+    return helpers.hf_greedy(org, ids, MAX_NEW, iv, positions)
 
 
 def vllm_greedy(llm, prompts, steer):

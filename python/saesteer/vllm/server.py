@@ -191,8 +191,7 @@ async def serve(args, saes: dict[str, str], default) -> None:
     listen_address, sock = setup_server(args, reuse_port=False)
     async with entry.build_async_engine_client(args) as engine:
         shapes = (await engine.collective_rpc("saesteer_install", args=(saes,)))[0]
-        steering = ServerSteering(shapes, None)
-        steering.set_default(default)
+        steering = ServerSteering(shapes, default)
         build_app = entry.build_app
 
         def build_steered_app(*a, **k):
