@@ -18,7 +18,7 @@ from .capture import input_hook, output_hook
 from .layers import find_layers, hidden_size, hook_name, hook_point, module_device
 from .positions import PositionTracker
 
-__all__ = ["attach", "steer", "SteeringHandle", "SAEEdit"]
+__all__ = ["attach", "steer", "SteeringHandle", "SAEEdit", "bos_token_id"]
 
 
 class SAEEdit:
@@ -109,9 +109,10 @@ class SteeringHandle:
     Built by :func:`attach` and the direction edits: :meth:`add` each edit, then :meth:`register`.
     """
 
-    def __init__(self, model: nn.Module, owner: nn.Module, positions, coeff: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, owner: nn.Module, positions, coeff: torch.Tensor | None = None,
+                 skip_bos: bool = False):
         self.model = model
-        self.positions = PositionTracker(positions, owner)
+        self.positions = PositionTracker(positions, owner, skip_bos, bos_token_id(model))
         self._owner = owner
         self._enabled = True
         self._flags: dict[torch.device, torch.Tensor] = {}
@@ -211,6 +212,14 @@ class SteeringHandle:
         return f"SteeringHandle({type(self.model).__name__}, [{pts}], enabled={self._enabled}, active={self.active})"
 
 
+def bos_token_id(model: nn.Module) -> int | None:
+    """The model config's ``bos_token_id`` (None when it has none)."""
+    bos = getattr(getattr(model, "config", None), "bos_token_id", None)
+    if isinstance(bos, (list, tuple)):
+        bos = bos[0] if bos else None
+    return None if bos is None else int(bos)
+
+
 def _pairs(sae, intervention) -> list[tuple]:
     if isinstance(sae, (list, tuple)):
         if intervention is not None:
@@ -239,6 +248,7 @@ def attach(
     intervention=None,
     *,
     positions="all",
+    skip_bos: bool = True,
     layer: int | None = None,
     hook: str | None = None,
     layers=None,
@@ -258,6 +268,10 @@ def attach(
         Which tokens are edited. A mask indexes sequence positions (columns of the attention mask,
         padding included); a callable gets ``(pos [T] int64, prompt_length)`` for the tokens of each
         forward and returns a bool ``[T]`` or ``[B, T]``. Padding tokens are never edited.
+    skip_bos : leave each sequence's BOS token unedited (default). A token is BOS when it is the
+        first non-padding token of its sequence and its id is ``model.config.bos_token_id``
+        (:func:`saesteer.steering.spec.bos_token_mask`); a model without one has no BOS. The BOS
+        residual of models such as Gemma-2 is an extreme outlier that SAEs do not reconstruct.
     layer, hook : where, when the SAE's ``hook_name`` is missing or to override it: a layer index and
         ``"resid_post"`` (the layer's output, default) or ``"resid_pre"`` (its input), or a full hook
         name ``hook="blocks.3.hook_resid_pre"``.
@@ -271,7 +285,7 @@ def attach(
     owner, blocks = find_layers(model, layers)
     n = len(blocks)
     hidden = hidden_size(model)
-    handle = SteeringHandle(model, owner, positions)
+    handle = SteeringHandle(model, owner, positions, skip_bos=skip_bos)
     model_device = module_device(model, torch.device("cpu"))
     for s, iv, where in _pairs(sae, intervention):
         s = as_sae(s)

@@ -8,7 +8,9 @@ hooks only read the result. A forward whose cache is empty starts a new sequence
 holds only new tokens, which are "generated". Without a cache (``use_cache=False``), ``generate``
 re-runs the whole sequence each step; a forward whose ``input_ids`` extend the previous forward's
 is taken as the same sequence continued. Padding: tokens where the attention mask is 0 are never
-edited.
+edited. With ``skip_bos`` the sequence's BOS token is never edited either: the rule is
+:func:`saesteer.steering.spec.bos_token_mask`, with a token's position in its sequence counted
+from its first non-padding token (the attention mask's running sum, past tokens included).
 """
 
 from __future__ import annotations
@@ -18,19 +20,48 @@ import inspect
 import torch
 from torch import nn
 
-__all__ = ["POSITIONS", "PositionTracker"]
+from ..steering.spec import bos_token_mask
+
+__all__ = ["POSITIONS", "PositionTracker", "bos_mask", "sequence_positions"]
 
 POSITIONS = ("all", "prompt", "generated")
+
+
+def sequence_positions(attention_mask: torch.Tensor | None, past: int, B: int, T: int, device) -> torch.Tensor:
+    """``[B, T]`` int64: each token's position in its own sequence, counted from its first
+    non-padding token. ``attention_mask [B, past + T]`` (or ``[B, T]`` with ``past`` tokens before
+    it, all real) or None (no padding)."""
+    if attention_mask is None:
+        return (torch.arange(past, past + T, device=device)).expand(B, T)
+    real = (attention_mask != 0).long()
+    pos = real.cumsum(-1) - 1
+    if real.shape[-1] == T:
+        pos = pos + past
+    return pos[:, -T:]
+
+
+def bos_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, bos_token_id: int | None) -> torch.Tensor:
+    """``[B, T]`` bool: the BOS token of each row of a (left- or right-padded) batch, by
+    :func:`~saesteer.steering.spec.bos_token_mask`. Padding is never BOS."""
+    B, T = input_ids.shape
+    pos = sequence_positions(attention_mask, 0, B, T, input_ids.device)
+    m = bos_token_mask(input_ids, pos, bos_token_id)
+    return m if attention_mask is None else m & (attention_mask != 0)
 
 
 class PositionTracker:
     """Reads every forward of the layers' owner and keeps the token mask of the current one.
 
     ``mask`` is None (every token), or a bool tensor ``[B, T]``; ``skip`` is True when no token of
-    the forward is edited (e.g. a decode step under ``positions="prompt"``).
+    the forward is edited (e.g. a decode step under ``positions="prompt"``). ``skip_bos``: the BOS
+    token (``bos_token_id`` at sequence position 0) is left out of every forward's mask.
     """
 
-    def __init__(self, positions, owner: nn.Module):
+    def __init__(self, positions, owner: nn.Module, skip_bos: bool = False, bos_token_id: int | None = None):
+        if not isinstance(skip_bos, bool):
+            raise TypeError(f"skip_bos: expected True or False, got {skip_bos!r}")
+        self.skip_bos = skip_bos and bos_token_id is not None
+        self.bos_token_id = bos_token_id
         if isinstance(positions, str):
             if positions not in POSITIONS:
                 raise ValueError(f"positions: expected one of {POSITIONS}, a bool mask or a callable, got {positions!r}")
@@ -72,6 +103,27 @@ class PositionTracker:
         return args[i] if i < len(args) else None
 
     def begin(self, module, args, kwargs) -> None:  # forward pre-hook of the owner
+        self._begin(args, kwargs)
+        if self.skip_bos and not self.skip:
+            self._drop_bos(args, kwargs)
+
+    def _drop_bos(self, args, kwargs) -> None:
+        ids = self._arg("input_ids", args, kwargs)
+        ref = ids if isinstance(ids, torch.Tensor) else self._arg("inputs_embeds", args, kwargs)
+        if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
+            return
+        B, T = ref.shape[0], ref.shape[1]
+        attn = self._arg("attention_mask", args, kwargs)
+        if not (isinstance(attn, torch.Tensor) and attn.dim() == 2 and attn.shape[0] == B and attn.shape[1] >= T):
+            attn = None
+        past = attn.shape[1] - T if attn is not None and attn.shape[1] > T else self._past_length(args, kwargs)
+        if attn is None and past > 0:
+            return  # a later forward of an unpadded sequence: its BOS is in the cache
+        pos = sequence_positions(attn, past, B, T, ref.device)
+        keep = ~bos_token_mask(ids if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None, pos, self.bos_token_id)
+        self.mask = keep if self.mask is None else self.mask & keep
+
+    def _begin(self, args, kwargs) -> None:
         self.active = True
         self.skip = False
         self.mask = None

@@ -2,10 +2,12 @@
 
 The fields are those of ``saesteer discover``'s ``spec.json``::
 
-    {"sae": "jumprelu", "features": [12, 40], "mode": "clamp", "value": 8.0, "positions": "all"}
+    {"sae": "jumprelu", "features": [12, 40], "mode": "clamp", "value": 8.0, "positions": "all",
+     "skip_bos": true}
 
 ``sae`` names an SAE the server registered, ``value`` is a float or one per feature (``values``
-is accepted too), ``positions`` is ``all`` | ``prompt`` | ``generated``. A request may carry one
+is accepted too), ``positions`` is ``all`` | ``prompt`` | ``generated``, ``skip_bos`` (default
+true) leaves the sequence's BOS token unedited (see :func:`bos_token_mask` for the rule). A request may carry one
 spec or a list of them (edits on several SAEs, applied in order). :func:`parse_specs` validates
 everything before a request reaches the engine, with errors that name the field.
 """
@@ -16,12 +18,32 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import torch
+
 from ..intervention import Intervention
 
-__all__ = ["SteerSpec", "parse_specs", "spec_key", "spec_salt", "POSITIONS", "SpecError"]
+__all__ = ["SteerSpec", "parse_specs", "spec_key", "spec_salt", "POSITIONS", "SpecError", "bos_token_mask"]
 
 POSITIONS = ("all", "prompt", "generated")
-_FIELDS = {"sae", "features", "mode", "value", "values", "positions", "layer", "hook_name", "model"}
+_FIELDS = {"sae", "features", "mode", "value", "values", "positions", "skip_bos", "layer", "hook_name", "model"}
+
+
+def bos_token_mask(token_ids: torch.Tensor | None, positions: torch.Tensor, bos_token_id: int | None) -> torch.Tensor:
+    """True where a token is its sequence's BOS, the rule every engine applies for ``skip_bos``.
+
+    A token is BOS when its position in its own sequence is 0 -- ``positions`` counts from the
+    sequence's first non-padding token (an engine's absolute token position; in a left-padded HF
+    batch, the number of real tokens before it) -- and its id equals ``bos_token_id`` (the model
+    config's). A model without a ``bos_token_id`` has no BOS, and a first token that is not the BOS
+    id (a tokenizer that adds none) is a real token and is edited. Without ``token_ids`` (a forward
+    on ``inputs_embeds``) the token at position 0 is taken as BOS.
+    """
+    if bos_token_id is None:
+        return torch.zeros(positions.shape, dtype=torch.bool, device=positions.device)
+    first = positions == 0
+    if token_ids is None:
+        return first
+    return first & (token_ids == int(bos_token_id))
 
 
 class SpecError(ValueError):
@@ -33,10 +55,11 @@ class SteerSpec:
     sae: str
     intervention: Intervention
     positions: str = "all"
+    skip_bos: bool = True
 
     def to_dict(self) -> dict:
         d = {"sae": self.sae, "features": list(self.intervention.features), "mode": self.intervention.mode,
-             "positions": self.positions}
+             "positions": self.positions, "skip_bos": self.skip_bos}
         if self.intervention.mode != "ablate":
             d["value"] = list(self.intervention.values)
         return d
@@ -47,7 +70,7 @@ def _one(d, saes: dict[str, int], where: str) -> SteerSpec:
         raise SpecError(f"{where}: expected an object with sae, features, mode, value, positions; got {type(d).__name__}")
     unknown = sorted(set(d) - _FIELDS)
     if unknown:
-        raise SpecError(f"{where}.{unknown[0]}: unknown field (expected sae, features, mode, value, positions)")
+        raise SpecError(f"{where}.{unknown[0]}: unknown field (expected sae, features, mode, value, positions, skip_bos)")
     name = d.get("sae")
     if name is None:
         if len(saes) != 1:
@@ -60,6 +83,9 @@ def _one(d, saes: dict[str, int], where: str) -> SteerSpec:
     positions = d.get("positions", "all")
     if positions not in POSITIONS:
         raise SpecError(f"{where}.positions: expected one of {', '.join(POSITIONS)}, got {positions!r}")
+    skip_bos = d.get("skip_bos", True)
+    if not isinstance(skip_bos, bool):
+        raise SpecError(f"{where}.skip_bos: expected true or false, got {skip_bos!r}")
     value = d.get("value", d.get("values"))
     try:
         iv = Intervention(d["features"], d.get("mode", "ablate"), value, d_sae=saes[name])
@@ -67,7 +93,7 @@ def _one(d, saes: dict[str, int], where: str) -> SteerSpec:
         msg = str(e)
         field = msg.split(":", 1)[0] if ":" in msg else "features"
         raise SpecError(f"{where}.{field}: {msg.split(':', 1)[-1].strip()}") from None
-    return SteerSpec(name, iv, positions)
+    return SteerSpec(name, iv, positions, skip_bos)
 
 
 def parse_specs(spec, saes: dict[str, int]) -> tuple[SteerSpec, ...]:
