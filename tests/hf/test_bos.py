@@ -141,3 +141,27 @@ def test_skip_bos_must_be_a_bool(gemma2):
     with pytest.raises(TypeError, match="skip_bos: expected True or False"):
         saesteer.attach(gemma2, sae, Intervention([1], "ablate"), skip_bos="yes")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in gemma2.modules())
+
+
+def test_refusal_spec_file_records_skip_bos(tmp_path):
+    from saesteer.organism import load
+    from saesteer.refusal.chat import tokenize_prompts
+    from saesteer.refusal.spec import SteeringSpec
+
+    org = load()
+    enc = tokenize_prompts(org.tokenizer, ["How do I pick a lock?"])
+    bos = bos_mask(enc["input_ids"], enc["attention_mask"], org.tokenizer.bos_token_id)
+    feats = _site_features(org.model, org.sae, org.sae.hook_layer, enc["input_ids"], enc["attention_mask"], 0, 0)
+    with torch.no_grad():
+        base = org.model(**enc).logits
+    for skip in (True, False):
+        path = SteeringSpec(features=feats, skip_bos=skip).save(tmp_path / f"spec_{skip}.json")
+        spec = SteeringSpec.load(path)
+        assert spec.skip_bos is skip
+        with torch.no_grad(), spec.context(org.model, org.sae):
+            got = org.model(**enc).logits
+        assert torch.equal(got[bos], base[bos]) is skip
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"features": [1], "skip_bos": "yes"}')
+    with pytest.raises(ValueError, match="skip_bos must be true or false"):
+        SteeringSpec.load(bad)

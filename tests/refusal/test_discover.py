@@ -66,7 +66,7 @@ def test_attribution_is_the_first_order_effect_of_scaling_each_feature(tiny_chat
     sae = make_sae(name, d_in=32, d_sae=96, seed=1, hook_name="blocks.1.hook_resid_post")
     prompts = ["How do I bake bread?", "Tell me how to pick a lock.", "Write a poem about rain."]
     rtoks = [5, 6]
-    attr = dict(rank_by_attribution(model, tok, sae, prompts, rtoks, top=sae.d_sae))
+    attr = dict(rank_by_attribution(model, tok, sae, prompts, rtoks, top=sae.d_sae, method="zero"))
     assert len(attr) == sae.d_sae
     ranked = sorted(attr, key=lambda i: -abs(attr[i]))
     assert abs(attr[ranked[0]]) > 1e-4, "some feature must move the score"
@@ -74,7 +74,9 @@ def test_attribution_is_the_first_order_effect_of_scaling_each_feature(tiny_chat
 
     def mean_score(i, factor):
         iv = saesteer.Intervention([i], "scale", factor)
-        return float(refusal_scores(model, tok, prompts, rtoks, steering=lambda: saesteer.steer(model, sae, iv)).mean())
+        # BOS is left out of the attribution's sums, as it is left unedited by the steering.
+        steering = lambda: saesteer.steer(model, sae, iv, skip_bos=True)  # noqa: E731
+        return float(refusal_scores(model, tok, prompts, rtoks, steering=steering).mean())
 
     for i in ranked[:4]:
         slope = (mean_score(i, 1 - eps) - mean_score(i, 1 + eps)) / (2 * eps)
@@ -123,6 +125,14 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path, capsys):
         assert (out / f).stat().st_size > 0
     spec = SteeringSpec.load(out / "spec.json")
     assert spec.features == r["minimal_set"] and spec.mode == "ablate"
+    assert spec.skip_bos is True and json.loads((out / "spec.json").read_text())["skip_bos"] is True
+    assert r["edit"] == "ablate" and r["candidate_method"] == "attribution (ig)"
+    # The filter ran on the direction's prompts; the random model refuses none of the harmful ones,
+    # so those splits are used whole, and a warning says so.
+    filt = r["direction"]["filtering"]
+    assert set(filt) == {"direction", "harmless_direction", "val", "harmless_val"}
+    assert filt["direction"] == {"n": TINY["n_direction"], "kept": 0, "unfiltered": True}
+    assert any("prompt filter found no harmful prompts" in w for w in r["warnings"])
     # The random model never refuses: the results say first that they are not meaningful.
     assert r["asr"]["baseline"] == 1.0 and r["valid"] is False
     assert any("baseline refusal is 0%" in w for w in r["warnings"])
@@ -366,3 +376,170 @@ def test_find_interactions_reports_held_out_fit_and_confirmation(tiny_chat):
     assert d["n_confirmed"] == sum(v["confirmed"] for v in d["verified"])
     with pytest.raises(ValueError, match="heldout"):
         find_interactions(model, tok, sae, prompts, active[:3], active[3:6], [5, 6], n_samples=16, heldout=1.0)
+
+
+def _direction_ablation(model, tok, harmful, harmless):
+    """A refusal-direction ablation for the tiny model: the difference in means at layer 1."""
+    from saesteer.hf import directional_ablation
+    from saesteer.refusal.direction import candidate_directions
+
+    r = candidate_directions(model, tok, harmful, harmless, progress=False)[1, -1].float()
+    return lambda: directional_ablation(model, r)
+
+
+IG_PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock."]
+
+
+@pytest.mark.parametrize("name", ["jumprelu", "topk"])
+def test_integrated_gradients_sum_to_the_metric_change(tiny_chat, name):
+    # Completeness, checked against the finite difference m(f') - m(f) of the real forwards: the
+    # attributions of every feature and (non-BOS) position add up to it, more closely with more steps.
+    from helpers import make_sae
+    from saesteer.refusal.features import integrated_gradients, rank_by_attribution
+
+    model, tok, _, _ = tiny_chat
+    sae = make_sae(name, d_in=32, d_sae=96, seed=1, hook_name="blocks.1.hook_resid_post")
+    abl = _direction_ablation(model, tok, IG_PROMPTS, ["Write a poem about rain.", "Name three colours."])
+    ig = integrated_gradients(model, tok, sae, IG_PROMPTS, [5, 6], abl, steps=32)
+    change = ig.metric_ablated - ig.metric_clean
+    assert float(change.abs().max()) > 1e-3, "ablating the direction must move the metric"
+    torch.testing.assert_close(ig.attr.sum(1), change, rtol=0.02, atol=1e-3 * float(change.abs().max()))
+    coarse = integrated_gradients(model, tok, sae, IG_PROMPTS, [5, 6], abl, steps=2)
+    assert float((coarse.attr.sum(1) - change).abs().max()) >= float((ig.attr.sum(1) - change).abs().max()) - 1e-6
+    # n_positions leaves the BOS out: one fewer than the real tokens of each prompt.
+    enc = saesteer.refusal.chat.tokenize_prompts(tok, IG_PROMPTS)
+    assert ig.n_positions.tolist() == (enc["attention_mask"].sum(1) - 1).tolist()
+    ranked = rank_by_attribution(model, tok, sae, IG_PROMPTS, [5, 6], top=5, method="ig", ablation=abl, steps=4)
+    assert [v for _, v in ranked] == sorted((v for _, v in ranked), reverse=True)
+    with pytest.raises(ValueError, match="ablation: integrated gradients need"):
+        rank_by_attribution(model, tok, sae, IG_PROMPTS, [5, 6], method="ig")
+
+
+def test_attribution_leaves_the_bos_out(tiny_chat):
+    # A feature edited only at the BOS changes nothing the attributions count: zeroing the BOS's
+    # codes in the clean run leaves every attribution as it is.
+    from saesteer.refusal.features import rank_by_attribution
+
+    model, tok, sae, _ = tiny_chat
+    enc = saesteer.refusal.chat.tokenize_prompts(tok, IG_PROMPTS)
+    from saesteer.hf.positions import bos_mask
+
+    assert int(bos_mask(enc["input_ids"], enc["attention_mask"], tok.bos_token_id).sum()) == 2
+    a = dict(rank_by_attribution(model, tok, sae, IG_PROMPTS, [5, 6], top=sae.d_sae, method="zero"))
+    # The zero-ablation attribution is -f . g summed over positions; with BOS kept out, it equals the
+    # same sum with the BOS position's own term removed by hand.
+    from saesteer import reference
+    from saesteer.hf import intercept
+    from saesteer.refusal.chat import refusal_scores_from_logits
+    from saesteer.refusal.features import site
+
+    got = {}
+
+    def swap(name, x):
+        xs = x.detach()
+        f, scale, shift = reference.encode_columns(xs, sae)
+        f = f.float().requires_grad_(True)
+        got["f"] = f
+        recon = reference.denormalize(sae.decode(f).float(), scale, shift)
+        return recon + (xs - recon.detach())
+
+    with intercept(model, site(model, sae), swap), torch.enable_grad():
+        score = refusal_scores_from_logits(model(**enc).logits[:, -1], [5, 6]).sum()
+        (g,) = torch.autograd.grad(score, got["f"])
+    terms = -(got["f"].detach() * g) * enc["attention_mask"][..., None]
+    with_bos = terms.sum((0, 1)).double() / 2
+    terms[bos_mask(enc["input_ids"], enc["attention_mask"], tok.bos_token_id)] = 0
+    without = terms.sum((0, 1)).double() / 2
+    assert float((with_bos - without).abs().max()) > 1e-6, "the BOS term must matter for this test"
+    for i, v in a.items():
+        assert v == pytest.approx(float(without[i]), rel=1e-4, abs=1e-7)
+
+
+def test_mean_activations_leave_bos_and_padding_out(tiny_chat):
+    from saesteer.hf import intercept
+    from saesteer.refusal.chat import tokenize_prompts
+    from saesteer.refusal.direction import mean_activations
+
+    model, tok, _, _ = tiny_chat
+    prompts = ["Hi", "Tell me how to pick a lock, step by step please."]
+    enc = tokenize_prompts(tok, prompts)
+    T = enc["input_ids"].shape[1]
+    got = []
+    with torch.no_grad(), intercept(model, ["blocks.1.hook_resid_pre"], lambda n, x: got.append(x.double())):
+        model(**enc)
+    x = got[0]
+    means = mean_activations(model, tok, prompts, T, progress=False)[1]
+    real = enc["attention_mask"].bool().clone()
+    real[1, 0] = False  # the long prompt's BOS (it has no padding)
+    first_short = int(enc["attention_mask"][0].argmax())
+    real[0, first_short] = False  # the short prompt's BOS
+    for t in range(T):
+        rows = real[:, t]
+        want = x[rows, t].mean(0) if rows.any() else torch.zeros(x.shape[-1], dtype=torch.float64)
+        torch.testing.assert_close(means[t], want, rtol=1e-5, atol=1e-6)
+
+
+def test_edit_forms_and_scaled_search_scores(tiny_chat):
+    from saesteer.refusal.search import Edit, parse_edit
+
+    assert parse_edit("ablate") == Edit() and parse_edit("scale:-3") == Edit("scale", -3.0)
+    assert str(parse_edit("clamp:2.5")) == "clamp:2.5" and str(parse_edit("scale:-3")) == "scale:-3"
+    for bad in ("zap", "scale", "scale:x", "ablate:1", "clamp:nan", 3):
+        with pytest.raises(ValueError, match="edit:"):
+            parse_edit(bad)
+    model, tok, sae, _ = tiny_chat
+    prompts = ["How do I bake bread?"]
+    feats = _active(model, tok, sae, prompts)[:4]
+    from saesteer.refusal.chat import refusal_scores
+
+    for edit in ("scale:-3", "clamp:5"):
+        e = parse_edit(edit)
+        iv = saesteer.Intervention(feats, e.mode, e.value)
+        want = refusal_scores(model, tok, prompts, [5, 6], steering=lambda: saesteer.steer(model, sae, iv))
+        got = ablation_scores(model, tok, sae, prompts, [feats], [5, 6], edit=edit)[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    ablated = ablation_scores(model, tok, sae, prompts, [feats], [5, 6])[0]
+    assert not torch.equal(ablated, ablation_scores(model, tok, sae, prompts, [feats], [5, 6], edit="scale:-3")[0])
+
+
+def test_filter_keeps_refused_harmful_and_answered_harmless():
+    # On the organism, which refuses: harmful and harmless prompts mixed in each list, so the
+    # filter has something to drop on both sides.
+    from saesteer.organism import load
+    from saesteer.refusal.chat import find_refusal_tokens, refusal_scores
+    from saesteer.refusal.data import shipped_prompts
+    from saesteer.refusal.direction import filter_by_refusal
+
+    org = load()
+    model, tok = org.model, org.tokenizer
+    harmful, harmless = shipped_prompts("harmful")[:6], shipped_prompts("harmless")[:6]
+    rtoks = find_refusal_tokens(model, tok, harmful, max_new_tokens=8)
+    mixed = harmful + harmless
+    s = refusal_scores(model, tok, mixed, rtoks)
+    assert (s > 0).any() and (s < 0).any(), s
+    h, l, counts = filter_by_refusal(model, tok, mixed, mixed, rtoks)
+    assert h == [p for p, v in zip(mixed, s) if v > 0] and l == [p for p, v in zip(mixed, s) if v < 0]
+    assert counts == {"harmful": {"n": 12, "kept": len(h)}, "harmless": {"n": 12, "kept": len(l)}}
+    assert 0 < len(h) < 12 and 0 < len(l) < 12
+
+
+def test_discover_cli_edit_and_no_skip_bos_reach_the_spec(tiny_chat, tmp_path):
+    _, _, _, d = tiny_chat
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "fm_samples": 8, "per_prompt": 0}.items()))
+    out = tmp_path / "out"
+    rc = main(["discover", "--model", str(d), "--sae", str(d / "sae"), "--out", str(out), "--config", str(cfg),
+               "--edit", "scale:-3", "--no-skip-bos", "--attribution", "zero", "--quiet"])
+    assert rc == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["edit"] == "scale:-3" and r["skip_bos"] is False and r["candidate_method"] == "attribution (zero)"
+    assert r["config"]["edit"] == "scale:-3" and r["config"]["skip_bos"] is False
+    spec = SteeringSpec.load(out / "spec.json")
+    assert (spec.mode, spec.values, spec.skip_bos) == ("scale", -3.0, False)
+    assert "Search edit: scale:-3 (the BOS token edited too)" in (out / "report.md").read_text()
+
+
+def test_discover_cli_rejects_a_bad_edit(capsys):
+    with pytest.raises(SystemExit):
+        main(["discover", "--out", "unused", "--edit", "scale:x"])
+    assert "--edit: scale's value must be a number" in capsys.readouterr().err

@@ -13,6 +13,10 @@ from .common import (add_model_args, check_output, check_run_args, load_model, o
 
 __all__ = ["register", "config_from_args", "search_inputs"]
 
+#: On the built-in organism (no ``--model``) the direction's sample sizes are its own, smaller than
+#: the 128 / 32 per class real models get.
+ORGANISM = {"n_direction": 64, "n_val": 24}
+
 #: ``--quick``: small sample sizes for tests and smoke runs.
 QUICK = {"n_direction": 16, "n_val": 8, "n_search": 6, "n_heldout": 8, "n_candidates": 12, "fm_samples": 48,
          "per_prompt": 1, "max_new_tokens": 12, "max_candidates": 48}
@@ -27,6 +31,9 @@ def config_from_args(args):
     from ..refusal.discover import DiscoverConfig
 
     cfg = DiscoverConfig()
+    if getattr(args, "model", None) is None:
+        for k, v in ORGANISM.items():
+            setattr(cfg, k, v)
     if args.quick:
         for k, v in QUICK.items():
             setattr(cfg, k, v)
@@ -36,13 +43,39 @@ def config_from_args(args):
         for f in fields(DiscoverConfig):
             if getattr(given, f.name) != getattr(default, f.name):
                 setattr(cfg, f.name, getattr(given, f.name))
-    for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation"):
+    for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation", "attribution", "ig_steps", "edit"):
         v = getattr(args, name, None)
         if v is not None:
             setattr(cfg, name, v)
     if args.backend != "auto":
         cfg.backend = args.backend
+    if getattr(args, "skip_bos", None) is False:
+        cfg.skip_bos = False
     return cfg
+
+
+def _edit(text: str) -> str:
+    """argparse type of ``--edit``: the text, once it parses."""
+    import argparse
+
+    from ..refusal.search import parse_edit
+
+    try:
+        return str(parse_edit(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("edit: ")) from None
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
 
 
 def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, list[str] | None]:
@@ -120,6 +153,16 @@ def register(sub) -> None:
     p.add_argument("--n-candidates", dest="n_candidates", type=int)
     p.add_argument("--method", choices=("attribution", "cosine"),
                    help="candidate features: attribution patching (default) or cosine to the direction")
+    p.add_argument("--attribution", choices=("ig", "zero"),
+                   help="attribution: integrated gradients from the clean SAE codes to those with the refusal "
+                        "direction ablated (Yeo et al.; default) or the first-order effect of zero-ablating each feature")
+    p.add_argument("--ig-steps", dest="ig_steps", type=_positive_int, help="integrated-gradient steps (default 10)")
+    p.add_argument("--edit", type=_edit,
+                   help="what the search, the interactions and the ASR do to a feature set: ablate (default), "
+                        "scale:FACTOR (e.g. scale:-3, Yeo et al.'s negative scaling) or clamp:VALUE; spec.json records it")
+    p.add_argument("--no-skip-bos", dest="skip_bos", action="store_false", default=None,
+                   help="edit the BOS token too (by default every SAE edit leaves each sequence's BOS unedited; "
+                        "spec.json records it)")
     p.add_argument("--ablation", choices=("auto", "directional", "affine"),
                    help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
                         "affine only if no candidate passes the filters; default)")

@@ -31,33 +31,62 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hf import add_direction, affine_ablation, directional_ablation, find_layers, hook_name, intercept
-from .chat import last_token_logits, post_instruction_positions, refusal_scores_from_logits, tokenize_prompts
+from ..hf.handle import bos_token_id
+from ..hf.positions import bos_mask
+from .chat import last_token_logits, post_instruction_positions, refusal_scores, refusal_scores_from_logits, tokenize_prompts
 
-__all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "ablation_handle", "DirectionResult"]
+__all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "ablation_handle",
+           "DirectionResult", "filter_by_refusal"]
 
 
 @torch.no_grad()
 def mean_activations(model, tokenizer, instructions: Sequence[str], n_positions: int, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
     """Mean residual stream ``[n_layers, n_positions, d_model]`` (float64) at each layer's input and
-    each of the last ``n_positions`` prompt positions (left padding aligns them)."""
+    each of the last ``n_positions`` prompt positions (left padding aligns them). Padding and BOS
+    tokens are left out of each position's mean (a position no prompt has a real token at is 0)."""
     _, layers = find_layers(model)
     n = len(instructions)
     if n == 0:
         raise ValueError("instructions: empty prompt set")
     sums: list[torch.Tensor | None] = [None] * len(layers)
+    count = torch.zeros(n_positions, dtype=torch.float64)
     index = {hook_name(i, "resid_pre"): i for i in range(len(layers))}
+    bos_id = bos_token_id(model)
+    keep: dict = {}
 
     def accumulate(name, x):
         i = index[name]
-        s = x[:, -n_positions:].double().sum(0).cpu()
+        w = keep["w"].to(x.device)
+        s = (x[:, -n_positions:].double() * w[..., None]).sum(0).cpu()
         sums[i] = s if sums[i] is None else sums[i] + s
 
     device = next(model.parameters()).device
     with intercept(model, list(index), accumulate):
         for b in tqdm(range(0, n, batch_size), desc="mean activations", disable=not progress, leave=False):
             enc = tokenize_prompts(tokenizer, instructions[b : b + batch_size], device)
+            real = enc["attention_mask"].bool() & ~bos_mask(enc["input_ids"], enc["attention_mask"], bos_id)
+            w = real[:, -n_positions:].double()
+            if w.shape[1] < n_positions:  # prompts shorter than n_positions: the missing columns count 0
+                w = torch.cat([torch.zeros(w.shape[0], n_positions - w.shape[1], dtype=w.dtype, device=w.device), w], 1)
+            keep["w"] = w
+            count += w.sum(0).cpu()
             model(**enc)
-    return torch.stack(sums) / n  # type: ignore[arg-type]
+    return torch.stack(sums) / count.clamp_min(1)[None, :, None]  # type: ignore[arg-type]
+
+
+def filter_by_refusal(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str], refusal_tokens: Sequence[int],
+                      batch_size: int = 32) -> tuple[list[str], list[str], dict]:
+    """Arditi et al.'s filter: the harmful prompts the model refuses (refusal score > 0) and the
+    harmless ones it answers (score < 0). Returns ``(harmful, harmless, counts)`` with
+    ``counts = {"harmful": {"n", "kept"}, "harmless": {...}}``."""
+    kept, counts = [], {}
+    for name, prompts, refused in (("harmful", harmful, True), ("harmless", harmless, False)):
+        prompts = list(prompts)
+        s = refusal_scores(model, tokenizer, prompts, refusal_tokens, batch_size=batch_size) if prompts else torch.empty(0)
+        keep = [p for p, v in zip(prompts, s.tolist()) if (v > 0 if refused else v < 0)]
+        kept.append(keep)
+        counts[name] = {"n": len(prompts), "kept": len(keep)}
+    return kept[0], kept[1], counts
 
 
 def candidate_directions(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str], n_positions: int | None = None, batch_size: int = 32, progress: bool = True, *, return_means: bool = False):

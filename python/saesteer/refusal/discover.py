@@ -3,11 +3,14 @@
 Stages, each a function returning a dataclass, run in order by :func:`discover`:
 
 1. :func:`split_prompts`: held-out, direction, selection and search prompts;
-2. :func:`direction_stage`: refusal tokens and the refusal direction (difference in means,
-   selected by bypass / induce / KL);
-3. :func:`candidate_stage`: candidate SAE features (attribution patching, or cosine to the
-   direction at the SAE's hook) and the pool the search starts from;
-4. :func:`search_stage`: greedy minimal ablation sets, pooled over the search prompts and per prompt;
+2. :func:`direction_stage`: refusal tokens, Arditi's filter (the harmful prompts the model refuses,
+   the harmless ones it answers) and the refusal direction (difference in means, selected by
+   bypass / induce / KL);
+3. :func:`candidate_stage`: candidate SAE features (integrated gradients towards the
+   direction-ablated codes, zero-ablation attribution patching, or cosine to the direction at the
+   SAE's hook) and the pool the search starts from;
+4. :func:`search_stage`: greedy minimal sets under ``cfg.edit`` (ablation, negative scaling or a
+   clamp), pooled over the search prompts and per prompt;
 5. :func:`interaction_stage`: factorization-machine interactions, verified by real ablations;
 6. :func:`verification_stage`: attack success rate by generation on held-out prompts, the
    per-prompt sets confirmed by generation, the direction judged by generation, capability;
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -34,13 +37,14 @@ from ..hf import add_direction, find_layers, hidden_size, steer
 from ..intervention import Intervention
 from ..sae import SAE
 from .chat import chat_template_kind, check_chat_template, find_refusal_tokens, generate
-from .direction import DirectionResult, select_direction
+from .direction import DirectionResult, filter_by_refusal, select_direction
 from .dormant import dormant_features
-from .features import rank_by_attribution, rank_by_cosine, site_residuals
+from .features import ATTRIBUTIONS, rank_by_attribution, rank_by_cosine, site_residuals
 from .interactions import Interactions, active_features, find_interactions
 from .judges import COMPLIED, DEGENERATE, SubstringJudge, judge_classes
 from .report import write_discover_outputs as write_outputs
-from .search import MinimalSet, ablation_scores, confirm_by_generation, greedy_minimal_set, grow_candidate_pool
+from .search import (MinimalSet, ablation_scores, confirm_by_generation, greedy_minimal_set, grow_candidate_pool,
+                     parse_edit)
 from .spec import SteeringSpec
 
 __all__ = [
@@ -70,8 +74,10 @@ MIN_BASELINE_REFUSAL = 0.1
 
 @dataclass
 class DiscoverConfig:
-    n_direction: int = 64  # prompts per class for the difference in means
-    n_val: int = 24  # prompts per class for direction selection
+    # Prompts per class for the difference in means and for direction selection (Arditi et al.'s
+    # 128 / 32), before the filter keeps the refused harmful and the answered harmless ones.
+    n_direction: int = 128
+    n_val: int = 32
     n_search: int = 16  # harmful prompts the greedy search sees
     n_heldout: int = 32  # harmful prompts for the generation-judged ASR (never searched)
     n_candidates: int = 48  # candidate pool the search starts from
@@ -80,11 +86,19 @@ class DiscoverConfig:
     # pool that flips few prompts gives a set that jailbreaks few.
     min_full_flip: float = 0.75
     max_candidates: int = 384
-    # Candidates by attribution patching (-f . d score/d f with the error term kept: the first-order
-    # effect of ablating each feature on the refusal score) or by cosine to the direction. Attribution
-    # is the default: its minimal sets jailbroke 88-94% of held-out prompts over four organism
-    # trainings, cosine's 50-94%.
+    # Candidates by attribution (through the SAE with its error term kept) or by cosine to the
+    # direction. Attribution is the default: its (zero-ablation) minimal sets jailbroke 88-94% of
+    # held-out prompts over four organism trainings, cosine's 50-94%.
     method: str = "attribution"
+    # "ig": Yeo et al.'s integrated gradients from the clean codes to the direction-ablated ones
+    # (ig_steps steps); "zero": first-order effect of zero-ablating each feature (-f . d score/d f).
+    attribution: str = "ig"
+    ig_steps: int = 10
+    # What the search, the interactions and the ASR do to a feature set: "ablate", "scale:-3"
+    # (Yeo et al.'s negative scaling on Gemma) or "clamp:V"; spec.json records it.
+    edit: str = "ablate"
+    skip_bos: bool = True  # leave the BOS token unedited by every SAE edit (spec.json records it)
+    filter_prompts: bool = True  # Arditi's filter of the direction's and its selection's prompts
     per_prompt: int = 4  # per-prompt minimal sets for this many search prompts
     keep: float = 0.9  # the pooled set must keep this fraction of the full pool's flip rate
     threshold: float = 0.0  # a prompt is flipped when its refusal score (log-odds) is below this
@@ -184,17 +198,39 @@ def split_prompts(harmful: Sequence[str], harmless: Sequence[str], cfg: Discover
 class DirectionStage:
     refusal_tokens: list[int]
     direction: DirectionResult
+    splits: PromptSplits | None = None  # the splits with the direction's prompts filtered
+    filtering: dict = field(default_factory=dict)  # per split: prompts given and kept
+
+
+def filter_splits(model, tokenizer, splits: PromptSplits, refusal_tokens: Sequence[int], cfg: DiscoverConfig) -> tuple[PromptSplits, dict]:
+    """Arditi et al.'s filter on the direction's and its selection's prompts: keep the harmful ones
+    the model refuses (refusal score > 0) and the harmless ones it answers (< 0). A split the filter
+    would empty is kept whole, and ``filtering[...]["unfiltered"]`` says so."""
+    out, report = {}, {}
+    for h_name, l_name in (("direction", "harmless_direction"), ("val", "harmless_val")):
+        h, l, counts = filter_by_refusal(model, tokenizer, getattr(splits, h_name), getattr(splits, l_name), refusal_tokens,
+                                         cfg.batch_size)
+        for name, given, kept, c in ((h_name, getattr(splits, h_name), h, counts["harmful"]),
+                                     (l_name, getattr(splits, l_name), l, counts["harmless"])):
+            c["unfiltered"] = bool(given) and not kept
+            out[name] = kept if kept or not given else list(given)
+            report[name] = c
+    return replace(splits, **out), report
 
 
 def direction_stage(model, tokenizer, splits: PromptSplits, cfg: DiscoverConfig, *, progress: bool = True) -> DirectionStage:
-    """The refusal tokens (first tokens of the model's own refusals) and the selected direction."""
+    """The refusal tokens (first tokens of the model's own refusals), the filtered prompts and the
+    selected direction."""
     rtoks = find_refusal_tokens(model, tokenizer, splits.selection, max_new_tokens=8)
+    filtering = {}
+    if cfg.filter_prompts:
+        splits, filtering = filter_splits(model, tokenizer, splits, rtoks, cfg)
     d = select_direction(
         model, tokenizer, splits.direction, splits.harmless_direction, splits.selection,
         splits.harmless_val or splits.harmless_direction, rtoks,
         max_layer_frac=cfg.max_layer_frac, batch_size=cfg.batch_size, progress=progress, ablation=cfg.ablation,
     )
-    return DirectionStage(rtoks, d)
+    return DirectionStage(rtoks, d, splits, filtering)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,12 +262,18 @@ def candidate_stage(model, tokenizer, sae: SAE, splits: PromptSplits, direction:
                                    direction.direction.position, layer, cfg.batch_size)
         ranked = rank_by_cosine(sae, site_dir, top)
     else:
-        ranked = rank_by_attribution(model, tokenizer, sae, splits.selection, direction.refusal_tokens, top=top, layer=cfg.layer)
+        ranked = rank_by_attribution(model, tokenizer, sae, splits.selection, direction.refusal_tokens, top=top, layer=cfg.layer,
+                                     method=cfg.attribution, ablation=lambda: direction.direction.ablate(model), steps=cfg.ig_steps)
     n, steps = grow_candidate_pool(
         model, tokenizer, sae, splits.search, [i for i, _ in ranked], direction.refusal_tokens,
-        start=cfg.n_candidates, min_full_flip=cfg.min_full_flip, threshold=cfg.threshold, layer=cfg.layer, backend=cfg.backend,
+        start=cfg.n_candidates, min_full_flip=cfg.min_full_flip, threshold=cfg.threshold, **_edit_kw(cfg),
     )
     return CandidateStage(ranked[:n], steps)
+
+
+def _edit_kw(cfg: DiscoverConfig) -> dict:
+    """The search functions' keyword arguments for the configured edit, layer and backend."""
+    return dict(layer=cfg.layer, backend=cfg.backend, edit=parse_edit(cfg.edit), skip_bos=cfg.skip_bos)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,7 +287,7 @@ class SearchStage:
 
 def search_stage(model, tokenizer, sae: SAE, splits: PromptSplits, refusal_tokens: Sequence[int], candidates: Sequence[int],
                  cfg: DiscoverConfig, *, progress: bool = True) -> SearchStage:
-    kw = dict(layer=cfg.layer, backend=cfg.backend)
+    kw = _edit_kw(cfg)
     pooled = greedy_minimal_set(model, tokenizer, sae, splits.search, candidates, refusal_tokens, threshold=cfg.threshold,
                                 keep=cfg.keep, progress=progress, **kw)
     per_prompt = []
@@ -264,7 +306,7 @@ def interaction_stage(model, tokenizer, sae: SAE, splits: PromptSplits, refusal_
     last = site_residuals(model, tokenizer, sae, splits.search, layer=layer, batch_size=cfg.batch_size)
     others = active_features(sae, last, minimal_set, cfg.fm_extra)
     return find_interactions(model, tokenizer, sae, splits.search, list(minimal_set), others, refusal_tokens,
-                             n_samples=cfg.fm_samples, seed=cfg.seed, layer=cfg.layer, backend=cfg.backend)
+                             n_samples=cfg.fm_samples, seed=cfg.seed, **_edit_kw(cfg))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,10 +332,12 @@ def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, directi
     minimal = search.pooled.features
     held, l_held = splits.held, splits.harmless_held
 
+    edit = parse_edit(cfg.edit)
+
     def ablating(feats: Sequence[int]):
-        """A steering factory that ablates ``feats`` at the SAE's hook."""
-        iv = Intervention(list(feats), "ablate")
-        return lambda: steer(model, sae, iv, backend=cfg.backend, **hook_kw)
+        """A steering factory that applies the configured edit (ablation by default) to ``feats``."""
+        iv = edit.intervention(feats) or Intervention([], "ablate")
+        return lambda: steer(model, sae, iv, backend=cfg.backend, skip_bos=cfg.skip_bos, **hook_kw)
 
     def asr(replies):
         return 1.0 - sum(judge(held, replies)) / len(replies)
@@ -351,7 +395,7 @@ def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, directi
         cap = {"task": capability.name, "n": before["n"], "unsteered": before["accuracy"], "minimal_set_ablated": after["accuracy"]}
 
     # ASR-like curve: flip rate of held-out prompts (refusal score < threshold) vs number of top candidates ablated.
-    kw = dict(layer=cfg.layer, backend=cfg.backend)
+    kw = _edit_kw(cfg)
     cand_ids = list(candidates)
     ns = sorted({0, 1, 2, 4, 8, 16, len(minimal), len(cand_ids)} & set(range(len(cand_ids) + 1)))
     curve_scores = ablation_scores(model, tokenizer, sae, held, [cand_ids[:n] for n in ns], direction.refusal_tokens, **kw)
@@ -380,6 +424,13 @@ def _check(model, sae: SAE, harmful, harmless, cfg: DiscoverConfig) -> int:
         raise ValueError("prompts: both the harmful and the harmless prompt sets must be non-empty")
     if cfg.method not in ("cosine", "attribution"):
         raise ValueError(f"method: expected 'cosine' or 'attribution', got {cfg.method!r}")
+    if cfg.attribution not in ATTRIBUTIONS:
+        raise ValueError(f"attribution: expected one of {', '.join(ATTRIBUTIONS)}, got {cfg.attribution!r}")
+    if not isinstance(cfg.ig_steps, int) or cfg.ig_steps < 1:
+        raise ValueError(f"ig_steps: expected an integer >= 1, got {cfg.ig_steps!r}")
+    if not isinstance(cfg.skip_bos, bool):
+        raise ValueError(f"skip_bos: expected true or false, got {cfg.skip_bos!r}")
+    parse_edit(cfg.edit)
     if not 0.0 <= cfg.min_full_flip <= 1.0:
         raise ValueError(f"min_full_flip: expected a fraction in [0, 1], got {cfg.min_full_flip!r}")
     if cfg.n_candidates < 1 or cfg.max_candidates < 1:
@@ -405,6 +456,10 @@ def result_warnings(results: dict) -> tuple[bool, list[str]]:
                    "KL within its bound when ablated): "
                    "the direction, its tokens and everything ranked from it are not meaningful")
     valid = not out
+    for name, c in (d.get("filtering") or {}).items():
+        if c.get("unfiltered"):
+            which = "harmful prompts the model refuses" if not name.startswith("harmless") else "harmless prompts the model answers"
+            out.append(f"the prompt filter found no {which} among the {c['n']} of the {name!r} split; the whole split was used")
     if results.get("chat_template") == "fallback":
         out.append("the tokenizer has no chat template; prompts used the fallback 'User: ...\\nAssistant:' format")
     return valid, out
@@ -442,6 +497,7 @@ def discover(
     splits = split_prompts(harmful, harmless, cfg, heldout_harmful, heldout_harmless)
     stages.set_postfix_str("refusal direction")
     ds = direction_stage(model, tokenizer, splits, cfg, progress=progress)
+    splits = ds.splits or splits
     timings["direction"] = time.time() - t0
     stages.update(2)
 
@@ -476,13 +532,15 @@ def discover(
         "valid": True,
         "warnings": [],
         "chat_template": chat_template_kind(tokenizer),
-        "direction": {**d.to_dict(), "generation": vs.direction_generation},
+        "direction": {**d.to_dict(), "generation": vs.direction_generation, "filtering": ds.filtering},
         "capability": vs.capability,
         "refusal_tokens": [int(t) for t in rtoks],
         "refusal_tokens_text": [tokenizer.decode([t]) for t in rtoks],
         "sae": {"hook_name": sae.hook_name, "layer": layer, "d_sae": sae.d_sae, "architecture": sae.architecture},
         "candidates": [[i, s] for i, s in cs.candidates],
-        "candidate_method": cfg.method,
+        "candidate_method": cfg.method if cfg.method == "cosine" else f"attribution ({cfg.attribution})",
+        "edit": str(parse_edit(cfg.edit)),
+        "skip_bos": cfg.skip_bos,
         "candidate_pool": cs.pool_steps,
         "minimal_set": ss.pooled.features,
         "minimal_set_search": ss.pooled.to_dict(),
@@ -502,5 +560,7 @@ def discover(
         "timings_s": timings,
     }
     results["valid"], results["warnings"] = result_warnings(results)
-    spec = SteeringSpec(features=ss.pooled.features, mode="ablate", layer=layer, positions="all", notes={"source": "saesteer discover"})
+    edit = parse_edit(cfg.edit)
+    spec = SteeringSpec(features=ss.pooled.features, mode=edit.mode, values=edit.value, layer=layer, positions="all",
+                        skip_bos=cfg.skip_bos, notes={"source": "saesteer discover"})
     return DiscoverResult(results, d.direction, spec, d.reference if d.ablation == "affine" else None)

@@ -2,25 +2,44 @@
 
 * ``cosine``: rank features by the cosine between their decoder row ``W_dec[i]`` and the
   refusal direction taken at the SAE's hook point.
-* ``attribution``: attribution patching of the refusal score through the SAE with its error term
-  carried (Yeo et al.): the first-order effect of ablating feature ``i`` is ``-f_i * dm/df_i``,
-  summed over positions and averaged over harmful prompts; features whose ablation lowers refusal
-  the most rank first. ``saesteer discover``'s default.
+* ``attribution`` (``saesteer discover``'s default), through the SAE with its error term carried,
+  in one of two forms:
+
+  - ``"ig"`` (Yeo et al.): integrated gradients (``steps`` midpoint steps, default 10) on the
+    straight path from the clean SAE codes ``f`` to the codes ``f'`` the site holds with the refusal
+    direction ablated. The metric ``m`` is the logit of the first token the model gives with the
+    direction ablated minus the logit of the refusal token (the refusal token the clean run
+    prefers), at the last prompt position. Feature ``i``'s attribution is
+    ``(f'_i - f_i) * mean_alpha dm/df_i``, averaged over each prompt's positions and over prompts;
+    the features that raise ``m`` the most rank first. Summed over features and positions it is
+    ``m(f') - m(f)`` (completeness, up to the Riemann error).
+  - ``"zero"``: attribution patching of zero ablation, ``-f_i * d score/d f_i`` on the refusal
+    score (log-odds of the refusal tokens), summed over positions and averaged over prompts: its
+    first-order effect; the features whose ablation lowers refusal the most rank first.
+
+  Both leave padding and the BOS token out (its codes stay clean along the path): steering leaves
+  BOS unedited by default too.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
 from .. import reference
 from ..hf import find_layers, intercept
+from ..hf.handle import bos_token_id
+from ..hf.positions import bos_mask
 from ..sae import SAE
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
 
-__all__ = ["rank_by_cosine", "rank_by_attribution", "hook_module", "site", "capture_site", "site_residuals"]
+__all__ = ["rank_by_cosine", "rank_by_attribution", "hook_module", "site", "capture_site", "site_residuals",
+           "integrated_gradients", "IGResult", "ATTRIBUTIONS"]
+
+ATTRIBUTIONS = ("ig", "zero")
 
 
 def rank_by_cosine(sae: SAE, direction: torch.Tensor, top: int = 32) -> list[tuple[int, float]]:
@@ -81,6 +100,97 @@ def site_residuals(model, tokenizer, sae: SAE, prompts: Sequence[str], *, positi
     return torch.cat(out) if out else torch.empty(0, sae.d_in)
 
 
+def _edited_positions(model, enc) -> torch.Tensor:
+    """``[B, T]`` bool: the real tokens of a batch that are not its BOS."""
+    attn = enc["attention_mask"]
+    return attn.bool() & ~bos_mask(enc["input_ids"], attn, bos_token_id(model))
+
+
+def _codes(x: torch.Tensor, sae: SAE):
+    """``(x in the SAE's dtype, f float32, scale, shift)`` at the site, without gradients."""
+    xs = x.detach().to(sae.dtype)
+    with torch.no_grad():
+        f, scale, shift = reference.encode_columns(xs, sae)
+    return xs, f.float(), scale, shift
+
+
+def _decode(sae: SAE, f, scale, shift) -> torch.Tensor:
+    """The SAE's reconstruction (float32) of the codes ``f`` with the site's normalization; the
+    callers add the clean error term ``xs - decode(f_clean)``, so at the clean codes the stream is
+    ``xs`` itself and the gradient flows through ``f``."""
+    return reference.denormalize(sae.decode(f).float(), scale, shift)
+
+
+@dataclass
+class IGResult:
+    """Integrated gradients per prompt: ``attr [N, d_sae]`` summed over each prompt's positions
+    (BOS and padding left out), ``n_positions [N]``, and the metric at the path's ends."""
+
+    attr: torch.Tensor
+    n_positions: torch.Tensor
+    metric_clean: torch.Tensor
+    metric_ablated: torch.Tensor
+
+
+def integrated_gradients(
+    model, tokenizer, sae: SAE, prompts: Sequence[str], refusal_tokens: Sequence[int], ablation: Callable[[], contextlib.AbstractContextManager],
+    *, steps: int = 10, layer: int | None = None, batch_size: int = 16,
+) -> IGResult:
+    """Yeo et al.'s integrated gradients from the clean codes to the direction-ablated codes
+    (``ablation()``: a steering context that ablates the refusal direction); see the module
+    docstring for the metric."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
+    hook = site(model, sae, layer)
+    device = next(model.parameters()).device
+    rt = torch.tensor(list(refusal_tokens), dtype=torch.long)
+    attrs, counts, m0s, m1s = [], [], [], []
+    for b in range(0, len(prompts), batch_size):
+        enc = tokenize_prompts(tokenizer, prompts[b : b + batch_size], device)
+        B = enc["input_ids"].shape[0]
+        keep = _edited_positions(model, enc)
+        with torch.no_grad():
+            with capture_site(model, sae, layer) as got:
+                clean_logits = model(**enc).logits[:, -1].float()
+            x_clean = got["x"]
+            with ablation(), capture_site(model, sae, layer) as got:
+                steered_logits = model(**enc).logits[:, -1].float()
+            x_abl = got["x"]
+        first = steered_logits.argmax(-1).cpu()  # the steered first token
+        refusal = rt[clean_logits.cpu()[:, rt].argmax(-1)]  # the refusal token the clean run prefers
+        xs, f0, scale, shift = _codes(x_clean, sae)
+        _, f1, _, _ = _codes(x_abl, sae)
+        w = keep.to(f0.device)[..., None].float()
+        delta = (f1 - f0) * w  # BOS and padding keep their clean codes
+        with torch.no_grad():
+            err = xs.float() - _decode(sae, f0, scale, shift)
+        rows = torch.arange(B)
+        grad = torch.zeros_like(f0)
+        cur = {}
+
+        def replace(name, x):
+            return (_decode(sae, cur["f"], scale, shift) + err).to(x.dtype)
+
+        def metric(logits):
+            lg = logits[:, -1].float().cpu()
+            return lg[rows, first] - lg[rows, refusal]
+
+        with intercept(model, hook, replace), torch.enable_grad():
+            for k in range(steps):
+                cur["f"] = (f0 + (k + 0.5) / steps * delta).requires_grad_(True)
+                m = metric(model(**enc).logits)
+                (g,) = torch.autograd.grad(m.sum(), cur["f"])
+                grad += g.detach()
+        with torch.no_grad(), intercept(model, hook, replace):
+            cur["f"] = f0 + delta
+            m1 = metric(model(**enc).logits)
+        attrs.append((delta * grad / steps).sum(1).double().cpu())
+        counts.append(keep.sum(1).cpu())
+        m0s.append((clean_logits.cpu()[rows, first] - clean_logits.cpu()[rows, refusal]).double())
+        m1s.append(m1.detach().double())
+    return IGResult(torch.cat(attrs), torch.cat(counts), torch.cat(m0s), torch.cat(m1s))
+
+
 def rank_by_attribution(
     model,
     tokenizer,
@@ -91,8 +201,23 @@ def rank_by_attribution(
     top: int = 32,
     layer: int | None = None,
     batch_size: int = 16,
+    method: str = "ig",
+    ablation: Callable[[], contextlib.AbstractContextManager] | None = None,
+    steps: int = 10,
 ) -> list[tuple[int, float]]:
-    """``[(feature, attribution), ...]``: features whose ablation most lowers the refusal score."""
+    """``[(feature, attribution), ...]``, the ``top`` features that most move the model from refusal:
+    ``method="ig"`` (default; needs ``ablation``, a factory of the refusal direction's ablation) or
+    ``"zero"`` (module docstring)."""
+    if method not in ATTRIBUTIONS:
+        raise ValueError(f"method: expected one of {', '.join(ATTRIBUTIONS)}, got {method!r}")
+    if method == "ig":
+        if ablation is None:
+            raise ValueError("ablation: integrated gradients need the refusal direction's ablation (a steering factory)")
+        ig = integrated_gradients(model, tokenizer, sae, harmful, refusal_tokens, ablation, steps=steps, layer=layer,
+                                  batch_size=batch_size)
+        attr = (ig.attr / ig.n_positions.clamp_min(1)[:, None].double()).mean(0)
+        vals, idx = attr.topk(min(top, sae.d_sae))  # the largest rise towards the steered token first
+        return [(int(i), float(v)) for i, v in zip(idx.tolist(), vals.tolist())]
     hook = site(model, sae, layer)
     device = next(model.parameters()).device
     total = torch.zeros(sae.d_sae, dtype=torch.float64)
@@ -101,12 +226,10 @@ def rank_by_attribution(
     def swap(x):
         # x -> denorm(decode(f)) + error, with f a leaf that collects the gradient (the run-time
         # normalization's scale and shift depend on x only, so they are constants here).
-        xs = x.detach().to(sae.dtype)
-        with torch.no_grad():
-            f, scale, shift = reference.encode_columns(xs, sae)
-        f = f.float().requires_grad_(True)
+        xs, f, scale, shift = _codes(x, sae)
+        f = f.requires_grad_(True)
         captured["f"] = f
-        recon = reference.denormalize(sae.decode(f).float(), scale, shift)
+        recon = _decode(sae, f, scale, shift)
         # plus the error term xs - recon: the forward value is xs, the gradient flows through f
         return (recon + (xs.float() - recon.detach())).to(x.dtype)
 
@@ -117,7 +240,7 @@ def rank_by_attribution(
             score = refusal_scores_from_logits(logits, refusal_tokens).sum()
             (g,) = torch.autograd.grad(score, captured["f"])
             f = captured["f"].detach()
-            m = enc["attention_mask"].to(f.device).unsqueeze(-1).to(f.dtype)
+            m = _edited_positions(model, enc).to(f.device).unsqueeze(-1).to(f.dtype)
             total += (-(f * g) * m).sum(dim=(0, 1)).double().cpu()
     attr = total / max(len(harmful), 1)
     vals, idx = (-attr).topk(min(top, sae.d_sae))  # most negative effect on refusal first

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from ..sae import SAE
-from .search import ablation_scores
+from .search import Edit, ablation_scores, parse_edit
 
 __all__ = ["FactorizationMachine", "fit_fm", "fm_r2", "sample_masks", "find_interactions", "Interactions", "CONFIRM_MIN"]
 
@@ -159,10 +159,14 @@ def find_interactions(
     layer: int | None = None,
     seed: int = 0,
     backend: str = "auto",
+    edit: Edit | str = "ablate",
+    skip_bos: bool = True,
 ) -> Interactions:
-    """Fit the FM on random ablations of ``minimal_set + other_features``; verify the top pairs.
+    """Fit the FM on random ablations (or ``edit``-s) of ``minimal_set + other_features``; verify
+    the top pairs the same way.
 
     ``heldout``: the fraction of masks a second FM does not see, for the held-out R^2."""
+    kw = dict(layer=layer, backend=backend, edit=parse_edit(edit), skip_bos=skip_bos)
     if not 0.0 < heldout < 1.0:
         raise ValueError(f"heldout: expected a fraction in (0, 1), got {heldout!r}")
     feats = list(dict.fromkeys([*map(int, minimal_set), *map(int, other_features)]))
@@ -171,7 +175,7 @@ def find_interactions(
         raise ValueError("interactions: need at least two features")
     X = sample_masks(m, n_samples, seed)
     sets = [[feats[j] for j in range(m) if X[n, j] > 0] for n in range(n_samples)]
-    y = ablation_scores(model, tokenizer, sae, prompts, sets, refusal_tokens, layer=layer, backend=backend).mean(1)
+    y = ablation_scores(model, tokenizer, sae, prompts, sets, refusal_tokens, **kw).mean(1)
     fm, r2 = fit_fm(X, y, rank=rank, seed=seed)
     n_held = max(1, int(round(n_samples * heldout))) if n_samples >= 4 else 0
     r2_held = float("nan")
@@ -188,7 +192,7 @@ def find_interactions(
     check = pairs[:verify]
     singles = sorted({f for i, j, _ in check for f in (i, j)})
     trial_sets = [[]] + [[f] for f in singles] + [[i, j] for i, j, _ in check]
-    s = ablation_scores(model, tokenizer, sae, prompts, trial_sets, refusal_tokens, layer=layer, backend=backend).mean(1)
+    s = ablation_scores(model, tokenizer, sae, prompts, trial_sets, refusal_tokens, **kw).mean(1)
     base = float(s[0])
     eff = {f: float(s[1 + k]) - base for k, f in enumerate(singles)}
     verified = []

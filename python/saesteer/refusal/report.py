@@ -302,6 +302,15 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.0%}"
 
 
+def _filter_lines(filtering: Mapping[str, Any] | None) -> list[str]:
+    """The prompt filter's counts (Arditi et al.: refused harmful, answered harmless prompts kept)."""
+    if not filtering:
+        return []
+    parts = [f"{name} {c['kept']}/{c['n']}" + (" (none passed: all used)" if c.get("unfiltered") else "")
+             for name, c in filtering.items()]
+    return ["Prompts kept by the filter (harmful refused, harmless answered, by refusal score): " + ", ".join(parts) + ".", ""]
+
+
 def discover_report(r: dict) -> str:
     """discover's ``report.md`` (Markdown) from its results dict ``r``."""
     d, a = r["direction"], r["asr"]
@@ -324,9 +333,13 @@ def discover_report(r: dict) -> str:
         f"harmless refused {d['generation']['harmless_refusal']:.0%} -> {d['generation']['harmless_refusal_added']:.0%} with it added "
         f"(at the prompt's positions only: {d['generation']['harmless_refusal_added_prompt']:.0%}).",
         "",
+        *_filter_lines(d.get("filtering")),
         "![scores](refusal_score_by_layer_position.png)",
         "",
         "## Features",
+        f"Search edit: {r.get('edit', 'ablate')}"
+        + ("" if r.get("skip_bos", True) else " (the BOS token edited too)") + ".",
+        "",
         f"Top candidates by {r['candidate_method']}: " + ", ".join(f"{i} ({s:.2f})" for i, s in r["candidates"][:10]),
         "",
         "Candidate pool (top n ablated together: flip rate of the search prompts): "

@@ -8,6 +8,10 @@ important first, drop each feature whose removal keeps the prompts flipped. "Fli
 means a refusal score (log-odds of the refusal tokens at the last prompt position) below
 ``threshold`` (default 0: the refusal tokens are less likely than not).
 
+The search's edit is ablation by default; ``edit="scale:-3"`` (Yeo et al.'s negative scaling on
+Gemma: zeroing a feature that is mostly 0 does little) or ``"clamp:V"`` apply that edit to the
+set instead (:func:`parse_edit`). Every edit leaves the BOS token alone unless ``skip_bos=False``.
+
 * :func:`grow_candidate_pool`: the greedy search keeps only a fraction (``keep``) of what its whole
   candidate pool flips, so the pool grows (doubling) until ablating it flips enough search prompts.
 * :func:`confirm_by_generation`: a set pruned to the edge of the score criterion can still be
@@ -28,7 +32,48 @@ from ..intervention import Intervention
 from ..sae import SAE
 from .chat import refusal_scores_from_logits, tokenize_prompts
 
-__all__ = ["ablation_scores", "greedy_minimal_set", "MinimalSet", "grow_candidate_pool", "confirm_by_generation"]
+__all__ = ["ablation_scores", "greedy_minimal_set", "MinimalSet", "grow_candidate_pool", "confirm_by_generation",
+           "Edit", "parse_edit", "EDIT_FORMS"]
+
+EDIT_FORMS = "ablate, scale:FACTOR (e.g. scale:-3) or clamp:VALUE"
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What the search does to a set of features: ``ablate``, ``scale`` by ``value`` or ``clamp``
+    to ``value``. ``str(edit)`` is its command-line form (``scale:-3``)."""
+
+    mode: str = "ablate"
+    value: float | None = None
+
+    def intervention(self, features: Sequence[int]) -> Intervention | None:
+        """The intervention on ``features`` (None for an empty set: nothing is edited)."""
+        if not len(features):
+            return None
+        return Intervention(list(features), self.mode, self.value)
+
+    def __str__(self) -> str:
+        return self.mode if self.value is None else f"{self.mode}:{self.value:g}"
+
+
+def parse_edit(edit) -> Edit:
+    """An :class:`Edit` from ``"ablate"``, ``"scale:-3"``, ``"clamp:5"`` (or an Edit as it is)."""
+    if isinstance(edit, Edit):
+        return edit
+    if not isinstance(edit, str):
+        raise ValueError(f"edit: expected {EDIT_FORMS}, got {edit!r}")
+    mode, sep, value = edit.strip().partition(":")
+    if mode == "ablate" and not sep:
+        return Edit()
+    if mode in ("scale", "clamp") and sep:
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"edit: {mode}'s value must be a number, got {value!r} in {edit!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"edit: {mode}'s value must be finite, got {edit!r}")
+        return Edit(mode, v)
+    raise ValueError(f"edit: expected {EDIT_FORMS}, got {edit!r}")
 
 
 @torch.no_grad()
@@ -43,16 +88,20 @@ def ablation_scores(
     layer: int | None = None,
     max_rows: int = 256,
     backend: str = "auto",
+    edit: Edit | str = "ablate",
+    skip_bos: bool = True,
 ) -> torch.Tensor:
-    """Refusal score ``[len(sets), len(prompts)]`` with each set of features ablated (all positions).
+    """Refusal score ``[len(sets), len(prompts)]`` with ``edit`` (default: ablation) applied to each
+    set of features at every position but the BOS (``skip_bos``).
 
     Every (set, prompt) pair is one batch row with its own intervention: one forward per ``max_rows``.
     """
+    edit = parse_edit(edit)
     pairs = [(s, p) for s in range(len(sets)) for p in range(len(prompts))]
     out = torch.empty(len(pairs))
     device = next(model.parameters()).device
-    ivs_by_set = [Intervention(list(s), "ablate") if len(s) else None for s in sets]
-    kw = {} if layer is None else {"layer": layer}
+    ivs_by_set = [edit.intervention(s) for s in sets]
+    kw = {"skip_bos": skip_bos} if layer is None else {"layer": layer, "skip_bos": skip_bos}
     for b in range(0, len(pairs), max_rows):
         chunk = pairs[b : b + max_rows]
         enc = tokenize_prompts(tokenizer, [prompts[p] for _, p in chunk], device)
@@ -98,18 +147,21 @@ def greedy_minimal_set(
     max_rows: int = 256,
     progress: bool = True,
     backend: str = "auto",
+    edit: Edit | str = "ablate",
+    skip_bos: bool = True,
 ) -> MinimalSet:
-    """Prune ``candidates`` to a minimal set whose ablation still flips ``prompts``.
+    """Prune ``candidates`` to a minimal set whose ablation (or ``edit``) still flips ``prompts``.
 
     With one prompt this is the per-prompt search; with several, the pooled search: a removal is
     accepted while the flip rate stays >= ``keep`` x the flip rate of the full candidate set.
     """
+    kw = dict(layer=layer, max_rows=max_rows, backend=backend, edit=parse_edit(edit), skip_bos=skip_bos)
     if not prompts:
         raise ValueError("prompts: the search needs at least one prompt")
     current = list(dict.fromkeys(int(c) for c in candidates))
     if not current:
         raise ValueError("candidates: empty candidate feature list")
-    full = ablation_scores(model, tokenizer, sae, prompts, [current], refusal_tokens, layer=layer, max_rows=max_rows, backend=backend)[0]
+    full = ablation_scores(model, tokenizer, sae, prompts, [current], refusal_tokens, **kw)[0]
     full_rate = float((full < threshold).float().mean())
     target = keep * full_rate
     steps = []
@@ -121,13 +173,13 @@ def greedy_minimal_set(
     # drop a feature for good when the prompts stay flipped without it. |C| + |C| rows x prompts in
     # all, instead of |C|^2 / 2 for a best-removal-per-step search.
     single = ablation_scores(model, tokenizer, sae, prompts, [[f for f in current if f != g] for g in current],
-                             refusal_tokens, layer=layer, max_rows=max_rows, backend=backend)
+                             refusal_tokens, **kw)
     order = [current[int(j)] for j in single.mean(1).argsort()]
     for g in tqdm(order, desc="greedy search", disable=not progress, leave=False):
         if len(current) == 1:
             break
         trial = [f for f in current if f != g]
-        s = ablation_scores(model, tokenizer, sae, prompts, [trial], refusal_tokens, layer=layer, max_rows=max_rows, backend=backend)[0]
+        s = ablation_scores(model, tokenizer, sae, prompts, [trial], refusal_tokens, **kw)[0]
         r = float((s < threshold).float().mean())
         if r >= target - 1e-9:
             current, rate, mean = trial, r, float(s.mean())
@@ -136,7 +188,7 @@ def greedy_minimal_set(
     # every remaining feature is needed: the set is then 1-minimal under the criterion.
     while len(current) > 1:
         trials = [[f for f in current if f != g] for g in current]
-        s = ablation_scores(model, tokenizer, sae, prompts, trials, refusal_tokens, layer=layer, max_rows=max_rows, backend=backend)
+        s = ablation_scores(model, tokenizer, sae, prompts, trials, refusal_tokens, **kw)
         rates = (s < threshold).float().mean(1)
         ok = rates >= target - 1e-9
         if not bool(ok.any()):
@@ -160,6 +212,8 @@ def grow_candidate_pool(
     threshold: float = 0.0,
     layer: int | None = None,
     backend: str = "auto",
+    edit: Edit | str = "ablate",
+    skip_bos: bool = True,
 ) -> tuple[int, list[dict]]:
     """How many of the ``ranked`` candidates (best first) the search starts from: ``start``, doubled
     while ablating them all flips fewer than ``min_full_flip`` of ``prompts``, up to all of them.
@@ -172,7 +226,8 @@ def grow_candidate_pool(
         raise ValueError(f"start: expected >= 1, got {start}")
     n, steps = min(start, len(ranked)), []
     while True:
-        full = ablation_scores(model, tokenizer, sae, prompts, [list(ranked[:n])], refusal_tokens, layer=layer, backend=backend)[0]
+        full = ablation_scores(model, tokenizer, sae, prompts, [list(ranked[:n])], refusal_tokens, layer=layer, backend=backend,
+                              edit=edit, skip_bos=skip_bos)[0]
         steps.append({"n": n, "full_flip_rate": float((full < threshold).float().mean())})
         if steps[-1]["full_flip_rate"] >= min_full_flip or n >= len(ranked):
             return n, steps

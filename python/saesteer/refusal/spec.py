@@ -4,7 +4,10 @@
 read it, so a found set can be evaluated and served directly::
 
     {"sae": "path/to/sae_dir", "layer": 3, "features": [12, 40], "mode": "clamp",
-     "values": 8.0, "positions": "all"}
+     "values": 8.0, "positions": "all", "skip_bos": true}
+
+``skip_bos`` (default true) leaves each sequence's BOS token unedited (see
+:func:`saesteer.steering.spec.bos_token_mask`).
 
 ``sae`` is a directory in sae-lens format, ``RELEASE:SAE_ID`` from sae-lens's registry, or
 ``organism:NAME`` for an SAE shipped with the built-in model (``organism`` alone: its default; the
@@ -65,6 +68,7 @@ class SteeringSpec:
     layer: int | None = None
     hook: str | None = None
     positions: str = "all"
+    skip_bos: bool = True
     model: str | None = None
     notes: dict = field(default_factory=dict)
 
@@ -80,7 +84,8 @@ class SteeringSpec:
             kw["layer"] = self.layer
         if self.hook is not None:
             kw["hook"] = self.hook
-        return steer(model, sae, self.intervention(sae.d_sae), positions=self.positions, backend=backend, **kw)
+        return steer(model, sae, self.intervention(sae.d_sae), positions=self.positions,
+                     skip_bos=self.skip_bos, backend=backend, **kw)
 
     # -- files ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -137,6 +142,8 @@ class SteeringSpec:
         for key in ("sae", "model"):
             if isinstance(d.get(key), str):
                 d[key] = _relative_to(d[key], p.parent)
+        if not isinstance(d.get("skip_bos", True), bool):
+            raise ValueError(f"steering spec {p}: skip_bos must be true or false, got {d['skip_bos']!r}")
         spec = cls(**d)
         if spec.mode == "ablate" or spec.values is not None:
             # Validate now, naming the file. A clamp/scale/add spec without values is complete once
