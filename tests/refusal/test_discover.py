@@ -410,7 +410,14 @@ def test_integrated_gradients_sum_to_the_metric_change(tiny_chat, name):
     enc = saesteer.refusal.chat.tokenize_prompts(tok, IG_PROMPTS)
     assert ig.n_positions.tolist() == (enc["attention_mask"].sum(1) - 1).tolist()
     ranked = rank_by_attribution(model, tok, sae, IG_PROMPTS, [5, 6], top=5, method="ig", ablation=abl, steps=4)
+    # The features the direction's ablation turns down come first, by attribution.
+    ig4 = integrated_gradients(model, tok, sae, IG_PROMPTS, [5, 6], abl, steps=4)
+    down = ig4.delta.sum(0) < 0
+    assert int(down.sum()) >= 5
+    assert all(bool(down[i]) for i, _ in ranked)
     assert [v for _, v in ranked] == sorted((v for _, v in ranked), reverse=True)
+    attr = (ig4.attr / ig4.n_positions[:, None].double()).mean(0)
+    assert ranked[0][1] == pytest.approx(float(attr[down].max()))
     with pytest.raises(ValueError, match="ablation: integrated gradients need"):
         rank_by_attribution(model, tok, sae, IG_PROMPTS, [5, 6], method="ig")
 

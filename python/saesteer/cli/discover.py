@@ -14,8 +14,10 @@ from .common import (add_model_args, check_output, check_run_args, load_model, o
 __all__ = ["register", "config_from_args", "search_inputs"]
 
 #: On the built-in organism (no ``--model``) the direction's sample sizes are its own, smaller than
-#: the 128 / 32 per class real models get.
-ORGANISM = {"n_direction": 64, "n_val": 24}
+#: the 128 / 32 per class real models get, and its candidates come from zero-ablation attribution:
+#: measured with --quick, its minimal set jailbroke 75% of held-out prompts (88% with
+#: interactions), integrated gradients' 62% (75%).
+ORGANISM = {"n_direction": 64, "n_val": 24, "attribution": "zero"}
 
 #: ``--quick``: small sample sizes for tests and smoke runs.
 QUICK = {"n_direction": 16, "n_val": 8, "n_search": 6, "n_heldout": 8, "n_candidates": 12, "fm_samples": 48,

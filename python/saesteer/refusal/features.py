@@ -130,6 +130,7 @@ class IGResult:
     n_positions: torch.Tensor
     metric_clean: torch.Tensor
     metric_ablated: torch.Tensor
+    delta: torch.Tensor  # [N, d_sae] f' - f summed over each prompt's positions (BOS and padding out)
 
 
 def integrated_gradients(
@@ -144,7 +145,7 @@ def integrated_gradients(
     hook = site(model, sae, layer)
     device = next(model.parameters()).device
     rt = torch.tensor(list(refusal_tokens), dtype=torch.long)
-    attrs, counts, m0s, m1s = [], [], [], []
+    attrs, counts, m0s, m1s, deltas = [], [], [], [], []
     for b in range(0, len(prompts), batch_size):
         enc = tokenize_prompts(tokenizer, prompts[b : b + batch_size], device)
         B = enc["input_ids"].shape[0]
@@ -186,9 +187,10 @@ def integrated_gradients(
             m1 = metric(model(**enc).logits)
         attrs.append((delta * grad / steps).sum(1).double().cpu())
         counts.append(keep.sum(1).cpu())
+        deltas.append(delta.sum(1).double().cpu())
         m0s.append((clean_logits.cpu()[rows, first] - clean_logits.cpu()[rows, refusal]).double())
         m1s.append(m1.detach().double())
-    return IGResult(torch.cat(attrs), torch.cat(counts), torch.cat(m0s), torch.cat(m1s))
+    return IGResult(torch.cat(attrs), torch.cat(counts), torch.cat(m0s), torch.cat(m1s), torch.cat(deltas))
 
 
 def rank_by_attribution(
@@ -216,7 +218,13 @@ def rank_by_attribution(
         ig = integrated_gradients(model, tokenizer, sae, harmful, refusal_tokens, ablation, steps=steps, layer=layer,
                                   batch_size=batch_size)
         attr = (ig.attr / ig.n_positions.clamp_min(1)[:, None].double()).mean(0)
-        vals, idx = attr.topk(min(top, sae.d_sae))  # the largest rise towards the steered token first
+        # The search turns features down (ablation, negative scaling): rank the features the
+        # direction's ablation turns down, largest rise towards the steered token first; those it
+        # turns up follow.
+        down = ig.delta.sum(0) < 0
+        key = torch.where(down, attr, attr - (attr.abs().max() * 2 + 1))
+        _, idx = key.topk(min(top, sae.d_sae))
+        vals = attr[idx]
         return [(int(i), float(v)) for i, v in zip(idx.tolist(), vals.tolist())]
     hook = site(model, sae, layer)
     device = next(model.parameters()).device
