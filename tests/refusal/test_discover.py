@@ -543,7 +543,9 @@ def test_discover_cli_edit_and_no_skip_bos_reach_the_spec(tiny_chat, tmp_path):
     assert r["config"]["edit"] == "scale:-3" and r["config"]["skip_bos"] is False
     spec = SteeringSpec.load(out / "spec.json")
     assert (spec.mode, spec.values, spec.skip_bos) == ("scale", -3.0, False)
-    assert "Search edit: scale:-3 (the BOS token edited too)" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "Search edit: scale:-3 (the BOS token edited too)" in report_md
+    assert "| minimal set scaled by -3 |" in report_md and "| minimal set ablated |" not in report_md
 
 
 def test_discover_cli_rejects_a_bad_edit(capsys):

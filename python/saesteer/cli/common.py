@@ -54,6 +54,8 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=("ablate", "scale", "clamp", "add"), help="default: ablate")
     g.add_argument("--value", type=float, help="value for clamp/scale/add")
     g.add_argument("--positions", choices=("all", "prompt", "generated"), help="tokens to edit (default: all)")
+    g.add_argument("--no-skip-bos", dest="skip_bos", action="store_false", default=None,
+                   help="edit each sequence's BOS token too (default: the spec's skip_bos, true unless it says otherwise)")
 
 
 def number_list(text: str, name: str, kind=float) -> list:
@@ -94,6 +96,8 @@ def steering_spec(args, required: bool = True, values_given: bool = False):
         spec.values = args.value
     if args.positions is not None:
         spec.positions = args.positions
+    if getattr(args, "skip_bos", None) is False:
+        spec.skip_bos = False
     if args.layer is not None:
         spec.layer = args.layer
     if spec.mode != "ablate" and spec.values is None:

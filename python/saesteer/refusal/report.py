@@ -311,9 +311,16 @@ def _filter_lines(filtering: Mapping[str, Any] | None) -> list[str]:
     return ["Prompts kept by the filter (harmful refused, harmless answered, by refusal score): " + ", ".join(parts) + ".", ""]
 
 
+def edit_verb(edit: str) -> str:
+    """``"ablate"`` -> ``"ablated"``, ``"scale:-3"`` -> ``"scaled by -3"``, ``"clamp:5"`` -> ``"clamped to 5"``."""
+    mode, _, value = edit.partition(":")
+    return {"ablate": "ablated", "scale": f"scaled by {value}", "clamp": f"clamped to {value}"}.get(mode, edit)
+
+
 def discover_report(r: dict) -> str:
     """discover's ``report.md`` (Markdown) from its results dict ``r``."""
     d, a = r["direction"], r["asr"]
+    ed = edit_verb(r.get("edit", "ablate"))
     lines = [
         "# saesteer discover",
         "",
@@ -351,13 +358,13 @@ def discover_report(r: dict) -> str:
         "| held-out harmful prompts (generation + substring judge) | not refused (ASR) | complied | degenerate |",
         "| --- | --- | --- | --- |",
         *[f"| {label} | {a[k]:.0%} | {_pct(a.get('complied', {}).get(k))} | {_pct(a.get('degenerate', {}).get(k))} |"
-          for label, k in (("unsteered", "baseline"), ("minimal set ablated", "minimal_set"),
-                           ("minimal set + FM-added features ablated", "with_interactions"))],
+          for label, k in (("unsteered", "baseline"), (f"minimal set {ed}", "minimal_set"),
+                           (f"minimal set + FM-added features {ed}", "with_interactions"))],
         "",
         "Degenerate: empty or repetitive replies (no refusal phrase, but no answer either); ASR = complied + degenerate.",
         "",
         *( [f"Capability ({r['capability']['task']}, n={r['capability']['n']}): {r['capability']['unsteered']:.0%} unsteered, "
-            f"{r['capability']['minimal_set_ablated']:.0%} with the minimal set ablated.", ""] if r.get("capability") else [] ),
+            f"{r['capability']['minimal_set_ablated']:.0%} with the minimal set {ed}.", ""] if r.get("capability") else [] ),
         "![asr](asr_vs_features.png)",
         "",
         *per_prompt_lines(r.get("per_prompt_sets") or []),
@@ -372,6 +379,6 @@ def discover_report(r: dict) -> str:
         lines.append("None found.")
     lines += ["", "## Examples (held-out harmful prompts)", ""]
     for e in r["examples"][:4]:
-        lines += [f"- **{e['prompt']}**", f"  - unsteered: {e['unsteered']!r}", f"  - minimal set ablated: {e['minimal_set_ablated']!r}"]
+        lines += [f"- **{e['prompt']}**", f"  - unsteered: {e['unsteered']!r}", f"  - minimal set {ed}: {e['minimal_set_ablated']!r}"]
     lines += ["", f"Total time {r['timings_s']['total']:.0f} s."]
     return "\n".join(lines) + "\n"
