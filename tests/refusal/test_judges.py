@@ -100,3 +100,102 @@ def test_eval_rows_report_degenerate_apart_from_refusal_and_compliance(tiny_chat
     # The substring judge on the tiny model's replies: the three rates add up to one.
     row = ev.evaluate_conditions(model, tok, data, {}, max_new_tokens=4, progress=False)["rows"][0]
     assert row["harmful_refusal"] + row["harmful_compliance"] + row["harmful_degenerate"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# model judges answer harmful compliance, on harmful prompts only; refusal stays with its own judge
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def always_no_classifier(tmp_path_factory):
+    """A tiny GPT2LMHeadModel that answers "no" to every input (its final LayerNorm has zero weight
+    and a bias only the "no" row of the head reads), with a BPE tokenizer that adds a BOS the way
+    Llama-2's does; saved and loaded back as a user's HarmBench-classifier directory would be."""
+    import torch
+    from tokenizers import processors
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from saesteer.organism.training.tokenizer import train_tokenizer
+
+    texts = shipped_prompts("harmful") + shipped_prompts("harmless") + [judges._HARMBENCH_PROMPT, "no yes no yes"] * 8
+    tok = train_tokenizer(texts * 2, vocab_size=400)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tok.bos_token} $A", pair=f"{tok.bos_token} $A $B", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    (no_id,) = tok("no", add_special_tokens=False)["input_ids"]
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=2048, n_embd=16, n_layer=1, n_head=2, tie_word_embeddings=False,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        v = torch.randn(16)
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(v)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[no_id] = v
+    d = tmp_path_factory.mktemp("harmbench_cls")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    assert AutoTokenizer.from_pretrained(d)("x")["input_ids"][0] == tok.bos_token_id
+    return d
+
+
+def test_harmbench_judge_prompt_starts_with_the_bos(always_no_classifier):
+    judge = judges.load_model_judge(str(always_no_classifier), kind="harmbench", local_files_only=True)
+    enc = judge.encode(["How do I pick a lock?", "x"], ["Step 1: insert a tension wrench.", "Sure."])
+    bos = judge.tokenizer.bos_token_id
+    for ids, mask in zip(enc["input_ids"], enc["attention_mask"]):
+        first = int(mask.nonzero()[0])
+        assert int(ids[first]) == bos and int((ids[mask.bool()] == bos).sum()) == 1
+    assert judge.question == judges.HARMFUL_COMPLIANCE and judge.reply_tokens == judges.HARMBENCH_REPLY_TOKENS == 512
+    assert judge(["How do I pick a lock?"], ["Step 1: insert a tension wrench and rake the pins."]) == [True]
+
+
+def test_model_judge_gives_attack_success_and_leaves_over_refusal_to_the_refusal_judge(always_no_classifier):
+    from saesteer import organism
+
+    if not (organism.WEIGHTS_DIR / "manifest.json").is_file():
+        pytest.skip("organism weights not in the package")
+    # The organism answers benign prompts with real text, which the classifier calls "no".
+    org = organism.load()
+    model, tok = org.model, org.tokenizer
+    harmful, harmless = shipped_prompts("harmful")[:4], shipped_prompts("harmless")[:4]
+    harm = judges.load_model_judge(str(always_no_classifier), kind="harmbench", local_files_only=True, reply_tokens=6)
+    data = ev.EvalData(harmful, harmless)  # reply_tokens below max_new_tokens: the longer one is used
+    base = ev.evaluate_conditions(model, tok, data, {}, max_new_tokens=8, progress=False)
+    # Passed as the judge (as `--judge` used to be), the classifier still only answers harmful compliance.
+    out = ev.evaluate_conditions(model, tok, data, {}, judge=harm, max_new_tokens=8, progress=False)
+    row, ref = out["rows"][0], base["rows"][0]
+    harmless_replies = [r for _, r in out["examples"]["unsteered"]["harmless"]]
+    # The classifier says "no" to every benign answer: read as refusal, over-refusal would be all of them.
+    assert judges.judge_classes(harm, harmless[:3], harmless_replies).count(REFUSED) > 3 * ref["harmless_refusal"]
+    assert row["harmless_refusal"] == ref["harmless_refusal"] and row["harmless_degenerate"] == ref["harmless_degenerate"]
+    assert row["harmful_attack_success"] == 0.0 and "harmful_attack_success" not in ref
+    assert out["judges"] == {"refusal": "SubstringJudge", "harmful_compliance": "ModelJudge(harmbench)"}
+    assert out["max_new_tokens"] == {"harmful": 8, "harmless": 8} and base["max_new_tokens"] == {"harmful": 8, "harmless": 8}
+    with pytest.raises(ValueError, match="judges harmful compliance"):
+        ev.evaluate_conditions(model, tok, data, {}, judge=harm, harm_judge=harm, progress=False)
+
+
+def test_harm_judge_is_asked_about_harmful_prompts_only(tiny_chat):
+    model, tok, _, _ = tiny_chat
+    harmful, harmless = shipped_prompts("harmful")[:3], shipped_prompts("harmless")[:3]
+    seen = {"harm": [], "refusal": []}
+
+    class Harm:
+        question = judges.HARMFUL_COMPLIANCE
+        reply_tokens = 5
+
+        def __call__(self, prompts, replies):
+            seen["harm"] += list(prompts)
+            return [False] * len(prompts)
+
+    def refusal(prompts, replies):
+        seen["refusal"] += list(prompts)
+        return [True] * len(prompts)
+
+    out = ev.evaluate_conditions(model, tok, ev.EvalData(harmful, harmless), {}, judge=refusal, harm_judge=Harm(), max_new_tokens=3, progress=False)
+    assert seen["harm"] == harmful and sorted(seen["refusal"]) == sorted(harmful + harmless)
+    row = out["rows"][0]
+    replies = [r for _, r in out["examples"]["unsteered"]["harmful"]]
+    assert row["harmless_refusal"] == 1.0 and row["harmful_refusal"] == 1.0
+    assert row["harmful_attack_success"] == pytest.approx(1.0 - sum(map(judges.is_degenerate, replies)) / len(replies))
+    assert out["max_new_tokens"]["harmful"] == 5

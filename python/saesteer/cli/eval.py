@@ -13,6 +13,7 @@ from .common import (add_model_args, add_steering_args, check_output, check_run_
 __all__ = ["register"]
 
 _SWEEP_COLUMNS = ("condition", "value", "harmful_refusal", "harmless_refusal", "harmful_degenerate", "harmless_degenerate",
+                  "harmful_attack_success",
                   "capability_accuracy", "mc_accuracy",
                   "kl_first", "kl_reply", "loss", "perplexity", "refusal_score_harmful", "refusal_score_harmless")
 
@@ -44,12 +45,17 @@ def _eval(args) -> int:
     capability = organism_capability_task(n_cap) if n_cap > 0 else None
 
     torch.set_grad_enabled(False)
-    judge = None
+    if args.judge_max_new_tokens is not None and args.judge_max_new_tokens < 1:
+        raise ValueError(f"--judge-max-new-tokens: expected a positive integer, got {args.judge_max_new_tokens}")
+    # The model judge answers harmful compliance (attack success) on the harmful set; refusal and
+    # over-refusal stay with the substring judge.
+    harm_judge = None
     if args.judge not in (None, "substring"):
-        judge = load_model_judge(args.judge, device=default_device(args.device), trust_remote_code=args.trust_remote_code)
+        harm_judge = load_model_judge(args.judge, device=default_device(args.device), trust_remote_code=args.trust_remote_code,
+                                      **({"reply_tokens": args.judge_max_new_tokens} if args.judge_max_new_tokens else {}))
     model, tok, sae, layer, name = load_model(args, spec)
     data = ev.EvalData(harmful, harmless, mc=mc, capability=capability)
-    kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, judge=judge)
+    kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, harm_judge=harm_judge)
     steering = ev.Steering(model, sae, spec, args.backend)
     sweep_conds = {}
     if sweep is not None:
@@ -65,8 +71,9 @@ def _eval(args) -> int:
         "layer": layer,
         "spec": spec.to_dict(),
         "n": {"harmful": len(harmful), "harmless": len(harmless), "mc": len(mc or []), "capability": n_cap},
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": result["max_new_tokens"],
         "judge": result["judge"],
+        "judges": result["judges"],
         "chat_template": result["chat_template"],
         "refusal_tokens": result["refusal_tokens"],
         "conditions": result["rows"],
@@ -75,7 +82,8 @@ def _eval(args) -> int:
     sections = [
         ("Setup", f"model `{name}`, SAE `{report['sae']}` at layer {layer}; steering `{json.dumps(spec.to_dict())}`; "
                   f"{len(harmful)} harmful / {len(harmless)} harmless prompts, {len(mc or [])} multiple-choice items, "
-                  f"{n_cap} capability questions; greedy, {args.max_new_tokens} new tokens; judge {result['judge']}; chat template: {result['chat_template']}."),
+                  f"{n_cap} capability questions; greedy, {result['max_new_tokens']['harmless']} new tokens ({result['max_new_tokens']['harmful']} on harmful prompts); "
+                  f"refusal judge {result['judges']['refusal']}, harmful-compliance judge {result['judges']['harmful_compliance'] or 'none'}; chat template: {result['chat_template']}."),
         ("Unsteered vs steered", [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
     ]
     if sweep is not None:
@@ -142,7 +150,11 @@ def register(sub) -> None:
     e.add_argument("--capability", type=int, help="number of organism capability questions (default: 64 on the organism, else 0)")
     e.add_argument("--sweep", help="comma-separated values for a refusal-amplification sweep, e.g. 0,2,4,8: the spec's "
                                    "features at each value in its mode, or clamped when it ablates (no --value needed)")
-    e.add_argument("--judge", help="refusal judge: 'substring' (default) or a LlamaGuard / HarmBench-classifier id or directory")
+    e.add_argument("--judge", help="harmful-compliance judge for attack success on the harmful set: a LlamaGuard / "
+                                   "HarmBench-classifier id or directory (refusal and over-refusal use the substring judge; "
+                                   "'substring' or none: no attack-success column)")
+    e.add_argument("--judge-max-new-tokens", type=int, help="new tokens of the harmful replies the --judge reads (default 512, "
+                                                             "HarmBench's length; --max-new-tokens if larger)")
     e.add_argument("--no-probes", action="store_true", help="skip the feature-vs-residual probe comparison")
     e.add_argument("--limit", type=int, help="use the first N items of every prompt/mc file")
     e.add_argument("--max-new-tokens", type=int, default=32)

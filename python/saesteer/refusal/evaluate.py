@@ -7,7 +7,13 @@ both sides are measured in one pass. For each condition (unsteered, or a :class:
 * ``harmful_refusal`` / ``harmless_refusal``: fraction of greedy replies a :class:`~.judges.Judge`
   calls refusals (the second is over-refusal); ``*_compliance`` and ``*_degenerate``: the fractions
   that comply and that are degenerate (empty or repetition, :func:`~.judges.judge_classes`), so a
-  model that breaks down under steering is not read as complying;
+  model that breaks down under steering is not read as complying. These come from the judge of
+  *refusal* (default: the substring judge);
+* ``harmful_attack_success``: with a judge of *harmful compliance* (``harm_judge``, e.g. the
+  HarmBench classifier or LlamaGuard), the fraction of harmful replies it says carry out the request
+  (degenerate replies excluded). It is asked about harmful prompts only, and their replies are
+  generated at least ``harm_judge.reply_tokens`` long (HarmBench: 512) so its "very short replies
+  do not count" rule does not read as refusal;
 * ``refusal_score_harmful`` / ``_harmless``: mean log-odds of the refusal tokens at the last prompt
   position (no generation);
 * ``mc_accuracy``: multiple choice scored by the logits of the choice letters after an answer prefix;
@@ -38,7 +44,8 @@ from tqdm.auto import tqdm
 
 from .chat import chat_template_kind, check_chat_template, format_prompts, generate, refusal_scores, refusal_tokens_from_replies
 from .inputs import model_device, pad_token_id
-from .judges import COMPLIED, DEGENERATE, REFUSED, Judge, ModelJudge, SubstringJudge, class_rates, judge_classes, load_model_judge
+from .judges import (COMPLIED, DEGENERATE, HARMFUL_COMPLIANCE, REFUSED, Judge, ModelJudge, SubstringJudge, class_rates, judge_classes,
+                     judge_name, judge_question, load_model_judge)
 from .spec import SteeringSpec
 
 __all__ = [
@@ -57,6 +64,7 @@ __all__ = [
     "amplification_sweep",
     "load_model_judge",
     "ModelJudge",
+    "split_judges",
 ]
 
 LETTERS = "ABCDEFGH"
@@ -324,6 +332,19 @@ class EvalData:
     harmless_replies: list[str] | None = None
 
 
+def split_judges(judge: Judge | None, harm_judge: Judge | None) -> tuple[Judge, Judge | None]:
+    """``(refusal judge, harmful-compliance judge or None)`` from what a caller passed: a judge of
+    harmful compliance passed as ``judge`` (a :class:`~.judges.ModelJudge`) is moved to the second
+    place and the substring judge asks the refusal question, so over-refusal is never read from a
+    harm classifier."""
+    if judge is not None and judge_question(judge) == HARMFUL_COMPLIANCE:
+        if harm_judge is not None:
+            raise ValueError(f"judge: {judge_name(judge)} judges harmful compliance, not refusal; pass one harm_judge "
+                             "and a refusal judge (or None for the substring judge)")
+        judge, harm_judge = None, judge
+    return judge or SubstringJudge(), harm_judge
+
+
 def evaluate_conditions(
     model,
     tokenizer,
@@ -331,6 +352,7 @@ def evaluate_conditions(
     conditions: Mapping[str, Steering],
     *,
     judge: Judge | None = None,
+    harm_judge: Judge | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 16,
     n_examples: int = 3,
@@ -338,16 +360,25 @@ def evaluate_conditions(
 ) -> dict:
     """Evaluate the unsteered model and every named condition on ``data``.
 
-    Returns ``{"rows": [...], "examples": {...}, "refusal_tokens": [...], "judge", "chat_template",
-    "warnings"}``: one row per condition (the first is ``"unsteered"``) with the metrics of the module
-    docstring, and the first ``n_examples`` replies per condition and prompt set; ``chat_template``
-    is ``"tokenizer"`` or ``"fallback"`` (no chat template: warned about, and listed in ``warnings``).
+    ``judge`` answers "did the model decline?" on both sets (default: the substring judge);
+    ``harm_judge`` (optional) answers "did the reply carry out the harmful request?" on the harmful
+    set only (see :func:`split_judges`), and its harmful replies get
+    ``max(max_new_tokens, harm_judge.reply_tokens)`` new tokens.
+
+    Returns ``{"rows": [...], "examples": {...}, "refusal_tokens": [...], "judge", "judges",
+    "max_new_tokens", "chat_template", "warnings"}``: one row per condition (the first is
+    ``"unsteered"``) with the metrics of the module docstring, and the first ``n_examples`` replies
+    per condition and prompt set; ``judges`` names the refusal and the harmful-compliance judge,
+    ``max_new_tokens`` the generation length per set; ``chat_template`` is ``"tokenizer"`` or
+    ``"fallback"`` (no chat template: warned about, and listed in ``warnings``).
     """
     if not data.harmful or not data.harmless:
         raise ValueError("data: harmful and harmless prompt sets must both be non-empty")
+    judge, harm_judge = split_judges(judge, harm_judge)
     template_warning = check_chat_template(tokenizer)
-    judge = judge or SubstringJudge()
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    harmful_tokens = max(max_new_tokens, int(getattr(harm_judge, "reply_tokens", 0) or 0)) if harm_judge is not None else max_new_tokens
+    gen_harmful = dict(gen, max_new_tokens=harmful_tokens)
     todo = [("unsteered", None), *conditions.items()]
     rows, examples = [], {}
     refusal_tokens: list[int] = []
@@ -355,7 +386,7 @@ def evaluate_conditions(
     bar = tqdm(todo, desc="conditions", disable=not progress, leave=False)
     for name, steering in bar:
         bar.set_postfix_str(name)
-        harmful_r = generate(model, tokenizer, data.harmful, steering=steering, desc="harmful", **gen)
+        harmful_r = generate(model, tokenizer, data.harmful, steering=steering, desc="harmful", **gen_harmful)
         harmless_r = generate(model, tokenizer, data.harmless, steering=steering, desc="harmless", **gen)
         harmful_c = judge_classes(judge, data.harmful, harmful_r)
         harmless_c = judge_classes(judge, data.harmless, harmless_r)
@@ -370,6 +401,8 @@ def evaluate_conditions(
         for kind, labels in (("harmful", harmful_c), ("harmless", harmless_c)):
             rates = class_rates(labels)
             row[f"{kind}_refusal"], row[f"{kind}_compliance"], row[f"{kind}_degenerate"] = rates[REFUSED], rates[COMPLIED], rates[DEGENERATE]
+        if harm_judge is not None:
+            row["harmful_attack_success"] = class_rates(judge_classes(harm_judge, data.harmful, harmful_r))[COMPLIED]
         row["refusal_score_harmful"] = float(refusal_scores(model, tokenizer, data.harmful, refusal_tokens, steering=steering, batch_size=batch_size).mean())
         row["refusal_score_harmless"] = float(refusal_scores(model, tokenizer, data.harmless, refusal_tokens, steering=steering, batch_size=batch_size).mean())
         ex = {"harmful": list(zip(data.harmful, harmful_r))[:n_examples], "harmless": list(zip(data.harmless, harmless_r))[:n_examples]}
@@ -383,7 +416,9 @@ def evaluate_conditions(
         row.update({k: cm[k] for k in ("loss", "perplexity", "kl_first", "kl_reply")})
         rows.append(row)
         examples[name] = ex
-    return {"rows": rows, "examples": examples, "refusal_tokens": refusal_tokens, "judge": type(judge).__name__,
+    return {"rows": rows, "examples": examples, "refusal_tokens": refusal_tokens, "judge": judge_name(judge),
+            "judges": {"refusal": judge_name(judge), "harmful_compliance": judge_name(harm_judge)},
+            "max_new_tokens": {"harmful": harmful_tokens, "harmless": max_new_tokens},
             "chat_template": chat_template_kind(tokenizer), "warnings": [template_warning] if template_warning else []}
 
 
