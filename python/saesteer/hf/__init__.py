@@ -9,7 +9,8 @@
   input). The edit is error-preserving (:class:`saesteer.steering.SAESteerer`): only
   ``s * sum_{i in S} (f'_i - f_i) W_dec[i]`` enters the stream, and unedited tokens are kept bit for bit.
 * :func:`directional_ablation` / :func:`add_direction` / :func:`affine_ablation` edit along a
-  direction (Arditi et al. 2024; Marshall et al. 2024), on the same machinery.
+  direction (Arditi et al. 2024; Marshall et al. 2024), on the same machinery;
+  :func:`orthogonalize` / :func:`save_orthogonalized` fold the ablation into the weights.
 * :func:`capture` records the residual stream at hook points; :func:`intercept` rewrites it.
 * :func:`find_layers`, :func:`hidden_size`, :func:`hook_point`: where things are in a model.
 
@@ -31,11 +32,15 @@ editing its weights, attach again.
 
 from .capture import capture, intercept, resolve_hooks
 from .directions import add_direction, affine_ablation, directional_ablation
+from .orthogonalize import load_direction, orthogonalize, save_orthogonalized
 from .handle import SAEEdit, SteeringHandle, attach, steer
 from .layers import HOOK_POINTS, LAYER_PATHS, find_layers, hidden_size, hook_name, hook_point, parse_hook
 from .positions import POSITIONS, PositionTracker
 
 __all__ = [
+    "orthogonalize",
+    "save_orthogonalized",
+    "load_direction",
     "steer",
     "attach",
     "SteeringHandle",

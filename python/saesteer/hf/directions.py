@@ -53,7 +53,8 @@ class _Affine:
         return y if mask is None else torch.where(mask.unsqueeze(-1), y, x)
 
 
-def _direction(direction, hidden: int | None, name: str = "direction") -> torch.Tensor:
+def as_direction(direction, hidden: int | None, name: str = "direction") -> torch.Tensor:
+    """``direction`` as a finite float32 vector of the model's ``hidden`` size, or a ValueError naming ``name``."""
     d = torch.as_tensor(direction).detach()
     if not d.is_floating_point() or d.dim() != 1:
         raise ValueError(f"{name}: expected a 1-D float tensor [d_model], got {d.dtype} of shape {tuple(d.shape)}")
@@ -65,14 +66,15 @@ def _direction(direction, hidden: int | None, name: str = "direction") -> torch.
     return d
 
 
-def _unit(d: torch.Tensor) -> torch.Tensor:
+def unit_direction(d: torch.Tensor) -> torch.Tensor:
+    """``d / ||d||``; the zero vector is a ValueError."""
     norm = d.norm()
     if norm == 0:
         raise ValueError("direction: the zero vector has no direction")
     return d / norm
 
 
-def _residual_writers(block: nn.Module) -> list[nn.Module]:
+def residual_writers(block: nn.Module) -> list[nn.Module]:
     """The modules whose outputs are added to the residual stream in one decoder layer."""
     if hasattr(block, "post_feedforward_layernorm") and hasattr(block, "post_attention_layernorm"):
         # Gemma2/3 sandwich norms: what enters the stream is the post-norms' output.
@@ -95,10 +97,10 @@ def directional_ablation(model: nn.Module, direction, *, positions="all", layers
     component can write along ``r``. Returns a :class:`SteeringHandle` (a context manager).
     """
     owner, blocks = find_layers(model, layers)
-    r = _unit(_direction(direction, hidden_size(model)))
+    r = unit_direction(as_direction(direction, hidden_size(model)))
     handle = SteeringHandle(model, owner, positions)
     model_device = module_device(model, torch.device("cpu"))
-    writers = [_residual_writers(b) for b in blocks]  # validated before anything is registered
+    writers = [residual_writers(b) for b in blocks]  # validated before anything is registered
     for i, block in enumerate(blocks):
         device = module_device(block, model_device)
         edit = _Project(r, device)
@@ -118,7 +120,7 @@ def add_direction(
     ``coeff=1`` this is Arditi's "induce refusal"; ``coeff=-1`` subtracts it. ``handle.coeff`` can be
     changed later (also under torch.compile, without recompiling).
     """
-    d = _direction(direction, hidden_size(model))
+    d = as_direction(direction, hidden_size(model))
     return _layer_input_edit(model, layers, layer, coeff, positions, lambda c, dev: _Add(d, c, dev))
 
 
@@ -154,7 +156,7 @@ def affine_ablation(
     :func:`add_direction`'s.
     """
     hidden = hidden_size(model)
-    d = _direction(direction, hidden)
-    ref = _direction(reference, hidden, "reference")
-    r = _unit(d)
+    d = as_direction(direction, hidden)
+    ref = as_direction(reference, hidden, "reference")
+    r = unit_direction(d)
     return _layer_input_edit(model, layers, layer, coeff, positions, lambda c, dev: _Affine(r, float(ref @ r), d, c, dev))
