@@ -169,3 +169,14 @@ def test_bench_generate_organism(tmp_path):
     assert data["meta"]["model"] == "organism" and data["meta"]["sae"].startswith("jumprelu")
     steered = next(r for r in data["rows"] if r["variant"] == "saesteer")
     assert steered["agree_full_sae"] == 1.0
+
+
+def test_bench_subcommand_has_one_implementation():
+    """The ``saesteer bench`` command lives in the CLI package only; the bench package is library code."""
+    import importlib.util
+
+    import saesteer.cli.bench as cli_bench
+
+    assert importlib.util.find_spec("saesteer.bench.cli") is None
+    assert cli_bench.run_ops.__module__ == "saesteer.cli.bench"
+    assert cli_bench.register.__module__ == "saesteer.cli.bench"

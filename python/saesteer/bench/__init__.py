@@ -6,7 +6,7 @@
 * :mod:`.ops`      -- op x backend x shape cases, beside sae-lens's own path
 * :mod:`.generate` -- ``model.generate`` throughput unsteered, steered, and with a full-SAE hook
 * :mod:`.report`, :mod:`.plots` -- terminal table, JSON, CSV, PNG
-* :mod:`.cli`      -- the ``saesteer bench`` subcommands
+* the ``saesteer bench`` subcommands are :mod:`saesteer.cli.bench`
 
 The pytest-benchmark suite in ``benchmarks/test_bench_suite.py`` builds its cases with
 :func:`saesteer.bench.ops.build_case`, so ``make bench`` and the CLI time the same calls.

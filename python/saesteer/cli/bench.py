@@ -1,8 +1,228 @@
-"""``saesteer bench ops`` and ``saesteer bench generate``: the benchmark package's own command
-definitions (:mod:`saesteer.bench.cli`), registered here like every other subcommand."""
+"""``saesteer bench ops`` and ``saesteer bench generate`` (the timing code is the :mod:`saesteer.bench` package)."""
 
 from __future__ import annotations
 
-from ..bench.cli import register
+import argparse
+import sys
 
-__all__ = ["register"]
+import torch
+
+__all__ = ["register", "run_ops", "run_generate"]
+
+
+def _csv_list(s: str) -> list[str]:
+    return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        return [int(p) for p in _csv_list(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="FILE", help="write meta, rows and skipped cases as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV (each row keyed by device name and versions)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the results to a PNG (matplotlib, Agg)")
+    p.add_argument("--markdown", metavar="FILE.md", help="write the command, header and table as Markdown")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                   help="weights and activations (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls per case (ops default: 50 on GPU, 10 on CPU; generate: 5 rounds)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def register(subparsers) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark the ops and steered generation on this machine",
+        description="Measure what steering costs here: the ops against the hardware floor and sae-lens, "
+        "and generation throughput with and without steering.",
+    )
+    sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
+    bench.set_defaults(func=lambda a: (bench.print_help(), 2)[1])
+
+    from ..bench.ops import BACKENDS, OPS
+    from ..bench.shapes import PRESETS
+
+    o = sub.add_parser(
+        "ops",
+        help="time each op x backend x shape beside sae-lens and the device floor",
+        description="Median and p20/p80 time, achieved GB/s or TFLOP/s, the floor (measured copy "
+        "bandwidth / matmul rate) and the ratio to it, for each op x backend x shape. "
+        "Backends that cannot run here are skipped with a note.",
+    )
+    o.add_argument("--ops", type=_csv_list, default=list(OPS), help=f"comma-separated, of {','.join(OPS)}")
+    o.add_argument("--backends", type=_csv_list, default=list(BACKENDS), help=f"comma-separated, of {','.join(BACKENDS)}")
+    o.add_argument("--preset", nargs="+", choices=list(PRESETS), default=None,
+                   help="shape presets (default: all on GPU; gemma2-2b-16k on CPU, or none when --d-in/--d-sae are given)")
+    o.add_argument("--d-in", type=int, default=None, help="custom shape: model width")
+    o.add_argument("--d-sae", type=int, default=None, help="custom shape: SAE width")
+    o.add_argument("--tokens", type=int, default=None, help="tokens per call (per row for steer_rows; default 8)")
+    o.add_argument("--features", type=int, default=None, help="|S|, the steered features (default 32)")
+    o.add_argument("--k", type=int, default=None, help="top-k of encode_topk/decode_sparse (default 64)")
+    o.add_argument("--rows", type=int, default=None, help="rows of steer_rows (default 8)")
+    o.add_argument("--mode", default="clamp", help="intervention mode (default clamp: every token changes)")
+    o.add_argument("--value", type=float, default=5.0, help="value of scale/clamp/add (default 5)")
+    o.add_argument("--flush-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="evict the last-level cache before each timed call (default: on GPU yes, on CPU no)")
+    _outputs(o)
+    o.set_defaults(func=run_ops)
+
+    from ..bench.generate import MODELS
+
+    g = sub.add_parser(
+        "generate",
+        help="tokens/s of model.generate: unsteered, saesteer-steered, and a full-SAE (sae-lens-style) hook",
+        description="Greedy generation of a fixed number of tokens (eos disabled) at each batch size, for: "
+        "no steering; saesteer.steer (one SAE at the middle layer, |S| features, all positions); and a "
+        "hook running the full SAE with the error term, as sae-lens does. Prefill is timed as a forward "
+        "of the prompt alone; decode tokens/s = batch * (new_tokens - 1) / (generate time - prefill time).",
+    )
+    g.add_argument("--model", default="organism",
+                   help=f"organism | a HF model directory | {' | '.join('config:' + m for m in MODELS)}")
+    g.add_argument("--batch-sizes", type=_int_list, default=[1, 32])
+    g.add_argument("--features", type=int, default=32, help="|S| (default 32)")
+    g.add_argument("--prompt-len", type=int, default=32)
+    g.add_argument("--new-tokens", type=int, default=32)
+    g.add_argument("--layers", type=int, default=None,
+                   help="truncate a config: model to this many layers (CPU smoke runs; recorded in the output)")
+    g.add_argument("--d-sae", type=int, default=None,
+                   help="width of the random SAE for non-organism models (default 65536 on GPU, 16384 on CPU)")
+    g.add_argument("--sae", default=None, help="an sae-lens SAE directory to use instead of a random one")
+    g.add_argument("--variants", type=_csv_list, default=None, help="subset of none,saesteer,full-sae")
+    g.add_argument("--mode", default="clamp", help="intervention mode (default clamp)")
+    g.add_argument("--value", type=float, default=5.0)
+    _outputs(g)
+    g.set_defaults(func=run_generate)
+
+
+def _check_outputs(args) -> None:
+    """Every output file must be writable before the benchmark runs, so no result is lost."""
+    from .common import check_output
+
+    for flag in ("json", "csv", "plot", "markdown"):
+        path = getattr(args, flag, None)
+        if path:
+            check_output(path, f"--{flag}", kind="file")
+
+
+def _setup(args) -> tuple[torch.device, torch.dtype, int]:
+    from ..bench.ops import DTYPES
+
+    _check_outputs(args)
+    device = torch.device(args.device or _default_device())
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA is not available in this torch build/machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    repeats = args.repeats or (50 if device.type == "cuda" else 10)
+    if repeats < 1:
+        raise ValueError(f"--repeats: expected >= 1, got {repeats}")
+    return device, dtype, repeats
+
+
+def run_ops(args) -> int:
+    from ..bench.ops import SAECache, Skip, add_peer_speedup, build_case, run_case
+    from ..bench.plots import plot_ops
+    from ..bench.report import Column, emit, provenance
+    from ..bench.shapes import resolve_shapes
+
+    from ..bench.ops import BACKENDS, OPS
+
+    for name, given, known in (("--ops", args.ops, OPS), ("--backends", args.backends, BACKENDS)):
+        bad = [x for x in given if x not in known]
+        if bad or not given:
+            raise ValueError(f"{name}: unknown {bad or 'empty list'}; expected some of {', '.join(known)}")
+    device, dtype, repeats = _setup(args)
+    presets = args.preset
+    if presets is None and args.d_in is None:
+        presets = ["gemma2-2b-16k"] if device.type == "cpu" else None
+        if presets is None:
+            from ..bench.shapes import PRESETS
+
+            presets = list(PRESETS)
+    shapes = resolve_shapes(presets, args.d_in, args.d_sae, args.tokens, args.features, args.k, args.rows)
+    meta = provenance(device, getattr(args, "argv", None))
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    saes = SAECache(seed=args.seed, with_sae_lens="sae-lens" in args.backends)
+    for shape in shapes:
+        for op in args.ops:
+            for backend in args.backends:
+                try:
+                    case = build_case(op, backend, shape, dtype, device, saes, args.mode, args.value, args.seed)
+                except Skip as e:
+                    skipped.append(dict(op=op, backend=backend, preset=shape.name, reason=str(e)))
+                    continue
+                # The sae-lens path at 131k is ~100x slower than the rest: cap its time, not its accuracy.
+                rows.append(run_case(case, repeats=repeats, max_seconds=30.0, flush_cache=args.flush_cache))
+                print(f"  {op:<13} {backend:<13} {shape.name:<16} {rows[-1]['median_us']:12.1f} us", file=sys.stderr)
+    add_peer_speedup(rows)
+    from ..bench.harness import copy_bandwidth, matmul_rate
+
+    meta["copy_gbps"] = copy_bandwidth(device) / 1e9
+    meta["matmul_tflops"] = matmul_rate(device, dtype) / 1e12
+    cols = [
+        Column("op", "op"), Column("backend", "backend"), Column("preset", "shape"),
+        Column("tokens", "T"), Column("features", "|S|"), Column("dtype", "dtype"),
+        Column("median_us", "median us", "{:.1f}"), Column("p20_us", "p20", "{:.1f}"), Column("p80_us", "p80", "{:.1f}"),
+        Column("gbps", "GB/s", "{:.2f}"), Column("tflops", "TFLOP/s", "{:.3f}"),
+        Column("floor_us", "floor us", "{:.1f}"), Column("bound", "bound"), Column("x_floor", "x floor", "{:.1f}"),
+        Column("vs_sae_lens", "vs sae-lens", "{:.1f}x"), Column("cache", "cache"),
+    ]
+    header = [
+        f"{meta['device_name']} ({meta['device']}), torch {meta['torch']}, triton {meta['triton']}, "
+        f"saesteer {meta['saesteer']}, sae-lens {meta['sae_lens']}, {meta['threads']} threads, {meta['date']}",
+        f"floors: copy {meta['copy_gbps']:.1f} GB/s, matmul {meta['matmul_tflops']:.3f} TFLOP/s "
+        f"({str(dtype).removeprefix('torch.')})",
+    ]
+    emit(args, header, cols, meta, rows, skipped, plot_ops)
+    return 0
+
+
+def run_generate(args) -> int:
+    from ..bench.generate import VARIANTS, bench_generate
+    from ..bench.plots import plot_generate
+    from ..bench.report import Column, emit, provenance
+
+    device, dtype, _ = _setup(args)
+    variants = args.variants or list(VARIANTS)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"--variants: unknown {bad}; expected some of {', '.join(VARIANTS)}")
+    meta = provenance(device, getattr(args, "argv", None))
+    rows, info = bench_generate(
+        args.model, device=device, dtype=dtype, batch_sizes=args.batch_sizes, features=args.features,
+        prompt_len=args.prompt_len, new_tokens=args.new_tokens, layers=args.layers, d_sae=args.d_sae,
+        sae_path=args.sae, variants=variants, mode=args.mode, value=args.value, repeats=args.repeats or 5, seed=args.seed,
+    )
+    meta.update(info)
+    cols = [
+        Column("variant", "variant"), Column("batch", "batch"),
+        Column("prefill_ms", "prefill ms", "{:.1f}"), Column("prefill_tok_s", "prefill tok/s", "{:.0f}"),
+        Column("generate_ms", "generate ms", "{:.1f}"), Column("generate_p20_ms", "p20", "{:.1f}"),
+        Column("generate_p80_ms", "p80", "{:.1f}"),
+        Column("decode_tok_s", "decode tok/s", "{:.1f}"), Column("total_tok_s", "total tok/s", "{:.1f}"),
+        Column("decode_vs_none", "decode vs none", "{:.1%}"), Column("total_vs_none", "total vs none", "{:.1%}"),
+        Column("agree_full_sae", "= full-sae", "{:.0%}"),
+    ]
+    header = [
+        f"{meta['device_name']} ({meta['device']}), torch {meta['torch']}, transformers {meta['transformers']}, "
+        f"saesteer {meta['saesteer']}, {meta['threads']} threads, {meta['date']}",
+        f"model {info['model']} ({info['model_layers']} layers, hidden {info['d_in']}), SAE {info['sae']} at layer "
+        f"{info['layer']}, |S|={args.features} {args.mode}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
+        f"{info['dtype']}, steer backend {info['steer_backend']}",
+        "= full-sae: the share of saesteer's generated tokens equal to the full-SAE hook's (the same steering "
+        "through sae-lens's encode/decode with the error term; 100% = identical output)",
+    ] + [f"note: {n}" for n in info.get("notes", [])]
+    emit(args, header, cols, meta, rows, [], plot_generate)
+    return 0
