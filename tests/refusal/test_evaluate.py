@@ -401,3 +401,63 @@ def test_organism_acceptance_full(organism_setup):
     min_harmful, max_harmless = (0.9, 0.05) if _val_files_present() else (0.85, 0.1)
     assert base["harmful_refusal"] >= min_harmful and base["harmless_refusal"] <= max_harmless
     assert base["capability_accuracy"] >= 0.9
+
+
+# ------------------------------------------------------------------------------------------------
+# direction interventions as conditions beside feature specs
+# ------------------------------------------------------------------------------------------------
+def test_direction_conditions_are_evaluated_beside_feature_specs(tiny_chat):
+    from saesteer.hf import directional_ablation
+    from saesteer.refusal.chat import refusal_scores
+
+    model, tok, sae, _ = tiny_chat
+    torch.manual_seed(1)
+    d, ref = torch.randn(32) * 4, torch.randn(32)
+    conds = ev.direction_conditions(model, {"direction": d, "layer": 1, "reference": ref})
+    assert list(conds) == ["direction_ablation", "direction_addition", "affine_ablation"]
+    assert list(ev.direction_conditions(model, {"direction": d, "layer": None})) == ["direction_ablation"]
+    spec = ev.SteeringSpec(features=[3, 7], mode="clamp", values=5.0)
+    data = ev.EvalData(shipped_prompts("harmful")[:3], shipped_prompts("harmless")[:3])
+    out = ev.evaluate_conditions(model, tok, data, {"steered": ev.Steering(model, sae, spec), **conds}, max_new_tokens=3, progress=False)
+    rows = {r["condition"]: r for r in out["rows"]}
+    assert list(rows) == ["unsteered", "steered", "direction_ablation", "direction_addition", "affine_ablation"]
+    for name in conds:
+        assert rows[name]["kl_first"] > 1e-4 and rows[name]["kl_reply"] > 1e-4
+    # The row's refusal score is the one read under the ablation hooks themselves.
+    toks = out["refusal_tokens"]
+    with directional_ablation(model, d):
+        direct = refusal_scores(model, tok, data.harmful, toks, batch_size=16)
+    assert rows["direction_ablation"]["refusal_score_harmful"] == pytest.approx(float(direct.mean()), abs=1e-5)
+    with pytest.raises(ValueError, match="kind"):
+        ev.DirectionSteering(model, "rotate", d)
+    with pytest.raises(ValueError, match="layer"):
+        ev.DirectionSteering(model, "add", d)
+    with pytest.raises(ValueError, match="reference"):
+        ev.DirectionSteering(model, "affine", d, layer=1)
+
+
+def test_cli_eval_direction_rows_without_a_feature_spec(tiny_chat, capsys, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from saesteer.cli import main
+
+    _, _, _, d = tiny_chat
+    torch.manual_seed(2)
+    save_file({"direction": torch.randn(32) * 4, "reference": torch.randn(32)}, str(tmp_path / "direction.safetensors"),
+              metadata={"layer": "1", "position": "-1", "ablation": "affine"})
+    base = ["eval", "--model", str(d), "--sae", str(d / "sae"), "--limit", "3", "--max-new-tokens", "3", "--device", "cpu", "--quiet"]
+    rc = main(base + ["--direction", str(tmp_path / "direction.safetensors"), "--out", str(tmp_path / "o")])
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert [c["condition"] for c in res["conditions"]] == ["unsteered", "direction_ablation", "direction_addition", "affine_ablation"]
+    assert res["spec"] is None and res["direction"]["layer"] == 1 and "probes" not in res
+    assert all(c["kl_reply"] > 0 for c in res["conditions"][1:])
+    assert "## Unsteered vs steered vs direction edits" in (tmp_path / "o" / "report.md").read_text()
+    for extra, match in ((["--direction", str(tmp_path / "none.safetensors")], "direction.safetensors"),
+                         (["--direction", str(tmp_path / "direction.safetensors"), "--sweep", "0,1"], "--sweep: sweeps a feature spec")):
+        rc = main(base + extra + ["--out", str(tmp_path / "bad")])
+        _, err = capsys.readouterr()
+        assert rc == 2 and match in err and not (tmp_path / "bad").exists()

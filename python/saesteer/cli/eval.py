@@ -35,12 +35,20 @@ def _eval(args) -> int:
     mc = ev.load_mc(args.mc, limit=args.limit) if args.mc else None
     if sweep is not None and args.mode == "ablate":
         raise ValueError("--sweep: sweeps the value of clamp/scale/add; --mode ablate takes no value")
-    spec = steering_spec(args, values_given=sweep is not None)
+    direction = None
+    if args.direction:
+        from ..hf import load_direction
+
+        direction = load_direction(args.direction)
+    # With --direction a feature spec is optional: the direction's rows are evaluated on their own.
+    spec = steering_spec(args, required=direction is None, values_given=sweep is not None)
+    if spec is None and sweep is not None:
+        raise ValueError("--sweep: sweeps a feature spec's value; pass --steer SPEC or --features IDS with it")
     # The sweep steps the spec's features through --sweep's values in the spec's mode, or clamps
     # them when the spec ablates (a discovered set); the spec itself is the "steered" condition
     # when it is complete (ablate, or a --value / values of its own).
-    sweep_mode = "clamp" if spec.mode == "ablate" else spec.mode
-    has_steered = spec.mode == "ablate" or spec.values is not None
+    sweep_mode = "clamp" if spec is None or spec.mode == "ablate" else spec.mode
+    has_steered = spec is not None and (spec.mode == "ablate" or spec.values is not None)
     n_cap = args.capability if args.capability is not None else (64 if args.model is None else 0)
     capability = organism_capability_task(n_cap) if n_cap > 0 else None
 
@@ -56,20 +64,26 @@ def _eval(args) -> int:
     model, tok, sae, layer, name = load_model(args, spec)
     data = ev.EvalData(harmful, harmless, mc=mc, capability=capability)
     kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, harm_judge=harm_judge)
-    steering = ev.Steering(model, sae, spec, args.backend)
+    if direction is not None and direction["direction"].shape[0] != sae.d_in:
+        raise ValueError(f"--direction: length {direction['direction'].shape[0]} but the model's hidden size is {sae.d_in}")
+    steering = ev.Steering(model, sae, spec, args.backend) if spec is not None else None
+    direction_conds = ev.direction_conditions(model, direction) if direction is not None else {}
     sweep_conds = {}
     if sweep is not None:
         sweep_conds = ev.sweep_conditions(ev.Steering(model, sae, replace(spec, mode=sweep_mode), args.backend), sweep)
     # One pass over every condition, so the unsteered baseline runs once for the comparison and the sweep.
-    conds = {"steered": steering, **sweep_conds} if has_steered else sweep_conds
+    conds = {**({"steered": steering} if has_steered else {}), **direction_conds, **sweep_conds}
     result = ev.evaluate_conditions(model, tok, data, conds, **kw)
     all_rows = result["rows"]
-    result["rows"] = [r for r in all_rows if r["condition"] in ("unsteered", "steered")]
+    compared = ("unsteered", "steered", *direction_conds)
+    result["rows"] = [r for r in all_rows if r["condition"] in compared]
     report = {
         "model": name,
-        "sae": spec.sae or "organism",
+        "sae": (spec.sae if spec is not None else args.sae) or "organism",
         "layer": layer,
-        "spec": spec.to_dict(),
+        "spec": spec.to_dict() if spec is not None else None,
+        "direction": ({"file": str(args.direction), "layer": direction["layer"], "position": direction["position"],
+                       "ablation": direction["ablation"], "conditions": list(direction_conds)} if direction is not None else None),
         "n": {"harmful": len(harmful), "harmless": len(harmless), "mc": len(mc or []), "capability": n_cap},
         "max_new_tokens": result["max_new_tokens"],
         "judge": result["judge"],
@@ -80,11 +94,12 @@ def _eval(args) -> int:
         "examples": result["examples"],
     }
     sections = [
-        ("Setup", f"model `{name}`, SAE `{report['sae']}` at layer {layer}; steering `{json.dumps(spec.to_dict())}`; "
+        ("Setup", f"model `{name}`, SAE `{report['sae']}` at layer {layer}; steering `{json.dumps(spec.to_dict()) if spec is not None else 'none'}`"
+                  f"{'; direction ' + str(args.direction) + ' (' + ', '.join(direction_conds) + ')' if direction is not None else ''}; "
                   f"{len(harmful)} harmful / {len(harmless)} harmless prompts, {len(mc or [])} multiple-choice items, "
                   f"{n_cap} capability questions; greedy, {result['max_new_tokens']['harmless']} new tokens ({result['max_new_tokens']['harmful']} on harmful prompts); "
                   f"refusal judge {result['judges']['refusal']}, harmful-compliance judge {result['judges']['harmful_compliance'] or 'none'}; chat template: {result['chat_template']}."),
-        ("Unsteered vs steered", [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
+        ("Unsteered vs steered" + (" vs direction edits" if direction_conds else ""), [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
     ]
     if sweep is not None:
         sweep_rows = [dict(all_rows[0], value=None)] + [dict(r, value=sweep_conds[r["condition"]].spec.values) for r in all_rows if r["condition"] in sweep_conds]
@@ -100,7 +115,7 @@ def _eval(args) -> int:
             [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
             "![sweep](sweep.png)",
         ]))
-    if not args.no_probes:
+    if not args.no_probes and spec is not None:
         from ..refusal.probes import compare_probes
 
         pr = compare_probes(model, tok, sae, spec.features, harmful, harmless, layer=layer, batch_size=args.batch_size)
@@ -116,7 +131,7 @@ def _eval(args) -> int:
             pr["rows"],
         ]))
     ex_lines = []
-    for cond in ("unsteered", "steered"):  # every condition's examples are in eval.json
+    for cond in compared:  # every condition's examples are in eval.json
         for kind, pairs in result["examples"].get(cond, {}).items():
             for p, r in pairs:
                 ex_lines.append({"condition": cond, "set": kind, "prompt": p, "reply": r})
@@ -155,6 +170,8 @@ def register(sub) -> None:
                                    "'substring' or none: no attack-success column)")
     e.add_argument("--judge-max-new-tokens", type=int, help="new tokens of the harmful replies the --judge reads (default 512, "
                                                              "HarmBench's length; --max-new-tokens if larger)")
+    e.add_argument("--direction", help="discover's direction.safetensors: adds directional ablation, activation addition "
+                                       "(and affine ablation when it holds a reference) rows; a feature spec is then optional")
     e.add_argument("--no-probes", action="store_true", help="skip the feature-vs-residual probe comparison")
     e.add_argument("--limit", type=int, help="use the first N items of every prompt/mc file")
     e.add_argument("--max-new-tokens", type=int, default=32)

@@ -65,6 +65,8 @@ __all__ = [
     "load_model_judge",
     "ModelJudge",
     "split_judges",
+    "DirectionSteering",
+    "direction_conditions",
 ]
 
 LETTERS = "ABCDEFGH"
@@ -101,16 +103,83 @@ class Steering:
     def edit_mask(self, attention_mask: torch.Tensor, prompt_end: torch.Tensor) -> torch.Tensor:
         """The tokens this spec edits in a teacher-forced batch: ``prompt_end[b]`` is the column where
         row ``b``'s continuation starts (left padding)."""
-        real = attention_mask.bool()
-        col = torch.arange(real.shape[1], device=real.device)[None, :]
-        pos = self.spec.positions
-        if pos == "all":
-            return real
-        if pos == "prompt":
-            return real & (col < prompt_end[:, None])
-        if pos == "generated":
-            return real & (col >= prompt_end[:, None])
-        raise ValueError(f"positions: teacher-forced metrics need 'all', 'prompt' or 'generated', got {pos!r}")
+        return _edit_mask(self.spec.positions, attention_mask, prompt_end)
+
+
+def _edit_mask(pos, attention_mask: torch.Tensor, prompt_end: torch.Tensor) -> torch.Tensor:
+    real = attention_mask.bool()
+    col = torch.arange(real.shape[1], device=real.device)[None, :]
+    if pos == "all":
+        return real
+    if pos == "prompt":
+        return real & (col < prompt_end[:, None])
+    if pos == "generated":
+        return real & (col >= prompt_end[:, None])
+    raise ValueError(f"positions: teacher-forced metrics need 'all', 'prompt' or 'generated', got {pos!r}")
+
+
+DIRECTION_EDITS = ("ablate", "add", "affine")
+
+
+@dataclass
+class DirectionSteering:
+    """An edit along a residual direction with :class:`Steering`'s interface, so it is a condition
+    of :func:`evaluate_conditions` beside SAE feature specs.
+
+    ``kind``: ``"ablate"`` (directional ablation at every layer, Arditi et al.), ``"add"``
+    (activation addition of ``coeff * direction`` at the input of ``layer``) or ``"affine"``
+    (affine concept editing at ``layer``: the projection set to ``reference``'s, plus ``coeff``
+    times the direction, Marshall et al.). See :mod:`saesteer.hf.directions`.
+    """
+
+    model: object
+    kind: str
+    direction: torch.Tensor
+    layer: int | None = None
+    coeff: float = 1.0
+    reference: torch.Tensor | None = None
+    positions: str = "all"
+
+    def __post_init__(self):
+        if self.kind not in DIRECTION_EDITS:
+            raise ValueError(f"kind: expected one of {DIRECTION_EDITS}, got {self.kind!r}")
+        if self.kind != "ablate" and self.layer is None:
+            raise ValueError(f"layer: the {self.kind!r} edit needs the layer whose input it edits")
+        if self.kind == "affine" and self.reference is None:
+            raise ValueError("reference: the 'affine' edit needs the harmless mean (discover's direction.safetensors holds it "
+                             "when its ablation is affine)")
+
+    def _handle(self, positions):
+        from ..hf import add_direction, affine_ablation, directional_ablation
+
+        if self.kind == "ablate":
+            return directional_ablation(self.model, self.direction, positions=positions)
+        if self.kind == "add":
+            return add_direction(self.model, self.direction, self.layer, self.coeff, positions=positions)
+        return affine_ablation(self.model, self.direction, self.reference, self.layer, self.coeff, positions=positions)
+
+    def __call__(self):
+        return self._handle(self.positions)
+
+    def with_mask(self, mask: torch.Tensor):
+        return self._handle(mask)
+
+    def edit_mask(self, attention_mask: torch.Tensor, prompt_end: torch.Tensor) -> torch.Tensor:
+        return _edit_mask(self.positions, attention_mask, prompt_end)
+
+
+def direction_conditions(model, direction: Mapping, *, positions: str = "all") -> dict[str, DirectionSteering]:
+    """The direction interventions of discover's ``direction.safetensors`` (as read by
+    :func:`saesteer.hf.load_direction`) as named conditions: ``"direction_ablation"`` (removes
+    refusal), ``"direction_addition"`` (adds the difference in means at its layer: induces refusal)
+    and, when the file has the harmless ``reference``, ``"affine_ablation"`` (coefficient 0)."""
+    d, layer, ref = direction["direction"], direction.get("layer"), direction.get("reference")
+    out = {"direction_ablation": DirectionSteering(model, "ablate", d, positions=positions)}
+    if layer is not None:
+        out["direction_addition"] = DirectionSteering(model, "add", d, layer=layer, coeff=1.0, positions=positions)
+        if ref is not None:
+            out["affine_ablation"] = DirectionSteering(model, "affine", d, layer=layer, coeff=0.0, reference=ref, positions=positions)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,7 +418,7 @@ def evaluate_conditions(
     model,
     tokenizer,
     data: EvalData,
-    conditions: Mapping[str, Steering],
+    conditions: Mapping[str, "Steering | DirectionSteering"],
     *,
     judge: Judge | None = None,
     harm_judge: Judge | None = None,
