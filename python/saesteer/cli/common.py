@@ -216,6 +216,19 @@ def is_organism_ref(ref: str | None) -> bool:
     return ref is not None and (ref == "organism" or ref.startswith("organism:"))
 
 
+def check_organism_sae_ref(ref: str | None) -> None:
+    """Raise if ``ref`` is ``organism:NAME`` and the organism has no SAE ``NAME``: read from the
+    organism's manifest, so a bad ``--sae`` fails before the organism's model loads."""
+    if ref is None or not ref.startswith("organism:"):
+        return
+    from .. import organism as organism_pkg
+
+    _, _, sae_paths = organism_pkg.read_manifest()
+    name = ref.split(":", 1)[1]
+    if name not in sae_paths:
+        raise ValueError(f"--sae: the organism has no SAE {name!r} (it has: {', '.join(sorted(sae_paths))})")
+
+
 def _organism_sae(org, ref: str, device):
     """The organism SAE ``ref`` names (``organism``: its default) as a :class:`saesteer.SAE` on ``device``."""
     name = org.default_sae if ref == "organism" else ref.split(":", 1)[1]
@@ -232,6 +245,7 @@ def resolve_sae(ref: str | None, device="cpu", organism=None):
         if organism is None:
             from .. import organism as organism_pkg
 
+            check_organism_sae_ref(ref)
             organism = organism_pkg.load()
         return _organism_sae(organism, ref or "organism", device)
     from ..refusal.spec import resolve_sae as resolve_sae_ref
@@ -304,6 +318,7 @@ def load_model(args, spec=None):
     if args.model is None:
         from .. import organism
 
+        check_organism_sae_ref(sae_ref)
         org = organism.load(device=device)
         model, tok, name = org.model, org.tokenizer, "organism"
         sae = resolve_sae(sae_ref or "organism", device=device, organism=org)

@@ -145,10 +145,10 @@ def _config_model_demo() -> int:
 
 
 def run_demo(n_show: int = 4, out: str | Path | None = None) -> int:
-    try:
-        from .. import organism
+    from .. import organism
 
-        organism.load(load_saes=False)
+    try:
+        organism.read_manifest()  # the weights are there (a file read: the model loads once, in the demo)
     except FileNotFoundError:
         return _config_model_demo()
     return _organism_demo(n_show, Path(out) if out else None)
