@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 _SWEEP_COLUMNS = ("condition", "value", "harmful_refusal", "harmless_refusal", "harmful_degenerate", "harmless_degenerate",
                   "harmful_attack_success",
-                  "capability_accuracy", "mc_accuracy",
+                  "capability_accuracy", "mc_accuracy", "mmlu_accuracy", "gsm8k_accuracy",
                   "kl_first", "kl_reply", "loss", "perplexity", "refusal_score_harmful", "refusal_score_harmless")
 
 
@@ -33,6 +33,9 @@ def _eval(args) -> int:
     harmful = load_prompts(args.harmful, field=args.field, limit=args.limit) if args.harmful else shipped_prompts("harmful")[: args.limit]
     harmless = load_prompts(args.harmless, field=args.field, limit=args.limit) if args.harmless else shipped_prompts("harmless")[: args.limit]
     mc = ev.load_mc(args.mc, limit=args.limit) if args.mc else None
+    from ..refusal.capability import load_gsm8k, load_mmlu
+
+    tasks = ([load_mmlu(args.mmlu, limit=args.limit)] if args.mmlu else []) + ([load_gsm8k(args.gsm8k, limit=args.limit)] if args.gsm8k else [])
     if sweep is not None and args.mode == "ablate":
         raise ValueError("--sweep: sweeps the value of clamp/scale/add; --mode ablate takes no value")
     direction = None
@@ -62,7 +65,7 @@ def _eval(args) -> int:
         harm_judge = load_model_judge(args.judge, device=default_device(args.device), trust_remote_code=args.trust_remote_code,
                                       **({"reply_tokens": args.judge_max_new_tokens} if args.judge_max_new_tokens else {}))
     model, tok, sae, layer, name = load_model(args, spec)
-    data = ev.EvalData(harmful, harmless, mc=mc, capability=capability)
+    data = ev.EvalData(harmful, harmless, mc=mc, capability=capability, tasks=tasks)
     kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, harm_judge=harm_judge)
     if direction is not None and direction["direction"].shape[0] != sae.d_in:
         raise ValueError(f"--direction: length {direction['direction'].shape[0]} but the model's hidden size is {sae.d_in}")
@@ -84,7 +87,8 @@ def _eval(args) -> int:
         "spec": spec.to_dict() if spec is not None else None,
         "direction": ({"file": str(args.direction), "layer": direction["layer"], "position": direction["position"],
                        "ablation": direction["ablation"], "conditions": list(direction_conds)} if direction is not None else None),
-        "n": {"harmful": len(harmful), "harmless": len(harmless), "mc": len(mc or []), "capability": n_cap},
+        "n": {"harmful": len(harmful), "harmless": len(harmless), "mc": len(mc or []), "capability": n_cap,
+              **{t.name: len(t.questions) for t in tasks}},
         "max_new_tokens": result["max_new_tokens"],
         "judge": result["judge"],
         "judges": result["judges"],
@@ -162,6 +166,9 @@ def register(sub) -> None:
     e.add_argument("--harmless", help="harmless prompts (default: the shipped set)")
     e.add_argument("--field", help="text field of the prompt files (default: instruction or prompt)")
     e.add_argument("--mc", help="multiple-choice file, JSONL of {question, choices, answer}")
+    e.add_argument("--mmlu", help="MMLU, 5-shot (lm-evaluation-harness's prompt): a JSON/JSONL/CSV file (its first 5 rows "
+                                  "are the shots) or a Hub id such as cais/mmlu (needs `datasets`)")
+    e.add_argument("--gsm8k", help="GSM8K ('#### N' answers; 256 new tokens): a JSON/JSONL file or a Hub id such as openai/gsm8k")
     e.add_argument("--capability", type=int, help="number of organism capability questions (default: 64 on the organism, else 0)")
     e.add_argument("--sweep", help="comma-separated values for a refusal-amplification sweep, e.g. 0,2,4,8: the spec's "
                                    "features at each value in its mode, or clamped when it ablates (no --value needed)")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["load_prompts", "shipped_prompts"]
+__all__ = ["load_prompts", "shipped_prompts", "jsonl_rows", "read_json_rows"]
 
 _FIELDS = ("instruction", "prompt")
 
@@ -31,7 +31,7 @@ def _pick(rows: Sequence, field: str | None, source: str) -> list[str]:
     return out
 
 
-def _jsonl_rows(text: str, path: Path) -> list:
+def jsonl_rows(text: str, path: Path) -> list:
     """The rows of a JSONL file; a malformed line is named by the file and its 1-based line number."""
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -41,6 +41,20 @@ def _jsonl_rows(text: str, path: Path) -> list:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
+    return rows
+
+
+def read_json_rows(path: Path, what: str) -> list:
+    """The rows of a .jsonl file, or the JSON list of any other file; errors name the file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".jsonl":
+        return jsonl_rows(text, path)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a list of {what}")
     return rows
 
 
@@ -55,7 +69,7 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
         suffix = p.suffix.lower()
         text = p.read_text(encoding="utf-8")
         if suffix == ".jsonl":
-            rows = _jsonl_rows(text, p)
+            rows = jsonl_rows(text, p)
         elif suffix == ".csv":
             rows = list(csv.DictReader(text.splitlines()))
         else:

@@ -31,10 +31,9 @@ position) at their unsteered values: the first reply token is predicted from the
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -250,16 +249,9 @@ def load_mc(path: str | Path, limit: int | None = None) -> list[MCItem]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"mc: {str(p)!r} is not a file")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(rows, list):
-        raise ValueError(f"{p}: expected a list of multiple-choice items")
+    from .data import read_json_rows
+
+    rows = read_json_rows(p, "multiple-choice items")
     if not rows:
         raise ValueError(f"{p}: holds no multiple-choice items")
     items = [_mc_item(r, f"{p}: row {n}") for n, r in enumerate(rows)]
@@ -321,16 +313,20 @@ def multiple_choice_accuracy(
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class CapabilityTask:
-    """Questions with checkable answers: ``check(i, reply)`` says whether reply ``i`` is right."""
+    """Questions with checkable answers: ``check(i, reply)`` says whether reply ``i`` is right.
+    ``max_new_tokens``: the reply length the task needs (None: the caller's); see
+    :mod:`saesteer.refusal.capability` for MMLU and GSM8K."""
 
     name: str
     questions: list[str]
     check: Callable[[int, str], bool]
+    max_new_tokens: int | None = None
 
 
 def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steering | None = None, *, max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False) -> dict:
-    """Fraction of greedy replies that ``task.check`` accepts: ``{"accuracy", "n", "replies"}``."""
-    replies = generate(model, tokenizer, task.questions, max_new_tokens=max_new_tokens, batch_size=batch_size, steering=steering, progress=progress, desc="capability")
+    """Fraction of greedy replies that ``task.check`` accepts: ``{"accuracy", "n", "replies"}``.
+    Replies are ``task.max_new_tokens`` long when the task sets it, else ``max_new_tokens``."""
+    replies = generate(model, tokenizer, task.questions, max_new_tokens=task.max_new_tokens or max_new_tokens, batch_size=batch_size, steering=steering, progress=progress, desc="capability")
     ok = [bool(task.check(i, r)) for i, r in enumerate(replies)]
     return {"accuracy": sum(ok) / len(ok) if ok else float("nan"), "n": len(ok), "replies": replies}
 
@@ -392,13 +388,15 @@ def continuation_metrics(model, tokenizer, prompts: Sequence[str], continuations
 @dataclass
 class EvalData:
     """What an evaluation runs on. ``harmless_replies``: reference continuations for loss/KL (default:
-    the unsteered model's own greedy replies to ``harmless``)."""
+    the unsteered model's own greedy replies to ``harmless``). ``capability`` gives the row's
+    ``capability_accuracy``; each of ``tasks`` (MMLU, GSM8K, ...) a ``{task.name}_accuracy``."""
 
     harmful: list[str]
     harmless: list[str]
     mc: list[MCItem] | None = None
     capability: CapabilityTask | None = None
     harmless_replies: list[str] | None = None
+    tasks: list[CapabilityTask] = field(default_factory=list)
 
 
 def split_judges(judge: Judge | None, harm_judge: Judge | None) -> tuple[Judge, Judge | None]:
@@ -481,6 +479,10 @@ def evaluate_conditions(
             cap = capability_accuracy(model, tokenizer, data.capability, steering, max_new_tokens=max_new_tokens, batch_size=batch_size)
             row["capability_accuracy"] = cap["accuracy"]
             ex["capability"] = list(zip(data.capability.questions, cap["replies"]))[:n_examples]
+        for task in data.tasks:
+            res = capability_accuracy(model, tokenizer, task, steering, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            row[f"{task.name}_accuracy"] = res["accuracy"]
+            ex[task.name] = list(zip(task.questions, res["replies"]))[:n_examples]
         cm = continuation_metrics(model, tokenizer, data.harmless, reference, steering, batch_size=batch_size)
         row.update({k: cm[k] for k in ("loss", "perplexity", "kl_first", "kl_reply")})
         rows.append(row)
