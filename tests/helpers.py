@@ -104,7 +104,7 @@ def organism_prompt_ids(org, n_harmful: int, n_harmless: int) -> list[list[int]]
     return [org.tokenizer(org.format_prompt(t), add_special_tokens=False).input_ids for t in texts]
 
 
-def hf_greedy(org, ids, max_new: int, iv=None, positions: str = "all") -> list[int]:
+def hf_greedy(org, ids, max_new: int, iv=None, positions: str = "all", skip_bos: bool = True) -> list[int]:
     """The organism's greedy continuation of ``ids`` (``max_new`` tokens), steered by ``iv`` through
     the HF hooks when given: the reference the vLLM engine must reproduce."""
     import contextlib
@@ -114,7 +114,7 @@ def hf_greedy(org, ids, max_new: int, iv=None, positions: str = "all") -> list[i
     import saesteer
 
     x = torch.tensor([ids])
-    edit = contextlib.nullcontext() if iv is None else saesteer.steer(org.model, org.sae, iv, positions=positions)
+    edit = contextlib.nullcontext() if iv is None else saesteer.steer(org.model, org.sae, iv, positions=positions, skip_bos=skip_bos)
     with torch.no_grad(), edit:
         out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False)
     return out[0, len(ids):].tolist()

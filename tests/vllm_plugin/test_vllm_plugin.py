@@ -123,3 +123,32 @@ def test_a_bad_spec_that_bypasses_validation_runs_unedited_and_the_engine_serves
     out = llm.llm.generate([{"prompt_token_ids": prompts[0]}], sp, use_tqdm=False)
     assert list(out[0].outputs[0].token_ids) == hf_greedy(org, prompts[0])
     assert vllm_greedy(llm, [prompts[1]], None)[0] == hf_greedy(org, prompts[1])
+
+
+@pytest.mark.parametrize("positions", ["all", "generated"])
+def test_the_hook_fires_on_every_step_and_edits_the_right_tokens(org, llm, prompts, refusal_features, positions):
+    """Counted, not inferred from the tokens: one forward per generated token (the prefill gives the
+    first), each of them steered, and exactly the tokens the position rule names edited."""
+    iv = Intervention(refusal_features, "clamp", 6.0)
+    llm.stats(reset=True)
+    got = vllm_greedy(llm, prompts[:2], [spec(iv, positions)] * 2)
+    stats = llm.stats()["jumprelu"]
+    assert [len(g) for g in got] == [MAX_NEW, MAX_NEW]
+    assert stats["forwards"] == MAX_NEW
+    assert stats["steered_forwards"] == MAX_NEW
+    assert all(p[0] == org.tokenizer.bos_token_id for p in prompts[:2])
+    fed = sum(len(p) - 1 for p in prompts[:2]) + 2 * (MAX_NEW - 1)  # prompt tokens but BOS + tokens fed back
+    assert stats["edited_tokens"] == (fed if positions == "all" else 2 * (MAX_NEW - 1))
+    llm.stats(reset=True)
+    vllm_greedy(llm, prompts[:2], None)
+    stats = llm.stats()["jumprelu"]
+    assert stats["forwards"] == MAX_NEW and stats["steered_forwards"] == 0 and stats["edited_tokens"] == 0
+
+
+def test_skip_bos_false_edits_the_bos_token_as_the_hf_hooks_do(org, llm, prompts, refusal_features):
+    iv = Intervention(refusal_features, "clamp", 6.0)
+    d = dict(spec(iv, "all"), skip_bos=False)
+    llm.stats(reset=True)
+    got = vllm_greedy(llm, prompts[:3], [d] * 3)
+    assert llm.stats()["jumprelu"]["edited_tokens"] == sum(len(p) for p in prompts[:3]) + 3 * (MAX_NEW - 1)
+    assert got == [helpers.hf_greedy(org, p, MAX_NEW, iv, "all", skip_bos=False) for p in prompts[:3]]

@@ -31,7 +31,7 @@ import torch
 
 from ..sae import read_sae_dir
 from ..steering import SAESteerer
-from ..steering.spec import SpecError, parse_specs, spec_salt
+from ..steering.spec import SpecError, bos_token_mask, parse_specs, spec_salt
 
 __all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae"]
 
@@ -76,6 +76,8 @@ class _LayerHook:
 
     def __call__(self, module, args, output):
         hidden, residual = output
+        for name in self.names:
+            self.ext._saesteer_stats[name]["forwards"] += 1
         step = self.ext._step_plan()
         if step is None:
             return output
@@ -102,6 +104,8 @@ class WorkerExtension:
         self._saesteer_specs: dict[str, tuple] = {}
         self._saesteer_plans: dict[tuple, object] = {}
         self._saesteer_step = (None, None)
+        self._saesteer_stats: dict[str, dict[str, int]] = {}
+        self._saesteer_bos = getattr(runner.model_config.hf_config, "bos_token_id", None)
         by_layer: dict[int, list[str]] = {}
         shapes = {}
         for name, src in saes.items():
@@ -114,8 +118,21 @@ class WorkerExtension:
             self._saesteer[name] = SAESteerer(sae, device)
             by_layer.setdefault(layer, []).append(name)
             shapes[name] = sae.d_sae
+            self._saesteer_stats[name] = {"forwards": 0, "steered_forwards": 0, "edited_tokens": 0}
         self._saesteer_handles = [layers[i].register_forward_hook(_LayerHook(self, names)) for i, names in by_layer.items()]
         return shapes
+
+    def saesteer_stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
+        """Per SAE name: ``forwards`` (forward passes the layer hook saw), ``steered_forwards`` (those
+        in which some token of the batch had an edit on this SAE) and ``edited_tokens`` (tokens edited,
+        summed over forwards). vLLM has skipped module hooks after runner changes before; these
+        counts show that every step was seen. ``reset`` zeroes them after reading."""
+        out = {n: dict(c) for n, c in self._saesteer_stats.items()}
+        if reset:
+            for c in self._saesteer_stats.values():
+                for k in c:
+                    c[k] = 0
+        return out
 
     # -- per forward ------------------------------------------------------------------------------
     _POSITION_IDS = {"all": 0, "prompt": 1, "generated": 2}
@@ -137,8 +154,12 @@ class WorkerExtension:
         if any(specs):
             qsl = torch.from_numpy(runner.query_start_loc.np[: len(req_ids) + 1].copy())
             token_req = torch.repeat_interleave(torch.arange(len(req_ids)), qsl[1:] - qsl[:-1])
-            prompt_lens = torch.tensor([runner.requests[rid].num_prompt_tokens for rid in req_ids])
-            step = (token_req, prompt_lens, specs)
+            states = [runner.requests[rid] for rid in req_ids]
+            prompt_lens = torch.tensor([st.num_prompt_tokens for st in states])
+            # A token at position 0 is its request's first prompt token: with these ids,
+            # bos_token_mask decides BOS exactly as the HF hooks do.
+            first_ids = torch.tensor([st.prompt_token_ids[0] if st.prompt_token_ids else -1 for st in states])
+            step = (token_req, prompt_lens, first_ids, specs)
         self._saesteer_step = (ctx, step)
         return step
 
@@ -162,14 +183,15 @@ class WorkerExtension:
         return got
 
     def _apply(self, name: str, x: torch.Tensor, positions, step) -> torch.Tensor:
-        token_req, prompt_lens, specs = step
+        token_req, prompt_lens, first_ids, specs = step
         N, n_real = x.shape[0], token_req.shape[0]
         ivs: dict = {}  # distinct interventions on this SAE -> plan row
-        req_row, req_pos = [], []
+        req_row, req_pos, req_skip = [], [], []
         for req_specs in specs:
             s = next((s for s in req_specs if s.sae == name), None)
             req_row.append(-1 if s is None else ivs.setdefault(s.intervention, len(ivs)))
             req_pos.append(0 if s is None else self._POSITION_IDS[s.positions])
+            req_skip.append(s is not None and s.skip_bos)
         if not ivs:
             return x
         steerer = self._saesteer[name]
@@ -181,14 +203,23 @@ class WorkerExtension:
             plan = self._saesteer_plans[key] = steerer.plan(list(ivs))
         rows = torch.full((N,), -1, dtype=torch.int64)
         rows[:n_real] = torch.tensor(req_row, dtype=torch.int64)[token_req]
+        edited = rows >= 0
         mask = None
-        if any(req_pos) and positions is not None:
+        if (any(req_pos) or any(req_skip)) and positions is not None:
             pos = positions[:n_real].to("cpu").long()
             want = torch.tensor(req_pos)[token_req]
             generated = pos >= prompt_lens[token_req]
+            keep = (want == 0) | ((want == 1) & ~generated) | ((want == 2) & generated)
+            if any(req_skip):
+                bos = bos_token_mask(first_ids[token_req], pos, self._saesteer_bos)
+                keep &= ~(bos & torch.tensor(req_skip)[token_req])
             mask = torch.zeros(N, dtype=torch.bool)
-            mask[:n_real] = (want == 0) | ((want == 1) & ~generated) | ((want == 2) & generated)
+            mask[:n_real] = keep
+            edited &= mask
             mask = mask.to(x.device)
+        stats = self._saesteer_stats[name]
+        stats["steered_forwards"] += 1
+        stats["edited_tokens"] += int(edited.sum())
         return steerer.apply(x, plan, rows=rows.to(x.device), token_mask=mask)
 
 
@@ -210,6 +241,10 @@ class SteeredLLM:
         self.llm = LLM(model=model, **llm_kwargs)
         shapes = self.llm.collective_rpc("saesteer_install", args=(dict(saes),))
         self.saes = shapes[0]
+
+    def stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
+        """The layer hooks' counts on the first worker (see :meth:`WorkerExtension.saesteer_stats`)."""
+        return self.llm.collective_rpc("saesteer_stats", args=(reset,))[0]
 
     def _requests(self, prompts, sampling_params, steer):
         from vllm import SamplingParams
