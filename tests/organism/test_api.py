@@ -87,7 +87,7 @@ def test_capability_task_checks_answers():
 
 def test_load_returns_saesteer_saes_equal_to_sae_lens_loads(org):
     sae_lens = pytest.importorskip("sae_lens")
-    assert set(org.saes) == {"jumprelu", "topk"} and org.sae is org.saes[org.default_sae]
+    assert set(org.saes) == {"jumprelu", "topk", "jumprelu_l3"} and org.sae is org.saes[org.default_sae]
     assert org.default_sae == org.manifest["default_sae"] == "jumprelu"
     for name, sae in org.saes.items():
         assert type(sae) is saesteer.SAE
@@ -99,7 +99,11 @@ def test_load_returns_saesteer_saes_equal_to_sae_lens_loads(org):
         for attr in ("architecture", "d_in", "d_sae", "k", "rescale_acts_by_decoder_norm", "apply_b_dec_to_input",
                      "normalize_activations", "hook_name", "model_name", "metadata"):
             assert getattr(sae, attr) == getattr(ref, attr), (name, attr)
-        assert sae.hook_name == org.hook_name
+        assert sae.hook_name == org.manifest["saes"][name]["hook_name"]
+    assert org.saes["jumprelu"].hook_name == org.saes["topk"].hook_name == org.hook_name == "blocks.2.hook_resid_post"
+    l3 = org.saes["jumprelu_l3"]
+    assert l3.hook_name == "blocks.3.hook_resid_post" and l3.architecture == "jumprelu"
+    assert l3.d_sae == org.saes["jumprelu"].d_sae and l3.d_in == org.model.config.hidden_size
 
 
 def test_load_needs_no_sae_lens(tmp_path):
@@ -116,7 +120,7 @@ def test_load_needs_no_sae_lens(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["['jumprelu',", "'topk']", "jumprelu", "32", "False"]
+    assert res.stdout.split() == ["['jumprelu',", "'jumprelu_l3',", "'topk']", "jumprelu", "32", "False"]
 
 
 def test_read_sae_dir_rejects_what_it_cannot_read(tmp_path):
@@ -137,7 +141,7 @@ def test_read_sae_dir_rejects_what_it_cannot_read(tmp_path):
 
 def test_load_device_and_missing_path(tmp_path):
     o = organism.load(device="cpu", load_saes=False)
-    assert o.saes == {} and set(o.sae_paths) == {"jumprelu", "topk"}
+    assert o.saes == {} and set(o.sae_paths) == {"jumprelu", "topk", "jumprelu_l3"}
     assert next(o.model.parameters()).device.type == "cpu"
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         organism.load(tmp_path)
