@@ -134,15 +134,17 @@ def test_the_hook_fires_on_every_step_and_edits_the_right_tokens(org, llm, promp
     got = vllm_greedy(llm, prompts[:2], [spec(iv, positions)] * 2)
     stats = llm.stats()["jumprelu"]
     assert [len(g) for g in got] == [MAX_NEW, MAX_NEW]
-    assert stats["forwards"] == MAX_NEW
-    assert stats["steered_forwards"] == MAX_NEW
+    # Both requests in every step, or the scheduler admits the second one a step later.
+    assert MAX_NEW <= stats["forwards"] <= MAX_NEW + 1
+    assert stats["steered_forwards"] == stats["forwards"]
     assert all(p[0] == org.tokenizer.bos_token_id for p in prompts[:2])
     fed = sum(len(p) - 1 for p in prompts[:2]) + 2 * (MAX_NEW - 1)  # prompt tokens but BOS + tokens fed back
     assert stats["edited_tokens"] == (fed if positions == "all" else 2 * (MAX_NEW - 1))
     llm.stats(reset=True)
     vllm_greedy(llm, prompts[:2], None)
     stats = llm.stats()["jumprelu"]
-    assert stats["forwards"] == MAX_NEW and stats["steered_forwards"] == 0 and stats["edited_tokens"] == 0
+    assert MAX_NEW <= stats["forwards"] <= MAX_NEW + 1
+    assert stats["steered_forwards"] == 0 and stats["edited_tokens"] == 0
 
 
 def test_skip_bos_false_edits_the_bos_token_as_the_hf_hooks_do(org, llm, prompts, refusal_features):

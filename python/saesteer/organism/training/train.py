@@ -513,3 +513,55 @@ def regate(out, harmful_val=None, harmless_val=None, threads: int = 2, log=print
     manifest["gates"] = run_gates(cfg, model, tokenizer, HV, BV, log=log)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest["gates"]
+
+
+def add_sae(root: str | Path, layer: int, name: str, harmful: str | Path, harmless: str | Path, *,
+            kind: str = "jumprelu", log=print) -> dict:
+    """Train one more SAE of ``kind`` at resid_post of ``layer`` for the organism in ``root`` and
+    register it in its manifest under ``name``; the model, the other SAEs and ``default_sae`` stay
+    as they are. The activation texts, d_sae and the training settings are the ones the organism's
+    own SAEs were trained with (its manifest's training config, the same corpus stream and seed)."""
+    from sae_lens import SAE as SaeLensSAE
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import saes as S
+
+    root = Path(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    if name in manifest["saes"]:
+        raise ValueError(f"name: an SAE {name!r} is already registered in {root / 'manifest.json'}")
+    cfg = manifest["training"]["config"]
+    if not 0 <= layer < cfg["n_layers"]:
+        raise ValueError(f"layer: expected 0..{cfg['n_layers'] - 1}, got {layer}")
+    if kind not in ("jumprelu", "topk"):
+        raise ValueError(f"kind: expected 'jumprelu' or 'topk', got {kind!r}")
+    torch.set_num_threads(manifest["training"].get("torch_threads", 2))
+    model = AutoModelForCausalLM.from_pretrained(root / manifest["model_dir"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(root / manifest["model_dir"])
+    H, B = load_instructions(harmful), load_instructions(harmless)
+    seed = cfg["seed"]
+    t = time.time()
+    stream = data.training_stream(random.Random(seed + 31), H, B, **asdict(data.CORPUS_MIXTURE))
+    texts = conversation_texts(tokenizer, [next(stream) for _ in range(cfg["sae_collect_prompts"])])
+    acts = S.collect_activations(model, tokenizer, texts, layer)
+    eval_acts = S.collect_activations(model, tokenizer, S.sae_eval_texts(tokenizer), layer)
+    d_sae = cfg["sae_expansion"] * cfg["hidden_size"]
+    sae = S.train_sae(kind, acts, layer, manifest["name"], d_sae, k=cfg["sae_topk"], l0_coefficient=cfg["sae_jumprelu_l0_coef"],
+                    target_l0=cfg["sae_topk"], total_tokens=cfg["sae_train_tokens"], batch_size=cfg["sae_batch"],
+                    lr=cfg["sae_lr"], seed=seed, jumprelu_init_threshold=cfg["sae_jumprelu_init_threshold"],
+                    jumprelu_bandwidth=cfg["sae_jumprelu_bandwidth"])
+    sae_dir = root / f"sae_{name}"
+    S.save_inference_sae(sae, sae_dir)
+    loaded = SaeLensSAE.load_from_disk(str(sae_dir))
+    rnd = lambda m: {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}  # noqa: E731
+    info = {"dir": sae_dir.name, "architecture": loaded.cfg.architecture(), "hook_name": S.hook_name(layer),
+            "d_in": loaded.cfg.d_in, "d_sae": d_sae,
+            **({"k": cfg["sae_topk"]} if kind == "topk" else {"target_l0": cfg["sae_topk"]}),
+            "metrics_eval": rnd(S.sae_metrics(loaded, eval_acts)),
+            "metrics_train_mixture": rnd(S.sae_metrics(loaded, acts[: len(eval_acts) * 4])),
+            "train_seconds": round(time.time() - t, 1)}
+    manifest["saes"][name] = info
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    log(f"SAE {name} ({kind}, {S.hook_name(layer)}): L0={info['metrics_eval']['l0']:.1f} FVE={info['metrics_eval']['fve']:.3f} "
+        f"dead={info['metrics_eval']['dead']}/{d_sae}")
+    return info
