@@ -26,9 +26,11 @@ def org():
 def llm():
     from saesteer.vllm import SteeredLLM
 
-    return SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", max_model_len=256,
-                      enforce_eager=True, enable_prefix_caching=True, block_size=32,
-                      gpu_memory_utilization=0.3)  # on the CPU: the share of RAM vLLM reserves
+    llm = SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", max_model_len=256,
+                     enforce_eager=True, enable_prefix_caching=True, block_size=32,
+                     gpu_memory_utilization=0.3)  # on the CPU: the share of RAM vLLM reserves
+    yield llm
+    llm.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -242,6 +242,10 @@ class SteeredLLM:
         shapes = self.llm.collective_rpc("saesteer_install", args=(dict(saes),))
         self.saes = shapes[0]
 
+    def shutdown(self) -> None:
+        """Stop the engine core process and free its KV cache (the object is unusable afterwards)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
         """The layer hooks' counts on the first worker (see :meth:`WorkerExtension.saesteer_stats`)."""
         return self.llm.collective_rpc("saesteer_stats", args=(reset,))[0]

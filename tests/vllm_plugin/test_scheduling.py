@@ -1,0 +1,84 @@
+"""The position rules under vLLM's scheduling: prompts split across steps (chunked prefill, 8
+tokens a step) and requests preempted for want of KV blocks and recomputed (six blocks of 32 for
+six requests), with steered and unsteered requests mixed. Every request must still give the HF
+hooks' greedy tokens, and the edit counts show the recompute happened and was classed right."""
+
+from __future__ import annotations
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
+
+from saesteer import Intervention, organism  # noqa: E402
+
+import helpers  # noqa: E402
+
+MAX_NEW = 40
+
+
+@pytest.fixture(scope="module")
+def org():
+    return organism.load()
+
+
+@pytest.fixture(scope="module")
+def llm():
+    from saesteer.vllm import SteeredLLM
+
+    llm = SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", max_model_len=128, enforce_eager=True,
+                     enable_prefix_caching=False, block_size=32, enable_chunked_prefill=True,
+                     max_num_batched_tokens=8, max_num_seqs=6, num_gpu_blocks_override=6,
+                     gpu_memory_utilization=0.3, disable_log_stats=False)
+    yield llm
+    llm.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prompts(org):
+    return helpers.organism_prompt_ids(org, 3, 3)
+
+
+def preemptions(llm) -> int:
+    return int(sum(m.value for m in llm.llm.get_metrics() if m.name == "vllm:num_preemptions"))
+
+
+def run(org, llm, prompts, steer_mask, positions):
+    """Greedy outputs (eos on) of ``prompts``, those in ``steer_mask`` clamped; checked against the
+    HF hooks. Returns the edited-token count, the count had no token been recomputed, and the
+    preemptions vLLM counted."""
+    feats = helpers.refusal_features(org, prompts, n_harmful=3)
+    iv = Intervention(feats, "clamp", 6.0)
+    d = {"sae": "jumprelu", "features": list(iv.features), "mode": "clamp", "value": list(iv.values),
+         "positions": positions}
+    steer = [d if m else None for m in steer_mask]
+    assert all(len(p) > 8 for p in prompts)  # every prompt takes more than one prefill step
+    llm.stats(reset=True)
+    before = preemptions(llm)
+    sp = vllm.SamplingParams(max_tokens=MAX_NEW, temperature=0)  # both engines stop at eos
+    got = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, sp, steer=steer, use_tqdm=False)]
+    edited = llm.stats()["jumprelu"]["edited_tokens"]
+    want = [helpers.hf_greedy(org, p, MAX_NEW, iv if s else None, positions) for p, s in zip(prompts, steer)]
+    assert got == want
+    # The tokens each steered request feeds through the model once: its prompt but BOS, and every
+    # generated token but the last. A preempted request is recomputed and those tokens are edited again.
+    once = {"all": lambda p, g: len(p) - 1 + len(g) - 1, "prompt": lambda p, g: len(p) - 1,
+            "generated": lambda p, g: len(g) - 1}[positions]
+    fed_once = sum(once(p, g) for p, g, s in zip(prompts, got, steer) if s)
+    return edited, fed_once, preemptions(llm) - before
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_mixed_batch_under_chunked_prefill_and_preemption_equals_hf(org, llm, prompts, positions):
+    # Six requests of 15-27 prompt tokens and up to 40 more need more KV blocks than the six there
+    # are: vLLM preempts some and recomputes them, chunked 8 tokens a step.
+    edited, fed_once, preempted = run(org, llm, prompts, [False, True] * 3, positions)
+    assert preempted > 0, "nothing was preempted: the test does not test what it says"
+    assert edited >= fed_once
+
+
+def test_a_preempted_steered_request_is_recomputed_with_its_edit(org, llm, prompts):
+    """All steered, positions all: whichever request is preempted, its recomputed prompt and
+    generated tokens are edited again (and the tokens still equal HF's)."""
+    edited, fed_once, preempted = run(org, llm, prompts, [True] * 6, "all")
+    assert preempted > 0
+    assert edited > fed_once, "a preempted request's recomputed tokens were not edited"
