@@ -118,3 +118,12 @@ def hf_greedy(org, ids, max_new: int, iv=None, positions: str = "all", skip_bos:
     with torch.no_grad(), edit:
         out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False)
     return out[0, len(ids):].tolist()
+
+
+def organism_llm(**kwargs):
+    """A SteeredLLM on the organism's model in fp32, eager; ``kwargs`` go to ``vllm.LLM``."""
+    from saesteer import organism
+    from saesteer.vllm import SteeredLLM
+
+    kwargs.setdefault("gpu_memory_utilization", 0.3)  # on the CPU: the share of RAM vLLM reserves
+    return SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", enforce_eager=True, block_size=32, **kwargs)

@@ -9,7 +9,7 @@ import pytest
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
 
-from saesteer import Intervention, organism  # noqa: E402
+from saesteer import Intervention  # noqa: E402
 
 import helpers  # noqa: E402
 
@@ -17,25 +17,11 @@ MAX_NEW = 40
 
 
 @pytest.fixture(scope="module")
-def org():
-    return organism.load()
-
-
-@pytest.fixture(scope="module")
 def llm():
-    from saesteer.vllm import SteeredLLM
-
-    llm = SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", max_model_len=128, enforce_eager=True,
-                     enable_prefix_caching=False, block_size=32, enable_chunked_prefill=True,
-                     max_num_batched_tokens=8, max_num_seqs=6, num_gpu_blocks_override=6,
-                     gpu_memory_utilization=0.3, disable_log_stats=False)
+    llm = helpers.organism_llm(max_model_len=128, enable_prefix_caching=False, enable_chunked_prefill=True,
+                       max_num_batched_tokens=8, max_num_seqs=6, num_gpu_blocks_override=6, disable_log_stats=False)
     yield llm
     llm.shutdown()
-
-
-@pytest.fixture(scope="module")
-def prompts(org):
-    return helpers.organism_prompt_ids(org, 3, 3)
 
 
 def preemptions(llm) -> int:

@@ -72,11 +72,6 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def org():
-    return organism.load()
-
-
-@pytest.fixture(scope="module")
 def prompt_ids(org):
     return helpers.organism_prompt_ids(org, 2, 1)
 

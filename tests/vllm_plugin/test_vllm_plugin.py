@@ -18,24 +18,10 @@ MAX_NEW = 12
 
 
 @pytest.fixture(scope="module")
-def org():
-    return organism.load()
-
-
-@pytest.fixture(scope="module")
 def llm():
-    from saesteer.vllm import SteeredLLM
-
-    llm = SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", max_model_len=256,
-                     enforce_eager=True, enable_prefix_caching=True, block_size=32,
-                     gpu_memory_utilization=0.3)  # on the CPU: the share of RAM vLLM reserves
+    llm = helpers.organism_llm(max_model_len=256, enable_prefix_caching=True)
     yield llm
     llm.shutdown()
-
-
-@pytest.fixture(scope="module")
-def prompts(org):
-    return helpers.organism_prompt_ids(org, 3, 3)
 
 
 @pytest.fixture(scope="module")
