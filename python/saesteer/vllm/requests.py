@@ -21,7 +21,7 @@ import threading
 
 from ..steering.spec import SpecError, SteerSpec, parse_specs, spec_key, spec_salt
 
-__all__ = ["ServerSteering", "SpecError", "error_body"]
+__all__ = ["ServerSteering", "SpecError", "error_body", "parse_sae_args"]
 
 _NONE = ("none", "")
 
@@ -98,3 +98,16 @@ def error_body(err: Exception, status: int = 400) -> bytes:
     msg = str(err)
     param = msg.split(":", 1)[0] if ":" in msg else "saesteer"
     return json.dumps({"error": {"message": msg, "type": "BadRequestError", "param": param, "code": status}}).encode()
+
+
+def parse_sae_args(items: list[str]) -> dict[str, str]:
+    """``--sae NAME=SOURCE`` values (repeatable) -> {name: source}; a malformed or repeated name is a SpecError."""
+    saes: dict[str, str] = {}
+    for item in items:
+        name, sep, src = item.partition("=")
+        if not sep or not name or not src:
+            raise SpecError(f"--sae: expected NAME=DIR or NAME=RELEASE:ID, got {item!r}")
+        if name in saes:
+            raise SpecError(f"--sae: the name {name!r} is registered twice")
+        saes[name] = src
+    return saes

@@ -24,7 +24,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from . import EXTENSION, read_sae
-from .requests import ServerSteering, SpecError, error_body
+from .requests import ServerSteering, SpecError, error_body, parse_sae_args
 
 __all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
 
@@ -106,18 +106,6 @@ def add_routes(app, steering: ServerSteering) -> None:
     app.middleware_stack = SteeringMiddleware(stack, steering)
 
 
-def _parse_saes(items: list[str]) -> dict[str, str]:
-    saes: dict[str, str] = {}
-    for item in items:
-        name, sep, src = item.partition("=")
-        if not sep or not name or not src:
-            raise SpecError(f"--sae: expected NAME=DIR or NAME=RELEASE:ID, got {item!r}")
-        if name in saes:
-            raise SpecError(f"--sae: the name {name!r} is registered twice")
-        saes[name] = src
-    return saes
-
-
 def _read_default(text: str | None):
     """``--steer``: JSON text, or a file with a spec (discover's ``spec.json`` works)."""
     if text is None:
@@ -159,7 +147,7 @@ def resolve(args) -> tuple[dict[str, str], object]:
     SpecError before anything loads."""
     if getattr(args, "model_tag", None):
         args.model = args.model_tag
-    saes = _parse_saes(args.sae)
+    saes = parse_sae_args(args.sae)
     if args.model == "organism":
         from ..organism import read_manifest
 
