@@ -5,6 +5,7 @@ Gemma2ForCausalLM with its BOS id, in left-padded batches, with a KV cache, and 
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 from helpers import make_sae
 from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
@@ -55,6 +56,10 @@ def test_bos_rule_is_position_zero_with_the_bos_id():
     assert bos_token_mask(ids, pos, 2).tolist() == [[False, False, True, False], [False] * 4]
     assert not bos_token_mask(ids, pos, None).any(), "a model without a bos_token_id has no BOS"
     assert bos_token_mask(None, pos, 2).tolist() == (pos == 0).tolist()
+    # numpy arrays (the vLLM plugin's per-step masks) follow the same rule
+    np_mask = bos_token_mask(ids.numpy(), pos.numpy(), 2)
+    assert isinstance(np_mask, np.ndarray) and np_mask.tolist() == bos_token_mask(ids, pos, 2).tolist()
+    assert not bos_token_mask(ids.numpy(), pos.numpy(), None).any()
     ids, attn = _batch()
     assert bos_mask(ids, attn, BOS).nonzero().tolist() == [[0, 2], [1, 0]]
 

@@ -147,6 +147,33 @@ def test_update_in_place_keeps_the_plan():
     assert other is not plan
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_bound_plan_reused_over_forwards(backend):
+    """bind once, apply_bound on many inputs (an engine's decode steps): each equals apply."""
+    sae = make_sae("jumprelu", D, D_SAE)
+    ivs = _interventions()
+    st = SAESteerer(sae, backend=backend)
+    plan = st.plan(ivs)
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(-1, len(ivs), (19,), generator=g)
+    bound = st.bind(plan, rows)
+    for step in range(3):
+        x = torch.randn(19, D, generator=g) * 2
+        mask = None if step == 0 else torch.rand(19, generator=g) > 0.3
+        y = st.apply_bound(x, bound, token_mask=mask)
+        assert torch.equal(y, st.apply(x, plan, rows=rows, token_mask=mask))
+        assert_close_dtype(y, _expected(x, sae, ivs, rows, mask))
+    single = st.plan([ivs[0]])
+    x = torch.randn(19, D, generator=g)
+    assert torch.equal(st.apply_bound(x, st.bind(single, rows)), st.apply(x, single, rows=rows))
+    with pytest.raises(ValueError, match=r"x: expected \[N=19, d_in=37\]"):
+        st.apply_bound(torch.randn(18, D), bound)
+    with pytest.raises(ValueError, match="rows: expected a 1-D int64"):
+        st.bind(plan, rows.int())
+    with pytest.raises(ValueError, match="token_mask"):
+        st.apply_bound(x, bound, token_mask=torch.ones(19))
+
+
 def test_bad_input_names_the_argument():
     sae = make_sae("jumprelu", D, D_SAE)
     st = SAESteerer(sae)

@@ -25,7 +25,7 @@ from .. import ops
 from ..intervention import MODES, Intervention, as_intervention
 from ..sae import SAE
 
-__all__ = ["SAESteerer", "EditPlan", "as_sae"]
+__all__ = ["SAESteerer", "EditPlan", "BoundPlan", "as_sae"]
 
 
 def as_sae(obj):
@@ -71,6 +71,19 @@ class EditPlan:
 
     def __repr__(self) -> str:
         return f"EditPlan(rows={self.rows}, groups={[(MODES[k[1]], len(k[0])) for k in self.keys]})"
+
+
+class BoundPlan:
+    """An :class:`EditPlan` bound to the tokens of a batch by :meth:`SAESteerer.bind`."""
+
+    __slots__ = ("groups", "n")
+
+    def __init__(self, groups: list[tuple], n: int):
+        self.groups = groups  # (features [S], mode, values [N, S], edited bool [N, 1]) per group
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"BoundPlan(n={self.n}, groups={len(self.groups)})"
 
 
 class SAESteerer:
@@ -173,20 +186,48 @@ class SAESteerer:
             raise ValueError(f"token_mask: expected a bool tensor of shape ({N},), got {token_mask.dtype} {tuple(token_mask.shape)}")
         if plan.is_noop:
             return x.clone()
-        xs, rows, token_mask = self._to_sae(x, rows, token_mask)
         if rows is None:
+            xs, _, token_mask = self._to_sae(x, None, token_mask)
             g = plan.groups[0]
             ys = self._steer(xs, self.view, g.features, g.mode, g.values, token_mask)
-        else:
-            ys = xs
-            r = rows.clamp(min=0)
-            edited = rows >= 0
-            if token_mask is not None:
-                edited = edited & token_mask
-            for g in plan.groups:
-                vals = g.row_values.unsqueeze(0).expand(N, -1) if plan.single else g.values.index_select(0, r)
-                m = edited if g.in_group is None else edited & g.in_group.index_select(0, r)
-                ys = self._steer_rows(ys.view(N, 1, self.d_in), self.view, g.features, g.mode, vals, m.view(N, 1)).view(N, self.d_in)
+            return _cast_back(x, xs, ys)
+        return self.apply_bound(x, self.bind(plan, rows), token_mask)
+
+    def bind(self, plan: EditPlan, rows: torch.Tensor) -> "BoundPlan":
+        """``plan`` laid out per token for ``rows`` (int64 ``[N]``, -1: unedited): each group's values
+        gathered to the tokens and which tokens it edits. An engine whose batch keeps its token ->
+        intervention assignment over many forwards (vLLM's decode steps) binds once and calls
+        :meth:`apply_bound` per forward; :meth:`apply` binds on every call."""
+        if rows.dim() != 1 or rows.dtype != torch.int64:
+            raise ValueError(f"rows: expected a 1-D int64 tensor, got {rows.dtype} {tuple(rows.shape)}")
+        N = rows.shape[0]
+        rows = rows.to(self.device)
+        r = rows.clamp(min=0)
+        edited = rows >= 0
+        groups = []
+        for g in plan.groups:
+            vals = g.row_values.unsqueeze(0).expand(N, -1) if plan.single else g.values.index_select(0, r)
+            m = edited if g.in_group is None else edited & g.in_group.index_select(0, r)
+            groups.append((g.features, g.mode, vals, m.view(N, 1)))
+        return BoundPlan(groups, N)
+
+    def apply_bound(self, x: torch.Tensor, bound: "BoundPlan", token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The steered ``x [N, d_in]`` for a plan bound to its tokens by :meth:`bind`; ``token_mask``
+        bool ``[N]`` (False: unedited) narrows it further. Same contract as :meth:`apply`."""
+        if x.dim() != 2 or x.shape[1] != self.d_in or x.shape[0] != bound.n:
+            raise ValueError(f"x: expected [N={bound.n}, d_in={self.d_in}], got shape {tuple(x.shape)}")
+        N = bound.n
+        if token_mask is not None and (token_mask.shape != (N,) or token_mask.dtype != torch.bool):
+            raise ValueError(f"token_mask: expected a bool tensor of shape ({N},), got {token_mask.dtype} {tuple(token_mask.shape)}")
+        if not bound.groups:
+            return x.clone()
+        xs, _, token_mask = self._to_sae(x, None, token_mask)
+        ys = xs
+        tm = None if token_mask is None else token_mask.view(N, 1)
+        for features, mode, vals, m in bound.groups:
+            if tm is not None:
+                m = m & tm
+            ys = self._steer_rows(ys.view(N, 1, self.d_in), self.view, features, mode, vals, m).view(N, self.d_in)
         return _cast_back(x, xs, ys)
 
     def apply_rows(self, x: torch.Tensor, plan: EditPlan, token_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,8 +18,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import torch
-
 from ..intervention import Intervention
 
 __all__ = ["SteerSpec", "parse_specs", "spec_key", "spec_salt", "POSITIONS", "SpecError", "bos_token_mask"]
@@ -28,8 +26,9 @@ POSITIONS = ("all", "prompt", "generated")
 _FIELDS = {"sae", "features", "mode", "value", "values", "positions", "skip_bos", "layer", "hook_name", "model"}
 
 
-def bos_token_mask(token_ids: torch.Tensor | None, positions: torch.Tensor, bos_token_id: int | None) -> torch.Tensor:
+def bos_token_mask(token_ids, positions, bos_token_id: int | None):
     """True where a token is its sequence's BOS, the rule every engine applies for ``skip_bos``.
+    ``token_ids`` and ``positions`` are torch tensors or numpy arrays (the result is of the same kind).
 
     A token is BOS when its position in its own sequence is 0 -- ``positions`` counts from the
     sequence's first non-padding token (an engine's absolute token position; in a left-padded HF
@@ -38,9 +37,9 @@ def bos_token_mask(token_ids: torch.Tensor | None, positions: torch.Tensor, bos_
     id (a tokenizer that adds none) is a real token and is edited. Without ``token_ids`` (a forward
     on ``inputs_embeds``) the token at position 0 is taken as BOS.
     """
-    if bos_token_id is None:
-        return torch.zeros(positions.shape, dtype=torch.bool, device=positions.device)
     first = positions == 0
+    if bos_token_id is None:
+        return first & False
     if token_ids is None:
         return first
     return first & (token_ids == int(bos_token_id))

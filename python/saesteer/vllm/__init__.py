@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..sae import read_sae_dir
@@ -85,7 +86,7 @@ class _LayerHook:
                 y = hook.steer(y)
             return y, torch.zeros_like(y)
         step = self.ext._step_plan()
-        if step is None:
+        if step is None or not any(n in step.per_sae for n in self.names):
             return output
         positions = args[0] if args else None
         x = hidden if residual is None else hidden + residual
@@ -110,6 +111,7 @@ class WorkerExtension:
         self._saesteer_specs: dict[str, tuple] = {}
         self._saesteer_plans: dict[tuple, object] = {}
         self._saesteer_step = (None, None)
+        self._saesteer_batches: dict[tuple, object] = {}
         self._saesteer_stats: dict[str, dict[str, int]] = {}
         self._saesteer_full: dict[str, object] = {}
         self._saesteer_bos = getattr(runner.model_config.hf_config, "bos_token_id", None)
@@ -157,9 +159,10 @@ class WorkerExtension:
     _POSITION_IDS = {"all": 0, "prompt": 1, "generated": 2}
 
     def _step_plan(self):
-        """``(token request index [N_real], prompt lengths [R], parsed specs per request)`` for the
-        current forward, or None when no request of the batch is steered. Computed once per forward
-        (every hooked layer of that forward shares it)."""
+        """The current forward's :class:`_Batch`, or None when no request of the batch is steered.
+        Found once per forward (every hooked layer of that forward shares it) and built once per
+        batch composition: vLLM's decode steps keep the same requests and token counts, so they
+        reuse the per-token layout and only the positions are read anew."""
         from vllm.forward_context import get_forward_context
 
         ctx = get_forward_context()
@@ -167,20 +170,51 @@ class WorkerExtension:
             return self._saesteer_step[1]
         runner = self.model_runner
         batch = runner.input_batch
-        req_ids = batch.req_ids[: batch.num_reqs]
-        specs = [self._parsed(rid, runner.requests[rid]) for rid in req_ids]
-        step = None
-        if any(specs):
-            qsl = torch.from_numpy(runner.query_start_loc.np[: len(req_ids) + 1].copy())
-            token_req = torch.repeat_interleave(torch.arange(len(req_ids)), qsl[1:] - qsl[:-1])
-            states = [runner.requests[rid] for rid in req_ids]
-            prompt_lens = torch.tensor([st.num_prompt_tokens for st in states])
-            # A token at position 0 is its request's first prompt token: with these ids,
-            # bos_token_mask decides BOS exactly as the HF hooks do.
-            first_ids = torch.tensor([st.prompt_token_ids[0] if st.prompt_token_ids else -1 for st in states])
-            step = (token_req, prompt_lens, first_ids, specs)
+        n = batch.num_reqs
+        req_ids = tuple(batch.req_ids[:n])
+        qsl = runner.query_start_loc.np[: n + 1]
+        key = (req_ids, qsl.tobytes())
+        step = self._saesteer_batches.get(key, False)
+        if step is False:
+            if len(self._saesteer_batches) > 256:
+                self._saesteer_batches.clear()
+            step = self._saesteer_batches[key] = self._build_batch(runner, req_ids, qsl)
         self._saesteer_step = (ctx, step)
         return step
+
+    def _build_batch(self, runner, req_ids, qsl):
+        states = [runner.requests[rid] for rid in req_ids]
+        specs = [self._parsed(rid, st) for rid, st in zip(req_ids, states)]
+        if not any(specs):
+            return None
+        token_req = np.repeat(np.arange(len(req_ids)), np.diff(qsl))
+        prompt_lens = np.array([st.num_prompt_tokens for st in states], dtype=np.int64)
+        # A token at position 0 is its request's first prompt token: with these ids, the BOS rule
+        # bos_token_mask decides exactly as the HF hooks do.
+        first_ids = np.array([st.prompt_token_ids[0] if st.prompt_token_ids else -1 for st in states], dtype=np.int64)
+        per_sae = {}
+        for name in self._saesteer:
+            ivs: dict = {}  # distinct interventions on this SAE -> plan row
+            req_row, req_pos, req_skip = [], [], []
+            for req_specs in specs:
+                s = next((s for s in req_specs if s.sae == name), None)
+                req_row.append(-1 if s is None else ivs.setdefault(s.intervention, len(ivs)))
+                req_pos.append(0 if s is None else self._POSITION_IDS[s.positions])
+                req_skip.append(s is not None and s.skip_bos)
+            if not ivs:
+                continue
+            plan_key = (name, tuple(ivs))
+            plan = self._saesteer_plans.get(plan_key)
+            if plan is None:
+                if len(self._saesteer_plans) > 1024:
+                    self._saesteer_plans.clear()
+                plan = self._saesteer_plans[plan_key] = self._saesteer[name].plan(list(ivs))
+            want = np.array(req_pos, dtype=np.int8)[token_req]
+            skip = np.array(req_skip, dtype=bool)[token_req]
+            per_sae[name] = _SAEBatch(plan, np.array(req_row, dtype=np.int64)[token_req], want, skip)
+        if not per_sae:
+            return None
+        return _Batch(token_req.shape[0], prompt_lens[token_req], first_ids[token_req], per_sae)
 
     def _parsed(self, req_id: str, state) -> tuple:
         """The request's parsed specs, parsed once per request (the client validated them already)."""
@@ -201,45 +235,55 @@ class WorkerExtension:
             self._saesteer_specs[req_id] = got
         return got
 
-    def _apply(self, name: str, x: torch.Tensor, positions, step) -> torch.Tensor:
-        token_req, prompt_lens, first_ids, specs = step
-        N, n_real = x.shape[0], token_req.shape[0]
-        ivs: dict = {}  # distinct interventions on this SAE -> plan row
-        req_row, req_pos, req_skip = [], [], []
-        for req_specs in specs:
-            s = next((s for s in req_specs if s.sae == name), None)
-            req_row.append(-1 if s is None else ivs.setdefault(s.intervention, len(ivs)))
-            req_pos.append(0 if s is None else self._POSITION_IDS[s.positions])
-            req_skip.append(s is not None and s.skip_bos)
-        if not ivs:
+    def _apply(self, name: str, x: torch.Tensor, positions, step: "_Batch") -> torch.Tensor:
+        sb = step.per_sae.get(name)
+        if sb is None:
             return x
         steerer = self._saesteer[name]
-        key = (name, tuple(ivs))
-        plan = self._saesteer_plans.get(key)
-        if plan is None:
-            if len(self._saesteer_plans) > 1024:
-                self._saesteer_plans.clear()
-            plan = self._saesteer_plans[key] = steerer.plan(list(ivs))
-        rows = torch.full((N,), -1, dtype=torch.int64)
-        rows[:n_real] = torch.tensor(req_row, dtype=torch.int64)[token_req]
-        edited = rows >= 0
+        N, n_real = x.shape[0], step.n_real
+        bound = sb.bound.get(N)
+        if bound is None:  # N > n_real when the engine pads the batch (CUDA graph sizes)
+            rows = np.full(N, -1, dtype=np.int64)
+            rows[:n_real] = sb.rows
+            bound = sb.bound[N] = steerer.bind(sb.plan, torch.from_numpy(rows))
         mask = None
-        if (any(req_pos) or any(req_skip)) and positions is not None:
-            pos = positions[:n_real].to("cpu").long()
-            want = torch.tensor(req_pos)[token_req]
-            generated = pos >= prompt_lens[token_req]
-            keep = (want == 0) | ((want == 1) & ~generated) | ((want == 2) & generated)
-            if any(req_skip):
-                bos = bos_token_mask(first_ids[token_req], pos, self._saesteer_bos)
-                keep &= ~(bos & torch.tensor(req_skip)[token_req])
-            mask = torch.zeros(N, dtype=torch.bool)
-            mask[:n_real] = keep
-            edited &= mask
-            mask = mask.to(x.device)
+        keep = sb.rows >= 0
+        if sb.needs_mask and positions is not None:
+            pos = positions[:n_real].cpu().numpy()
+            generated = pos >= step.prompt_lens
+            want = sb.want
+            keep = keep & ((want == 0) | ((want == 1) & ~generated) | ((want == 2) & generated))
+            if sb.any_skip:
+                keep &= ~(sb.skip & bos_token_mask(step.first_ids, pos, self._saesteer_bos))
+            m = np.zeros(N, dtype=bool)
+            m[:n_real] = keep
+            mask = torch.from_numpy(m).to(x.device, non_blocking=True)
         stats = self._saesteer_stats[name]
         stats["steered_forwards"] += 1
-        stats["edited_tokens"] += int(edited.sum())
-        return steerer.apply(x, plan, rows=rows.to(x.device), token_mask=mask)
+        stats["edited_tokens"] += int(np.count_nonzero(keep))
+        return steerer.apply_bound(x, bound, token_mask=mask)
+
+
+class _SAEBatch:
+    """One SAE's part of a batch layout: its plan, the plan row of every real token (-1: none), each
+    token's position rule (0 all, 1 prompt, 2 generated) and skip_bos, and the plan bound per N."""
+
+    __slots__ = ("plan", "rows", "want", "skip", "needs_mask", "any_skip", "bound")
+
+    def __init__(self, plan, rows, want, skip):
+        self.plan, self.rows, self.want, self.skip = plan, rows, want, skip
+        self.any_skip = bool(skip.any())
+        self.needs_mask = self.any_skip or bool(want.any())
+        self.bound: dict[int, object] = {}
+
+
+class _Batch:
+    """The per-token layout of one batch composition (requests and their token counts)."""
+
+    __slots__ = ("n_real", "prompt_lens", "first_ids", "per_sae")
+
+    def __init__(self, n_real, prompt_lens, first_ids, per_sae):
+        self.n_real, self.prompt_lens, self.first_ids, self.per_sae = n_real, prompt_lens, first_ids, per_sae
 
 
 class SteeredLLM:
