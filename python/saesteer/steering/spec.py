@@ -39,7 +39,7 @@ def bos_token_mask(token_ids, positions, bos_token_id: int | None):
     """
     first = positions == 0
     if bos_token_id is None:
-        return first & False
+        return first & False  # all False, the same kind and shape as positions
     if token_ids is None:
         return first
     return first & (token_ids == int(bos_token_id))

@@ -156,8 +156,6 @@ class WorkerExtension:
         self._saesteer_full[name] = FullSAEHook(self._saesteer[name].sae, parsed.intervention)
 
     # -- per forward ------------------------------------------------------------------------------
-    _POSITION_IDS = {"all": 0, "prompt": 1, "generated": 2}
-
     def _step_plan(self):
         """The current forward's :class:`_Batch`, or None when no request of the batch is steered.
         Found once per forward (every hooked layer of that forward shares it) and built once per
@@ -199,7 +197,7 @@ class WorkerExtension:
             for req_specs in specs:
                 s = next((s for s in req_specs if s.sae == name), None)
                 req_row.append(-1 if s is None else ivs.setdefault(s.intervention, len(ivs)))
-                req_pos.append(0 if s is None else self._POSITION_IDS[s.positions])
+                req_pos.append("all" if s is None else s.positions)
                 req_skip.append(s is not None and s.skip_bos)
             if not ivs:
                 continue
@@ -209,9 +207,10 @@ class WorkerExtension:
                 if len(self._saesteer_plans) > 1024:
                     self._saesteer_plans.clear()
                 plan = self._saesteer_plans[plan_key] = self._saesteer[name].plan(list(ivs))
-            want = np.array(req_pos, dtype=np.int8)[token_req]
+            in_prompt = np.array([p != "generated" for p in req_pos])[token_req]
+            in_generated = np.array([p != "prompt" for p in req_pos])[token_req]
             skip = np.array(req_skip, dtype=bool)[token_req]
-            per_sae[name] = _SAEBatch(plan, np.array(req_row, dtype=np.int64)[token_req], want, skip)
+            per_sae[name] = _SAEBatch(plan, np.array(req_row, dtype=np.int64)[token_req], in_prompt, in_generated, skip)
         if not per_sae:
             return None
         return _Batch(token_req.shape[0], prompt_lens[token_req], first_ids[token_req], per_sae)
@@ -247,12 +246,10 @@ class WorkerExtension:
             rows[:n_real] = sb.rows
             bound = sb.bound[N] = steerer.bind(sb.plan, torch.from_numpy(rows))
         mask = None
-        keep = sb.rows >= 0
+        keep = sb.edited
         if sb.needs_mask and positions is not None:
             pos = positions[:n_real].cpu().numpy()
-            generated = pos >= step.prompt_lens
-            want = sb.want
-            keep = keep & ((want == 0) | ((want == 1) & ~generated) | ((want == 2) & generated))
+            keep = keep & np.where(pos >= step.prompt_lens, sb.in_generated, sb.in_prompt)
             if sb.any_skip:
                 keep &= ~(sb.skip & bos_token_mask(step.first_ids, pos, self._saesteer_bos))
             m = np.zeros(N, dtype=bool)
@@ -265,15 +262,17 @@ class WorkerExtension:
 
 
 class _SAEBatch:
-    """One SAE's part of a batch layout: its plan, the plan row of every real token (-1: none), each
-    token's position rule (0 all, 1 prompt, 2 generated) and skip_bos, and the plan bound per N."""
+    """One SAE's part of a batch layout, per real token: its plan row (-1: none), whether its spec
+    edits prompt tokens and generated tokens (``positions``), its ``skip_bos``; and the plan bound
+    per padded batch size N."""
 
-    __slots__ = ("plan", "rows", "want", "skip", "needs_mask", "any_skip", "bound")
+    __slots__ = ("plan", "rows", "edited", "in_prompt", "in_generated", "skip", "needs_mask", "any_skip", "bound")
 
-    def __init__(self, plan, rows, want, skip):
-        self.plan, self.rows, self.want, self.skip = plan, rows, want, skip
+    def __init__(self, plan, rows, in_prompt, in_generated, skip):
+        self.plan, self.rows, self.in_prompt, self.in_generated, self.skip = plan, rows, in_prompt, in_generated, skip
+        self.edited = rows >= 0
         self.any_skip = bool(skip.any())
-        self.needs_mask = self.any_skip or bool(want.any())
+        self.needs_mask = self.any_skip or not bool((in_prompt & in_generated).all())
         self.bound: dict[int, object] = {}
 
 
