@@ -121,9 +121,11 @@ def hf_greedy(org, ids, max_new: int, iv=None, positions: str = "all", skip_bos:
 
 
 def organism_llm(**kwargs):
-    """A SteeredLLM on the organism's model in fp32, eager; ``kwargs`` go to ``vllm.LLM``."""
+    """A SteeredLLM on the organism's model in fp32, eager unless ``enforce_eager=False``; ``kwargs``
+    go to ``vllm.LLM``."""
     from saesteer import organism
     from saesteer.vllm import SteeredLLM
 
     kwargs.setdefault("gpu_memory_utilization", 0.3)  # on the CPU: the share of RAM vLLM reserves
-    return SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", enforce_eager=True, block_size=32, **kwargs)
+    kwargs.setdefault("enforce_eager", True)
+    return SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", block_size=32, **kwargs)

