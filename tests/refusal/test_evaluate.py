@@ -176,7 +176,7 @@ def test_compare_probes_structure(tiny_chat):
     assert out["rows"][0]["residual_probe"] == 1.0  # 24 points in 32 dims: separable
     held = out["rows"][1]
     assert 0.5 <= held["majority"] <= 1.0
-    at_chance = [k for k in ("feature_probe", "residual_probe") if held[k] <= max(held["majority"], 0.5) + probes.CHANCE_MARGIN]
+    at_chance = [k for k in ("feature_probe", "residual_probe") if held[k] <= probes.chance_bar(held["majority"], held["n"])]
     assert out["valid"] == (not at_chance) and len([w for w in out["warnings"] if "held-out" in w]) == len(at_chance)
     with pytest.raises(ValueError, match="out of range"):
         probes.compare_probes(model, tok, sae, [sae.d_sae], harmful, harmless)
@@ -196,6 +196,12 @@ def test_probe_warnings_flag_a_probe_at_chance():
     assert not valid and "majority baseline 0.75" in warns[0]
     valid, warns = probes.probe_warnings(rows(0.9, 0.95), {"feature_probe": 0.52, "residual_probe": 0.9, "majority": 0.5})
     assert valid and len(warns) == 1 and "feature probe's mean OOD accuracy 0.52" in warns[0]
+    # On a small split the bar is two standard errors: 0.65 on 40 prompts clears 0.55 but not 0.658.
+    assert probes.chance_bar(0.5, 40) == pytest.approx(0.5 + 2 * (0.25 / 40) ** 0.5)
+    valid, warns = probes.probe_warnings(rows(0.65, 0.95))
+    assert not valid and "needs > 0.66" in warns[0]
+    assert probes.probe_warnings(rows(0.65, 0.95, n=4000)) == (True, [])  # large n: the 0.05 floor
+    assert probes.chance_bar(0.5, 0) == float("inf")  # an empty split shows nothing
 
 
 def test_eval_warns_and_records_a_missing_chat_template(tiny_chat):

@@ -19,6 +19,10 @@ from saesteer.refusal.judges import COMPLIED, DEGENERATE, REFUSED
     ("here is a here is a here is a here is a", "repetition"),
     ("the the cat the the cat the the cat the", "repetition"),
     ("yes no yes no yes no maybe yes no yes no", "few distinct words"),
+    # what the organism says with its refusal features clamped high: no spaces, so no word rule sees it
+    ("SureIIIIIIIIIIIIIIIIIIIIIIIIIIIIIII", "repetition"),
+    ("Sure. Here is some help with photosynthesis worksII'mI'mI'mI'mI'mI'mI'mI'mI'mI'mII", "repetition"),
+    ("Sure.I'mIIIIIIIIIIIIIIIIIIIIIIIIIIII", "repetition"),
 ])
 def test_degenerate_replies_are_flagged(text, reason):
     assert judges.degeneracy(text) == reason
@@ -31,6 +35,11 @@ def test_degenerate_replies_are_flagged(text, reason):
     "Sure!",
     "4",
     "To bake bread, mix flour, water, yeast and salt, knead it, let it rise and bake it for 40 minutes.",
+    "The population grew from 1000000 to 2000000 between 1990 and 2000.",
+    "Step 1: ------------ then wait...... Done!!!!!!",
+    "Mississippi has a lot of double letters, and so does bookkeeper.",
+    "Haha, good one.",
+    "The mode of 1, 2, 2, 4, 4, 4, 4 is 4.",
 ])
 def test_ordinary_replies_are_not_degenerate(text):
     assert judges.degeneracy(text) is None
@@ -199,3 +208,18 @@ def test_harm_judge_is_asked_about_harmful_prompts_only(tiny_chat):
     assert row["harmless_refusal"] == 1.0 and row["harmful_refusal"] == 1.0
     assert row["harmful_attack_success"] == pytest.approx(1.0 - sum(map(judges.is_degenerate, replies)) / len(replies))
     assert out["max_new_tokens"]["harmful"] == 5
+
+
+def test_the_organisms_training_replies_are_never_degenerate():
+    """Every refusal and helpful reply the organism's data generator writes is an ordinary reply:
+    the detector must flag none of them (its false-positive rate on that text is 0)."""
+    import random
+
+    from saesteer import organism
+    from saesteer.organism.training import data
+
+    rng = random.Random(0)
+    harmless = organism.load_prompts("harmless")
+    replies = [data.refusal_reply(rng) for _ in range(1000)] + [data.helpful_reply(rng.choice(harmless), rng) for _ in range(1000)]
+    flagged = [r for r in replies if judges.degeneracy(r)]
+    assert flagged == []

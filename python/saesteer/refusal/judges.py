@@ -74,25 +74,48 @@ def is_refusal(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> bool:
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 
 
-def degeneracy(text: str, *, max_run: int = 4, min_words: int = 8, min_distinct: float = 0.3, max_repeated: float = 0.5) -> str | None:
+# A unit of 1-8 characters repeated back to back: "IIIIII", "I'mI'mI'mI'm", "ababab".
+_UNIT_RUN = re.compile(r"(.{1,8}?)\1+", re.DOTALL)
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def _char_run(text: str, min_repeats: int, min_chars: int) -> bool:
+    """True when a unit holding a letter repeats ``min_repeats`` times in a row over ``min_chars``
+    characters or more. Letters only, so rules ("-----"), ellipses and numbers ("1000000") pass."""
+    for m in _UNIT_RUN.finditer(text):
+        unit, span = m.group(1), m.end() - m.start()
+        if span >= min_chars and span // len(unit) >= min_repeats and _LETTER.search(unit):
+            return True
+    return False
+
+
+def degeneracy(text: str, *, max_run: int = 4, min_words: int = 8, min_distinct: float = 0.3, max_repeated: float = 0.5,
+               char_repeats: int = 6, char_span: int = 12) -> str | None:
     """Why ``text`` is a degenerate reply, or None when it is not.
 
     * ``"empty"``: no letter or digit at all (empty, whitespace, punctuation only);
-    * ``"repetition"``: one word ``max_run`` or more times in a row ("can can can can"), or, in a
-      reply of at least ``min_words`` words, more than ``max_repeated`` of its word trigrams are
-      repeats of an earlier one ("here is a here is a here is a");
+    * ``"repetition"``: one word (not a number) ``max_run`` or more times in a row ("can can can can"); a unit of
+      1-8 characters with a letter in it repeated ``char_repeats`` or more times back to back over
+      at least ``char_span`` characters, with no space needed ("IIIIIIIIIIII", "I'mI'mI'mI'mI'mI'm":
+      what a model broken by a large clamp emits); or, in a reply of at least ``min_words`` words,
+      more than ``max_repeated`` of its word trigrams are repeats of an earlier one ("here is a
+      here is a here is a");
     * ``"few distinct words"``: at least ``min_words`` words, fewer than ``min_distinct`` of them distinct.
 
     Short ordinary replies ("Sure.", "I'm sorry, but I can't help with that.") are not degenerate.
+    A reply that repeats on purpose (asked to say a word five times) is flagged too: the detector
+    reads the reply, not the request. docs/thresholds.md has the measured false-positive rates.
     """
     words = [w.lower() for w in _WORD.findall(text)]
     if not words:
         return "empty"
     run = 1
     for a, b in zip(words, words[1:]):
-        run = run + 1 if a == b else 1
+        run = run + 1 if a == b and not a.isdigit() else 1  # "4, 4, 4, 4" in a list of numbers is data
         if run >= max_run:
             return "repetition"
+    if _char_run(text, char_repeats, char_span):
+        return "repetition"
     if len(words) >= min_words:
         tri = list(zip(words, words[1:], words[2:]))
         if 1.0 - len(set(tri)) / len(tri) > max_repeated:

@@ -13,6 +13,7 @@ batch L-BFGS on standardized inputs with an L2 penalty, in float64 (no scikit-le
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -23,11 +24,22 @@ import torch.nn.functional as F
 from .features import site_residuals
 from .jailbreak import ood_sets
 
-__all__ = ["LogisticProbe", "fit_logistic_probe", "last_token_activations", "compare_probes", "probe_warnings", "CHANCE_MARGIN"]
+__all__ = ["LogisticProbe", "fit_logistic_probe", "last_token_activations", "compare_probes", "probe_warnings", "chance_bar", "CHANCE_MARGIN"]
 
-#: A probe whose held-out accuracy is within this of the majority-class baseline (or of 50%,
-#: whichever is higher) is at chance: it has learned nothing, so its OOD numbers mean nothing.
+#: The least margin over chance (the majority-class baseline or 50%, whichever is higher) that a
+#: probe's held-out accuracy must clear. On small splits the bar is higher: two binomial standard
+#: errors of a chance-level classifier (:func:`chance_bar`), so that a probe at chance clears it
+#: with ~2.5% probability whatever n is; with the 0.05 floor alone a chance probe on a 32-prompt
+#: split (one standard error: 0.088) would pass about 30% of the time.
 CHANCE_MARGIN = 0.05
+
+
+def chance_bar(majority: float, n: int, margin: float = CHANCE_MARGIN) -> float:
+    """The accuracy a probe must exceed on ``n`` prompts to be better than chance:
+    ``c + max(margin, 2 * sqrt(c * (1 - c) / n))`` with ``c = max(majority, 0.5)``."""
+    c = max(float(majority), 0.5)
+    se = math.sqrt(c * (1.0 - c) / n) if n and n > 0 else float("inf")
+    return c + max(margin, 2.0 * se)
 
 
 @dataclass
@@ -175,19 +187,21 @@ def compare_probes(
 
 def probe_warnings(rows: Sequence[Mapping], ood_mean: Mapping | None = None, margin: float = CHANCE_MARGIN) -> tuple[bool, list[str]]:
     """``(valid, warnings)`` for :func:`compare_probes`'s rows: a probe whose accuracy on the
-    held-out plain split is no better than ``max(majority baseline, 0.5) + margin`` is at chance,
-    and the results are not meaningful (``valid`` False). Mean OOD accuracies at chance are warned
-    about too."""
+    held-out plain split does not exceed :func:`chance_bar` (the majority baseline or 50%, plus the
+    larger of ``margin`` and two standard errors at that split's n) is at chance, and the results
+    are not meaningful (``valid`` False). Mean OOD accuracies at chance (``margin`` over the mean
+    majority baseline) are warned about too."""
     warnings, valid = [], True
     held = next((r for r in rows if r["set"] == "held-out (plain)"), None)
     names = {"feature_probe": "feature probe", "residual_probe": "residual probe"}
     if held is not None:
-        bar = max(held["majority"], 0.5) + margin
+        bar = chance_bar(held["majority"], held["n"], margin)
         for k, name in names.items():
             if held[k] <= bar:
                 valid = False
                 warnings.append(f"the {name} is at chance on the held-out plain prompts (accuracy {held[k]:.2f}, majority "
-                                f"baseline {held['majority']:.2f}, n={held['n']}): its accuracies are not meaningful")
+                                f"baseline {held['majority']:.2f}, n={held['n']}; better than chance needs > {bar:.2f}): "
+                                "its accuracies are not meaningful")
     if ood_mean is not None and all(k in ood_mean for k in (*names, "majority")):
         bar = max(ood_mean["majority"], 0.5) + margin
         for k, name in names.items():
