@@ -13,7 +13,7 @@ import torch
 from saesteer import organism
 from saesteer.steering.spec import SpecError
 from saesteer.vllm import model as steered_model
-from saesteer.vllm import read_sae, sae_site, site_layer, steered_overrides
+from saesteer.vllm import no_cuda_graphs, read_sae, sae_site, site_layer, steered_overrides
 
 
 def test_sae_site_reads_the_config_as_the_workers_read_the_sae():
@@ -78,5 +78,19 @@ def test_the_graph_op_adds_the_residual_and_applies_a_registered_edit():
         assert torch.equal(f(h, r, pos), 2 * (h + r))
         del steered_model.EDITS[layer]
         assert torch.equal(f(h, r, pos), h + r)
+        out = (h, r)
+        assert hook(None, (pos, h, r), out) is out  # eager, nothing registered: the layer's own output
     finally:
         steered_model.EDITS.pop(layer, None)
+
+
+def test_cuda_graphs_default_off_and_a_chosen_mode_is_kept():
+    kw = {}
+    no_cuda_graphs(kw)
+    assert kw == {"compilation_config": {"cudagraph_mode": "NONE"}}
+    kw = {"compilation_config": {"mode": 3}}
+    no_cuda_graphs(kw)
+    assert kw["compilation_config"] == {"mode": 3, "cudagraph_mode": "NONE"}
+    kw = {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}  # refused later, by saesteer_install
+    no_cuda_graphs(kw)
+    assert kw["compilation_config"]["cudagraph_mode"] == "PIECEWISE"

@@ -38,7 +38,7 @@ from ..sae import hook_layer_of, read_sae_dir
 from ..steering import SAESteerer
 from ..steering.spec import SpecError, bos_token_mask, parse_specs, spec_salt
 
-__all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae", "sae_site", "site_layer", "steered_overrides"]
+__all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae", "sae_site", "site_layer", "steered_overrides", "no_cuda_graphs"]
 
 EXTENSION = "saesteer.vllm.WorkerExtension"
 _log = logging.getLogger("saesteer.vllm")
@@ -137,6 +137,22 @@ def steered_overrides(model: str, layers, hf_overrides=None, trust_remote_code: 
     return out
 
 
+def no_cuda_graphs(kwargs: dict) -> None:
+    """Default vLLM's ``cudagraph_mode`` to NONE in engine ``kwargs`` (a dict, or an argparse
+    namespace's ``vars``) unless the caller set one: the edit runs host code every step, which a
+    replayed CUDA graph would skip. torch.compile stays on. A mode the caller chose is kept, and
+    :meth:`WorkerExtension.saesteer_install` refuses it with a clear error."""
+    cc = kwargs.get("compilation_config")
+    if cc is None:
+        kwargs["compilation_config"] = {"cudagraph_mode": "NONE"}
+    elif isinstance(cc, dict):
+        cc.setdefault("cudagraph_mode", "NONE")
+    elif getattr(cc, "cudagraph_mode", "unset") is None:  # vLLM's CompilationConfig, mode not chosen
+        from vllm.config import CUDAGraphMode
+
+        cc.cudagraph_mode = CUDAGraphMode.NONE
+
+
 class _LayerHook:
     """The edit of one decoder layer: every registered SAE at that layer, in order. It runs as the
     body of the graph op of a steered model class (:mod:`saesteer.vllm.model`), or as a plain
@@ -199,6 +215,12 @@ class WorkerExtension:
             by_layer.setdefault(layer, []).append(name)
             shapes[name] = sae.d_sae
             self._saesteer_stats[name] = {"forwards": 0, "steered_forwards": 0, "edited_tokens": 0}
+        cg = getattr(getattr(runner.vllm_config, "compilation_config", None), "cudagraph_mode", None)
+        if cg is not None and getattr(cg, "name", "NONE") != "NONE":
+            # A captured CUDA graph replays kernels without running the edit's host side (the batch
+            # layout, the per-request rows), so it would replay one step's edit for every later one.
+            raise SpecError(f"cudagraph_mode: saesteer's edit cannot run inside CUDA graphs (the engine has {cg.name}); "
+                            "start it with compilation_config={'cudagraph_mode': 'NONE'} (still compiled) or enforce_eager=True")
         graph_layers = getattr(model, "saesteer_layers", None)  # set by a SAESteered model class
         if graph_layers is not None:
             missing = sorted(set(by_layer) - set(graph_layers))
@@ -389,6 +411,7 @@ class SteeredLLM:
         self.hf_overrides = llm_kwargs["hf_overrides"] = steered_overrides(
             model, layers, llm_kwargs.get("hf_overrides"), llm_kwargs.get("trust_remote_code", False))
         llm_kwargs.setdefault("worker_extension_cls", EXTENSION)
+        no_cuda_graphs(llm_kwargs)
         self.llm = LLM(model=model, **llm_kwargs)
         shapes = self.llm.collective_rpc("saesteer_install", args=(dict(saes),))
         self.saes = shapes[0]

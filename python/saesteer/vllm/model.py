@@ -60,9 +60,11 @@ class _GraphHook:
             residual = torch.zeros_like(hidden)
         if torch.compiler.is_compiling():  # traced: the op goes into the graph, opaque
             y = torch.ops.saesteer_vllm.edit_layer(hidden, residual, args[0], self.layer)
-        else:  # eager: the same body without the dispatcher's cost
-            y = _edit(hidden, residual, args[0], self.layer)
-        return y, torch.zeros_like(y)
+            return y, torch.zeros_like(y)
+        # eager: the same edit without the dispatcher, and the layer's own output when nothing edits it
+        edit = EDITS.get(self.layer)
+        y = None if edit is None else edit.edit(hidden, residual, args[0])
+        return output if y is None else (y, torch.zeros_like(y))
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -23,7 +23,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from . import EXTENSION, site_layer, sae_site, steered_overrides
+from . import EXTENSION, no_cuda_graphs, sae_site, site_layer, steered_overrides
 from .requests import ServerSteering, SpecError, error_body, parse_sae_args
 
 __all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
@@ -180,6 +180,7 @@ def check_saes(args, saes: dict[str, str], default) -> None:
     layers = [site_layer(name, hook) for name, (_, hook) in sites.items()]
     args.hf_overrides = steered_overrides(args.model, layers, getattr(args, "hf_overrides", None),
                                           getattr(args, "trust_remote_code", False))
+    no_cuda_graphs(vars(args))
     # Headless nodes of a multi-node run need the same overrides to build the same model.
     print(f"saesteer serve: --hf-overrides '{json.dumps(args.hf_overrides)}'", file=sys.stderr)
 

@@ -42,18 +42,15 @@ class TrainConfig:
     intermediate_size: int = 576
     max_len: int = 80
     batch_size: int = 64
-    # 3800 steps took 22.3 min (evaluations included, ~0.35 s a step) alone on a 2-core AVX2 EPYC,
-    # inside the 26-min cap; the same machine type ran ~1.7x slower another day and
-    # ended on the cap at 2350. torch.compile (one 44 s compile) or skipping the padded positions'
-    # logits saved <= 10% a step: the step is matmul-bound.
+    # ~0.35 s a step on a 2-core AVX2 CPU, so 3800 steps fit the time cap below. torch.compile and
+    # skipping padded logits save <= 10% a step: the step is matmul-bound.
     steps: int = 3800
     # Wall-clock cap for the model stage: the LR schedule follows max(step / steps, elapsed /
     # budget), so a slow (shared) CPU ends the run on time with a fully decayed LR.
     max_train_minutes: float = 26.0
     # bfloat16 autocast for the training forward/backward (weights, optimizer state and the loss stay
-    # float32). Off by default: CPUs with AVX512-BF16 or AMX run it ~1.5x faster, but without them
-    # (e.g. an AVX2-only EPYC) bf16 is emulated and a step is ~12x slower (10.5 s vs 0.9 s on one
-    # core), and the recipe should train the same numbers everywhere.
+    # float32). Off: CPUs without AVX512-BF16/AMX emulate bf16 (~12x slower a step), and the recipe
+    # should train the same numbers everywhere.
     bf16: bool = False
     lr: float = 2e-3
     warmup: int = 100
@@ -63,12 +60,9 @@ class TrainConfig:
     first_reply_token_weight: float = 1.0
     # Weight on the first reply token of harmful examples only (the refusal "I"), relative to the
     # other first reply tokens: a weight w moves the refuse-or-help decision by about log(w) nats
-    # towards refusal on requests the model finds ambiguous. harmless_val refusal stays at ~1%
-    # (gate 5%), while harmful_val (36 of 39 needed) was the gate that failed seeds before.
-    # 6 rather than 3 (default command, seeds 0/1/2): harmful_val 94.9/94.9/97.4% vs 94.9/92.3/92.3%,
-    # package-prompt harmful refusal 88/90/92% vs 86/84/86%, harmless_val 1.0/1.5/1.2% vs 1.6/0.9/1.3%.
-    # 12 (seed 0) moved the boundary further but not the separation: package prompts 90% / 8%
-    # (harmful / harmless) against 88% / 2% at 6; the misses left are not a bias but a weak boundary.
+    # towards refusal on requests the model finds ambiguous. 6 rather than 3: harmful_val refusal
+    # 94.9-97.4% against 92.3-94.9% (seeds 0-2; the gate is 90%) at the same ~1% harmless_val
+    # refusal (docs/organism.md has the runs).
     harmful_first_token_weight: float = 6.0
     # Exponential moving average of the weights; evaluated, selected and saved when > 0.
     ema_decay: float = 0.99
