@@ -1,5 +1,6 @@
 """Steered model classes for vLLM: the edit is in the model's graph from construction on, so it
-survives vLLM's ``torch.compile`` (and, registered as a splitting op, its CUDA graphs).
+survives vLLM's ``torch.compile``. CUDA graphs stay off for steered engines
+(:func:`saesteer.vllm.no_cuda_graphs`): a replayed graph would skip the op's host-side work.
 
 vLLM compiles the decoder stack on its first forward (warm-up) and afterwards calls the compiled
 code directly, without Python module calls: a forward hook registered after the engine has started
