@@ -30,7 +30,7 @@ def _extensions():
         sys.stderr.write("saesteer: torch is not installed; building the pure-Python package only\n")
         return [], {}
 
-    cpu_sources = sorted(glob.glob("csrc/ops.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cpu_sources = sorted(glob.glob("csrc/ops.cpp") + glob.glob("csrc/ops_cpu.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/ops_cuda.cu") + glob.glob("csrc/kernels/*.cu"))
     want_cuda = not _flag("SAESTEER_SKIP_CUDA")
     has_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None

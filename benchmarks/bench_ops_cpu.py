@@ -5,7 +5,7 @@
 Four ways to compute the same error-preserving clamp of |S| features, T tokens:
 
 * ``cpu``          -- ``saesteer.ops.steer(..., backend="cpu")``: the wrapper plus the fused kernel
-                      (csrc/cpu/sae_ops_cpu.cpp); what a forward hook pays per call.
+                      (csrc/cpu/kernels.cpp); what a forward hook pays per call.
 * ``cpu-op``       -- ``torch.ops.saesteer.steer`` with the arguments the wrapper passes: the kernel
                       and the dispatcher alone (the difference to ``cpu`` is the wrapper's overhead).
 * ``torch-subset`` -- the best plain-torch computation: the |S| encoder columns and decoder rows

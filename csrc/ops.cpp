@@ -1,6 +1,9 @@
 // The one schema file of saesteer: every op of the `saesteer` namespace is declared here, and each
-// backend registers its implementations beside its kernels (csrc/cpu/*.cpp for CPU,
-// csrc/ops_cuda.cu for CUDA). The pybind11 module only reports how the extension was built.
+// backend registers its implementations beside its kernels (csrc/ops_cpu.cpp for CPU,
+// csrc/ops_cuda.cu for CUDA). The Python module saesteer._C only reports how the extension was
+// built; it is written against the CPython API, not pybind11 or torch/extension.h: with those this
+// file took ~70 s to compile on the 2-core build machines (the longest file of the build), with
+// torch/library.h and Python.h it takes ~10 s.
 //
 // Argument conventions shared by every op (python/saesteer/sae.py documents them):
 //   x            [N, d_in] float32/bfloat16/float16 (the wrapper flattens leading dims)
@@ -14,9 +17,8 @@
 //   features     [S] int64 feature ids; values [S] float32 (steer) or [R, S] float32 (steer_rows)
 //   mode         0 ablate, 1 scale, 2 clamp, 3 add              (saesteer.intervention.MODES)
 //   token_mask   [N] bool (steer) or [R, T] bool (steer_rows): where the edit applies
-#include <torch/extension.h>
-
-#include <string>
+#include <Python.h>
+#include <torch/library.h>
 
 #ifndef SAESTEER_CUDA_ARCHS
 #define SAESTEER_CUDA_ARCHS ""
@@ -38,19 +40,29 @@ TORCH_LIBRARY(saesteer, m) {
   m.def("decode_sparse(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec, Tensor params) -> Tensor");
 }
 
-static pybind11::dict build_info() {
-  pybind11::dict d;
+namespace {
+
 #ifdef SAESTEER_WITH_CUDA
-  d["with_cuda"] = true;
+constexpr bool kWithCuda = true;
 #else
-  d["with_cuda"] = false;
+constexpr bool kWithCuda = false;
 #endif
-  d["cuda_archs"] = std::string(SAESTEER_CUDA_ARCHS);
-  d["built_with_torch"] = std::string(SAESTEER_TORCH_VERSION);
-  return d;
+
+// build_info() -> {"with_cuda": bool, "cuda_archs": str, "built_with_torch": str}
+PyObject* build_info(PyObject*, PyObject*) {
+  return Py_BuildValue("{s:O,s:s,s:s}", "with_cuda", kWithCuda ? Py_True : Py_False, "cuda_archs",
+                       SAESTEER_CUDA_ARCHS, "built_with_torch", SAESTEER_TORCH_VERSION);
 }
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "saesteer native ops (registered in the torch.ops.saesteer namespace)";
-  m.def("build_info", &build_info, "How this extension was built");
-}
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS, "How this extension was built"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_C", "saesteer native ops (registered in the torch.ops.saesteer namespace)", -1, methods,
+};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module); }

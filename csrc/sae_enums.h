@@ -12,6 +12,10 @@ enum Norm : int { kNoNorm = 0, kConstantNormRescale = 1, kLayerNorm = 2 };
 // f' = f * (1 - v): a row's value v (0 or 1) says whether that row ablates the feature.
 enum Mode : int { kAblate = 0, kScale = 1, kClamp = 2, kAdd = 3, kAblateMask = 4 };
 
+// Element types of the CPU kernels' arrays (csrc/cpu/kernels.h); the binding maps at::ScalarType
+// to these. The CUDA kernels take the storage type as a template parameter instead.
+enum Dtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
 // Rows of the packed float32 feature params [5, d_sae].
 enum ParamRow : int { kBias = 0, kThreshold = 1, kMagScale = 2, kMagBias = 3, kDecScale = 4 };
 

@@ -4,7 +4,7 @@ Users call these functions, never ``torch.ops.saesteer.*``. Backends:
 
 * ``"cuda"``   -- csrc/ops_cuda.cu (CUDA tensors; built when torch has CUDA and a toolkit exists)
 * ``"triton"`` -- python/saesteer/triton (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``)
-* ``"cpu"``    -- csrc/cpu (CPU tensors)
+* ``"cpu"``    -- csrc/ops_cpu.cpp over the kernels in csrc/cpu (CPU tensors)
 * ``"torch"``  -- :mod:`saesteer.reference`, pure PyTorch, every device
 
 ``backend="auto"`` (or the ``SAESTEER_BACKEND`` environment variable) takes the first available of

@@ -1,39 +1,43 @@
-// CPU kernels of the saesteer ops (schemas and argument conventions: csrc/ops.cpp).
-//
-// One translation unit on purpose: a file that includes ATen takes ~50 s to compile on the 2-core
-// build machines.
+// CPU kernels of the saesteer ops (csrc/cpu/kernels.h; schemas and conventions: csrc/ops.cpp).
+// Torch-free: raw pointers, sizes, an enum dtype, OpenMP threads; the ATen binding is
+// csrc/ops_cpu.cpp. Without torch headers this file compiles in ~7 s on the 2-core build machines
+// (the ATen-based file it replaces: ~31 s), and a change to a kernel recompiles only it.
 //
 // Layout of the work:
 //   * steer / steer_rows, standard / jumprelu / gated: tokens are taken 4 at a time ("a block");
 //     each block reads only the |S| encoder rows (W_enc_T[S]) and the decoder rows W_dec[S] whose
 //     coefficient is non-zero for one of its tokens: O(|S| * d_in) per token, no [T, d_sae] buffer.
-//     Blocks are the tasks of at::parallel_for; a single block of 1-4 tokens with many features (a
-//     generation step) splits its encoder rows, then its output columns, across threads instead.
-//   * steer / steer_rows, topk: the full encode runs tile by tile (at::mm into an [N, tile] buffer),
-//     merged into a per-row heap of the SAE's k best scores; then the same delta over the |S| rows.
+//     Blocks are the parallel tasks; a single block of 1-4 tokens with many features (a generation
+//     step) splits its encoder rows, then its output columns, across threads instead.
+//   * steer / steer_rows, topk: the full encode runs tile by tile (the binding's GEMM into an
+//     [N, tile] buffer), merged into a per-row heap of the SAE's k best scores; then the same delta
+//     over the |S| rows.
 //   * encode_topk: the same tiled encode, merged into a per-row heap of the k largest activations.
 //   * decode_sparse: per row, fp32 accumulation of k decoder rows.
 // Inner loops are fp32 (bf16/fp16 rows are widened to fp32 first) and compiled for x86-64-v4,
 // x86-64-v3 and baseline x86-64 (GCC target_clones: the extension is built without -march, so
 // without this the loops would be SSE2 only).
 //
+// Threads: parallel_tasks splits [0, n) into one contiguous chunk per thread, as at::parallel_for
+// does with torch's OpenMP backend; the extension and torch share one OpenMP runtime (the same
+// libgomp.so.1 soname, loaded by torch first), so torch.set_num_threads sets the thread count here.
+//
 // Ties in a top-k (the topk SAE's own selection, and encode_topk): among equal values the lower
 // feature index wins. torch.topk does not document its order among ties, so the reference and this
 // kernel may pick different members of an exact tie; with continuous weights exact ties of the k-th
 // score do not happen in practice (zero activations in encode_topk excepted: their order is arbitrary).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "cpu/kernels.h"
+
+#include <omp.h>
 
 #include <algorithm>
+#include <exception>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include "sae_enums.h"
 
 namespace saesteer {
 namespace cpu {
@@ -163,36 +167,102 @@ SAESTEER_SIMD_CLONES void axpy_1x4(float* __restrict a, const float* __restrict 
 // ------------------------------------------------------------------------------------------------
 // dtype plumbing: weights are a template parameter (one instantiation per SAE dtype); x, values and
 // outputs are converted per row with a run-time switch (one branch per row, not per element).
+// The conversions give c10::BFloat16's and c10::Half's bits exactly (round to nearest even; NaN
+// to 0x7FC0 in bf16 and to sign | 0x7E00 in fp16; checked over every fp16 and every fp32 bit
+// pattern against c10), so outputs match the ATen kernels these replace.
 // ------------------------------------------------------------------------------------------------
+struct bf16 {
+  uint16_t bits;
+};
+struct fp16 {
+  uint16_t bits;
+};
+
+inline float f32_from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float to_f32(float v) { return v; }
+inline float to_f32(bf16 v) { return f32_from_bits(uint32_t{v.bits} << 16); }
+inline float to_f32(fp16 v) {
+  const uint32_t sign = uint32_t{v.bits & 0x8000u} << 16;
+  const uint32_t em = v.bits & 0x7fffu;  // exponent and mantissa
+  // Normal numbers: move the fields into place and rebias the exponent (15 -> 127: + 112);
+  // inf/NaN: exponent 31 -> 255 (+ 112 more), NaNs made quiet as x86 arithmetic does.
+  uint32_t u = (em << 13) + (112u << 23);
+  if (em >= 0x7c00u) u += 112u << 23;
+  if (em > 0x7c00u) u |= 0x400000u;
+  float r = f32_from_bits(u);
+  if (em < 0x400u) r = static_cast<float>(em) * 0x1p-24f;  // zero and subnormals: exact
+  return f32_from_bits(sign | f32_bits(r));
+}
+
+inline uint16_t bf16_bits(float f) {
+  if (std::isnan(f)) return 0x7fc0u;
+  const uint32_t u = f32_bits(f);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+inline uint16_t fp16_bits(float f) {
+  const uint32_t u = f32_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;  // |f| >= 65520 (halfway above 65504): inf
+  uint32_t q, rem, half;
+  if (a >= 0x38800000u) {  // a normal half: rebias 127 -> 15, keep 10 of the 23 mantissa bits
+    const uint32_t r = a - (112u << 23);
+    q = r >> 13, rem = r & 0x1fffu, half = 0x1000u;
+  } else {  // a subnormal half (or 0): q = |f| * 2^24 rounded
+    if (a <= 0x33000000u) return sign;  // |f| <= 2^-25 rounds to 0 (2^-25 itself: a tie, to even)
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    const int shift = 126 - static_cast<int>(a >> 23);  // 14..24
+    q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+  }
+  if (rem > half || (rem == half && (q & 1u))) ++q;  // a carry into the exponent is right too
+  return static_cast<uint16_t>(sign | q);
+}
+
+inline void from_f32(float v, float* dst) { *dst = v; }
+inline void from_f32(float v, bf16* dst) { dst->bits = bf16_bits(v); }
+inline void from_f32(float v, fp16* dst) { dst->bits = fp16_bits(v); }
+
+size_t element_size(Dtype t) { return t == kFloat32 ? 4 : 2; }
+
 template <typename T>
 void widen(const T* __restrict src, float* __restrict dst, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     std::memcpy(dst, src, n * sizeof(float));
   } else {
-    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+    for (int64_t j = 0; j < n; ++j) dst[j] = to_f32(src[j]);
   }
 }
 
-void load_row(const void* src, at::ScalarType st, float* dst, int64_t n) {
+void load_row(const void* src, Dtype st, float* dst, int64_t n) {
   switch (st) {
-    case at::kFloat: widen(static_cast<const float*>(src), dst, n); break;
-    case at::kBFloat16: widen(static_cast<const c10::BFloat16*>(src), dst, n); break;
-    case at::kHalf: widen(static_cast<const c10::Half*>(src), dst, n); break;
-    default: TORCH_INTERNAL_ASSERT(false, "saesteer: unexpected dtype ", st);
+    case kFloat32: widen(static_cast<const float*>(src), dst, n); break;
+    case kBFloat16: widen(static_cast<const bf16*>(src), dst, n); break;
+    case kFloat16: widen(static_cast<const fp16*>(src), dst, n); break;
   }
 }
 
 template <typename T>
 void narrow_store(const float* __restrict src, T* __restrict dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
+  for (int64_t j = 0; j < n; ++j) from_f32(src[j], dst + j);
 }
 
-void store_row(const float* src, void* dst, at::ScalarType st, int64_t n) {
+void store_row(const float* src, void* dst, Dtype st, int64_t n) {
   switch (st) {
-    case at::kFloat: std::memcpy(dst, src, n * sizeof(float)); break;
-    case at::kBFloat16: narrow_store(src, static_cast<c10::BFloat16*>(dst), n); break;
-    case at::kHalf: narrow_store(src, static_cast<c10::Half*>(dst), n); break;
-    default: TORCH_INTERNAL_ASSERT(false, "saesteer: unexpected dtype ", st);
+    case kFloat32: std::memcpy(dst, src, n * sizeof(float)); break;
+    case kBFloat16: narrow_store(src, static_cast<bf16*>(dst), n); break;
+    case kFloat16: narrow_store(src, static_cast<fp16*>(dst), n); break;
   }
 }
 
@@ -205,6 +275,43 @@ inline const float* row_f32(const w_t* p, int64_t n, float* scratch) {
     widen(p, scratch, n);
     return scratch;
   }
+}
+
+// Calls f(w_t{}) with w_t the storage type of `st`.
+template <typename F>
+void dispatch_weights(Dtype st, F&& f) {
+  switch (st) {
+    case kFloat32: f(float{}); break;
+    case kBFloat16: f(bf16{}); break;
+    case kFloat16: f(fp16{}); break;
+  }
+}
+
+// f(begin, end) over [0, n) in one contiguous chunk per thread, inline when n <= grain, with one
+// thread, or inside a parallel region, as at::parallel_for does: an OpenMP region costs
+// microseconds, the whole op at T=1 a few. An exception in a task (std::bad_alloc) is rethrown on
+// the calling thread after the region, as at::parallel_for does; one leaving the region would end
+// the process.
+template <typename F>
+void parallel_tasks(int64_t n, int64_t grain, const F& f) {
+  const int64_t tasks = std::min<int64_t>(omp_get_max_threads(), (n + grain - 1) / std::max<int64_t>(grain, 1));
+  if (n <= grain || tasks <= 1 || omp_in_parallel()) {
+    if (n > 0) f(0, n);
+    return;
+  }
+  const int64_t chunk = (n + tasks - 1) / tasks;
+  std::exception_ptr error;
+#pragma omp parallel for num_threads(static_cast<int>(tasks)) schedule(static, 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t * chunk, e = std::min(n, b + chunk);
+    try {
+      if (b < e) f(b, e);
+    } catch (...) {
+#pragma omp critical(saesteer_parallel_tasks_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -318,7 +425,7 @@ struct RowTopK {
 struct SteerProblem {
   const void* x;          // [N, d_in] contiguous, dtype x_dtype
   void* out;              // [N, d_in] contiguous, dtype x_dtype
-  at::ScalarType x_dtype;
+  Dtype x_dtype;
   int64_t N, d_in, d_sae;
   const float* b_dec;     // fp32 [d_in], or nullptr when not applied to the input
   FeatureParams params;
@@ -328,10 +435,11 @@ struct SteerProblem {
   int64_t mode;
   const float* values;    // [rows, S]; token n uses row n / tokens_per_row
   int64_t tokens_per_row;
+  GemmFn gemm;
   std::vector<int64_t> active;  // tokens where the edit applies (the mask), in order
 };
 
-size_t x_row_bytes(const SteerProblem& P) { return P.d_in * c10::elementSize(P.x_dtype); }
+size_t x_row_bytes(const SteerProblem& P) { return P.d_in * element_size(P.x_dtype); }
 
 void copy_token(const SteerProblem& P, int64_t n) {
   const size_t b = x_row_bytes(P);
@@ -419,7 +527,7 @@ void apply_block(const SteerProblem& P, const w_t* W_dec, const int64_t* toks, i
     }
   }
   if (nl) flush();
-  const size_t esz = c10::elementSize(P.x_dtype);
+  const size_t esz = element_size(P.x_dtype);
   for (int t = 0; t < nt; ++t) {
     char* dst = static_cast<char*>(P.out) + (toks[t] * d + j0) * esz;
     if (changed[t]) {
@@ -440,15 +548,6 @@ void apply_block(const SteerProblem& P, const w_t* W_dec, const int64_t* toks, i
 int64_t block_grain(const SteerProblem& P) {
   const int64_t work = kBlock * std::max<int64_t>(P.S, 1) * P.d_in * 2;
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(work, 1));
-}
-
-template <typename F>
-void parallel_tasks(int64_t n, int64_t grain, const F& f) {
-  if (n <= grain) {
-    f(0, n);
-  } else {
-    at::parallel_for(0, n, grain, f);
-  }
 }
 
 // pre[t, r] = <x'_t, W_enc_T[S_r]> for the block's tokens and r in [r0, r1).
@@ -501,19 +600,19 @@ void steer_subset(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
   // At generation time (one block of <= 4 tokens) a block-parallel loop has one task: split the
   // |S| encoder rows, then the d_in output columns, across threads instead, once the block has
   // enough work to pay for two parallel regions (~256k multiply-adds).
-  if (nblocks == 1 && at::get_num_threads() > 1 && A * P.S * d * 2 >= (int64_t{1} << 18)) {
+  if (nblocks == 1 && omp_get_max_threads() > 1 && A * P.S * d * 2 >= (int64_t{1} << 18)) {
     const int nt = static_cast<int>(A);
     BlockScratch B(P);
     float s[kBlock];
     load_block(P, P.active.data(), nt, B, s, /*normalize=*/true);
     const int64_t row_groups = (P.S + 3) / 4;
-    at::parallel_for(0, row_groups, 1, [&](int64_t g0, int64_t g1) {
+    parallel_tasks(row_groups, 1, [&](int64_t g0, int64_t g1) {
       std::unique_ptr<float[]> scratch(new float[4 * d]);
       encode_subset_block(P, W_enc_T, nt, B.xp.get(), B.coef.get(), 4 * g0, std::min(P.S, 4 * g1), scratch.get());
     });
     block_coefficients(P, P.active.data(), nt, s, B);
     constexpr int64_t kCols = 256;
-    at::parallel_for(0, (d + kCols - 1) / kCols, 1, [&](int64_t c0, int64_t c1) {
+    parallel_tasks((d + kCols - 1) / kCols, 1, [&](int64_t c0, int64_t c1) {
       const int64_t j0 = c0 * kCols, j1 = std::min(d, c1 * kCols);
       std::unique_ptr<float[]> rows(new float[4 * (j1 - j0)]);
       apply_block(P, W_dec, P.active.data(), nt, B, j0, j1, rows.get());
@@ -542,17 +641,24 @@ int64_t encode_tile(int64_t rows, int64_t d_sae) {
 }
 
 // The tiled encode: calls visit(row, tile_start, pre_row_ptr, tile_cols) for every row and tile,
-// with pre = x' @ W_enc_T[tile].T in fp32, rows in parallel within a tile.
-template <typename Visit>
-void encode_tiles(const at::Tensor& xp, const at::Tensor& W_enc_T, Visit&& visit) {
-  const int64_t rows = xp.size(0), d_sae = W_enc_T.size(0);
+// with pre = x' @ W_enc_T[tile].T in fp32 (xp [rows, d]), rows in parallel within a tile.
+template <typename w_t, typename Visit>
+void encode_tiles(const float* xp, int64_t rows, const w_t* W_enc_T, int64_t d_sae, int64_t d, GemmFn gemm,
+                  Visit&& visit) {
   const int64_t tile = encode_tile(rows, d_sae);
+  std::vector<float> pre(rows * tile);
+  std::vector<float> wf(std::is_same_v<w_t, float> ? 0 : tile * d);
   for (int64_t j0 = 0; j0 < d_sae; j0 += tile) {
     const int64_t nc = std::min(tile, d_sae - j0);
-    at::Tensor w = W_enc_T.narrow(0, j0, nc);
-    if (w.scalar_type() != at::kFloat) w = w.to(at::kFloat);
-    const at::Tensor pre = at::mm(xp, w.t()).contiguous();
-    const float* pp = pre.data_ptr<float>();
+    const float* w;
+    if constexpr (std::is_same_v<w_t, float>) {
+      w = W_enc_T + j0 * d;
+    } else {
+      parallel_tasks(nc, 16, [&](int64_t c0, int64_t c1) { widen(W_enc_T + (j0 + c0) * d, wf.data() + c0 * d, (c1 - c0) * d); });
+      w = wf.data();
+    }
+    gemm(xp, w, rows, nc, d, pre.data());
+    const float* pp = pre.data();
     parallel_tasks(rows, std::max<int64_t>(1, 4096 / nc), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) visit(r, j0, pp + r * nc, nc);
     });
@@ -561,12 +667,11 @@ void encode_tiles(const at::Tensor& xp, const at::Tensor& W_enc_T, Visit&& visit
 
 // topk: the full encode decides membership in the SAE's top k; the delta still reads |S| rows.
 template <typename w_t>
-void steer_topk(const SteerProblem& P, const at::Tensor& W_enc_T, const w_t* W_dec) {
+void steer_topk(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
   const int64_t A = static_cast<int64_t>(P.active.size());
   const int64_t d = P.d_in, S = P.S;
-  at::Tensor xp_t = at::empty({A, d}, at::kFloat);
-  std::vector<float> scale(A);
-  float* xp = xp_t.data_ptr<float>();
+  std::vector<float> xp_buf(A * d), scale(A);
+  float* xp = xp_buf.data();
   const size_t b = x_row_bytes(P);
   parallel_tasks(A, 16, [&](int64_t a0, int64_t a1) {
     std::vector<float> xr(d);
@@ -582,7 +687,7 @@ void steer_topk(const SteerProblem& P, const at::Tensor& W_enc_T, const w_t* W_d
   std::vector<float> score_S(A * S);
   std::vector<RowTopK> top(A);
   for (auto& h : top) h.reset(P.k);
-  encode_tiles(xp_t, W_enc_T, [&](int64_t a, int64_t j0, const float* pre, int64_t nc) {
+  encode_tiles(xp, A, W_enc_T, P.d_sae, d, P.gemm, [&](int64_t a, int64_t j0, const float* pre, int64_t nc) {
     RowTopK& h = top[a];
     for (int64_t c = 0; c < nc; ++c) {
       const int64_t i = j0 + c;
@@ -619,216 +724,83 @@ void steer_topk(const SteerProblem& P, const at::Tensor& W_enc_T, const w_t* W_d
 }
 
 // ------------------------------------------------------------------------------------------------
-// boundary checks (named after the schema's arguments)
+// the kernels of csrc/cpu/kernels.h
 // ------------------------------------------------------------------------------------------------
-bool is_kernel_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+}  // namespace
 
-void check_cpu(const at::Tensor& t, const char* name, const at::Tensor& x) {
-  TORCH_CHECK(t.device() == x.device(), name, ": on ", t.device(), " but x is on ", x.device(),
-              " (every argument must be on the same device)");
-}
-
-// Checks shared by every op that reads x and the encoder; returns d_sae.
-int64_t check_encoder(const at::Tensor& x, const at::Tensor& W_enc_T, const at::Tensor& b_dec, const at::Tensor& params,
-                      int64_t arch, int64_t norm) {
-  TORCH_CHECK(x.dim() == 2, "x: expected a 2-D tensor [N, d_in], got shape ", x.sizes());
-  TORCH_CHECK(is_kernel_dtype(x.scalar_type()), "x: expected float32, bfloat16 or float16, got ", x.scalar_type());
-  TORCH_CHECK(W_enc_T.dim() == 2, "W_enc_T: expected [d_sae, d_in], got shape ", W_enc_T.sizes());
-  const int64_t d_sae = W_enc_T.size(0), d_in = W_enc_T.size(1);
-  TORCH_CHECK(x.size(1) == d_in, "x: expected last dimension d_in=", d_in, " (W_enc_T.size(1)), got shape ", x.sizes());
-  TORCH_CHECK(is_kernel_dtype(W_enc_T.scalar_type()), "W_enc_T: expected float32, bfloat16 or float16, got ",
-              W_enc_T.scalar_type());
-  TORCH_CHECK(W_enc_T.is_contiguous(), "W_enc_T: expected a contiguous tensor (sae.W_enc_T)");
-  TORCH_CHECK(b_dec.dim() == 1 && b_dec.size(0) == d_in, "b_dec: expected shape [", d_in, "], got ", b_dec.sizes());
-  TORCH_CHECK(params.scalar_type() == at::kFloat && params.dim() == 2 && params.size(0) == 5 && params.size(1) == d_sae,
-              "params: expected float32 [5, d_sae=", d_sae, "], got ", params.scalar_type(), " ", params.sizes());
-  TORCH_CHECK(arch >= kStandard && arch <= kTopK, "arch: expected 0 (standard), 1 (jumprelu), 2 (gated) or 3 (topk), got ",
-              arch);
-  TORCH_CHECK(norm >= kNoNorm && norm <= kLayerNorm,
-              "norm: expected 0 (none), 1 (constant_norm_rescale) or 2 (layer_norm), got ", norm);
-  check_cpu(W_enc_T, "W_enc_T", x);
-  check_cpu(b_dec, "b_dec", x);
-  check_cpu(params, "params", x);
-  return d_sae;
-}
-
-void check_features(const at::Tensor& features, int64_t d_sae, const at::Tensor& x) {
-  TORCH_CHECK(features.dim() == 1 && features.scalar_type() == at::kLong,
-              "features: expected a 1-D int64 tensor, got ", features.scalar_type(), " ", features.sizes());
-  check_cpu(features, "features", x);
-  const at::Tensor f = features.contiguous();
-  const int64_t* p = f.data_ptr<int64_t>();
-  for (int64_t r = 0; r < f.numel(); ++r) {
-    TORCH_CHECK(p[r] >= 0 && p[r] < d_sae, "features: id ", p[r], " is outside [0, d_sae=", d_sae, ")");
+void steer(const SteerArgs& a) {
+  const Encoder& e = a.enc;
+  const int64_t N = a.N, d = e.d_in;
+  if (a.S == 0 || N == 0) {
+    std::memcpy(a.out, a.x, N * d * element_size(a.x_dtype));
+    return;
   }
-}
-
-at::Tensor b_dec_f32(const at::Tensor& b_dec) { return b_dec.to(at::kFloat).contiguous(); }
-
-template <typename F>
-void dispatch_weights(at::ScalarType st, F&& f) {
-  switch (st) {
-    case at::kFloat: f(float{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    default: TORCH_CHECK(false, "W_dec: expected float32, bfloat16 or float16, got ", st);
-  }
-}
-
-// Shared body of steer and steer_rows: x2 [N, d_in], values [rows, S], mask [N] or undefined.
-at::Tensor steer_common(const at::Tensor& x2, const at::Tensor& W_enc_T, const at::Tensor& W_dec, const at::Tensor& b_dec,
-                        const at::Tensor& params, int64_t arch, int64_t norm, bool apply_b_dec, int64_t k,
-                        const at::Tensor& features, int64_t mode, const at::Tensor& values, int64_t tokens_per_row,
-                        const at::Tensor& mask) {
-  const at::Tensor x = x2.contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const int64_t S = features.numel(), N = x.size(0);
-  if (S == 0 || N == 0) {
-    out.copy_(x);
-    return out;
-  }
-  const at::Tensor feats = features.contiguous();
-  const at::Tensor vals = values.to(at::kFloat).contiguous();
-  const at::Tensor bd = b_dec_f32(b_dec);
-  const at::Tensor pr = params.contiguous();
-  SteerProblem P{x.data_ptr(), out.data_ptr(), x.scalar_type(), N, x.size(1), W_enc_T.size(0),
-                 apply_b_dec ? bd.data_ptr<float>() : nullptr, FeatureParams(pr.data_ptr<float>(), W_enc_T.size(0)),
-                 arch, norm, k, feats.data_ptr<int64_t>(), S, mode, vals.data_ptr<float>(),
-                 std::max<int64_t>(tokens_per_row, 1), {}};
+  SteerProblem P{a.x, a.out, a.x_dtype, N, d, e.d_sae, e.apply_b_dec ? e.b_dec : nullptr,
+                 FeatureParams(e.params, e.d_sae), e.arch, e.norm, a.k, a.features, a.S, a.mode, a.values,
+                 std::max<int64_t>(a.tokens_per_row, 1), e.gemm, {}};
   P.active.reserve(N);
-  if (mask.defined()) {
-    const at::Tensor m = mask.contiguous();
-    const bool* mp = m.data_ptr<bool>();
-    for (int64_t n = 0; n < N; ++n) {
-      if (mp[n]) {
-        P.active.push_back(n);
-      } else {
-        copy_token(P, n);
-      }
-    }
-  } else {
-    for (int64_t n = 0; n < N; ++n) P.active.push_back(n);
-  }
-  if (P.active.empty()) return out;
-  dispatch_weights(W_dec.scalar_type(), [&](auto tag) {
-    using w_t = decltype(tag);
-    const w_t* Wd = W_dec.data_ptr<w_t>();
-    if (arch == kTopK) {
-      steer_topk<w_t>(P, W_enc_T, Wd);
+  for (int64_t n = 0; n < N; ++n) {
+    if (a.token_mask == nullptr || a.token_mask[n]) {
+      P.active.push_back(n);
     } else {
-      steer_subset<w_t>(P, W_enc_T.data_ptr<w_t>(), Wd);
+      copy_token(P, n);
+    }
+  }
+  if (P.active.empty()) return;
+  dispatch_weights(e.w_dtype, [&](auto tag) {
+    using w_t = decltype(tag);
+    const w_t* We = static_cast<const w_t*>(e.W_enc_T);
+    const w_t* Wd = static_cast<const w_t*>(a.W_dec);
+    if (e.arch == kTopK) {
+      steer_topk<w_t>(P, We, Wd);
+    } else {
+      steer_subset<w_t>(P, We, Wd);
     }
   });
-  return out;
 }
 
-void check_steer_args(const at::Tensor& x2, const at::Tensor& W_enc_T, const at::Tensor& W_dec, const at::Tensor& b_dec,
-                      const at::Tensor& params, int64_t arch, int64_t norm, int64_t k, const at::Tensor& features,
-                      int64_t mode) {
-  const int64_t d_sae = check_encoder(x2, W_enc_T, b_dec, params, arch, norm);
-  TORCH_CHECK(W_dec.sizes() == W_enc_T.sizes(), "W_dec: expected shape ", W_enc_T.sizes(), " (as W_enc_T), got ",
-              W_dec.sizes());
-  TORCH_CHECK(W_dec.scalar_type() == W_enc_T.scalar_type() && b_dec.scalar_type() == W_enc_T.scalar_type(),
-              "W_dec/b_dec: expected the dtype of W_enc_T (", W_enc_T.scalar_type(), "), got ", W_dec.scalar_type(), "/",
-              b_dec.scalar_type());
-  TORCH_CHECK(W_dec.is_contiguous(), "W_dec: expected a contiguous tensor");
-  check_cpu(W_dec, "W_dec", x2);
-  TORCH_CHECK(arch != kTopK || (k >= 1 && k <= d_sae), "k: a topk SAE needs k in [1, d_sae=", d_sae, "], got ", k);
-  TORCH_CHECK(mode >= kAblate && mode <= kAdd, "mode: expected 0 (ablate), 1 (scale), 2 (clamp) or 3 (add), got ", mode);
-  check_features(features, d_sae, x2);
-}
-
-void check_values(const at::Tensor& values, at::IntArrayRef expected, const at::Tensor& x, const char* what) {
-  TORCH_CHECK(values.sizes() == expected, "values: expected shape ", expected, " ", what, ", got ", values.sizes());
-  TORCH_CHECK(values.is_floating_point(), "values: expected a floating-point tensor, got ", values.scalar_type());
-  check_cpu(values, "values", x);
-}
-
-void check_mask(const c10::optional<at::Tensor>& token_mask, at::IntArrayRef expected, const at::Tensor& x) {
-  if (!token_mask.has_value()) return;
-  const at::Tensor& m = *token_mask;
-  TORCH_CHECK(m.scalar_type() == at::kBool, "token_mask: expected a bool tensor, got ", m.scalar_type());
-  TORCH_CHECK(m.sizes() == expected, "token_mask: expected shape ", expected, " (x's leading dims), got ", m.sizes());
-  check_cpu(m, "token_mask", x);
-}
-
-// ------------------------------------------------------------------------------------------------
-// ops
-// ------------------------------------------------------------------------------------------------
-at::Tensor steer_cpu(const at::Tensor& x, const at::Tensor& W_enc_T, const at::Tensor& W_dec, const at::Tensor& b_dec,
-                     const at::Tensor& params, int64_t arch, int64_t norm, bool apply_b_dec, int64_t k,
-                     const at::Tensor& features, int64_t mode, const at::Tensor& values,
-                     const c10::optional<at::Tensor>& token_mask) {
-  check_steer_args(x, W_enc_T, W_dec, b_dec, params, arch, norm, k, features, mode);
-  check_values(values, {features.numel()}, x, "(one per feature)");
-  check_mask(token_mask, {x.size(0)}, x);
-  return steer_common(x, W_enc_T, W_dec, b_dec, params, arch, norm, apply_b_dec, k, features, mode, values, x.size(0),
-                      token_mask.has_value() ? *token_mask : at::Tensor());
-}
-
-at::Tensor steer_rows_cpu(const at::Tensor& x, const at::Tensor& W_enc_T, const at::Tensor& W_dec,
-                          const at::Tensor& b_dec, const at::Tensor& params, int64_t arch, int64_t norm,
-                          bool apply_b_dec, int64_t k, const at::Tensor& features, int64_t mode,
-                          const at::Tensor& values, const c10::optional<at::Tensor>& token_mask) {
-  TORCH_CHECK(x.dim() == 3, "x: steer_rows expects [R, T, d_in], got shape ", x.sizes());
-  const int64_t R = x.size(0), T = x.size(1);
-  const at::Tensor x2 = x.reshape({R * T, x.size(2)});
-  check_steer_args(x2, W_enc_T, W_dec, b_dec, params, arch, norm, k, features, mode);
-  check_values(values, {R, features.numel()}, x, "([R, |S|]: one row of values per batch row)");
-  check_mask(token_mask, {R, T}, x);
-  const at::Tensor m = token_mask.has_value() ? token_mask->reshape({R * T}) : at::Tensor();
-  const int64_t internal_mode = mode == kAblate ? kAblateMask : mode;
-  return steer_common(x2, W_enc_T, W_dec, b_dec, params, arch, norm, apply_b_dec, k, features, internal_mode, values, T, m)
-      .view(x.sizes());
-}
-
-std::tuple<at::Tensor, at::Tensor> encode_topk_cpu(const at::Tensor& x, const at::Tensor& W_enc_T,
-                                                   const at::Tensor& b_dec, const at::Tensor& params, int64_t arch,
-                                                   int64_t norm, bool apply_b_dec, int64_t sae_k, int64_t k) {
-  const int64_t d_sae = check_encoder(x, W_enc_T, b_dec, params, arch, norm);
-  TORCH_CHECK(k >= 1 && k <= d_sae, "k: expected an int in [1, d_sae=", d_sae, "], got ", k);
-  TORCH_CHECK(arch != kTopK || (sae_k >= 1 && sae_k <= d_sae), "sae_k: a topk SAE needs sae_k in [1, d_sae=", d_sae,
-              "], got ", sae_k);
-  const at::Tensor xc = x.contiguous();
-  const int64_t N = xc.size(0), d = xc.size(1);
-  at::Tensor out_v = at::empty({N, k}, xc.options());
-  at::Tensor out_i = at::empty({N, k}, xc.options().dtype(at::kLong));
-  if (N == 0) return {out_v, out_i};
-  const at::Tensor bd = b_dec_f32(b_dec);
-  const at::Tensor pr = params.contiguous();
-  const FeatureParams fp(pr.data_ptr<float>(), d_sae);
-  const float* b = apply_b_dec ? bd.data_ptr<float>() : nullptr;
-  at::Tensor xp_t = at::empty({N, d}, at::kFloat);
-  float* xp = xp_t.data_ptr<float>();
-  const size_t row_bytes = d * xc.element_size();
+void encode_topk(const EncodeTopkArgs& a) {
+  const Encoder& e = a.enc;
+  const int64_t N = a.N, d = e.d_in, d_sae = e.d_sae, k = a.k;
+  if (N == 0) return;
+  const FeatureParams fp(e.params, d_sae);
+  const float* b = e.apply_b_dec ? e.b_dec : nullptr;
+  std::vector<float> xp(N * d);
+  const size_t row_bytes = d * element_size(a.x_dtype);
   parallel_tasks(N, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> xr(d);
     for (int64_t n = n0; n < n1; ++n) {
-      load_row(static_cast<const char*>(xc.data_ptr()) + n * row_bytes, xc.scalar_type(), xr.data(), d);
-      normalize_row(xr.data(), xp + n * d, d, norm, b);
+      load_row(static_cast<const char*>(a.x) + n * row_bytes, a.x_dtype, xr.data(), d);
+      normalize_row(xr.data(), xp.data() + n * d, d, e.norm, b);
     }
   });
   // topk SAE: select its own sae_k scores first; its activations are relu(score) there, 0 elsewhere.
+  const int arch = e.arch;
   std::vector<RowTopK> top(N);
-  for (auto& h : top) h.reset(arch == kTopK ? sae_k : k);
-  encode_tiles(xp_t, W_enc_T, [&](int64_t n, int64_t j0, const float* pre, int64_t nc) {
+  for (auto& h : top) h.reset(arch == kTopK ? a.sae_k : k);
+  auto visit = [&](int64_t n, int64_t j0, const float* pre, int64_t nc) {
     RowTopK& h = top[n];
     if (arch == kTopK) {
       for (int64_t c = 0; c < nc; ++c) h.push((pre[c] + fp.bias[j0 + c]) * fp.mag_scale[j0 + c], j0 + c);
     } else {
       for (int64_t c = 0; c < nc; ++c) h.push(activation(pre[c], j0 + c, arch, fp), j0 + c);
     }
+  };
+  dispatch_weights(e.w_dtype, [&](auto tag) {
+    using w_t = decltype(tag);
+    encode_tiles(xp.data(), N, static_cast<const w_t*>(e.W_enc_T), d_sae, d, e.gemm, visit);
   });
+  const size_t out_row_bytes = k * element_size(a.x_dtype);
   parallel_tasks(N, 64, [&](int64_t n0, int64_t n1) {
     std::vector<float> vrow(k);
     std::vector<char> taken;
     for (int64_t n = n0; n < n1; ++n) {
       std::vector<Scored>& h = top[n].heap;
       if (arch == kTopK) {
-        for (auto& e : h) e.v = e.v > 0.f ? e.v : 0.f;
+        for (auto& s : h) s.v = s.v > 0.f ? s.v : 0.f;
       }
       std::sort(h.begin(), h.end(), better);
-      int64_t* ip = out_i.data_ptr<int64_t>() + n * k;
+      int64_t* ip = a.out_ids + n * k;
       int64_t m = std::min<int64_t>(k, static_cast<int64_t>(h.size()));
       for (int64_t j = 0; j < m; ++j) {
         vrow[j] = h[j].v;
@@ -844,51 +816,26 @@ std::tuple<at::Tensor, at::Tensor> encode_topk_cpu(const at::Tensor& x, const at
           }
         }
       }
-      store_row(vrow.data(), static_cast<char*>(out_v.data_ptr()) + n * k * out_v.element_size(), out_v.scalar_type(), k);
+      store_row(vrow.data(), static_cast<char*>(a.out_values) + n * out_row_bytes, a.x_dtype, k);
     }
   });
-  return {out_v, out_i};
 }
 
-at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& W_dec,
-                             const at::Tensor& b_dec, const at::Tensor& params) {
-  TORCH_CHECK(values.dim() == 2, "values: expected a 2-D tensor [N, k], got shape ", values.sizes());
-  TORCH_CHECK(is_kernel_dtype(values.scalar_type()), "values: expected float32, bfloat16 or float16, got ",
-              values.scalar_type());
-  TORCH_CHECK(indices.sizes() == values.sizes(), "indices: expected the shape of values ", values.sizes(), ", got ",
-              indices.sizes());
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "indices: expected int64, got ", indices.scalar_type());
-  TORCH_CHECK(W_dec.dim() == 2 && W_dec.is_contiguous(), "W_dec: expected a contiguous [d_sae, d_in] tensor, got shape ",
-              W_dec.sizes());
-  const int64_t d_sae = W_dec.size(0), d = W_dec.size(1);
-  TORCH_CHECK(b_dec.dim() == 1 && b_dec.size(0) == d, "b_dec: expected shape [", d, "], got ", b_dec.sizes());
-  TORCH_CHECK(params.scalar_type() == at::kFloat && params.dim() == 2 && params.size(0) == 5 && params.size(1) == d_sae,
-              "params: expected float32 [5, d_sae=", d_sae, "], got ", params.scalar_type(), " ", params.sizes());
-  check_cpu(indices, "indices", values);
-  check_cpu(W_dec, "W_dec", values);
-  check_cpu(b_dec, "b_dec", values);
-  check_cpu(params, "params", values);
-  const at::Tensor v = values.contiguous(), idx = indices.contiguous();
-  const int64_t N = v.size(0), K = v.size(1);
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  for (int64_t j = 0; j < N * K; ++j) {
-    TORCH_CHECK(ip[j] >= 0 && ip[j] < d_sae, "indices: id ", ip[j], " is outside [0, d_sae=", d_sae, ")");
-  }
-  at::Tensor out = at::empty({N, d}, v.options());
-  if (N == 0) return out;
-  const at::Tensor bd = b_dec_f32(b_dec);
-  const at::Tensor pr = params.contiguous();
-  const float* dec_scale = pr.data_ptr<float>() + kDecScale * d_sae;
-  dispatch_weights(W_dec.scalar_type(), [&](auto tag) {
+void decode_sparse(const DecodeSparseArgs& a) {
+  const int64_t N = a.N, K = a.K, d = a.d_in;
+  if (N == 0) return;
+  const float* dec_scale = a.params + kDecScale * a.d_sae;
+  const size_t v_row_bytes = K * element_size(a.v_dtype), out_row_bytes = d * element_size(a.v_dtype);
+  dispatch_weights(a.w_dtype, [&](auto tag) {
     using w_t = decltype(tag);
-    const w_t* Wd = W_dec.data_ptr<w_t>();
+    const w_t* Wd = static_cast<const w_t*>(a.W_dec);
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(K * d * 2, 1));
     parallel_tasks(N, grain, [&](int64_t n0, int64_t n1) {
       std::vector<float> acc(d), vr(std::max<int64_t>(K, 1)), rows(4 * d);
       std::vector<int64_t> live;
       for (int64_t n = n0; n < n1; ++n) {
-        load_row(static_cast<const char*>(v.data_ptr()) + n * K * v.element_size(), v.scalar_type(), vr.data(), K);
-        const int64_t* in = ip + n * K;
+        load_row(static_cast<const char*>(a.values) + n * v_row_bytes, a.v_dtype, vr.data(), K);
+        const int64_t* in = a.ids + n * K;
         live.clear();
         for (int64_t j = 0; j < K; ++j) {
           vr[j] *= dec_scale[in[j]];
@@ -907,22 +854,12 @@ at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices
           axpy_1x4(acc.data(), w[0], w[1], w[2], w[3], c, d);
         }
         for (; g < L; ++g) axpy_1x1(acc.data(), row_f32(Wd + in[live[g]] * d, d, rows.data()), vr[live[g]], d);
-        const float* bp = bd.data_ptr<float>();
-        for (int64_t j = 0; j < d; ++j) acc[j] += bp[j];
-        store_row(acc.data(), static_cast<char*>(out.data_ptr()) + n * d * out.element_size(), out.scalar_type(), d);
+        for (int64_t j = 0; j < d; ++j) acc[j] += a.b_dec[j];
+        store_row(acc.data(), static_cast<char*>(a.out) + n * out_row_bytes, a.v_dtype, d);
       }
     });
   });
-  return out;
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace saesteer
-
-TORCH_LIBRARY_IMPL(saesteer, CPU, m) {
-  m.impl("steer", &saesteer::cpu::steer_cpu);
-  m.impl("steer_rows", &saesteer::cpu::steer_rows_cpu);
-  m.impl("encode_topk", &saesteer::cpu::encode_topk_cpu);
-  m.impl("decode_sparse", &saesteer::cpu::decode_sparse_cpu);
-}
