@@ -147,9 +147,11 @@ def register(sub) -> None:
                                    "prompts, verified feature interactions and dormant features. Writes OUT/results.json, "
                                    "OUT/spec.json (for eval / generate), OUT/report.md and plots.")
     add_model_args(p)
-    p.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset name (default: shipped set)")
+    p.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset name, strings or conversations "
+                                     "(lists of turns) (default: shipped set)")
     p.add_argument("--harmless", help="harmless prompts (default: shipped set)")
-    p.add_argument("--field", help="the prompt field in the files (default: instruction or prompt)")
+    p.add_argument("--field", help="the prompt field in the files, text or a list of turns (default: instruction, prompt, "
+                                   "messages, conversation or turns)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", help="YAML/TOML/JSON file with any option; flags override it")
     p.add_argument("--n-candidates", dest="n_candidates", type=int)

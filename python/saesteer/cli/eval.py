@@ -25,6 +25,7 @@ def _eval(args) -> int:
     from ..refusal.data import load_prompts, shipped_prompts
     from ..refusal.judges import load_model_judge
     from ..refusal.report import plot_lines, warning_section, write_json, write_markdown_report
+    from ..refusal.turns import prompt_label
 
     # Everything that can be wrong with the inputs fails here, before a model loads.
     check_run_args(args)
@@ -138,7 +139,8 @@ def _eval(args) -> int:
     for cond in compared:  # every condition's examples are in eval.json
         for kind, pairs in result["examples"].get(cond, {}).items():
             for p, r in pairs:
-                ex_lines.append({"condition": cond, "set": kind, "prompt": p, "reply": r})
+                # The report shows a conversation's last user turn; eval.json keeps every turn.
+                ex_lines.append({"condition": cond, "set": kind, "prompt": prompt_label(p), "reply": r})
     sections.append(("Example replies", ex_lines))
     # Results that are not meaningful (probes at chance) and the chat-template fallback open the report.
     report["valid"] = report.get("probes", {}).get("valid", True)
@@ -162,9 +164,11 @@ def register(sub) -> None:
                                    "residual probes. Writes OUT/eval.json, OUT/report.md and plots.")
     add_model_args(e)
     add_steering_args(e)
-    e.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset (default: the shipped set)")
+    e.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset, strings or conversations "
+                                     "(lists of turns) (default: the shipped set)")
     e.add_argument("--harmless", help="harmless prompts (default: the shipped set)")
-    e.add_argument("--field", help="text field of the prompt files (default: instruction or prompt)")
+    e.add_argument("--field", help="text or conversation field of the prompt files (default: instruction, prompt, "
+                                   "messages, conversation or turns)")
     e.add_argument("--mc", help="multiple-choice file, JSONL of {question, choices, answer}")
     e.add_argument("--mmlu", help="MMLU, 5-shot (lm-evaluation-harness's prompt): a JSON/JSONL/CSV file (its first 5 rows "
                                   "are the shots) or a Hub id such as cais/mmlu (needs `datasets`)")

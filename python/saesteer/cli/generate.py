@@ -25,6 +25,7 @@ def _generate(args) -> int:
     from ..refusal.chat import generate
     from ..refusal.data import load_prompts
     from ..refusal.evaluate import Steering
+    from ..refusal.turns import prompt_label
 
     check_run_args(args)
     prompts = list(args.prompt)
@@ -48,7 +49,7 @@ def _generate(args) -> int:
     print(f"steering: {spec.mode}{value} features [{feats}] at layer {layer}, positions={spec.positions}")
     for p, u, s in zip(prompts, plain, steered):
         print("\n" + "=" * min(width, 120))
-        print(f"prompt: {p}")
+        print(f"prompt: {prompt_label(p)}")
         print(_side_by_side("UNSTEERED", "STEERED", width))
         print(_side_by_side(u, s, width))
     return 0
@@ -59,8 +60,9 @@ def register(sub) -> None:
     g = sub.add_parser("generate", help="steered and unsteered replies side by side",
                        description="Greedy replies with and without steering, side by side (--json for machine output).")
     g.add_argument("prompt", nargs="*", help="prompt text(s)")
-    g.add_argument("--prompts-file", help="more prompts from a JSON/JSONL/CSV file")
-    g.add_argument("--field", help="text field of the prompts file (default: instruction or prompt)")
+    g.add_argument("--prompts-file", help="more prompts from a JSON/JSONL/CSV file (strings or conversations)")
+    g.add_argument("--field", help="text or conversation field of the prompts file (default: instruction, prompt, "
+                                   "messages, conversation or turns)")
     g.add_argument("--limit", type=int, help="use the first N prompts of the file")
     add_model_args(g)
     add_steering_args(g)

@@ -70,19 +70,21 @@ class Organism:
     def hook_name(self) -> str:
         return f"blocks.{self.layer}.hook_resid_post"
 
-    def format_prompt(self, instruction: str) -> str:
-        """The chat-formatted prompt for one user instruction, with the generation prompt."""
+    def format_prompt(self, instruction) -> str:
+        """The chat-formatted prompt for one user instruction or conversation (a list of turns
+        ending with the user's), with the generation prompt."""
         from ..refusal.chat import format_prompts
 
         return format_prompts(self.tokenizer, [instruction])[0]
 
     def chat(self, prompts, max_new_tokens: int = 32, batch_size: int = 64, **generate_kwargs) -> list[str]:
-        """Greedy replies to raw user instructions (batched, left padding, chat template), through
-        :func:`saesteer.refusal.chat.generate`. Extra keyword arguments go to ``model.generate``
-        (e.g. ``do_sample=True``)."""
+        """Greedy replies to raw user instructions or conversations (lists of ``{"role", "content"}``
+        turns ending with the user's; batched, left padding, chat template), through
+        :func:`saesteer.refusal.chat.generate`. One string or one conversation gives a list of one
+        reply. Extra keyword arguments go to ``model.generate`` (e.g. ``do_sample=True``)."""
         from ..refusal.chat import generate
 
-        if isinstance(prompts, str):
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and all(isinstance(t, dict) for t in prompts)):
             prompts = [prompts]
         return generate(self.model, self.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=False, **generate_kwargs)

@@ -1,5 +1,8 @@
 """Chat-templated prompts, batched generation, and the refusal score (no generation needed).
 
+Every function that takes ``instructions`` takes strings (one user turn each) and conversations
+(lists of turns ending with a user turn, :mod:`.turns`), mixed freely.
+
 Refusal score (Arditi et al.): the log-odds, at the last prompt position, of the refusal tokens
 ``R`` -- ``log p(R) - log(1 - p(R))`` with ``p(R) = sum_{t in R} p(t)``. ``R`` is found from the
 model's own refusals: the first tokens of its replies that the judge calls refusals.
@@ -17,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .inputs import model_device, pad_token_id, tokenize_texts
 from .judges import SubstringJudge
+from .turns import PLAIN_FORMAT, Prompt, as_prompt, plain_format
 
 __all__ = [
     "format_prompts",
@@ -34,12 +38,9 @@ __all__ = [
     "model_device",
 ]
 
-_FALLBACK_TEMPLATE = "User: {}\nAssistant:"
-
-
 def chat_template_kind(tokenizer) -> str:
     """``"tokenizer"`` when the tokenizer has a chat template, ``"fallback"`` when prompts are
-    formatted as ``User: ...\\nAssistant:`` instead."""
+    formatted as ``User: ...\\nAssistant:`` instead (:func:`~.turns.plain_format`)."""
     return "tokenizer" if getattr(tokenizer, "chat_template", None) else "fallback"
 
 
@@ -49,21 +50,39 @@ def check_chat_template(tokenizer) -> str | None:
     refuses differently, so every refusal number depends on this."""
     if chat_template_kind(tokenizer) == "tokenizer":
         return None
-    msg = (f"the tokenizer has no chat template; prompts are formatted as {_FALLBACK_TEMPLATE.format('...')!r} "
+    msg = (f"the tokenizer has no chat template; prompts are formatted as '{PLAIN_FORMAT}' (one 'Role: ...' line per turn) "
            "instead, which changes every refusal number (give a tokenizer with a chat template)")
     warnings.warn(msg, UserWarning, stacklevel=2)
     return msg
 
 
-def format_prompts(tokenizer, instructions: Sequence[str]) -> list[str]:
+def format_prompts(tokenizer, instructions: Sequence[Prompt]) -> list[str]:
     """Apply the tokenizer's chat template with a generation prompt (a plain template if it has none,
-    see :func:`check_chat_template`)."""
-    if chat_template_kind(tokenizer) == "tokenizer":
-        return [
-            tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False, add_generation_prompt=True)
-            for s in instructions
-        ]
-    return [_FALLBACK_TEMPLATE.format(s) for s in instructions]
+    see :func:`check_chat_template`).
+
+    A string is one user turn, ``[{"role": "user", "content": s}]``; a conversation (a list of turns
+    ending with a user turn, or of alternating user / assistant strings, see :mod:`.turns`) goes to
+    ``tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)`` as it is,
+    system turns included. Without a template, :func:`~.turns.plain_format`: one ``Role: content``
+    line per turn, then ``Assistant:``. Raises ``ValueError`` naming ``instructions[i]`` for a
+    malformed conversation, or one the tokenizer's template rejects (some refuse a system turn).
+    """
+    prompts = [as_prompt(p, f"instructions[{i}]") for i, p in enumerate(instructions)]
+    if chat_template_kind(tokenizer) != "tokenizer":
+        return [plain_format(p) for p in prompts]
+    from jinja2.exceptions import TemplateError
+
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            out.append(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True))
+            continue
+        try:
+            out.append(tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True))
+        except TemplateError as e:
+            raise ValueError(f"instructions[{i}]: the tokenizer's chat template rejects this conversation ({e}); "
+                             f"roles {[t['role'] for t in p]}") from None
+    return out
 
 
 def post_instruction_positions(tokenizer) -> int:
@@ -79,7 +98,7 @@ def post_instruction_positions(tokenizer) -> int:
     return max(n, 1)
 
 
-def tokenize_prompts(tokenizer, instructions: Sequence[str], device=None):
+def tokenize_prompts(tokenizer, instructions: Sequence[Prompt], device=None):
     """Left-padded batch of chat-formatted prompts: ``{input_ids, attention_mask}``."""
     return tokenize_texts(tokenizer, format_prompts(tokenizer, instructions), device)
 
@@ -91,7 +110,7 @@ SteeringFactory = Callable[[], ContextManager]
 def generate(
     model,
     tokenizer,
-    instructions: Sequence[str],
+    instructions: Sequence[Prompt],
     *,
     max_new_tokens: int = 32,
     batch_size: int = 16,
@@ -116,6 +135,8 @@ def generate(
         f = steering[i] if per_row else steering
         groups.setdefault(id(f), []).append(i)
         factories[id(f)] = f
+    # Formatted up front, so a malformed conversation is named by its index in ``instructions``.
+    formatted = format_prompts(tokenizer, instructions)
     replies: list[str | None] = [None] * len(instructions)
     kw = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer))
     kw.update(generate_kwargs)
@@ -124,7 +145,7 @@ def generate(
         factory = factories[key]
         for b in range(0, len(rows), batch_size):
             idx = rows[b : b + batch_size]
-            enc = tokenize_prompts(tokenizer, [instructions[i] for i in idx], model_device(model))
+            enc = tokenize_texts(tokenizer, [formatted[i] for i in idx], model_device(model))
             ctx = factory() if factory is not None else contextlib.nullcontext()
             with ctx:
                 out = model.generate(**enc, **kw)
@@ -137,11 +158,12 @@ def generate(
 
 
 @torch.no_grad()
-def last_token_logits(model, tokenizer, instructions: Sequence[str], batch_size: int = 32, steering: SteeringFactory | None = None) -> torch.Tensor:
+def last_token_logits(model, tokenizer, instructions: Sequence[Prompt], batch_size: int = 32, steering: SteeringFactory | None = None) -> torch.Tensor:
     """Logits ``[N, vocab]`` (float32) at the last prompt position of each chat-formatted instruction."""
+    texts = format_prompts(tokenizer, instructions)  # errors name the index in ``instructions``
     outs = []
-    for b in range(0, len(instructions), batch_size):
-        enc = tokenize_prompts(tokenizer, instructions[b : b + batch_size], model_device(model))
+    for b in range(0, len(texts), batch_size):
+        enc = tokenize_texts(tokenizer, texts[b : b + batch_size], model_device(model))
         ctx = steering() if steering is not None else contextlib.nullcontext()
         with ctx:
             logits = model(**enc).logits
@@ -165,7 +187,7 @@ def refusal_tokens_from_replies(tokenizer, replies: Sequence[str], labels: Seque
     return [t for t, _ in firsts.most_common(top)]
 
 
-def find_refusal_tokens(model, tokenizer, harmful: Sequence[str], max_new_tokens: int = 16, top: int = 2, judge=None) -> list[int]:
+def find_refusal_tokens(model, tokenizer, harmful: Sequence[Prompt], max_new_tokens: int = 16, top: int = 2, judge=None) -> list[int]:
     """The refusal tokens ``R``: most common first tokens of the model's own refusals."""
     judge = judge or SubstringJudge()
     replies = generate(model, tokenizer, harmful, max_new_tokens=max_new_tokens, progress=False)
@@ -181,6 +203,6 @@ def refusal_scores_from_logits(logits: torch.Tensor, refusal_tokens: Sequence[in
     return (lp_r - lp_not).float()
 
 
-def refusal_scores(model, tokenizer, instructions: Sequence[str], refusal_tokens: Sequence[int], steering: SteeringFactory | None = None, batch_size: int = 32) -> torch.Tensor:
+def refusal_scores(model, tokenizer, instructions: Sequence[Prompt], refusal_tokens: Sequence[int], steering: SteeringFactory | None = None, batch_size: int = 32) -> torch.Tensor:
     """Refusal score (log-odds of ``R`` at the last prompt position) of each instruction, ``[N]``."""
     return refusal_scores_from_logits(last_token_logits(model, tokenizer, instructions, batch_size, steering), refusal_tokens)

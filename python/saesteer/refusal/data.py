@@ -7,27 +7,56 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["load_prompts", "shipped_prompts", "jsonl_rows", "read_json_rows"]
+from .turns import Prompt, as_prompt
 
-_FIELDS = ("instruction", "prompt")
+__all__ = ["load_prompts", "shipped_prompts", "prompts_from_rows", "jsonl_rows", "read_json_rows", "PROMPT_FIELDS", "TURN_FIELDS"]
+
+#: Fields read when no field is named: the text fields first, then the conversation fields.
+PROMPT_FIELDS = ("instruction", "prompt")
+TURN_FIELDS = ("messages", "conversation", "turns")
+_FIELDS = PROMPT_FIELDS + TURN_FIELDS
 
 
-def _pick(rows: Sequence, field: str | None, source: str) -> list[str]:
-    out = []
+def _json_cell(v, where: str):
+    """A CSV cell: text, or the conversation it holds as a JSON list. A cell opening with ``[{``,
+    ``["`` or ``[]`` must parse; other text starting with ``[`` ("[INST] ...") stays text."""
+    t = v.lstrip() if isinstance(v, str) else ""
+    if not (t.startswith("[") and t[1:].lstrip()[:1] in ("{", '"', "]")):
+        return v
+    try:
+        return json.loads(t)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: the cell opens like a JSON list of turns but is not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def prompts_from_rows(rows: Sequence, field: str | None = None, source: str = "rows", *, json_cells: bool = False) -> list[Prompt]:
+    """The prompt of each row: a string, a conversation (a list of turns, :mod:`.turns`), or an
+    object whose ``field`` holds either (default: the first of ``instruction``, ``prompt``,
+    ``messages``, ``conversation``, ``turns`` it has). ``json_cells``: string cells that hold a JSON
+    list are conversations (CSV). Rows of a HuggingFace dataset are objects, so a column of lists of
+    turns works the same. Raises ``ValueError`` naming ``source``, the row and the field."""
+    out: list[Prompt] = []
     for n, r in enumerate(rows):
-        if isinstance(r, str):
-            out.append(r)
+        where = f"{source}: row {n}"
+        if isinstance(r, (str, list, tuple)):
+            out.append(as_prompt(r, where))
             continue
         if not isinstance(r, dict):
-            raise ValueError(f"{source}: row {n} is a {type(r).__name__}, expected an object with a text field")
+            raise ValueError(f"{where} is a {type(r).__name__}, expected a string, a list of turns or an object with a text field")
         keys = (field,) if field else _FIELDS
         for k in keys:
-            if k in r and isinstance(r[k], str):
-                out.append(r[k])
+            v = _json_cell(r[k], f"{where} field {k!r}") if json_cells and k in r else r.get(k)
+            if isinstance(v, (str, list, tuple)):
+                out.append(as_prompt(v, f"{where} field {k!r}"))
                 break
+            if field and k in r:
+                raise ValueError(f"{where} field {k!r} is a {type(v).__name__}; expected a string or a list of turns")
         else:
-            want = f"field {field!r}" if field else f"a field {' or '.join(map(repr, _FIELDS))}"
-            raise ValueError(f"{source}: row {n} has no {want} (fields: {sorted(r)[:8]}); pass --field NAME")
+            if "role" in r and "content" in r:
+                raise ValueError(f"{where} is one chat turn; a conversation is one row: a list of turns, or an object "
+                                 f"whose {' / '.join(map(repr, TURN_FIELDS))} field is a list of turns")
+            want = f"{field!r}" if field else f"of {', '.join(map(repr, _FIELDS))}"
+            raise ValueError(f"{where} has no field {want} (fields: {sorted(r)[:8]}); pass --field NAME")
     return out
 
 
@@ -58,11 +87,20 @@ def read_json_rows(path: Path, what: str) -> list:
     return rows
 
 
-def load_prompts(source: str | Path, field: str | None = None, limit: int | None = None, split: str = "train") -> list[str]:
-    """Load instructions from a .json (list), .jsonl, .csv file, or a HuggingFace dataset name.
+def load_prompts(source: str | Path, field: str | None = None, limit: int | None = None, split: str = "train") -> list[Prompt]:
+    """Load prompts from a .json (list), .jsonl, .csv file, or a HuggingFace dataset name.
 
-    Each row is a string or an object whose ``field`` (default: ``instruction`` or ``prompt``) holds
-    the text. Raises ``ValueError`` for an empty set or rows without the field, naming the source.
+    A prompt is a string (one user turn) or a conversation: a list of turns in the HuggingFace chat
+    format, ``[{"role": "system" | "user" | "assistant", "content": str}, ...]`` ending with a user
+    turn, or a plain list of strings taken as alternating user / assistant turns starting with the
+    user (:mod:`.turns`; conversations come back as lists of ``{"role", "content"}`` dicts).
+
+    Each row (a JSON list item, a JSONL line, a CSV row, a dataset row) is a prompt, or an object
+    whose ``field`` holds one (default: the first of ``instruction``, ``prompt``, ``messages``,
+    ``conversation``, ``turns`` it has). In a CSV file a cell holding a JSON list of turns is a
+    conversation. Raises ``ValueError`` for an empty set, rows without the field, or a malformed
+    conversation (unknown role, empty, last turn not the user's, content not a string), naming the
+    source, the row and the field.
     """
     p = Path(source)
     if p.is_file():
@@ -81,7 +119,7 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
                 rows = next((v for v in rows.values() if isinstance(v, list)), None)
                 if rows is None:
                     raise ValueError(f"{p}: expected a JSON list of prompts")
-        prompts = _pick(rows, field, str(p))
+        prompts = prompts_from_rows(rows, field, str(p), json_cells=suffix == ".csv")
     elif p.suffix.lower() in (".json", ".jsonl", ".csv") or p.exists():
         raise FileNotFoundError(f"prompts: {str(p)!r} is not a file")
     else:
@@ -92,7 +130,7 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
                 f"prompts: {str(source)!r} is not a file, and loading it as a HuggingFace dataset needs `pip install datasets`"
             ) from None
         ds = datasets.load_dataset(str(source), split=split)
-        prompts = _pick(list(ds), field, str(source))
+        prompts = prompts_from_rows(list(ds), field, str(source))
     if not prompts:
         raise ValueError(f"prompts: {source} holds no prompts")
     return prompts[:limit] if limit else prompts

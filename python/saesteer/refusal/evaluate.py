@@ -46,6 +46,7 @@ from .inputs import model_device, pad_token_id
 from .judges import (COMPLIED, DEGENERATE, HARMFUL_COMPLIANCE, REFUSED, Judge, ModelJudge, SubstringJudge, class_rates, judge_classes,
                      judge_name, judge_question, load_model_judge)
 from .spec import SteeringSpec
+from .turns import Prompt
 
 __all__ = [
     "Steering",
@@ -184,7 +185,7 @@ def direction_conditions(model, direction: Mapping, *, positions: str = "all") -
 # ------------------------------------------------------------------------------------------------
 # teacher-forced batches: prompt + continuation, left padded, with the column where each continuation starts
 # ------------------------------------------------------------------------------------------------
-def _pack(tokenizer, prompts: Sequence[str], continuations: Sequence[str], device):
+def _pack(tokenizer, prompts: Sequence[Prompt], continuations: Sequence[str], device):
     """``(input_ids, attention_mask, prompt_end)`` for chat-formatted ``prompts`` followed by raw
     ``continuations``, tokenized separately so the boundary is exact."""
     texts = format_prompts(tokenizer, prompts)
@@ -335,7 +336,7 @@ def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steeri
 # loss, perplexity, KL on harmless replies
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def continuation_metrics(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], steering: Steering | None = None, *, batch_size: int = 16) -> dict:
+def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuations: Sequence[str], steering: Steering | None = None, *, batch_size: int = 16) -> dict:
     """Teacher-forced metrics of ``continuations`` (each followed by EOS) after chat-formatted ``prompts``.
 
     Returns ``loss`` (mean next-token NLL over continuation tokens, steered when ``steering`` is
@@ -389,10 +390,11 @@ def continuation_metrics(model, tokenizer, prompts: Sequence[str], continuations
 class EvalData:
     """What an evaluation runs on. ``harmless_replies``: reference continuations for loss/KL (default:
     the unsteered model's own greedy replies to ``harmless``). ``capability`` gives the row's
-    ``capability_accuracy``; each of ``tasks`` (MMLU, GSM8K, ...) a ``{task.name}_accuracy``."""
+    ``capability_accuracy``; each of ``tasks`` (MMLU, GSM8K, ...) a ``{task.name}_accuracy``.
+    ``harmful`` / ``harmless`` hold strings and conversations (:mod:`.turns`), mixed freely."""
 
-    harmful: list[str]
-    harmless: list[str]
+    harmful: list[Prompt]
+    harmless: list[Prompt]
     mc: list[MCItem] | None = None
     capability: CapabilityTask | None = None
     harmless_replies: list[str] | None = None
@@ -435,7 +437,8 @@ def evaluate_conditions(
     Returns ``{"rows": [...], "examples": {...}, "refusal_tokens": [...], "judge", "judges",
     "max_new_tokens", "chat_template", "warnings"}``: one row per condition (the first is
     ``"unsteered"``) with the metrics of the module docstring, and the first ``n_examples`` replies
-    per condition and prompt set; ``judges`` names the refusal and the harmful-compliance judge,
+    per condition and prompt set (``(prompt, reply)`` pairs; a conversation prompt is the whole
+    list of turns); ``judges`` names the refusal and the harmful-compliance judge,
     ``max_new_tokens`` the generation length per set; ``chat_template`` is ``"tokenizer"`` or
     ``"fallback"`` (no chat template: warned about, and listed in ``warnings``).
     """

@@ -5,12 +5,15 @@ where the harmful request is hidden in a role-play, a hypothetical, a prefix inj
 These wrappers are written by this project (they are the common *shapes* of jailbreaks, not copies
 of any published attack); each has one ``{instruction}`` slot. Wrapping harmless prompts in the same
 templates gives the OOD negatives, so a probe cannot score well by detecting the template itself.
+A conversation (:mod:`.turns`) is wrapped or rephrased in its last user turn, its earlier turns kept.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Sequence
+
+from .turns import Prompt, map_last_user
 
 __all__ = ["JAILBREAK_TEMPLATES", "wrap", "rephrase_past_tense", "ood_sets"]
 
@@ -35,17 +38,21 @@ def _lower_first(s: str) -> str:
     return s[:1].lower() + s[1:] if s else s
 
 
-def wrap(instructions: Sequence[str], template: str) -> list[str]:
-    """``template`` (a name of :data:`JAILBREAK_TEMPLATES` or a string with ``{instruction}``) around each."""
+def wrap(instructions: Sequence[Prompt], template: str) -> list[Prompt]:
+    """``template`` (a name of :data:`JAILBREAK_TEMPLATES` or a string with ``{instruction}``) around
+    each instruction (a conversation's last user turn)."""
     t = JAILBREAK_TEMPLATES.get(template, template)
     if "{instruction}" not in t:
         raise ValueError(f"template: expected a name in {sorted(JAILBREAK_TEMPLATES)} or a string with '{{instruction}}', got {template!r}")
-    return [t.format(instruction=s.strip()) for s in instructions]
+    return [map_last_user(s, lambda x: t.format(instruction=x.strip())) for s in instructions]
 
 
-def rephrase_past_tense(instruction: str) -> str:
-    """Recast a request as a question about the past ("How did people ...?"), a known OOD shift
-    for refusal (Andriushchenko & Flammarion 2024). Rule-based, so it is only approximately fluent."""
+def rephrase_past_tense(instruction: Prompt) -> Prompt:
+    """Recast a request (a conversation's last user turn) as a question about the past ("How did
+    people ...?"), a known OOD shift for refusal (Andriushchenko & Flammarion 2024). Rule-based, so
+    it is only approximately fluent."""
+    if not isinstance(instruction, str):
+        return map_last_user(instruction, rephrase_past_tense)
     s = _LEAD.sub("", instruction.strip()).rstrip(".?!")
     m = _HOW_DO.match(s)
     if m:
@@ -53,7 +60,7 @@ def rephrase_past_tense(instruction: str) -> str:
     return f"In the past, how did people respond to a request like this: {_lower_first(s)}?"
 
 
-def ood_sets(harmful: Sequence[str], harmless: Sequence[str], templates: Sequence[str] | None = None) -> dict[str, tuple[list[str], list[int]]]:
+def ood_sets(harmful: Sequence[Prompt], harmless: Sequence[Prompt], templates: Sequence[str] | None = None) -> dict[str, tuple[list[Prompt], list[int]]]:
     """OOD test sets: name -> (prompts, labels) with label 1 = harmful, 0 = harmless.
 
     One set per jailbreak template, one of past-tense rephrasings, each holding the wrapped harmful

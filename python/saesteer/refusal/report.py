@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .turns import prompt_label
+
 __all__ = ["write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report",
            "warning_section", "per_prompt_lines", "interaction_lines"]
 
@@ -246,7 +248,7 @@ def per_prompt_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         ok = pp["complied_by_generation"]
         confirmed = (_short_features(pp["features"]) if ok else
                      f"none: still refused with all {len(pp['features'])} features tried ablated")
-        out.append(f"| {_cell(pp['prompt'][:60], 3)} | {_short_features(pp['score_minimal'])} | {confirmed} | {ok} |")
+        out.append(f"| {_cell(prompt_label(pp['prompt'], 60), 3)} | {_short_features(pp['score_minimal'])} | {confirmed} | {ok} |")
     return out + [""]
 
 
@@ -379,6 +381,6 @@ def discover_report(r: dict) -> str:
         lines.append("None found.")
     lines += ["", "## Examples (held-out harmful prompts)", ""]
     for e in r["examples"][:4]:
-        lines += [f"- **{e['prompt']}**", f"  - unsteered: {e['unsteered']!r}", f"  - minimal set {ed}: {e['minimal_set_ablated']!r}"]
+        lines += [f"- **{prompt_label(e['prompt'])}**", f"  - unsteered: {e['unsteered']!r}", f"  - minimal set {ed}: {e['minimal_set_ablated']!r}"]
     lines += ["", f"Total time {r['timings_s']['total']:.0f} s."]
     return "\n".join(lines) + "\n"
