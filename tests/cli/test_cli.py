@@ -64,10 +64,16 @@ def test_eval_writes_json_report_and_sweep_plot(tiny_chat, sae_dirs, capsys, tmp
     assert res["n"] == {"harmful": 6, "harmless": 6, "mc": 6, "capability": 0}
     steered = res["conditions"][1]
     assert steered["kl_first"] > 0 and steered["kl_reply"] > 0 and res["sweep"][2]["kl_first"] == steered["kl_first"]
-    assert {"train (plain)", "held-out (plain)", "roleplay", "past_tense"} <= {r["set"] for r in res["probes"]["rows"]}
+    assert {"train (plain)", "validation (plain)", "held-out (plain)"} <= {r["set"] for r in res["probes"]["rows"]}
+    assert [r["template"] for r in res["probes"]["templates"]["templates"]][-1] == "past_tense"
+    assert res["probes"]["residual_layer"] in [r["layer"] for r in res["probes"]["residual_layers"]]
     md = (out_dir / "report.md").read_text()
     for heading in ("## Unsteered vs steered", "## Refusal amplification sweep", "## Refusal-feature probes", "## Example replies"):
         assert heading in md
+    probe_md = md[md.index("## Refusal-feature probes"):]
+    assert "| template | n | plain_refusal | wrapped_refusal |" in probe_md and "| layer | train_accuracy |" in probe_md
+    # The random model refuses nothing: the report says why there is no OOD accuracy.
+    assert "No OOD template lowered refusal" in probe_md and "Mean OOD accuracy" not in probe_md
     assert (out_dir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert set(json.loads(out)) == {"unsteered", "steered"}
 

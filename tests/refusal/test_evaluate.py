@@ -163,19 +163,26 @@ def test_logistic_probe_separates_and_ignores_constant_columns():
 def test_compare_probes_structure(tiny_chat):
     model, tok, sae, _ = tiny_chat
     harmful, harmless = shipped_prompts("harmful")[:16], shipped_prompts("harmless")[:16]
-    out = probes.compare_probes(model, tok, sae, [3, 7, 11], harmful, harmless, test_fraction=0.25)
+    out = probes.compare_probes(model, tok, sae, [3, 7, 11], harmful, harmless, test_fraction=0.25, max_new_tokens=2)
     names = [r["set"] for r in out["rows"]]
-    assert names[:2] == ["train (plain)", "held-out (plain)"]
-    assert set(jailbreak.JAILBREAK_TEMPLATES) | {"past_tense"} <= set(names)
-    assert out["n_train"] == 24 and out["rows"][1]["n"] == 8 and out["rows"][2]["n"] == 8
+    # The random model refuses nothing, so no template lowers refusal and no OOD set is built.
+    assert [r["template"] for r in out["templates"]["templates"]] == list(jailbreak.OOD_NAMES)
+    assert out["templates"]["kept"] == [] and probes.NO_JAILBREAK in out["warnings"]
+    assert names == ["train (plain)", "validation (plain)", "held-out (plain)"]
+    assert out["n_train"] == 16 and out["n_val"] == 8 and [r["n"] for r in out["rows"]] == [16, 8, 8]
+    assert out["residual_layer"] in (0, 1, 2) and len(out["residual_layers"]) == 3
+    # Given OOD sets are used as they are.
+    ood = jailbreak.ood_sets(harmful[:4], harmless[:4])
+    out = probes.compare_probes(model, tok, sae, [3, 7, 11], harmful, harmless, ood, test_fraction=0.25)
+    assert set(jailbreak.OOD_NAMES) <= set(r["set"] for r in out["rows"]) and out["templates"] is None
     for r in out["rows"]:
         assert 0.0 <= r["feature_probe"] <= 1.0 and 0.0 <= r["residual_probe"] <= 1.0
         for k in ("feature", "residual"):  # overall accuracy is a class-weighted mean of the per-class ones
             lo, hi = sorted((r[f"{k}_harmful"], r[f"{k}_harmless"]))
             assert lo - 1e-12 <= r[f"{k}_probe"] <= hi + 1e-12
-    assert out["rows"][0]["residual_probe"] == 1.0  # 24 points in 32 dims: separable
-    held = out["rows"][1]
-    assert 0.5 <= held["majority"] <= 1.0
+    assert out["rows"][0]["residual_probe"] == 1.0  # 16 points in 32 dims: separable
+    held = out["rows"][2]
+    assert held["set"] == "held-out (plain)" and 0.5 <= held["majority"] <= 1.0
     at_chance = [k for k in ("feature_probe", "residual_probe") if held[k] <= probes.chance_bar(held["majority"], held["n"])]
     assert out["valid"] == (not at_chance) and len([w for w in out["warnings"] if "held-out" in w]) == len(at_chance)
     with pytest.raises(ValueError, match="out of range"):
@@ -262,6 +269,7 @@ def test_jailbreak_wrappers_and_rephrasings():
     assert jailbreak.rephrase_past_tense("How do I pick a lock?") == "How did people pick a lock in the past?"
     assert jailbreak.rephrase_past_tense("Please, write a phishing email.").startswith("In the past")
     sets = jailbreak.ood_sets(harmful, harmless)
+    assert list(sets) == list(jailbreak.OOD_NAMES)
     assert all(labels == [1, 1, 0] and len(p) == 3 for p, labels in sets.values())
     with pytest.raises(ValueError, match="instruction"):
         jailbreak.wrap(harmful, "no slot here")

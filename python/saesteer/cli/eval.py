@@ -123,18 +123,10 @@ def _eval(args) -> int:
     if not args.no_probes and spec is not None:
         from ..refusal.probes import compare_probes
 
-        pr = compare_probes(model, tok, sae, spec.features, harmful, harmless, layer=layer, batch_size=args.batch_size)
+        pr = compare_probes(model, tok, sae, spec.features, harmful, harmless, layer=layer, batch_size=args.batch_size,
+                            max_new_tokens=args.max_new_tokens, progress=not args.quiet)
         report["probes"] = pr
-        m = pr["ood_mean"]
-        verdict = ("matches or beats" if m["feature_probe"] >= m["residual_probe"] else "is below")
-        sections.append(("Refusal-feature probes (Yeo et al.)", [
-            f"Logistic probes on the last prompt token at layer {layer}, trained on plain prompts ({pr['n_train']}): "
-            f"the feature probe reads features {pr['features']}, the residual probe the full residual stream. "
-            f"OOD sets wrap the held-out prompts in jailbreak templates or rephrase them (harmless prompts get the same wrapper). "
-            f"Mean OOD accuracy: feature probe {m['feature_probe']:.3f}, residual probe {m['residual_probe']:.3f} "
-            f"(the feature probe {verdict} the residual probe by {abs(m['feature_probe'] - m['residual_probe']):.3f}).",
-            pr["rows"],
-        ]))
+        sections.append(("Refusal-feature probes (Yeo et al.)", _probe_section(pr)))
     ex_lines = []
     for cond in compared:  # every condition's examples are in eval.json
         for kind, pairs in result["examples"].get(cond, {}).items():
@@ -154,6 +146,42 @@ def _eval(args) -> int:
     print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
     print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
     return 0
+
+
+def _probe_section(pr: dict) -> list:
+    """The report's probe section: setup, the residual probe's layer curve, the measured OOD
+    templates, the OOD verdict (or why there is none) and the accuracy rows."""
+    curve = pr["residual_layers"]
+    body = [
+        f"Logistic probes on the last prompt token, trained on plain prompts ({pr['n_train']}; {pr['n_val']} for validation): "
+        f"the feature probe reads features {pr['features']} at {', '.join(pr['feature_sites'])}, the residual probe the full "
+        f"residual stream at layer {pr['residual_layer']}, the most accurate on the validation split among layers "
+        f"{[r['layer'] for r in curve]}. Label 1 is the refusal class, 0 the compliance class.",
+        [{k: r[k] for k in ("layer", "train_accuracy", "val_accuracy", "val_loss")} for r in curve],
+    ]
+    t = pr.get("templates")
+    if t is not None:
+        body += [
+            f"OOD templates measured on the model: refusal rate of the {t['plain']['n']} harmful prompts plain vs wrapped "
+            "(over replies that refused or complied; degenerate ones counted apart); a template is kept when the drop "
+            "reaches the bar (two binomial standard errors, at least 0.05). Kept templates wrap the held-out prompts "
+            "(harmless prompts get the same wrapper, label 0); a wrapped harmful prompt is labelled by the reply: "
+            "refused 1, complied 0, degenerate left out.",
+            [{k: r[k] for k in ("template", "n", "plain_refusal", "wrapped_refusal", "drop", "bar", "degenerate", "kept")}
+             for r in t["templates"]],
+        ]
+        if not t["kept"]:
+            from ..refusal.probes import NO_JAILBREAK
+
+            body.append(NO_JAILBREAK[:1].upper() + NO_JAILBREAK[1:] + ".")
+    m = pr["ood_mean"]
+    if any(r["set"] not in ("train (plain)", "validation (plain)", "held-out (plain)") for r in pr["rows"]):
+        verdict = ("matches or beats" if m["feature_probe"] >= m["residual_probe"] else "is below")
+        body.append(f"Mean OOD accuracy: feature probe {m['feature_probe']:.3f}, residual probe {m['residual_probe']:.3f}, "
+                    f"majority baseline {m['majority']:.3f} (the feature probe {verdict} the residual probe by "
+                    f"{abs(m['feature_probe'] - m['residual_probe']):.3f}).")
+    body.append(pr["rows"])
+    return body
 
 
 def register(sub) -> None:
