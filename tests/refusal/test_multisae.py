@@ -120,8 +120,13 @@ def two_layer_discover(tmp_path_factory):
     import time
 
     t = time.time()
-    rc = main(["discover", "--quick", "--quiet", "--capability", "0", "--out", str(out),
-               "--sae", "organism:jumprelu", "--sae", "organism:jumprelu_l3"])
+    # Smaller than --quick: the test checks the plumbing over two layers, not the rates.
+    cfg = out / "cfg.json"
+    cfg.write_text(json.dumps({"n_direction": 8, "n_val": 4, "n_search": 4, "n_heldout": 4, "n_candidates": 12,
+                               "max_candidates": 24, "fm_samples": 16, "fm_extra": 4, "per_prompt": 1, "prefilter": 64}))
+    rc = main(["discover", "--quick", "--config", str(cfg), "--quiet", "--capability", "0", "--max-new-tokens", "8",
+               "--out", str(out / "run"), "--sae", "organism:jumprelu", "--sae", "organism:jumprelu_l3"])
+    out = out / "run"
     assert rc == 0
     return out, json.loads((out / "results.json").read_text()), time.time() - t
 
@@ -134,7 +139,7 @@ def test_discover_with_two_saes_reports_pairs_at_both_layers(two_layer_discover)
     assert all(len(c) == 3 and c[0] in names and isinstance(c[1], int) for c in r["candidates"])
     assert r["minimal_set"] and all(list(p) in [c[:2] for c in r["candidates"]] for p in r["minimal_set"])
     assert all(isinstance(v["i"], list) for v in r["interactions_detail"]["verified"])
-    assert r["asr"]["minimal_set"] > r["asr"]["baseline"]
+    assert r["config"]["prefilter"] == 64 and r["asr"]["n_prompts"] == 4
     # Downstream dormancy: layer 2's part edited, layer 3's SAE read on the same tokens, with the
     # evidence that the edit reached it (its codes change), whether or not a feature wakes.
     down = r["dormant_downstream"]
@@ -188,3 +193,28 @@ def test_discover_refuses_bad_sae_lists(tiny_chat, tmp_path, capsys):
     assert rc == 2 and "--sae:" in err and "wide" in err and "d_in=48" in err and "hidden size is 32" in err
     rc = main(base + ["--sae", str(d / "sae"), "--sae", str(tmp_path / "wide"), "--layer", "1"])
     assert rc == 2 and "--layer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edits, match", [
+    ([{"sae": "a", "layer": 2, "features": [1]}, {"sae": "a", "layer": 3, "features": [2]}], r"edits\[1\]: the SAE 'a' has two edits"),
+    ([{"sae": "a", "layer": 2, "features": []}], r"edits\[0\]: expected"),
+    ([{"sae": "a", "layer": "2", "features": [1]}], r"edits\[0\]: layer must be an integer"),
+    ([], "edits: expected a non-empty list"),
+])
+def test_bad_edits_in_a_spec_file_are_named(tmp_path, edits, match):
+    p = tmp_path / "spec.json"
+    p.write_text(json.dumps({"features": [], "edits": edits, "mode": "ablate"}))
+    with pytest.raises(ValueError, match=f"steering spec {p}: {match}"):
+        SteeringSpec.load(p)
+
+
+def test_multi_sae_spec_round_trips_with_local_paths_absolute(tmp_path, monkeypatch):
+    (tmp_path / "sae_a").mkdir()
+    monkeypatch.chdir(tmp_path)
+    spec = SteeringSpec(features=[], edits=[{"sae": "sae_a", "layer": 1, "features": [3]},
+                                            {"sae": "organism:jumprelu_l3", "layer": 3, "features": [4, 5]}])
+    spec.save(tmp_path / "spec.json")
+    back = SteeringSpec.load(tmp_path / "spec.json")
+    assert back.sae_refs == [str(tmp_path / "sae_a"), "organism:jumprelu_l3"] and back.edits[1]["features"] == [4, 5]
+    with pytest.raises(ValueError, match="edits need the SAEs"):
+        back.context(None, {})

@@ -16,6 +16,12 @@ Stages, each a function returning a dataclass, run in order by :func:`discover`:
    per-prompt sets confirmed by generation, the direction judged by generation, capability;
 7. dormant features.
 
+Several SAEs at once (an :class:`~.sites.SAESet`, e.g. two layers): a feature is a pair (sae,
+feature). Candidates are pre-filtered per SAE by cosine to the difference in means at that SAE's
+own hook point, then ranked together by attribution; the search, the interactions and the ASR edit
+each set at every SAE's hook point in one forward; dormancy is also measured downstream (the
+earlier SAE's part of the set edited, the later SAE read on the same tokens).
+
 :func:`saesteer.refusal.report.write_discover_outputs` writes ``results.json``,
 ``direction.safetensors``, ``spec.json`` (a steering spec that ``saesteer eval`` / ``generate``
 read), plots and ``report.md``.
@@ -321,7 +327,7 @@ class SearchStage:
     per_prompt: list[dict]  # {prompt, features, flipped, removed} for the first cfg.per_prompt prompts
 
 
-def search_stage(model, tokenizer, sae: SAE, splits: PromptSplits, refusal_tokens: Sequence[int], candidates: Sequence[int],
+def search_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits, refusal_tokens: Sequence[int], candidates: Sequence[int],
                  cfg: DiscoverConfig, *, progress: bool = True) -> SearchStage:
     kw = _edit_kw(cfg)
     pooled = greedy_minimal_set(model, tokenizer, sae, splits.search, candidates, refusal_tokens, threshold=cfg.threshold,
@@ -370,7 +376,7 @@ class VerificationStage:
     minimal_set_replies: list[str]  # ... with the minimal set ablated
 
 
-def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, direction: DirectionStage, candidates: Sequence[int],
+def verification_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits, direction: DirectionStage, candidates: Sequence[int],
                        search: SearchStage, interactions: Interactions, cfg: DiscoverConfig, *, capability=None) -> VerificationStage:
     judge = SubstringJudge()
     gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
