@@ -27,7 +27,9 @@ __all__ = [
     "quiet_loading",
     "is_organism_ref",
     "resolve_sae",
+    "expand_sae_refs",
     "load_model",
+    "load_model_saes",
     "organism_search_prompts",
     "organism_capability_task",
 ]
@@ -36,10 +38,18 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # shared arguments and loading (generate, eval, discover)
 # ------------------------------------------------------------------------------------------------
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, several_saes: bool = False) -> None:
+    """The model flags; ``several_saes``: ``--sae`` may be repeated and comma-separated, with
+    ``{a..b}`` ranges (:func:`expand_sae_refs`)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", help="HF model id or directory (default: the built-in organism)")
-    g.add_argument("--sae", help="SAE: sae-lens directory, RELEASE:SAE_ID, or organism[:NAME] (default: the spec's, else the organism's)")
+    if several_saes:
+        g.add_argument("--sae", action="append",
+                       help="SAE: sae-lens directory, RELEASE:SAE_ID, or organism[:NAME] (default: the organism's); repeat "
+                            "it or separate with commas for several SAEs at their own layers; {A..B} expands to each "
+                            "integer, e.g. RELEASE:layer_{6..20}/width_16k/canonical")
+    else:
+        g.add_argument("--sae", help="SAE: sae-lens directory, RELEASE:SAE_ID, or organism[:NAME] (default: the spec's, else the organism's)")
     g.add_argument("--layer", type=int, help="decoder layer the SAE reads (default: from the SAE's hook_name)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="model dtype")
@@ -86,6 +96,10 @@ def steering_spec(args, required: bool = True, values_given: bool = False):
                 raise ValueError("steering: pass --steer SPEC or --features IDS (with --mode, --value)")
             return None
         spec = SteeringSpec(features=[])
+    if spec.edits and (args.features is not None or args.layer is not None or args.sae):
+        flag = "--features" if args.features is not None else "--layer" if args.layer is not None else "--sae"
+        raise ValueError(f"{flag}: the steering spec {args.steer} edits several SAEs (its 'edits'); "
+                         "edit the spec instead of overriding one SAE's features, layer or SAE")
     if args.features is not None:
         spec.features = number_list(args.features, "--features", int)
     if args.mode is not None:
@@ -253,6 +267,63 @@ def resolve_sae(ref: str | None, device="cpu", organism=None):
     return resolve_sae_ref(ref, device=device)
 
 
+def _split_outside_braces(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def _expand_braces(ref: str) -> list[str]:
+    """Every string a ref's first ``{...}`` group names, expanded recursively: ``{A..B}`` (integers,
+    optional ``..STEP``; a leading zero in A or B pads to its width) or ``{x,y}``."""
+    import re
+
+    m = re.search(r"\{([^{}]*)\}", ref)
+    if m is None:
+        if "{" in ref or "}" in ref:
+            raise ValueError(f"--sae: unbalanced braces in {ref!r}")
+        return [ref]
+    head, body, tail = ref[: m.start()], m.group(1), ref[m.end():]
+    rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?", body)
+    if rng:
+        a, b = int(rng.group(1)), int(rng.group(2))
+        step = abs(int(rng.group(3))) if rng.group(3) else 1
+        if step == 0:
+            raise ValueError(f"--sae: step 0 in {{{body}}} of {ref!r}")
+        width = max(len(rng.group(1)), len(rng.group(2))) if rng.group(1).startswith("0") or rng.group(2).startswith("0") else 0
+        items = [str(i).zfill(width) for i in (range(a, b + 1, step) if a <= b else range(a, b - 1, -step))]
+    elif "," in body:
+        items = body.split(",")
+    else:
+        raise ValueError(f"--sae: {{{body}}} in {ref!r} is neither a range {{A..B}} nor a list {{x,y}}")
+    return [e for item in items for e in _expand_braces(head + item + tail)]
+
+
+def expand_sae_refs(values) -> list[str]:
+    """The SAE references of one or several ``--sae`` values: each split at commas outside braces,
+    then brace-expanded (``{6..20}``, ``{6..20..2}``, ``{a,b}``), before anything loads. Raises
+    ValueError naming ``--sae`` for an empty reference or one given twice."""
+    if values is None:
+        return []
+    out: list[str] = []
+    for v in [values] if isinstance(values, str) else values:
+        for part in _split_outside_braces(v):
+            part = part.strip()
+            if not part:
+                raise ValueError(f"--sae: an empty SAE reference in {v!r}")
+            out += _expand_braces(part)
+    dup = sorted({r for r in out if out.count(r) > 1})
+    if dup:
+        raise ValueError(f"--sae: {', '.join(map(repr, dup))} given more than once; name each SAE once")
+    return out
+
+
 def organism_search_prompts(n_harmful: int, n_harmless: int, seed: int) -> tuple[list[str], list[str]]:
     """Fresh harmful and harmless prompts from the organism's training distribution (the generator
     of the recipe the shipped weights were trained on), as Arditi et al.'s train split: discover
@@ -305,37 +376,82 @@ def check_model_ref(ref: str) -> None:
                                 f"({constants.HF_HUB_CACHE}), and the hub is offline (HF_HUB_OFFLINE)")
 
 
-def load_model(args, spec=None):
-    """``(model, tokenizer, sae, layer, name)`` for the CLI flags; checks the SAE against the model's
-    config (width, layer range) before loading the model's weights."""
+def _saes_and_config(args, refs: list[str | None], device):
+    """``(organism or None, model config, [SAE], name)``: the SAEs ``refs`` name and the model's
+    config, before the model's weights load (an organism loads whole: it is small)."""
+    if args.model is None:
+        from .. import organism
+
+        for ref in refs:
+            check_organism_sae_ref(ref)
+        org = organism.load(device=device)
+        saes = [resolve_sae(ref or "organism", device=device, organism=org) for ref in refs]
+        return org, org.model.config, saes, "organism"
+    from transformers import AutoConfig
+
+    check_model_ref(args.model)
+    try:
+        config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    except OSError as e:
+        raise FileNotFoundError(f"--model: cannot load {args.model!r} ({str(e).splitlines()[0]})") from None
+    if any(ref is None for ref in refs):
+        raise ValueError("--sae: required with --model (or give the spec an 'sae')")
+    return None, config, [resolve_sae(ref, device=device) for ref in refs], args.model
+
+
+def _model_weights(args, org, device):
+    """``(model, tokenizer)``: the organism's, or the HF model's weights loaded now."""
     import torch
 
+    if org is None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+        tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
+        return model.to(device).eval(), tok
+    model = org.model if args.dtype == "auto" else org.model.to(getattr(torch, args.dtype))
+    return model, org.tokenizer
+
+
+def load_model_saes(args, refs: list[str]):
+    """``(model, tokenizer, [SAE], [layer], name)`` for several SAE references (``--sae`` given more
+    than once): each SAE is checked against the model's config (width, its hook's layer), naming
+    ``--sae`` and the reference, before the model's weights load."""
+    if getattr(args, "quiet", False):
+        quiet_loading()
+    if getattr(args, "layer", None) is not None:
+        raise ValueError("--layer: overrides one SAE's layer; with several --sae each SAE reads its own hook point")
+    device = default_device(args.device)
+    org, config, saes, name = _saes_and_config(args, list(refs), device)
+    hidden, n_layers = _hidden_and_layers(config)
+    layers = []
+    for ref, sae in zip(refs, saes):
+        if hidden is not None and sae.d_in != hidden:
+            raise ValueError(f"--sae: {ref!r} has d_in={sae.d_in} but the model's hidden size is {hidden}; "
+                             "this SAE was trained on another model")
+        if sae.hook_layer is None:
+            raise ValueError(f"--sae: {ref!r} has no hook_name with a layer; with several SAEs each needs its own")
+        if n_layers is not None and not 0 <= sae.hook_layer < n_layers:
+            raise ValueError(f"--sae: {ref!r} reads layer {sae.hook_layer}, out of range; the model has {n_layers} decoder layers")
+        layers.append(sae.hook_layer)
+    model, tok = _model_weights(args, org, device)
+    return model, tok, saes, layers, name
+
+
+def load_model(args, spec=None):
+    """``(model, tokenizer, sae, layer, name)`` for the CLI flags; checks the SAE against the model's
+    config (width, layer range) before loading the model's weights. A spec with edits at several
+    SAEs (and no ``--sae``) gives ``sae`` as a dict ``{edit's sae: SAE}`` and ``layer`` None."""
+    if spec is not None and spec.edits and not args.sae:
+        model, tok, saes, _, name = load_model_saes(args, spec.sae_refs)
+        return model, tok, dict(zip(spec.sae_refs, saes)), None, name
     if getattr(args, "quiet", False):
         quiet_loading()
     device = default_device(args.device)
     sae_ref = args.sae or (spec.sae if spec is not None else None)
-    org = None
-    if args.model is None:
-        from .. import organism
-
-        check_organism_sae_ref(sae_ref)
-        org = organism.load(device=device)
-        model, tok, name = org.model, org.tokenizer, "organism"
-        sae = resolve_sae(sae_ref or "organism", device=device, organism=org)
-        hidden, n_layers = _hidden_and_layers(model.config)
-    else:
-        from transformers import AutoConfig
-
-        check_model_ref(args.model)
-        try:
-            config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-        except OSError as e:
-            raise FileNotFoundError(f"--model: cannot load {args.model!r} ({str(e).splitlines()[0]})") from None
-        if sae_ref is None:
-            raise ValueError("--sae: required with --model (or give the spec an 'sae')")
-        sae = resolve_sae(sae_ref, device=device)
-        hidden, n_layers = _hidden_and_layers(config)
-        name = args.model
+    org, config, (sae,), name = _saes_and_config(args, [sae_ref], device)
+    hidden, n_layers = _hidden_and_layers(config)
     if hidden is not None and sae.d_in != hidden:
         raise ValueError(f"sae: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE was trained on another model")
     layer = args.layer if args.layer is not None else (spec.layer if spec is not None and spec.layer is not None else sae.hook_layer)
@@ -343,18 +459,8 @@ def load_model(args, spec=None):
         raise ValueError("--layer: the SAE has no hook_name with a layer; pass --layer L")
     if n_layers is not None and not 0 <= layer < n_layers:
         raise ValueError(f"--layer: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
-    if org is None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-        tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
-        model = model.to(device).eval()
-    elif args.dtype != "auto":
-        model = model.to(getattr(torch, args.dtype))
+    model, tok = _model_weights(args, org, device)
     if spec is not None:
         spec.layer = layer if sae.hook_layer != layer else spec.layer
         spec.sae = sae_ref or spec.sae
     return model, tok, sae, layer, name
-
-

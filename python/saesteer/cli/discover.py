@@ -8,8 +8,8 @@ all held out, and the organism's capability task is checked with the minimal set
 
 from __future__ import annotations
 
-from .common import (add_model_args, check_output, check_run_args, load_model, organism_capability_task,
-                     organism_search_prompts)
+from .common import (add_model_args, check_output, check_run_args, expand_sae_refs, load_model, load_model_saes,
+                     organism_capability_task, organism_search_prompts)
 
 __all__ = ["register", "config_from_args", "search_inputs"]
 
@@ -45,7 +45,8 @@ def config_from_args(args):
         for f in fields(DiscoverConfig):
             if getattr(given, f.name) != getattr(default, f.name):
                 setattr(cfg, f.name, getattr(given, f.name))
-    for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation", "attribution", "ig_steps", "edit"):
+    for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation", "attribution", "ig_steps", "edit",
+                 "prefilter"):
         v = getattr(args, name, None)
         if v is not None:
             setattr(cfg, name, v)
@@ -109,33 +110,44 @@ def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, li
 
 def _run(args) -> int:
     from ..refusal.discover import discover
-    from ..refusal.report import write_discover_outputs
+    from ..refusal.report import feature_text, write_discover_outputs
+    from ..refusal.sites import SAESet
     from ..refusal.spec import absolute_ref
 
-    # Cheap checks first: flags, the output directory, prompt files, then the SAE/model shapes,
-    # before any heavy work.
+    # Cheap checks first: flags, the SAE references, the output directory, prompt files, then the
+    # SAE/model shapes, before any heavy work.
     check_run_args(args)
+    refs = expand_sae_refs(args.sae)
     out = check_output(args.out, "--out")
     cfg = config_from_args(args)
     harmful, harmless, held_h, held_l = search_inputs(args, cfg)
-    # Checks the SAE against the model's config (width, layer) before loading the weights.
-    model, tok, sae, _, _ = load_model(args)
+    if len(refs) > 1:
+        # Checks every SAE against the model's config (width, layer) before loading the weights.
+        model, tok, saes, layers, _ = load_model_saes(args, refs)
+        sae = SAESet(refs, saes, layers)
+    else:
+        args.sae = refs[0] if refs else None
+        model, tok, sae, _, _ = load_model(args)
     capability = organism_capability_task(args.capability) if args.model is None and args.capability else None
     res = discover(model, tok, sae, harmful, harmless, cfg, capability=capability,
                    heldout_harmful=held_h, heldout_harmless=held_l, progress=not args.quiet)
     # spec.json names the model and SAE absolutely, so eval / generate find them from any directory.
     res.spec.model = absolute_ref(args.model) if args.model else "organism"
-    write_discover_outputs(res, out, absolute_ref(args.sae) if args.sae else "organism")
+    sae_ref = None if len(refs) > 1 else (absolute_ref(args.sae) if args.sae else "organism")
+    write_discover_outputs(res, out, sae_ref)
     r = res.results
     if not r["valid"]:
         print("WARNING: these results are not meaningful:")
     for w in r["warnings"]:
         print(f"WARNING: {w}")
     print(f"direction: layer {r['direction']['layer']} position {r['direction']['position']}")
-    print(f"minimal set ({len(r['minimal_set'])}): {r['minimal_set']}")
+    print(f"minimal set ({len(r['minimal_set'])}): [{', '.join(map(feature_text, r['minimal_set']))}]")
     print(f"ASR baseline {r['asr']['baseline']:.0%} -> minimal set {r['asr']['minimal_set']:.0%} -> with interactions {r['asr']['with_interactions']:.0%}")
     dg = r["asr"]["degenerate"]
     print(f"  of which degenerate replies: {dg['baseline']:.0%} -> {dg['minimal_set']:.0%} -> {dg['with_interactions']:.0%}")
+    for x in r.get("dormant_downstream") or []:
+        print(f"dormant downstream: {len(x['dormant'])} features of {x['read']} wake with {x['edited']}'s part edited "
+              f"(its codes change {x['mean_abs_change']:.0%}, {x['n_silenced']} features silenced)")
     print(f"wrote {out / 'results.json'}, {out / 'report.md'} ({r['timings_s']['total']:.0f} s)")
     return 0
 
@@ -146,7 +158,7 @@ def register(sub) -> None:
                                    "ablation sets (Prakash et al.), their attack success rate by generation on held-out "
                                    "prompts, verified feature interactions and dormant features. Writes OUT/results.json, "
                                    "OUT/spec.json (for eval / generate), OUT/report.md and plots.")
-    add_model_args(p)
+    add_model_args(p, several_saes=True)
     p.add_argument("--harmful", help="harmful prompts: JSON/JSONL/CSV file or HF dataset name, strings or conversations "
                                      "(lists of turns) (default: shipped set)")
     p.add_argument("--harmless", help="harmless prompts (default: shipped set)")
@@ -160,6 +172,9 @@ def register(sub) -> None:
     p.add_argument("--attribution", choices=("ig", "zero"),
                    help="attribution: integrated gradients from the clean SAE codes to those with the refusal "
                         "direction ablated (Yeo et al.; default) or the first-order effect of zero-ablating each feature")
+    p.add_argument("--prefilter", type=int,
+                   help="with several --sae: each SAE's candidates are first its N features of largest |cosine| to the "
+                        "refusal direction at its own layer (default 256; 0: all)")
     p.add_argument("--ig-steps", dest="ig_steps", type=_positive_int, help="integrated-gradient steps (default 10)")
     p.add_argument("--edit", type=_edit,
                    help="what the search, the interactions and the ASR do to a feature set: ablate (default), "

@@ -65,6 +65,8 @@ def _eval(args) -> int:
     if args.judge not in (None, "substring"):
         harm_judge = load_model_judge(args.judge, device=default_device(args.device), trust_remote_code=args.trust_remote_code,
                                       **({"reply_tokens": args.judge_max_new_tokens} if args.judge_max_new_tokens else {}))
+    if spec is not None and spec.edits and direction is not None:
+        raise ValueError(f"--direction: needs a spec on one SAE; the steering spec {args.steer} edits several (its 'edits')")
     model, tok, sae, layer, name = load_model(args, spec)
     data = ev.EvalData(harmful, harmless, mc=mc, capability=capability, tasks=tasks)
     kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, harm_judge=harm_judge)
@@ -111,7 +113,7 @@ def _eval(args) -> int:
         report["sweep"] = sweep_rows
         steered = sweep_rows[1:]
         ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy") if k in steered[0]}
-        n_feat = len(spec.features)
+        n_feat = sum(len(e["features"]) for e in spec.edits) if spec.edits else len(spec.features)
         plot_lines(out / "sweep.png", [r["value"] for r in steered], ys, xlabel=f"{sweep_mode} value", ylabel="rate / accuracy",
                    title=f"{sweep_mode} sweep, {n_feat} feature{'s' if n_feat != 1 else ''}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
                    secondary_label="KL(unsteered || steered)", ylim=(-0.02, 1.02))
@@ -120,7 +122,10 @@ def _eval(args) -> int:
             [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
             "![sweep](sweep.png)",
         ]))
-    if not args.no_probes and spec is not None:
+    if not args.no_probes and spec is not None and spec.edits:
+        # The probes read one hook point; a spec over several SAEs has none to read.
+        sections.append(("Refusal-feature probes (Yeo et al.)", "Not run: the spec edits several SAEs, and the probes read one SAE's features."))
+    elif not args.no_probes and spec is not None:
         from ..refusal.probes import compare_probes
 
         pr = compare_probes(model, tok, sae, spec.features, harmful, harmless, layer=layer, batch_size=args.batch_size,

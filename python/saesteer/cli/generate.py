@@ -44,9 +44,10 @@ def _generate(args) -> int:
             {"prompt": p, "unsteered": u, "steered": s} for p, u, s in zip(prompts, plain, steered)]}, indent=2))
         return 0
     width = shutil.get_terminal_size((120, 20)).columns
-    feats = ",".join(map(str, spec.features))
     value = "" if spec.mode == "ablate" else f"={spec.values}"
-    print(f"steering: {spec.mode}{value} features [{feats}] at layer {layer}, positions={spec.positions}")
+    where = ([(e["features"], e.get("layer")) for e in spec.edits] if spec.edits else [(spec.features, layer)])
+    sites = "; ".join(f"features [{','.join(map(str, f))}] at layer {lay}" for f, lay in where)
+    print(f"steering: {spec.mode}{value} {sites}, positions={spec.positions}")
     for p, u, s in zip(prompts, plain, steered):
         print("\n" + "=" * min(width, 120))
         print(f"prompt: {prompt_label(p)}")

@@ -16,6 +16,12 @@ Stages, each a function returning a dataclass, run in order by :func:`discover`:
    per-prompt sets confirmed by generation, the direction judged by generation, capability;
 7. dormant features.
 
+Several SAEs at once (an :class:`~.sites.SAESet`, e.g. two layers): a feature is a pair (sae,
+feature). Candidates are pre-filtered per SAE by cosine to the difference in means at that SAE's
+own hook point, then ranked together by attribution; the search, the interactions and the ASR edit
+each set at every SAE's hook point in one forward; dormancy is also measured downstream (the
+earlier SAE's part of the set edited, the later SAE read on the same tokens).
+
 :func:`saesteer.refusal.report.write_discover_outputs` writes ``results.json``,
 ``direction.safetensors``, ``spec.json`` (a steering spec that ``saesteer eval`` / ``generate``
 read), plots and ``report.md``.
@@ -24,8 +30,10 @@ read), plots and ``report.md``.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 import random
 import time
+from itertools import zip_longest
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
@@ -36,15 +44,16 @@ from tqdm.auto import tqdm
 from ..hf import add_direction, find_layers, hidden_size, steer
 from ..intervention import Intervention
 from ..sae import SAE
-from .chat import chat_template_kind, check_chat_template, find_refusal_tokens, generate
+from .chat import chat_template_kind, check_chat_template, find_refusal_tokens, format_prompts, generate
 from .direction import DirectionResult, filter_by_refusal, select_direction
-from .dormant import dormant_features
-from .features import ATTRIBUTIONS, rank_by_attribution, rank_by_cosine, site_residuals
+from .dormant import dormant_features, downstream_dormant
+from .features import ATTRIBUTIONS, rank_by_attribution, rank_by_cosine, rank_set_by_attribution, site_residuals
 from .interactions import Interactions, active_features, find_interactions
 from .judges import COMPLIED, DEGENERATE, SubstringJudge, judge_classes
 from .report import write_discover_outputs as write_outputs
 from .search import (MinimalSet, ablation_scores, confirm_by_generation, greedy_minimal_set, grow_candidate_pool,
                      parse_edit)
+from .sites import SAESet
 from .spec import SteeringSpec
 
 __all__ = [
@@ -94,6 +103,10 @@ class DiscoverConfig:
     # (ig_steps steps); "zero": first-order effect of zero-ablating each feature (-f . d score/d f).
     attribution: str = "ig"
     ig_steps: int = 10
+    # With several SAEs, each SAE's candidates are first its `prefilter` features with the largest
+    # |cosine| between decoder row and the difference in means at its own hook point (Yeo et al.'s
+    # per-layer pre-filter); attribution then ranks them all together. 0: no pre-filter.
+    prefilter: int = 256
     # What the search, the interactions and the ASR do to a feature set: "ablate", "scale:-3"
     # (Yeo et al.'s negative scaling on Gemma) or "clamp:V"; spec.json records it.
     edit: str = "ablate"
@@ -254,10 +267,14 @@ def _site_direction(model, tokenizer, sae: SAE, harmful, harmless, position: int
     return (mh - ml).float()
 
 
-def candidate_stage(model, tokenizer, sae: SAE, splits: PromptSplits, direction: DirectionStage, cfg: DiscoverConfig, layer: int) -> CandidateStage:
-    """Rank features by ``cfg.method``, then grow the pool until it flips the search prompts."""
+def candidate_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits, direction: DirectionStage, cfg: DiscoverConfig,
+                    layer: int | None) -> CandidateStage:
+    """Rank features by ``cfg.method``, then grow the pool until it flips the search prompts. With an
+    :class:`~.sites.SAESet` the candidates are flat ids of (sae, feature) pairs in one ranking."""
     top = max(cfg.n_candidates, cfg.max_candidates)
-    if cfg.method == "cosine":
+    if isinstance(sae, SAESet):
+        ranked = _set_candidates(model, tokenizer, sae, splits, direction, cfg, top)
+    elif cfg.method == "cosine":
         site_dir = _site_direction(model, tokenizer, sae, splits.direction, splits.harmless_direction,
                                    direction.direction.position, layer, cfg.batch_size)
         ranked = rank_by_cosine(sae, site_dir, top)
@@ -269,6 +286,31 @@ def candidate_stage(model, tokenizer, sae: SAE, splits: PromptSplits, direction:
         start=cfg.n_candidates, min_full_flip=cfg.min_full_flip, threshold=cfg.threshold, **_edit_kw(cfg),
     )
     return CandidateStage(ranked[:n], steps)
+
+
+def _set_candidates(model, tokenizer, saes: SAESet, splits: PromptSplits, direction: DirectionStage, cfg: DiscoverConfig,
+                    top: int) -> list[tuple[int, float]]:
+    """Candidates over several SAEs: per SAE the cosine to the difference in means at its own hook
+    point (the refusal direction of that layer, at the selected position), kept to ``cfg.prefilter``
+    features each; then one ranking, by cosine or by attribution across the SAEs."""
+    per_sae = []
+    for k, s in enumerate(saes.saes):
+        site_dir = _site_direction(model, tokenizer, s, splits.direction, splits.harmless_direction,
+                                   direction.direction.position, saes.layers[k], cfg.batch_size)
+        per_sae.append((s, site_dir))
+    if cfg.method == "cosine":
+        ranked = [(saes.offsets[k] + i, c) for k, (s, d) in enumerate(per_sae) for i, c in rank_by_cosine(s, d, top)]
+        return sorted(ranked, key=lambda t: -t[1])[:top]
+    # The pre-filter keeps both ends of the cosine: on the organism a third of the single-SAE
+    # minimal set points away from the direction (cosine ranks ~1250-1530 of 1536).
+    allowed = None
+    if cfg.prefilter:
+        allowed = []
+        for s, d in per_sae:
+            both = rank_by_cosine(s, d, cfg.prefilter) + rank_by_cosine(s, -d, cfg.prefilter)
+            allowed.append([i for i, _ in sorted(both, key=lambda t: -abs(t[1]))[: cfg.prefilter]])
+    return rank_set_by_attribution(model, tokenizer, saes, splits.selection, direction.refusal_tokens, allowed=allowed, top=top,
+                                   method=cfg.attribution, ablation=lambda: direction.direction.ablate(model), steps=cfg.ig_steps)
 
 
 def _edit_kw(cfg: DiscoverConfig) -> dict:
@@ -285,7 +327,7 @@ class SearchStage:
     per_prompt: list[dict]  # {prompt, features, flipped, removed} for the first cfg.per_prompt prompts
 
 
-def search_stage(model, tokenizer, sae: SAE, splits: PromptSplits, refusal_tokens: Sequence[int], candidates: Sequence[int],
+def search_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits, refusal_tokens: Sequence[int], candidates: Sequence[int],
                  cfg: DiscoverConfig, *, progress: bool = True) -> SearchStage:
     kw = _edit_kw(cfg)
     pooled = greedy_minimal_set(model, tokenizer, sae, splits.search, candidates, refusal_tokens, threshold=cfg.threshold,
@@ -300,11 +342,21 @@ def search_stage(model, tokenizer, sae: SAE, splits: PromptSplits, refusal_token
 # ------------------------------------------------------------------------------------------------
 # stage 5: interactions
 # ------------------------------------------------------------------------------------------------
-def interaction_stage(model, tokenizer, sae: SAE, splits: PromptSplits, refusal_tokens: Sequence[int], minimal_set: Sequence[int],
-                      cfg: DiscoverConfig, layer: int) -> Interactions:
-    """FM interactions among the minimal set and the ``cfg.fm_extra`` most active other features."""
-    last = site_residuals(model, tokenizer, sae, splits.search, layer=layer, batch_size=cfg.batch_size)
-    others = active_features(sae, last, minimal_set, cfg.fm_extra)
+def interaction_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits, refusal_tokens: Sequence[int],
+                      minimal_set: Sequence[int], cfg: DiscoverConfig, layer: int | None) -> Interactions:
+    """FM interactions among the minimal set and the ``cfg.fm_extra`` most active other features
+    (with several SAEs: the most active of each SAE in turn, as flat ids)."""
+    if isinstance(sae, SAESet):
+        own = sae.split(minimal_set)
+        ranked = []
+        for k, s in enumerate(sae.saes):
+            last = site_residuals(model, tokenizer, s, splits.search, layer=sae.layers[k], batch_size=cfg.batch_size)
+            ranked.append([sae.offsets[k] + i for i in active_features(s, last, own[k], cfg.fm_extra)])
+        # Round robin over the SAEs, so each contributes (activation scales differ between SAEs).
+        others = [g for row in zip_longest(*ranked) for g in row if g is not None][: cfg.fm_extra]
+    else:
+        last = site_residuals(model, tokenizer, sae, splits.search, layer=layer, batch_size=cfg.batch_size)
+        others = active_features(sae, last, minimal_set, cfg.fm_extra)
     return find_interactions(model, tokenizer, sae, splits.search, list(minimal_set), others, refusal_tokens,
                              n_samples=cfg.fm_samples, seed=cfg.seed, **_edit_kw(cfg))
 
@@ -324,7 +376,7 @@ class VerificationStage:
     minimal_set_replies: list[str]  # ... with the minimal set ablated
 
 
-def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, direction: DirectionStage, candidates: Sequence[int],
+def verification_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits, direction: DirectionStage, candidates: Sequence[int],
                        search: SearchStage, interactions: Interactions, cfg: DiscoverConfig, *, capability=None) -> VerificationStage:
     judge = SubstringJudge()
     gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
@@ -335,7 +387,10 @@ def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, directi
     edit = parse_edit(cfg.edit)
 
     def ablating(feats: Sequence[int]):
-        """A steering factory that applies the configured edit (ablation by default) to ``feats``."""
+        """A steering factory that applies the configured edit (ablation by default) to ``feats``
+        (flat ids of an SAESet: each SAE's part at its own hook point, in one steer call)."""
+        if isinstance(sae, SAESet):
+            return lambda: sae.steer(model, list(feats), edit, backend=cfg.backend, skip_bos=cfg.skip_bos) or nullcontext()
         iv = edit.intervention(feats) or Intervention([], "ablate")
         return lambda: steer(model, sae, iv, backend=cfg.backend, skip_bos=cfg.skip_bos, **hook_kw)
 
@@ -408,18 +463,31 @@ def verification_stage(model, tokenizer, sae: SAE, splits: PromptSplits, directi
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
-def _check(model, sae: SAE, harmful, harmless, cfg: DiscoverConfig) -> int:
-    """Validate the inputs before any work; returns the layer the SAE reads."""
+def _check(model, sae: SAE | SAESet, harmful, harmless, cfg: DiscoverConfig) -> int | None:
+    """Validate the inputs before any work; returns the layer the SAE reads (None for an SAESet,
+    whose SAEs each read their own)."""
     _, blocks = find_layers(model)
     n_layers = len(blocks)
     hidden = hidden_size(model)
-    if hidden is not None and sae.d_in != hidden:
-        raise ValueError(f"sae: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE is for another model")
-    layer = cfg.layer if cfg.layer is not None else sae.hook_layer
-    if layer is None:
-        raise ValueError("layer: the SAE has no hook_name with a layer; pass --layer")
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"layer: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
+    if isinstance(sae, SAESet):
+        if cfg.layer is not None:
+            raise ValueError("layer: overrides one SAE's hook layer; with several SAEs each reads its own hook point")
+        for name, s, lay in zip(sae.names, sae.saes, sae.layers):
+            if hidden is not None and s.d_in != hidden:
+                raise ValueError(f"sae: {name!r} has d_in={s.d_in} but the model's hidden size is {hidden}; this SAE is for another model")
+            if not 0 <= lay < n_layers:
+                raise ValueError(f"sae: {name!r} reads layer {lay}, out of range; the model has {n_layers} decoder layers")
+        if not isinstance(cfg.prefilter, int) or cfg.prefilter < 0:
+            raise ValueError(f"prefilter: expected an integer >= 0, got {cfg.prefilter!r}")
+        layer = None
+    else:
+        if hidden is not None and sae.d_in != hidden:
+            raise ValueError(f"sae: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE is for another model")
+        layer = cfg.layer if cfg.layer is not None else sae.hook_layer
+        if layer is None:
+            raise ValueError("layer: the SAE has no hook_name with a layer; pass --layer")
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
     if not harmful or not harmless:
         raise ValueError("prompts: both the harmful and the harmless prompt sets must be non-empty")
     if cfg.method not in ("cosine", "attribution"):
@@ -468,7 +536,7 @@ def result_warnings(results: dict) -> tuple[bool, list[str]]:
 def discover(
     model,
     tokenizer,
-    sae: SAE,
+    sae: SAE | SAESet,
     harmful: Sequence[str],
     harmless: Sequence[str],
     config: DiscoverConfig | None = None,
@@ -479,6 +547,11 @@ def discover(
     progress: bool = True,
 ) -> DiscoverResult:
     """Run every stage on ``model`` with ``sae``; returns the results dict, the direction and a spec.
+
+    ``sae``: one SAE, or an :class:`~.sites.SAESet` of several at their own hook points; then every
+    stage works on (sae, feature) pairs, the results name features as ``[sae name, feature]``,
+    ``dormant_downstream`` reports the later SAEs' features the earlier SAEs' part of the minimal
+    set wakes, and the spec's ``edits`` hold one entry per SAE.
 
     ``capability``: an optional :class:`~.evaluate.CapabilityTask` whose accuracy is measured with
     and without the minimal set ablated.
@@ -521,8 +594,11 @@ def discover(
     stages.update()
 
     stages.set_postfix_str("dormant features")
-    dormant = dormant_features(model, tokenizer, sae, splits.held[:8], vs.base_replies[:8], vs.minimal_set_replies[:8],
-                               ss.pooled.features, layer=cfg.layer)
+    dormant_args = (model, tokenizer, sae, splits.held[:8], vs.base_replies[:8], vs.minimal_set_replies[:8], ss.pooled.features)
+    if isinstance(sae, SAESet):
+        dormant, downstream = _set_dormant(*dormant_args, cfg)
+    else:
+        dormant, downstream = dormant_features(*dormant_args, layer=cfg.layer), None
     stages.update()
     stages.close()
     timings["total"] = time.time() - t0
@@ -536,7 +612,8 @@ def discover(
         "capability": vs.capability,
         "refusal_tokens": [int(t) for t in rtoks],
         "refusal_tokens_text": [tokenizer.decode([t]) for t in rtoks],
-        "sae": {"hook_name": sae.hook_name, "layer": layer, "d_sae": sae.d_sae, "architecture": sae.architecture},
+        "sae": None if isinstance(sae, SAESet) else
+               {"hook_name": sae.hook_name, "layer": layer, "d_sae": sae.d_sae, "architecture": sae.architecture},
         "candidates": [[i, s] for i, s in cs.candidates],
         "candidate_method": cfg.method if cfg.method == "cosine" else f"attribution ({cfg.attribution})",
         "edit": str(parse_edit(cfg.edit)),
@@ -559,8 +636,66 @@ def discover(
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         "timings_s": timings,
     }
+    if isinstance(sae, SAESet):
+        _name_pairs(results, sae, downstream)
     results["valid"], results["warnings"] = result_warnings(results)
     edit = parse_edit(cfg.edit)
     spec = SteeringSpec(features=ss.pooled.features, mode=edit.mode, values=edit.value, layer=layer, positions="all",
                         skip_bos=cfg.skip_bos, notes={"source": "saesteer discover"})
+    if isinstance(sae, SAESet):
+        spec.features = []
+        spec.edits = [{"sae": name, "layer": lay, "features": local}
+                      for name, lay, local in zip(sae.names, sae.layers, sae.split(ss.pooled.features)) if local]
     return DiscoverResult(results, d.direction, spec, d.reference if d.ablation == "affine" else None)
+
+
+def _set_dormant(model, tokenizer, saes: SAESet, prompts, before, after, found: Sequence[int], cfg: DiscoverConfig):
+    """``(dormant, downstream)`` for several SAEs. ``dormant``: each SAE's own features silent on
+    the unsteered replies and firing on the steered ones (``sae`` added to each row). ``downstream``:
+    per pair (an SAE holding part of ``found``, a later SAE), :func:`~.dormant.downstream_dormant`
+    on the same tokens (each prompt with its unsteered and its steered reply) with only that
+    earlier part edited, so what wakes is caused by the edit, not by other reply text."""
+    own = saes.split(found)
+    dormant = []
+    for k, s in enumerate(saes.saes):
+        rows = dormant_features(model, tokenizer, s, prompts, before, after, own[k], layer=saes.layers[k])
+        dormant += [{"sae": saes.names[k], **row} for row in rows]
+    fmt = format_prompts(tokenizer, prompts)
+    texts = [p + r for p, r in zip(fmt, before)] + [p + r for p, r in zip(fmt, after)]
+    order = saes.by_depth()
+    downstream = []
+    for a, i in enumerate(order):
+        later = {saes.names[j]: saes.saes[j] for j in order[a + 1:] if saes.depth(j) > saes.depth(i)}
+        if not own[i] or not later:
+            continue
+        got = downstream_dormant(model, tokenizer, saes.saes[i], own[i], later, texts, layer=saes.layers[i],
+                                 edit=cfg.edit, skip_bos=cfg.skip_bos)
+        downstream += [{"edited": saes.names[i], "edited_features": own[i], "read": name, **row} for name, row in got.items()]
+    return dormant, downstream
+
+
+def _name_pairs(r: dict, saes: SAESet, downstream) -> None:
+    """Rewrite the flat ids in discover's results ``r`` as ``[sae name, feature]`` pairs, and add
+    the SAEs and the downstream dormancy."""
+    def pair(g):
+        return list(saes.pair(g))
+
+    def pairs(gs):
+        return [pair(g) for g in gs]
+
+    r["sae"] = [{"name": n, "hook_name": s.hook_name, "layer": lay, "d_sae": s.d_sae, "architecture": s.architecture}
+                for n, s, lay in zip(saes.names, saes.saes, saes.layers)]
+    r["candidates"] = [[*pair(g), sc] for g, sc in r["candidates"]]
+    r["minimal_set"] = pairs(r["minimal_set"])
+    ms = r["minimal_set_search"]
+    ms["features"] = pairs(ms["features"])
+    ms["steps"] = [[pair(g), *rest] for g, *rest in ms["steps"]]
+    for pp in r["per_prompt_sets"]:
+        pp["features"], pp["score_minimal"] = pairs(pp["features"]), pairs(pp["score_minimal"])
+    r["interactions"] = [[pair(i), pair(j), w] for i, j, w in r["interactions"]]
+    it = r["interactions_detail"]
+    it["features"], it["added"] = pairs(it["features"]), pairs(it["added"])
+    it["pairs"] = [[pair(i), pair(j), w] for i, j, w in it["pairs"]]
+    for v in it["verified"]:
+        v["i"], v["j"] = pair(v["i"]), pair(v["j"])
+    r["dormant_downstream"] = downstream

@@ -116,8 +116,8 @@ def downstream_dormant(
     (``layer`` overrides its layer), and every SAE in ``read_saes`` (a dict ``name -> SAE`` or a
     list) is read at its own hook point, which must lie after the edited one. Returns
     ``{name: {"hook": (layer, kind), "n_tokens": N, "dormant": [{feature, n_tokens, max_act,
-    tokens}]}}``: features silent on every unsteered token that fire on a steered one, most
-    widespread first.
+    tokens}], "mean_abs_change", "n_silenced"}}``: features silent on every unsteered token that
+    fire on a steered one, most widespread first, and how much the edit moved that SAE's codes.
     """
     read = dict(read_saes) if isinstance(read_saes, dict) else {str(i): s for i, s in enumerate(read_saes)}
     if not read:
@@ -156,6 +156,17 @@ def downstream_dormant(
     before, after = run(False), run(True)
     n_tok = sum(len(t) for t in toks)
     return {
-        n: {"hook": list(hooks[n]), "n_tokens": n_tok, "dormant": _new_features(before[n], after[n], toks, top)}
+        n: {"hook": list(hooks[n]), "n_tokens": n_tok, "dormant": _new_features(before[n], after[n], toks, top),
+            **_change(before[n], after[n])}
         for n in read
     }
+
+
+def _change(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict:
+    """How much an edit moved a read SAE's codes over the same tokens: ``mean_abs_change``
+    (``sum |f' - f| / sum |f|``) and ``n_silenced`` (features firing on some unsteered token and
+    on no steered one). When no feature wakes, these show whether the edit reached the SAE at all."""
+    b, a = torch.cat(before), torch.cat(after)
+    fired_b, fired_a = (b > 0).any(0), (a > 0).any(0)
+    return {"mean_abs_change": float((a - b).abs().sum() / b.abs().sum().clamp_min(1e-12)),
+            "n_silenced": int((fired_b & ~fired_a).sum())}

@@ -30,13 +30,14 @@ from typing import Callable, Sequence
 import torch
 
 from .. import reference
-from ..hf import find_layers, intercept
+from ..hf import find_layers, hook_name, intercept
 from ..hf.handle import bos_token_id
 from ..hf.positions import bos_mask
 from ..sae import SAE
+from .sites import SAESet
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
 
-__all__ = ["rank_by_cosine", "rank_by_attribution", "hook_module", "site", "capture_site", "site_residuals",
+__all__ = ["rank_by_cosine", "rank_by_attribution", "rank_set_by_attribution", "hook_module", "site", "capture_site", "site_residuals",
            "integrated_gradients", "IGResult", "ATTRIBUTIONS"]
 
 ATTRIBUTIONS = ("ig", "zero")
@@ -226,30 +227,99 @@ def rank_by_attribution(
         _, idx = key.topk(min(top, sae.d_sae))
         vals = attr[idx]
         return [(int(i), float(v)) for i, v in zip(idx.tolist(), vals.tolist())]
-    hook = site(model, sae, layer)
+    (attr,) = _zero_attribution(model, tokenizer, [(sae, layer)], harmful, refusal_tokens, batch_size)
+    vals, idx = (-attr).topk(min(top, sae.d_sae))  # most negative effect on refusal first
+    return [(int(i), float(-v)) for i, v in zip(idx.tolist(), vals.tolist())]
+
+
+def _zero_attribution(model, tokenizer, saes: Sequence[tuple[SAE, int | None]], harmful: Sequence[str],
+                      refusal_tokens: Sequence[int], batch_size: int) -> list[torch.Tensor]:
+    """Per ``(sae, layer)``: ``-f_i . d score / d f_i`` summed over the edited positions, averaged
+    over prompts (float64 ``[d_sae]``), with every SAE spliced in at its hook point in one forward.
+
+    At each site the stream becomes ``decode(f) + (x - decode(f).detach())``: its value is ``x``
+    (the error term kept), the gradient reaches the leaf ``f`` and passes through ``x`` unchanged, so
+    a site downstream does not cut the gradient of one upstream: each feature's attribution is its
+    first-order effect through the whole model."""
+    hooks: dict[str, list[int]] = {}
+    for k, (s, layer) in enumerate(saes):
+        idx, kind = site(model, s, layer)
+        hooks.setdefault(hook_name(idx, kind), []).append(k)
     device = next(model.parameters()).device
-    total = torch.zeros(sae.d_sae, dtype=torch.float64)
-    captured = {}
+    totals = [torch.zeros(s.d_sae, dtype=torch.float64) for s, _ in saes]
+    captured: dict[int, torch.Tensor] = {}
 
-    def swap(x):
-        # x -> denorm(decode(f)) + error, with f a leaf that collects the gradient (the run-time
-        # normalization's scale and shift depend on x only, so they are constants here).
-        xs, f, scale, shift = _codes(x, sae)
-        f = f.requires_grad_(True)
-        captured["f"] = f
-        recon = _decode(sae, f, scale, shift)
-        # plus the error term xs - recon: the forward value is xs, the gradient flows through f
-        return (recon + (xs.float() - recon.detach())).to(x.dtype)
+    def swap(name, x):
+        for k in hooks[name]:
+            s = saes[k][0]
+            # The run-time normalization's scale and shift depend on x only: constants here.
+            _, f, scale, shift = _codes(x, s)
+            f = f.requires_grad_(True)
+            captured[k] = f
+            recon = _decode(s, f, scale, shift)
+            x = (recon + (x.to(s.dtype).float() - recon.detach())).to(x.dtype)
+        return x
 
-    with intercept(model, hook, lambda name, x: swap(x)), torch.enable_grad():
+    with intercept(model, list(hooks), swap), torch.enable_grad():
         for b in range(0, len(harmful), batch_size):
             enc = tokenize_prompts(tokenizer, harmful[b : b + batch_size], device)
             logits = model(**enc).logits[:, -1]
             score = refusal_scores_from_logits(logits, refusal_tokens).sum()
-            (g,) = torch.autograd.grad(score, captured["f"])
-            f = captured["f"].detach()
-            m = _edited_positions(model, enc).to(f.device).unsqueeze(-1).to(f.dtype)
-            total += (-(f * g) * m).sum(dim=(0, 1)).double().cpu()
-    attr = total / max(len(harmful), 1)
-    vals, idx = (-attr).topk(min(top, sae.d_sae))  # most negative effect on refusal first
-    return [(int(i), float(-v)) for i, v in zip(idx.tolist(), vals.tolist())]
+            leaves = [captured[k] for k in range(len(saes))]
+            grads = torch.autograd.grad(score, leaves, allow_unused=True)
+            m = _edited_positions(model, enc).unsqueeze(-1)
+            for k, (f, g) in enumerate(zip(leaves, grads)):
+                if g is None:
+                    continue
+                f = f.detach()
+                totals[k] += (-(f * g) * m.to(f.device).to(f.dtype)).sum(dim=(0, 1)).double().cpu()
+    return [t / max(len(harmful), 1) for t in totals]
+
+
+def rank_set_by_attribution(
+    model,
+    tokenizer,
+    saes: SAESet,
+    harmful: Sequence[str],
+    refusal_tokens: Sequence[int],
+    *,
+    allowed: Sequence[Sequence[int]] | None = None,
+    top: int = 32,
+    batch_size: int = 16,
+    method: str = "ig",
+    ablation: Callable[[], contextlib.AbstractContextManager] | None = None,
+    steps: int = 10,
+) -> list[tuple[int, float]]:
+    """One ranking over the features of several SAEs: ``[(flat id, attribution), ...]`` (see
+    :class:`~.sites.SAESet`), the ``top`` that most move the model from refusal, among ``allowed``
+    (per SAE, the local ids ranked; None: all).
+
+    ``"zero"``: every SAE spliced in at its hook point in one forward (:func:`_zero_attribution`),
+    most negative effect on the refusal score first. ``"ig"``: Yeo et al.'s integrated gradients
+    run per SAE (the path from its clean codes to its direction-ablated ones, the other sites
+    clean), so each SAE's attributions sum to the metric change its own site carries; the features
+    the direction's ablation turns down come first, by attribution, then the others.
+    Attributions of both kinds are in the metric's units, so SAEs at different layers compare."""
+    if method not in ATTRIBUTIONS:
+        raise ValueError(f"method: expected one of {', '.join(ATTRIBUTIONS)}, got {method!r}")
+    keep = [None if allowed is None else torch.tensor(sorted(set(map(int, a))), dtype=torch.long) for a in
+            (allowed if allowed is not None else [None] * len(saes))]
+    rows: list[tuple[tuple, int, float]] = []  # (sort key, flat id, attribution)
+    if method == "zero":
+        totals = _zero_attribution(model, tokenizer, list(zip(saes.saes, saes.layers)), harmful, refusal_tokens, batch_size)
+        for k, attr in enumerate(totals):
+            ids = keep[k] if keep[k] is not None else torch.arange(attr.numel())
+            rows += [((float(attr[i]),), saes.offsets[k] + int(i), float(attr[i])) for i in ids.tolist()]
+        rows.sort(key=lambda r: r[0])
+    else:
+        if ablation is None:
+            raise ValueError("ablation: integrated gradients need the refusal direction's ablation (a steering factory)")
+        for k, s in enumerate(saes.saes):
+            ig = integrated_gradients(model, tokenizer, s, harmful, refusal_tokens, ablation, steps=steps, layer=saes.layers[k],
+                                      batch_size=batch_size)
+            attr = (ig.attr / ig.n_positions.clamp_min(1)[:, None].double()).mean(0)
+            down = ig.delta.sum(0) < 0
+            ids = keep[k] if keep[k] is not None else torch.arange(attr.numel())
+            rows += [((not bool(down[i]), -float(attr[i])), saes.offsets[k] + int(i), float(attr[i])) for i in ids.tolist()]
+        rows.sort(key=lambda r: r[0])
+    return [(g, a) for _, g, a in rows[:top]]

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .turns import prompt_label
 
-__all__ = ["write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report",
+__all__ = ["feature_text", "write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report",
            "warning_section", "per_prompt_lines", "interaction_lines"]
 
 
@@ -228,10 +228,15 @@ def discover_plots(r: dict, out: str | Path) -> None:
     plt.close(fig)
 
 
-def _short_features(features: list[int], n: int = 24) -> str:
+def feature_text(f) -> str:
+    """A feature for the report: its id, or ``ID@SAE`` for an ``[sae name, id]`` pair (several SAEs)."""
+    return f"{f[1]}@{f[0]}" if isinstance(f, (list, tuple)) else str(f)
+
+
+def _short_features(features: list, n: int = 24) -> str:
     """A feature list for a table cell, its size first: ``"3: [1, 2, 3]"``; past ``n`` features the
     first ``n`` and ``...``."""
-    shown = ", ".join(map(str, features[:n])) + (", ..." if len(features) > n else "")
+    shown = ", ".join(map(feature_text, features[:n])) + (", ..." if len(features) > n else "")
     return f"{len(features)}: [{shown}]"
 
 
@@ -269,7 +274,8 @@ def interaction_lines(it: Mapping[str, Any]) -> list[str]:
         in_sample = f"in-sample R^2 = {it['r2']:.2f} (in-sample, not meaningful: {n_params} parameters >= {n} masks)"
     else:
         in_sample = f"in-sample R^2 = {it['r2']:.2f} ({n_params} parameters)"
-    out += [f"FM fitted on {n} random ablation masks: {fit}; {in_sample}. Features added: {it['added']}.", ""]
+    added = "[" + ", ".join(map(feature_text, it["added"])) + "]"
+    out += [f"FM fitted on {n} random ablation masks: {fit}; {in_sample}. Features added: {added}.", ""]
     verified = it["verified"]
     if not verified:
         return out + ["No pair was verified."]
@@ -280,7 +286,7 @@ def interaction_lines(it: Mapping[str, Any]) -> list[str]:
     out += ["| i | j | FM <v_i,v_j> | e_i | e_j | e_ij | e_ij - e_i - e_j | confirmed |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v in verified:
-        out.append(f"| {v['i']} | {v['j']} | {v['fm']:.2f} | {v['e_i']:.2f} | {v['e_j']:.2f} | {v['e_ij']:.2f} | "
+        out.append(f"| {feature_text(v['i'])} | {feature_text(v['j'])} | {v['fm']:.2f} | {v['e_i']:.2f} | {v['e_j']:.2f} | {v['e_ij']:.2f} | "
                    f"{v['interaction']:.2f} | {_cell(v.get('confirmed'), 2)} |")
     return out
 
@@ -319,6 +325,47 @@ def edit_verb(edit: str) -> str:
     return {"ablate": "ablated", "scale": f"scaled by {value}", "clamp": f"clamped to {value}"}.get(mode, edit)
 
 
+def _sae_line(sae) -> str:
+    """The report's SAE line: one SAE, or each of several with its name and hook point."""
+    if isinstance(sae, list):
+        return "SAEs: " + "; ".join(f"`{x['name']}` at `{x['hook_name']}` ({x['architecture']}, d_sae={x['d_sae']})" for x in sae)
+    return f"SAE: `{sae['hook_name']}` ({sae['architecture']}, d_sae={sae['d_sae']})"
+
+
+def _layer_counts(r: Mapping[str, Any]) -> list[str]:
+    """With several SAEs: how many of the candidates and of the minimal set each SAE holds."""
+    if not isinstance(r["sae"], list):
+        return []
+    parts = []
+    for x in r["sae"]:
+        nc = sum(1 for c in r["candidates"] if c[0] == x["name"])
+        nm = sum(1 for f in r["minimal_set"] if f[0] == x["name"])
+        parts.append(f"`{x['name']}` (layer {x['layer']}) {nc} candidates, {nm} in the minimal set")
+    return ["", "Per SAE: " + "; ".join(parts) + "."]
+
+
+def downstream_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """discover's downstream dormancy with several SAEs: per (edited SAE, later SAE), the later
+    SAE's features that wake when only the earlier SAE's part of the minimal set is edited, on the
+    same tokens; with the evidence that the edit reaches the later SAE (its codes' change, the
+    features it silences), so that "none found" is a measured absence."""
+    out = ["### Downstream (the earlier SAE's part of the minimal set edited, a later SAE read on the same tokens)", ""]
+    if not rows:
+        return out + ["Not measured: no SAE holding part of the minimal set has a later SAE among those given."]
+    for x in rows:
+        head = (f"`{x['read']}` (blocks.{x['hook'][0]}.hook_{x['hook'][1]}) with the {len(x['edited_features'])} features of "
+                f"`{x['edited']}` edited, over {x['n_tokens']} tokens: the edit changes its codes by "
+                f"{x['mean_abs_change']:.1%} (mean |f' - f| / mean |f|) and silences {x['n_silenced']} features that fired.")
+        out += [head, ""]
+        if x["dormant"]:
+            out += ["| feature | tokens fired on | max act | examples |", "| --- | --- | --- | --- |"]
+            out += [f"| {d['feature']} | {d['n_tokens']} | {d['max_act']:.2f} | {' '.join(map(repr, d['tokens']))} |" for d in x["dormant"]]
+        else:
+            out.append(f"**No dormant feature**: none of `{x['read']}`'s features silent on every unsteered token fires with the edit.")
+        out.append("")
+    return out
+
+
 def discover_report(r: dict) -> str:
     """discover's ``report.md`` (Markdown) from its results dict ``r``."""
     d, a = r["direction"], r["asr"]
@@ -327,7 +374,7 @@ def discover_report(r: dict) -> str:
         "# saesteer discover",
         "",
         *_warning_lines(r),
-        f"SAE: `{r['sae']['hook_name']}` ({r['sae']['architecture']}, d_sae={r['sae']['d_sae']}); refusal tokens {r['refusal_tokens_text']}.",
+        _sae_line(r["sae"]) + f"; refusal tokens {r['refusal_tokens_text']}.",
         f"Chat template: {_template_text(r.get('chat_template'))}.",
         "",
         "## Refusal direction (Arditi et al.)",
@@ -349,12 +396,14 @@ def discover_report(r: dict) -> str:
         f"Search edit: {r.get('edit', 'ablate')}"
         + ("" if r.get("skip_bos", True) else " (the BOS token edited too)") + ".",
         "",
-        f"Top candidates by {r['candidate_method']}: " + ", ".join(f"{i} ({s:.2f})" for i, s in r["candidates"][:10]),
+        f"Top candidates by {r['candidate_method']}: " + ", ".join(f"{feature_text(c[:-1] if len(c) > 2 else c[0])} ({c[-1]:.2f})"
+                                                            for c in r["candidates"][:10]),
+        *_layer_counts(r),
         "",
         "Candidate pool (top n ablated together: flip rate of the search prompts): "
         + ", ".join(f"{c['n']}: {c['full_flip_rate']:.0%}" for c in r.get("candidate_pool", [])) + ".",
         "",
-        f"**Minimal set** ({len(r['minimal_set'])} features): {r['minimal_set']} — flips "
+        f"**Minimal set** ({len(r['minimal_set'])} features): [{', '.join(map(feature_text, r['minimal_set']))}] — flips "
         f"{r['minimal_set_search']['flip_rate']:.0%} of the search prompts, {r['minimal_set_heldout_flip_rate']:.0%} of held-out ones (refusal score < 0).",
         "",
         "| held-out harmful prompts (generation + substring judge) | not refused (ASR) | complied | degenerate |",
@@ -372,13 +421,20 @@ def discover_report(r: dict) -> str:
         *per_prompt_lines(r.get("per_prompt_sets") or []),
         *interaction_lines(r["interactions_detail"]),
     ]
-    lines += ["", "## Dormant features (silent before, firing after the minimal set is ablated)", ""]
+    lines += ["", "## Dormant features (silent before, firing after the minimal set is ablated)", "",
+              "At the edited hook point itself: features of each SAE silent on every unsteered (prompt + reply) "
+              "sequence that fire on the steered replies (a difference of reply text: the edit does not change "
+              "the activations it reads).", ""]
     if r["dormant"]:
+        multi = any("sae" in x for x in r["dormant"])
         lines += ["| feature | tokens fired on | max act | examples |", "| --- | --- | --- | --- |"]
         for x in r["dormant"]:
-            lines.append(f"| {x['feature']} | {x['n_tokens']} | {x['max_act']:.2f} | {' '.join(map(repr, x['tokens']))} |")
+            f = feature_text([x["sae"], x["feature"]]) if multi else x["feature"]
+            lines.append(f"| {f} | {x['n_tokens']} | {x['max_act']:.2f} | {' '.join(map(repr, x['tokens']))} |")
     else:
-        lines.append("None found.")
+        lines.append("None found: no feature silent on every unsteered sequence fires on a steered one.")
+    if r.get("dormant_downstream") is not None:
+        lines += ["", *downstream_lines(r["dormant_downstream"])]
     lines += ["", "## Examples (held-out harmful prompts)", ""]
     for e in r["examples"][:4]:
         lines += [f"- **{prompt_label(e['prompt'])}**", f"  - unsteered: {e['unsteered']!r}", f"  - minimal set {ed}: {e['minimal_set_ablated']!r}"]

@@ -31,6 +31,7 @@ from ..hf import steer
 from ..intervention import Intervention
 from ..sae import SAE
 from .chat import refusal_scores_from_logits, tokenize_prompts
+from .sites import SAESet
 
 __all__ = ["ablation_scores", "greedy_minimal_set", "MinimalSet", "grow_candidate_pool", "confirm_by_generation",
            "Edit", "parse_edit", "EDIT_FORMS"]
@@ -95,8 +96,12 @@ def ablation_scores(
     set of features at every position but the BOS (``skip_bos``).
 
     Every (set, prompt) pair is one batch row with its own intervention: one forward per ``max_rows``.
+    ``sae`` may be an :class:`~.sites.SAESet`: the sets are then of its flat ids, and each row's
+    edit applies at every SAE's hook point in that forward.
     """
     edit = parse_edit(edit)
+    if isinstance(sae, SAESet):
+        return _set_scores(model, tokenizer, sae, prompts, sets, refusal_tokens, max_rows, backend, edit, skip_bos)
     pairs = [(s, p) for s in range(len(sets)) for p in range(len(prompts))]
     out = torch.empty(len(pairs))
     device = next(model.parameters()).device
@@ -110,6 +115,25 @@ def ablation_scores(
             logits = model(**enc).logits[:, -1]
         else:
             with steer(model, sae, ivs, backend=backend, **kw):
+                logits = model(**enc).logits[:, -1]
+        out[b : b + len(chunk)] = refusal_scores_from_logits(logits.float(), refusal_tokens)
+    return out.view(len(sets), len(prompts))
+
+
+def _set_scores(model, tokenizer, saes: SAESet, prompts, sets, refusal_tokens, max_rows, backend, edit, skip_bos) -> torch.Tensor:
+    """:func:`ablation_scores` for an :class:`~.sites.SAESet`: one row per (set, prompt), every
+    SAE's part of the set at its own hook point."""
+    pairs = [(s, p) for s in range(len(sets)) for p in range(len(prompts))]
+    out = torch.empty(len(pairs))
+    device = next(model.parameters()).device
+    for b in range(0, len(pairs), max_rows):
+        chunk = pairs[b : b + max_rows]
+        enc = tokenize_prompts(tokenizer, [prompts[p] for _, p in chunk], device)
+        handle = saes.steer(model, [list(sets[s]) for s, _ in chunk], edit, backend=backend, skip_bos=skip_bos)
+        if handle is None:
+            logits = model(**enc).logits[:, -1]
+        else:
+            with handle:
                 logits = model(**enc).logits[:, -1]
         out[b : b + len(chunk)] = refusal_scores_from_logits(logits.float(), refusal_tokens)
     return out.view(len(sets), len(prompts))

@@ -6,6 +6,14 @@ read it, so a found set can be evaluated and served directly::
     {"sae": "path/to/sae_dir", "layer": 3, "features": [12, 40], "mode": "clamp",
      "values": 8.0, "positions": "all", "skip_bos": true}
 
+Edits at several hook points (what ``discover`` writes for several SAEs) go in ``edits``, one
+``{sae, layer, features}`` per SAE, sharing the spec's mode, values, positions and skip_bos; the
+top-level ``features`` is then empty::
+
+    {"features": [], "edits": [{"sae": "organism:jumprelu", "layer": 2, "features": [12, 40]},
+                               {"sae": "organism:jumprelu_l3", "layer": 3, "features": [7]}],
+     "mode": "ablate", "positions": "all", "skip_bos": true}
+
 ``skip_bos`` (default true) leaves each sequence's BOS token unedited (see
 :func:`saesteer.steering.spec.bos_token_mask`).
 
@@ -71,14 +79,52 @@ class SteeringSpec:
     skip_bos: bool = True
     model: str | None = None
     notes: dict = field(default_factory=dict)
+    edits: list | None = None  # [{sae, layer, features}] at several hook points; None: one SAE
 
     def intervention(self, d_sae: int | None = None) -> Intervention:
         return Intervention(self.features, self.mode, self.values, d_sae=d_sae)
 
+    @property
+    def sae_refs(self) -> list[str | None]:
+        """The SAEs the spec names: each edit's, or the one ``sae``."""
+        return [e["sae"] for e in self.edits] if self.edits else [self.sae]
+
+    def check_edits(self) -> None:
+        """Raise ValueError naming what is wrong with ``edits`` (each a dict with a string ``sae``,
+        an integer ``layer`` and a non-empty list of feature ids, no SAE twice), and check each
+        edit's features with this spec's mode and values."""
+        if self.edits is None:
+            return
+        if not isinstance(self.edits, list) or not self.edits:
+            raise ValueError("edits: expected a non-empty list of {sae, layer, features}")
+        seen = set()
+        for n, e in enumerate(self.edits):
+            if not isinstance(e, dict) or set(e) - {"sae", "layer", "features"} or not isinstance(e.get("sae"), str) \
+                    or not isinstance(e.get("features"), list) or not e["features"]:
+                raise ValueError(f"edits[{n}]: expected {{sae: name, layer: int, features: [ids]}}, got {e!r}")
+            if e.get("layer") is not None and (not isinstance(e["layer"], int) or isinstance(e["layer"], bool)):
+                raise ValueError(f"edits[{n}]: layer must be an integer, got {e['layer']!r}")
+            if e["sae"] in seen:
+                raise ValueError(f"edits[{n}]: the SAE {e['sae']!r} has two edits; give each SAE one")
+            seen.add(e["sae"])
+            if self.mode == "ablate" or self.values is not None:
+                Intervention(e["features"], self.mode, self.values)
+        if self.features:
+            raise ValueError("features: a spec with edits keeps its features in the edits; leave features empty")
+
     def context(self, model, sae, backend: str = "auto"):
-        """A context manager that applies this spec to ``model`` with the loaded ``sae``."""
+        """A context manager that applies this spec to ``model`` with the loaded ``sae``: one SAE,
+        or with ``edits`` a dict ``{edit's sae: loaded SAE}`` (every edit at its layer, one hook
+        set)."""
         from ..hf import steer
 
+        if self.edits:
+            missing = [e["sae"] for e in self.edits if not isinstance(sae, dict) or e["sae"] not in sae]
+            if missing:
+                raise ValueError(f"sae: the spec's edits need the SAEs {missing}; pass a dict of them")
+            pairs = [(sae[e["sae"]], Intervention(e["features"], self.mode, self.values, d_sae=sae[e["sae"]].d_sae),
+                      e.get("layer")) for e in self.edits]
+            return steer(model, pairs, positions=self.positions, skip_bos=self.skip_bos, backend=backend)
         kw = {}
         if self.layer is not None and sae.hook_layer != self.layer:
             kw["layer"] = self.layer
@@ -94,6 +140,8 @@ class SteeringSpec:
             d.pop("notes")
         if d["model"] is None:
             d.pop("model")
+        if d["edits"] is None:
+            d.pop("edits")
         return d
 
     def save(self, path: str | Path) -> Path:
@@ -103,6 +151,8 @@ class SteeringSpec:
         for key in ("sae", "model"):
             if d.get(key) is not None:
                 d[key] = absolute_ref(d[key])
+        for e in d.get("edits") or []:
+            e["sae"] = absolute_ref(e["sae"])
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
@@ -116,7 +166,7 @@ class SteeringSpec:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"steering spec: {str(p)!r} is not a file")
-        expected = "an object with 'features' (and mode, values, sae, model, layer, positions)"
+        expected = "an object with 'features' or 'edits' (and mode, values, sae, model, layer, positions)"
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -134,18 +184,27 @@ class SteeringSpec:
             except json.JSONDecodeError as e:
                 raise ValueError(f"steering spec {p}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); "
                                  f"expected {expected}") from None
-        if not isinstance(d, dict) or "features" not in d:
+        if not isinstance(d, dict) or ("features" not in d and "edits" not in d):
             raise ValueError(f"steering spec {p}: expected {expected}")
+        d.setdefault("features", [])
         unknown = set(d) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"steering spec {p}: unknown keys {sorted(unknown)}")
         for key in ("sae", "model"):
             if isinstance(d.get(key), str):
                 d[key] = _relative_to(d[key], p.parent)
+        for e in d.get("edits") or []:
+            if isinstance(e, dict) and isinstance(e.get("sae"), str):
+                e["sae"] = _relative_to(e["sae"], p.parent)
         if not isinstance(d.get("skip_bos", True), bool):
             raise ValueError(f"steering spec {p}: skip_bos must be true or false, got {d['skip_bos']!r}")
         spec = cls(**d)
-        if spec.mode == "ablate" or spec.values is not None:
+        if spec.edits is not None:
+            try:
+                spec.check_edits()
+            except ValueError as e:
+                raise ValueError(f"steering spec {p}: {e}") from None
+        elif spec.mode == "ablate" or spec.values is not None:
             # Validate now, naming the file. A clamp/scale/add spec without values is complete once
             # the caller supplies them (``saesteer eval --sweep``, ``--value``).
             try:
