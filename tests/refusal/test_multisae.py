@@ -218,3 +218,19 @@ def test_multi_sae_spec_round_trips_with_local_paths_absolute(tmp_path, monkeypa
     assert back.sae_refs == [str(tmp_path / "sae_a"), "organism:jumprelu_l3"] and back.edits[1]["features"] == [4, 5]
     with pytest.raises(ValueError, match="edits need the SAEs"):
         back.context(None, {})
+
+
+def test_eval_reads_a_two_sae_spec_and_probes_both_saes(two_layer_discover, tmp_path):
+    out, r, _ = two_layer_discover
+    spec = SteeringSpec.load(out / "spec.json")
+    rc = main(["eval", "--steer", str(out / "spec.json"), "--limit", "12", "--max-new-tokens", "4", "--capability", "0",
+               "--sweep", "4", "--quiet", "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert [c["condition"] for c in rep["conditions"]] == ["unsteered", "steered"]
+    assert [r["condition"] for r in rep["sweep"]] == ["unsteered", "clamp=4"]
+    assert (tmp_path / "eval" / "sweep.png").stat().st_size > 0
+    pr = rep["probes"]
+    # The feature probe reads every edit's features, each at its own SAE's hook point, in order.
+    assert pr["features"] == [e["features"] for e in spec.edits]
+    assert pr["feature_sites"] == [f"blocks.{e['layer']}.hook_resid_post" for e in spec.edits]

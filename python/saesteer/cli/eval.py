@@ -112,7 +112,8 @@ def _eval(args) -> int:
         sweep_rows = [dict(all_rows[0], value=None)] + [dict(r, value=sweep_conds[r["condition"]].spec.values) for r in all_rows if r["condition"] in sweep_conds]
         report["sweep"] = sweep_rows
         steered = sweep_rows[1:]
-        ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy") if k in steered[0]}
+        ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy",
+                                                    "mmlu_accuracy", "gsm8k_accuracy") if k in steered[0]}
         n_feat = sum(len(e["features"]) for e in spec.edits) if spec.edits else len(spec.features)
         plot_lines(out / "sweep.png", [r["value"] for r in steered], ys, xlabel=f"{sweep_mode} value", ylabel="rate / accuracy",
                    title=f"{sweep_mode} sweep, {n_feat} feature{'s' if n_feat != 1 else ''}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
@@ -122,13 +123,14 @@ def _eval(args) -> int:
             [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
             "![sweep](sweep.png)",
         ]))
-    if not args.no_probes and spec is not None and spec.edits:
-        # The probes read one hook point; a spec over several SAEs has none to read.
-        sections.append(("Refusal-feature probes (Yeo et al.)", "Not run: the spec edits several SAEs, and the probes read one SAE's features."))
-    elif not args.no_probes and spec is not None:
+    if not args.no_probes and spec is not None:
         from ..refusal.probes import compare_probes
 
-        pr = compare_probes(model, tok, sae, spec.features, harmful, harmless, layer=layer, batch_size=args.batch_size,
+        # A spec over several SAEs: the feature probe reads each edit's features from its SAE at
+        # that SAE's hook point, side by side.
+        probe_sae, probe_features = ((sae, spec.features) if not spec.edits
+                                     else ([(sae[e["sae"]], e["features"]) for e in spec.edits], None))
+        pr = compare_probes(model, tok, probe_sae, probe_features, harmful, harmless, layer=layer, batch_size=args.batch_size,
                             max_new_tokens=args.max_new_tokens, progress=not args.quiet)
         report["probes"] = pr
         sections.append(("Refusal-feature probes (Yeo et al.)", _probe_section(pr)))
