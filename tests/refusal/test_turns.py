@@ -269,3 +269,43 @@ def test_eval_on_the_organism_with_multiturn_prompts(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert rc == 2 and "bad.jsonl: row 0 field 'messages': the last turn is 'assistant'" in err
     assert not (tmp_path / "bad_out").exists()
+
+
+def _conversations(prompts: list[str], every: int = 2) -> list:
+    """``prompts`` with every ``every``-th one as the last user turn of a three-turn conversation."""
+    return [[{"role": "user", "content": "I have a question for you."},
+             {"role": "assistant", "content": "Sure, go ahead."},
+             {"role": "user", "content": p}] if i % every == 0 else p for i, p in enumerate(prompts)]
+
+
+def test_discover_and_probes_run_on_conversations(tmp_path):
+    from saesteer import organism
+    from saesteer.cli import main
+    from saesteer.refusal.data import shipped_prompts
+    from saesteer.refusal.probes import compare_probes
+
+    if not (organism.WEIGHTS_DIR / "manifest.json").is_file():
+        pytest.skip("organism weights not in the package yet")
+    harmful = _conversations(shipped_prompts("harmful")[:40])
+    harmless = _conversations(shipped_prompts("harmless")[:40], every=3)
+    (tmp_path / "harmful.json").write_text(json.dumps(harmful))
+    (tmp_path / "harmless.json").write_text(json.dumps(harmless))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"n_direction": 8, "n_val": 4, "n_search": 4, "n_heldout": 4, "n_candidates": 12,
+                               "max_candidates": 24, "fm_samples": 16, "fm_extra": 4, "per_prompt": 1}))
+    rc = main(["discover", "--quick", "--config", str(cfg), "--quiet", "--capability", "0", "--max-new-tokens", "6",
+               "--harmful", str(tmp_path / "harmful.json"), "--harmless", str(tmp_path / "harmless.json"),
+               "--out", str(tmp_path / "run")])
+    assert rc == 0
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["minimal_set"] and r["direction"]["layer"] is not None
+    # The held-out examples keep each conversation whole; the report shows its last user turn.
+    assert r["examples"] and all(e["prompt"] in harmful for e in r["examples"])
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "I have a question for you." not in md
+    org = organism.load()
+    pr = compare_probes(org.model, org.tokenizer, org.saes["jumprelu"], r["minimal_set"], harmful[:24], harmless[:24],
+                        max_new_tokens=4, batch_size=8)
+    assert pr["n_train"] + pr["n_val"] > 0 and {row["set"] for row in pr["rows"]} >= {"train (plain)", "held-out (plain)"}
+    # The templates wrap a conversation's last user turn: every measured template saw all 24 prompts.
+    assert all(t["n"] == 24 for t in pr["templates"]["templates"])
