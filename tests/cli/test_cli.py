@@ -56,7 +56,7 @@ def test_eval_writes_json_report_and_sweep_plot(tiny_chat, sae_dirs, capsys, tmp
     spec.write_text(json.dumps({"sae": str(sae_dirs[0]), "features": [3, 7], "mode": "clamp", "values": 30.0, "positions": "all"}))
     out_dir = tmp_path / "out"
     rc, out, err = _run(capsys, "eval", "--model", d, "--steer", spec, "--mc", MC_SAMPLE, "--sweep", "0,30", "--limit", "6",
-                        "--max-new-tokens", "4", "--device", "cpu", "--quiet", "--out", out_dir)
+                        "--max-new-tokens", "4", "--device", "cpu", "--templates", "roleplay,past_tense", "--quiet", "--out", out_dir)
     assert rc == 0, err
     res = json.loads((out_dir / "eval.json").read_text())
     assert [c["condition"] for c in res["conditions"]] == ["unsteered", "steered"]
@@ -65,7 +65,7 @@ def test_eval_writes_json_report_and_sweep_plot(tiny_chat, sae_dirs, capsys, tmp
     steered = res["conditions"][1]
     assert steered["kl_first"] > 0 and steered["kl_reply"] > 0 and res["sweep"][2]["kl_first"] == steered["kl_first"]
     assert {"train (plain)", "validation (plain)", "held-out (plain)"} <= {r["set"] for r in res["probes"]["rows"]}
-    assert [r["template"] for r in res["probes"]["templates"]["templates"]][-1] == "past_tense"
+    assert [r["template"] for r in res["probes"]["templates"]["templates"]] == ["roleplay", "past_tense"]
     assert res["probes"]["residual_layer"] in [r["layer"] for r in res["probes"]["residual_layers"]]
     md = (out_dir / "report.md").read_text()
     for heading in ("## Unsteered vs steered", "## Refusal amplification sweep", "## Refusal-feature probes", "## Example replies"):
@@ -92,6 +92,7 @@ def test_eval_writes_json_report_and_sweep_plot(tiny_chat, sae_dirs, capsys, tmp
         ("no value", ["--mode", "clamp"], "needs a value"),
         ("missing spec", ["--steer", "{tmp}/spec.yaml"], "is not a file"),
         ("missing judge", ["--judge", "{tmp}/no-guard"], "judge: cannot load"),
+        ("bad template", ["--templates", "roleplay,dan"], "--templates: expected comma-separated names from"),
     ],
 )
 def test_eval_bad_input_is_one_line_before_loading(tiny_chat, sae_dirs, capsys, tmp_path, case, extra, match):

@@ -31,6 +31,7 @@ def _eval(args) -> int:
     check_run_args(args)
     out = check_output(args.out, "--out")
     sweep = number_list(args.sweep, "--sweep") if args.sweep else None
+    templates = _template_names(args.templates) if args.templates is not None else None
     harmful = load_prompts(args.harmful, field=args.field, limit=args.limit) if args.harmful else shipped_prompts("harmful")[: args.limit]
     harmless = load_prompts(args.harmless, field=args.field, limit=args.limit) if args.harmless else shipped_prompts("harmless")[: args.limit]
     mc = ev.load_mc(args.mc, limit=args.limit) if args.mc else None
@@ -131,7 +132,7 @@ def _eval(args) -> int:
         probe_sae, probe_features = ((sae, spec.features) if not spec.edits
                                      else ([(sae[e["sae"]], e["features"]) for e in spec.edits], None))
         pr = compare_probes(model, tok, probe_sae, probe_features, harmful, harmless, layer=layer, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+                            templates=templates, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
         report["probes"] = pr
         sections.append(("Refusal-feature probes (Yeo et al.)", _probe_section(pr)))
     ex_lines = []
@@ -153,6 +154,17 @@ def _eval(args) -> int:
     print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
     print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
     return 0
+
+
+def _template_names(text: str) -> list[str]:
+    """``--templates``' names, each checked against the OOD sets saesteer has."""
+    from ..refusal.jailbreak import OOD_NAMES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in OOD_NAMES]
+    if not names or bad:
+        raise ValueError(f"--templates: expected comma-separated names from {list(OOD_NAMES)}, got {text!r}")
+    return names
 
 
 def _probe_section(pr: dict) -> list:
@@ -219,6 +231,8 @@ def register(sub) -> None:
     e.add_argument("--direction", help="discover's direction.safetensors: adds directional ablation, activation addition "
                                        "(and affine ablation when it holds a reference) rows; a feature spec is then optional")
     e.add_argument("--no-probes", action="store_true", help="skip the feature-vs-residual probe comparison")
+    e.add_argument("--templates", help="comma-separated OOD sets the probes measure and keep by effect: jailbreak template "
+                                       "names and past_tense (default: all of saesteer.refusal.jailbreak.OOD_NAMES)")
     e.add_argument("--limit", type=int, help="use the first N items of every prompt/mc file")
     e.add_argument("--max-new-tokens", type=int, default=32)
     e.add_argument("--batch-size", type=int, default=16)
