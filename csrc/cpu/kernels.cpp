@@ -77,7 +77,8 @@ SAESTEER_SIMD_CLONES void dot_4x4(const float* __restrict x0, const float* __res
   out[8] = a20, out[9] = a21, out[10] = a22, out[11] = a23, out[12] = a30, out[13] = a31, out[14] = a32, out[15] = a33;
 }
 
-// out[r] = <x, w_r> for one token and 4 rows.
+// out[r] = <x, w_r> for one vector and 4 others: one token and 4 rows, or (the rows left over by
+// dot_4x4) one row and 4 tokens.
 SAESTEER_SIMD_CLONES void dot_1x4(const float* __restrict x, const float* __restrict w0,
                                   const float* __restrict w1, const float* __restrict w2,
                                   const float* __restrict w3, int64_t n, float* __restrict out) {
@@ -110,22 +111,6 @@ SAESTEER_SIMD_CLONES void axpy_4x4(float* __restrict a0, float* __restrict a1, f
     a2[j] += c20 * u0 + c21 * u1 + c22 * u2 + c23 * u3;
     a3[j] += c30 * u0 + c31 * u1 + c32 * u2 + c33 * u3;
   }
-}
-
-// out[t] = <x_t, w> for 4 tokens and 1 row (the rows left over by dot_4x4).
-SAESTEER_SIMD_CLONES void dot_4x1(const float* __restrict x0, const float* __restrict x1,
-                                  const float* __restrict x2, const float* __restrict x3,
-                                  const float* __restrict w, int64_t n, float* __restrict out) {
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t j = 0; j < n; ++j) {
-    const float u = w[j];
-    a0 += x0[j] * u;
-    a1 += x1[j] * u;
-    a2 += x2[j] * u;
-    a3 += x3[j] * u;
-  }
-  out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
 }
 
 SAESTEER_SIMD_CLONES float dot_1x1(const float* __restrict x, const float* __restrict w, int64_t n) {
@@ -567,7 +552,7 @@ void encode_subset_block(const SteerProblem& P, const w_t* W_enc_T, int nt, cons
     }
     for (; r < r1; ++r) {
       float o[4];
-      dot_4x1(xp, xp + d, xp + 2 * d, xp + 3 * d, row_f32(W_enc_T + P.feats[r] * d, d, scratch), d, o);
+      dot_1x4(row_f32(W_enc_T + P.feats[r] * d, d, scratch), xp, xp + d, xp + 2 * d, xp + 3 * d, d, o);
       for (int t = 0; t < kBlock; ++t) pre[t * S + r] = o[t];
     }
     return;
