@@ -281,7 +281,13 @@ def test_candidate_pool_grows_until_it_flips_the_search_prompts(tiny_chat, tmp_p
     r = json.loads((out / "results.json").read_text())
     assert [c["n"] for c in r["candidate_pool"]] == [5, 10, 20, 40]
     assert all(c["full_flip_rate"] == 0 for c in r["candidate_pool"])
-    assert len(r["candidates"]) == 40 and "Candidate pool" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert len(r["candidates"]) == 40 and "Candidate pool" in md
+    # The top-feature table holds the first 20 candidates in rank order, at the SAE's layer.
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and ln.split("|")[1].strip().isdigit()
+            and ln.count("|") == 5 and "| rank |" not in ln][:20]
+    assert [int(ln.split("|")[3]) for ln in rows] == [c[0] for c in r["candidates"][:20]]
+    assert all(int(ln.split("|")[2]) == r["sae"]["layer"] for ln in rows)
 
 
 def test_confirm_by_generation_undoes_removals_last_first():

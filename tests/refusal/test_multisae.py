@@ -148,6 +148,9 @@ def test_discover_with_two_saes_reports_pairs_at_both_layers(two_layer_discover)
         assert down[0]["mean_abs_change"] > 0 and down[0]["hook"] == [3, "resid_post"]
     md = (out / "report.md").read_text()
     assert "### Downstream" in md and "@organism:jumprelu" in md and "Per SAE:" in md
+    # The top-feature table (Yeo et al.): one row per candidate, its SAE's layer beside it.
+    c0 = r["candidates"][0]
+    assert "| rank | layer | sae | feature | score |" in md and f"| 1 | {names[c0[0]]} | `{c0[0]}` | {c0[1]} |" in md
 
 
 def test_two_sae_spec_applies_at_both_layers_and_generate_reads_it(two_layer_discover, capsys):

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from .turns import prompt_label
 
 __all__ = ["feature_text", "write_json", "markdown_table", "write_markdown_report", "plot_lines", "write_discover_outputs", "discover_plots", "discover_report",
-           "warning_section", "per_prompt_lines", "interaction_lines"]
+           "warning_section", "per_prompt_lines", "interaction_lines", "top_feature_table"]
 
 
 def _jsonable(o: Any):
@@ -332,6 +332,21 @@ def _sae_line(sae) -> str:
     return f"SAE: `{sae['hook_name']}` ({sae['architecture']}, d_sae={sae['d_sae']})"
 
 
+def top_feature_table(r: Mapping[str, Any], n: int = 20) -> list[str]:
+    """The top ``n`` candidates as a Markdown table (rank, layer, feature, score), as Yeo et al.
+    tabulate their top features; with several SAEs each row names its SAE."""
+    multi = isinstance(r["sae"], list)
+    layer_of = {x["name"]: x["layer"] for x in r["sae"]} if multi else {}
+    head = "| rank | layer | sae | feature | score |" if multi else "| rank | layer | feature | score |"
+    rows = [head, "| " + " | ".join("---" for _ in head.strip("|").split("|")) + " |"]
+    for k, c in enumerate(r["candidates"][:n], 1):
+        if multi:
+            rows.append(f"| {k} | {layer_of.get(c[0], '?')} | `{c[0]}` | {c[1]} | {c[-1]:.3g} |")
+        else:
+            rows.append(f"| {k} | {r['sae']['layer']} | {c[0]} | {c[-1]:.3g} |")
+    return rows if r["candidates"] else []
+
+
 def _layer_counts(r: Mapping[str, Any]) -> list[str]:
     """With several SAEs: how many of the candidates and of the minimal set each SAE holds."""
     if not isinstance(r["sae"], list):
@@ -398,6 +413,8 @@ def discover_report(r: dict) -> str:
         "",
         f"Top candidates by {r['candidate_method']}: " + ", ".join(f"{feature_text(c[:-1] if len(c) > 2 else c[0])} ({c[-1]:.2f})"
                                                             for c in r["candidates"][:10]),
+        "",
+        *top_feature_table(r),
         *_layer_counts(r),
         "",
         "Candidate pool (top n ablated together: flip rate of the search prompts): "
