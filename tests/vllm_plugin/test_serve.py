@@ -177,3 +177,26 @@ def test_the_default_edit_switches_at_run_time(server, client, org, prompt_ids, 
     finally:
         assert _put_default(server, None)[0] == 200
     assert served(client, ids) == hf_greedy(org, ids)
+
+
+def test_steer_reads_a_two_sae_discover_spec_file(tmp_path):
+    """``--steer spec.json`` from discover over two SAEs: its SAE references become the names
+    registered with --sae, one default spec per edit, checked against the SAEs before vLLM starts."""
+    from saesteer.refusal.spec import SteeringSpec
+    from saesteer.vllm.requests import ServerSteering
+    from saesteer.vllm.server import build_parser, check_saes, resolve
+
+    path = SteeringSpec(features=[], mode="clamp", values=4.0, model="organism",
+                        edits=[{"sae": "organism:jumprelu", "layer": 2, "features": [3, 9]},
+                               {"sae": "organism:topk", "layer": 2, "features": [5]}]).save(tmp_path / "spec.json")
+    args = build_parser().parse_args(["--model", "organism", "--sae", "a=organism:jumprelu", "--sae", "b=organism:topk",
+                                      "--steer", str(path)])
+    saes, default = resolve(args)
+    assert saes == {"a": "organism:jumprelu", "b": "organism:topk"}
+    assert [(d["sae"], d["features"], d["mode"]) for d in default] == [("a", [3, 9], "clamp"), ("b", [5], "clamp")]
+    check_saes(args, saes, default)  # the features fit each SAE
+    got = ServerSteering({"a": 1536, "b": 1536}, default).describe()["default"]
+    assert [(d["sae"], d["features"], d["value"]) for d in got] == [("a", [3, 9], [4.0, 4.0]), ("b", [5], [4.0])]
+    args = build_parser().parse_args(["--model", "organism", "--sae", "a=organism:jumprelu", "--steer", str(path)])
+    with pytest.raises(Exception, match=r"--steer.sae: the file's SAE 'organism:topk' is not registered"):
+        resolve(args)

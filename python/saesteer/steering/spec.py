@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..intervention import Intervention
 
-__all__ = ["SteerSpec", "parse_specs", "spec_key", "spec_salt", "POSITIONS", "SpecError", "bos_token_mask"]
+__all__ = ["SteerSpec", "parse_specs", "from_spec_file", "spec_key", "spec_salt", "POSITIONS", "SpecError", "bos_token_mask"]
 
 POSITIONS = ("all", "prompt", "generated")
 _FIELDS = {"sae", "features", "mode", "value", "values", "positions", "skip_bos", "layer", "hook_name", "model"}
@@ -107,6 +108,48 @@ def parse_specs(spec, saes: dict[str, int]) -> tuple[SteerSpec, ...]:
             raise SpecError(f"saesteer: malformed JSON ({e.msg} at character {e.pos})") from None
     items = spec if isinstance(spec, list) else [spec]
     return tuple(_one(d, saes, f"saesteer[{i}]" if isinstance(spec, list) else "saesteer") for i, d in enumerate(items))
+
+
+def _same_source(a: str, b: str) -> bool:
+    """Two SAE references name the same SAE: equal text, or the same directory."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+
+
+def from_spec_file(spec, sources: dict[str, str], where: str = "--steer"):
+    """A steering spec file (``saesteer discover``'s ``spec.json``, which names SAEs by their
+    reference and may hold ``edits`` at several SAEs) as request specs for a server whose SAEs are
+    ``sources`` (name -> reference, as registered with ``--sae NAME=REF``). Each SAE the file names
+    becomes the registered name with the same reference (the same directory counts); a name the
+    server registered is kept. ``edits`` become one spec per edit, sharing the file's mode, value,
+    positions and ``skip_bos``. A spec that is already a request spec (or a list of them) comes
+    back unchanged. Raises SpecError naming ``where`` when a file's SAE is not registered."""
+    if not isinstance(spec, dict) or not ({"edits", "hook", "notes", "model"} & set(spec)):
+        return spec
+    if spec.get("hook") is not None:
+        raise SpecError(f"{where}.hook: the server edits each SAE's own hook point; the file names {spec['hook']!r}")
+
+    def name_of(ref):
+        if ref is None or ref in sources:
+            return ref
+        for name, src in sources.items():
+            if _same_source(str(ref), str(src)):
+                return name
+        raise SpecError(f"{where}.sae: the file's SAE {ref!r} is not registered with the server "
+                        f"(registered: {', '.join(f'{n}={s}' for n, s in sorted(sources.items())) or 'none'}); "
+                        "add --sae NAME=" + str(ref))
+
+    common = {k: spec[k] for k in ("mode", "values", "value", "positions", "skip_bos") if spec.get(k) is not None}
+    if spec.get("edits"):
+        if not isinstance(spec["edits"], list) or not all(isinstance(e, dict) and "sae" in e for e in spec["edits"]):
+            raise SpecError(f"{where}.edits: expected a list of {{sae, layer, features}}")
+        return [{**common, "sae": name_of(e["sae"]), "features": e.get("features")} for e in spec["edits"]]
+    out = {**common, "features": spec.get("features")}
+    if spec.get("sae") is not None:
+        out["sae"] = name_of(spec["sae"])
+    return out
 
 
 def spec_key(specs: tuple[SteerSpec, ...]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from ..steering.spec import from_spec_file
 from . import EXTENSION, no_cuda_graphs, sae_site, site_layer, steered_overrides
 from .requests import ServerSteering, SpecError, error_body, parse_sae_args
 
@@ -107,7 +108,7 @@ def add_routes(app, steering: ServerSteering) -> None:
 
 
 def _read_default(text: str | None):
-    """``--steer``: JSON text, or a file with a spec (discover's ``spec.json`` works)."""
+    """``--steer``: JSON text, or a file with a spec (discover's ``spec.json``: see :func:`from_spec_file`)."""
     if text is None:
         return None
     p = Path(text)
@@ -168,7 +169,7 @@ def resolve(args) -> tuple[dict[str, str], object]:
     if getattr(args, "headless", False):
         raise SpecError("--headless: run the headless nodes with vLLM's own `vllm serve --headless "
                         f"--worker-extension-cls {EXTENSION}`; saesteer serve is the API node")
-    return saes, _read_default(args.steer)
+    return saes, from_spec_file(_read_default(args.steer), saes)
 
 
 def check_saes(args, saes: dict[str, str], default) -> None:
