@@ -22,6 +22,7 @@ def test_a_two_sae_discover_spec_becomes_one_request_spec_per_edit(tmp_path):
     d = _file(tmp_path, spec)
     sources = {"l2": "organism:jumprelu", "l3": "organism:jumprelu_l3"}
     got = parse_specs(from_spec_file(d, sources), {"l2": 256, "l3": 256})
+    assert [x["layer"] for x in from_spec_file(d, sources)] == [2, 3]
     assert [(s.sae, list(s.intervention.features), s.intervention.mode, s.positions) for s in got] == [
         ("l2", [3, 9], "clamp", "generated"), ("l3", [1], "clamp", "generated")]
     assert all(list(s.intervention.values) == [6.0] * len(s.intervention.features) for s in got)

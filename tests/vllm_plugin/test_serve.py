@@ -200,3 +200,9 @@ def test_steer_reads_a_two_sae_discover_spec_file(tmp_path):
     args = build_parser().parse_args(["--model", "organism", "--sae", "a=organism:jumprelu", "--steer", str(path)])
     with pytest.raises(Exception, match=r"--steer.sae: the file's SAE 'organism:topk' is not registered"):
         resolve(args)
+    # A spec made for another layer than the SAE's is refused, naming both.
+    other = SteeringSpec(features=[3], sae="organism:jumprelu", layer=1).save(tmp_path / "l1.json")
+    args = build_parser().parse_args(["--model", "organism", "--sae", "a=organism:jumprelu", "--steer", str(other)])
+    saes, default = resolve(args)
+    with pytest.raises(Exception, match=r"--steer.layer: the spec edits layer 1 with SAE 'a', which reads layer 2"):
+        check_saes(args, saes, default)

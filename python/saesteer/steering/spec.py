@@ -124,8 +124,8 @@ def from_spec_file(spec, sources: dict[str, str], where: str = "--steer"):
     ``sources`` (name -> reference, as registered with ``--sae NAME=REF``). Each SAE the file names
     becomes the registered name with the same reference (the same directory counts); a name the
     server registered is kept. ``edits`` become one spec per edit, sharing the file's mode, value,
-    positions and ``skip_bos``. A spec that is already a request spec (or a list of them) comes
-    back unchanged. Raises SpecError naming ``where`` when a file's SAE is not registered."""
+    positions and ``skip_bos``, each keeping its ``layer`` for the server to check against the
+    SAE's own. A spec that is already a request spec (or a list of them) comes back unchanged. Raises SpecError naming ``where`` when a file's SAE is not registered."""
     if not isinstance(spec, dict) or not ({"edits", "hook", "notes", "model"} & set(spec)):
         return spec
     if spec.get("hook") is not None:
@@ -145,10 +145,13 @@ def from_spec_file(spec, sources: dict[str, str], where: str = "--steer"):
     if spec.get("edits"):
         if not isinstance(spec["edits"], list) or not all(isinstance(e, dict) and "sae" in e for e in spec["edits"]):
             raise SpecError(f"{where}.edits: expected a list of {{sae, layer, features}}")
-        return [{**common, "sae": name_of(e["sae"]), "features": e.get("features")} for e in spec["edits"]]
+        return [{**common, "sae": name_of(e["sae"]), "features": e.get("features"),
+                 **({"layer": e["layer"]} if e.get("layer") is not None else {})} for e in spec["edits"]]
     out = {**common, "features": spec.get("features")}
     if spec.get("sae") is not None:
         out["sae"] = name_of(spec["sae"])
+    if spec.get("layer") is not None:
+        out["layer"] = spec["layer"]
     return out
 
 

@@ -179,6 +179,13 @@ def check_saes(args, saes: dict[str, str], default) -> None:
     sites = {name: sae_site(src) for name, src in saes.items()}
     ServerSteering({name: d_sae for name, (d_sae, _) in sites.items()}, default)
     layers = [site_layer(name, hook) for name, (_, hook) in sites.items()]
+    # The server edits at each SAE's own layer; a spec file made for another layer is refused.
+    by_name = dict(zip(sites, layers))
+    for d in default if isinstance(default, list) else [default] if isinstance(default, dict) else []:
+        name = d.get("sae") or (next(iter(sites)) if len(sites) == 1 else None)
+        if d.get("layer") is not None and name in by_name and d["layer"] != by_name[name]:
+            raise SpecError(f"--steer.layer: the spec edits layer {d['layer']} with SAE {name!r}, which reads layer "
+                            f"{by_name[name]}; the server edits at each SAE's own layer")
     args.hf_overrides = steered_overrides(args.model, layers, getattr(args, "hf_overrides", None),
                                           getattr(args, "trust_remote_code", False))
     no_cuda_graphs(vars(args))
