@@ -227,10 +227,12 @@ def test_eval_reads_a_two_sae_spec_and_probes_both_saes(two_layer_discover, tmp_
     out, r, _ = two_layer_discover
     spec = SteeringSpec.load(out / "spec.json")
     rc = main(["eval", "--steer", str(out / "spec.json"), "--limit", "12", "--max-new-tokens", "4", "--capability", "0",
-               "--sweep", "4", "--quiet", "--out", str(tmp_path / "eval")])
+               "--sweep", "4", "--direction", str(out / "direction.safetensors"), "--quiet", "--out", str(tmp_path / "eval")])
     assert rc == 0
     rep = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert [c["condition"] for c in rep["conditions"]] == ["unsteered", "steered"]
+    # The two-SAE spec's row, then the refusal direction's rows beside it.
+    conds = [c["condition"] for c in rep["conditions"]]
+    assert conds[:2] == ["unsteered", "steered"] and set(conds[2:]) >= {"direction_addition"} and len(conds) >= 4
     assert [r["condition"] for r in rep["sweep"]] == ["unsteered", "clamp=4"]
     assert (tmp_path / "eval" / "sweep.png").stat().st_size > 0
     pr = rep["probes"]

@@ -66,13 +66,15 @@ def _eval(args) -> int:
     if args.judge not in (None, "substring"):
         harm_judge = load_model_judge(args.judge, device=default_device(args.device), trust_remote_code=args.trust_remote_code,
                                       **({"reply_tokens": args.judge_max_new_tokens} if args.judge_max_new_tokens else {}))
-    if spec is not None and spec.edits and direction is not None:
-        raise ValueError(f"--direction: needs a spec on one SAE; the steering spec {args.steer} edits several (its 'edits')")
     model, tok, sae, layer, name = load_model(args, spec)
     data = ev.EvalData(harmful, harmless, mc=mc, capability=capability, tasks=tasks)
     kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, harm_judge=harm_judge)
-    if direction is not None and direction["direction"].shape[0] != sae.d_in:
-        raise ValueError(f"--direction: length {direction['direction'].shape[0]} but the model's hidden size is {sae.d_in}")
+    if direction is not None:
+        from ..hf import hidden_size
+
+        width = (hidden_size(model) or next(iter(sae.values())).d_in) if isinstance(sae, dict) else sae.d_in
+        if direction["direction"].shape[0] != width:
+            raise ValueError(f"--direction: length {direction['direction'].shape[0]} but the model's hidden size is {width}")
     steering = ev.Steering(model, sae, spec, args.backend) if spec is not None else None
     direction_conds = ev.direction_conditions(model, direction) if direction is not None else {}
     sweep_conds = {}
