@@ -72,7 +72,7 @@ def _eval(args) -> int:
     if direction is not None:
         from ..hf import hidden_size
 
-        width = (hidden_size(model) or next(iter(sae.values())).d_in) if isinstance(sae, dict) else sae.d_in
+        width = hidden_size(model) or next(iter(sae.values() if isinstance(sae, dict) else [sae])).d_in
         if direction["direction"].shape[0] != width:
             raise ValueError(f"--direction: length {direction['direction'].shape[0]} but the model's hidden size is {width}")
     steering = ev.Steering(model, sae, spec, args.backend) if spec is not None else None

@@ -335,16 +335,16 @@ def _sae_line(sae) -> str:
 def top_feature_table(r: Mapping[str, Any], n: int = 20) -> list[str]:
     """The top ``n`` candidates as a Markdown table (rank, layer, feature, score), as Yeo et al.
     tabulate their top features; with several SAEs each row names its SAE."""
-    multi = isinstance(r["sae"], list)
-    layer_of = {x["name"]: x["layer"] for x in r["sae"]} if multi else {}
-    head = "| rank | layer | sae | feature | score |" if multi else "| rank | layer | feature | score |"
-    rows = [head, "| " + " | ".join("---" for _ in head.strip("|").split("|")) + " |"]
-    for k, c in enumerate(r["candidates"][:n], 1):
-        if multi:
-            rows.append(f"| {k} | {layer_of.get(c[0], '?')} | `{c[0]}` | {c[1]} | {c[-1]:.3g} |")
-        else:
-            rows.append(f"| {k} | {r['sae']['layer']} | {c[0]} | {c[-1]:.3g} |")
-    return rows if r["candidates"] else []
+    if not r["candidates"]:
+        return []
+    if isinstance(r["sae"], list):
+        layer_of = {x["name"]: x["layer"] for x in r["sae"]}
+        rows = [{"rank": k, "layer": layer_of[c[0]], "sae": f"`{c[0]}`", "feature": c[1], "score": c[-1]}
+                for k, c in enumerate(r["candidates"][:n], 1)]
+    else:
+        rows = [{"rank": k, "layer": r["sae"]["layer"], "feature": c[0], "score": c[-1]}
+                for k, c in enumerate(r["candidates"][:n], 1)]
+    return [markdown_table(rows)]
 
 
 def _layer_counts(r: Mapping[str, Any]) -> list[str]:
