@@ -204,6 +204,53 @@ def test_quick_fills_defaults_but_explicit_flags_and_config_win(tmp_path):
     assert (cfg.n_direction, cfg.seed, cfg.n_val) == (20, 9, QUICK["n_val"])
 
 
+def test_a_config_option_set_to_its_default_still_wins_over_quick_and_the_organism(tmp_path):
+    from saesteer.cli.discover import QUICK
+    from saesteer.refusal.discover import DiscoverConfig
+
+    d = DiscoverConfig()
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"n_direction": d.n_direction, "attribution": d.attribution, "keep": 1}))
+    for extra in (["--quick"], []):  # no --model: the organism's own sizes apply first
+        cfg = _discover_cfg(*extra, "--config", cfg_file)
+        assert (cfg.n_direction, cfg.attribution, cfg.keep) == (d.n_direction, d.attribution, 1.0)
+    assert _discover_cfg("--quick").n_direction == QUICK["n_direction"] != d.n_direction  # the test shows something
+
+
+def test_a_config_sets_the_run_options_the_command_line_leaves_out(tmp_path, capsys):
+    from saesteer.cli.discover import config_run_options
+
+    prompts = tmp_path / "h.json"
+    prompts.write_text(json.dumps(["a", "b"]))
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"discover:\n  harmful: {prompts}\n  out: {tmp_path / 'o'}\n  sae: organism:jumprelu\n  seed: 3\n")
+    args = build_parser().parse_args(["discover", "--config", str(cfg_file)])
+    config_run_options(args)
+    assert (args.harmful, args.out, args.sae) == (str(prompts), str(tmp_path / "o"), ["organism:jumprelu"])
+    args = build_parser().parse_args(["discover", "--config", str(cfg_file), "--out", "mine", "--sae", "organism"])
+    config_run_options(args)
+    assert (args.out, args.sae) == ("mine", ["organism"])  # the command line wins
+    rc, _, err = _run(capsys, "discover", "--quick")
+    _one_line_error(rc, err, "discover", r"--out: required")
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[1, 2]", r"c\.json: expected a mapping of options, got list"),
+    ('{"n_candidates": "48"}', r"c\.json: n_candidates: expected an integer, got '48'"),
+    ('{"skip_bos": 1}', r"skip_bos: expected true or false"),
+    ('{"keep": 0}', r"keep: expected a fraction in \(0, 1\]"),
+    ('{"n_direction": 0}', r"n_direction: expected an integer >= 1, got 0"),
+    ('{"layer": 1.5}', r"layer: expected an integer or null"),
+    ("{oops", r"c\.json: not valid JSON"),
+])
+def test_a_bad_config_is_one_line_naming_the_option(tmp_path, capsys, text, msg):
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(text)
+    rc, _, err = _run(capsys, "discover", "--quick", "--config", cfg_file, "--out", tmp_path / "o")
+    _one_line_error(rc, err, "discover", msg)
+    assert not (tmp_path / "o").exists()
+
+
 def test_discover_n_candidates_zero_is_rejected(tmp_path, capsys):
     rc, _, err = _run(capsys, "discover", "--quick", "--n-candidates", "0", "--out", tmp_path / "o")
     _one_line_error(rc, err, "discover", "--n-candidates: expected a positive integer")

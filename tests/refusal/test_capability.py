@@ -42,6 +42,11 @@ def test_mmlu_csv_subjects_and_errors(tmp_path):
         cap.load_mmlu(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="n_shot"):
         cap.load_mmlu(DATA / "mmlu_tiny.jsonl", n_shot=-1)
+    # quoted cells keep their newlines: choices "1\n2" and "12" stay apart
+    code = tmp_path / "code.csv"
+    code.write_text('"What does this print?\nprint(1)\nprint(2)",0,1,12,"1\n2",D\n', newline="")
+    (q,) = cap.load_mmlu(code, n_shot=0).questions
+    assert "print?\nprint(1)\nprint(2)" in q and "C. 12\nD. 1\n2\n" in q
 
 
 def test_gsm8k_targets_and_answer_extraction(tmp_path):

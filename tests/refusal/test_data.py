@@ -20,3 +20,41 @@ def test_good_jsonl_still_loads_with_blank_lines(tmp_path):
     p.write_text('{"prompt": "a"}\n\n"b"\n{"instruction": "c"}\n')
     assert load_prompts(p) == ["a", "b", "c"]
     assert load_prompts(p, limit=2) == ["a", "b"]
+
+
+def test_newlines_and_unicode_line_separators_inside_cells_and_strings_are_kept(tmp_path):
+    # csv: a quoted cell keeps its newline, and U+2028 / U+0085 inside a cell split nothing
+    c = tmp_path / "p.csv"
+    c.write_bytes('prompt\n"line one\nline two"\n"x\u2028y"\nz\x85w\r\n'.encode())
+    assert load_prompts(c) == ["line one\nline two", "x\u2028y", "z\x85w"]
+    # jsonl: json.dumps(ensure_ascii=False) writes U+2028 raw; CRLF line ends are fine
+    j = tmp_path / "p.jsonl"
+    j.write_bytes('{"prompt": "a"}\r\n{"prompt": "bad\u2028here"}\n"c\x85d"\n'.encode())
+    assert load_prompts(j) == ["a", "bad\u2028here", "c\x85d"]
+
+
+def test_a_json_object_is_read_only_when_it_holds_one_list(tmp_path):
+    one = tmp_path / "one.json"
+    one.write_text('{"meta": 1, "prompts": ["a", "b"]}')
+    assert load_prompts(one) == ["a", "b"]
+    two = tmp_path / "two.json"
+    two.write_text('{"harmless": ["a"], "harmful": ["b"]}')
+    with pytest.raises(ValueError, match=r"two\.json: .* holds 2: 'harmless', 'harmful'"):
+        load_prompts(two)
+
+
+def test_limit_must_be_positive(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text('["a", "b", "c"]')
+    assert load_prompts(p, limit=1) == ["a"] and load_prompts(p) == ["a", "b", "c"]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="limit: expected an integer >= 1"):
+            load_prompts(p, limit=bad)
+
+
+def test_a_custom_template_keeps_its_other_braces():
+    from saesteer.refusal.jailbreak import wrap
+
+    assert wrap(["do x "], 'JSON: {"task": "{instruction}"}') == ['JSON: {"task": "do x"}']
+    with pytest.raises(ValueError, match="template: expected a name"):
+        wrap(["x"], "no field {here}")

@@ -130,7 +130,7 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path, capsys):
     # The filter ran on the direction's prompts; the random model refuses none of the harmful ones,
     # so those splits are used whole, and a warning says so.
     filt = r["direction"]["filtering"]
-    assert set(filt) == {"direction", "harmless_direction", "val", "harmless_val"}
+    assert set(filt) == {"direction", "harmless_direction", "val", "harmless_val", "search"}
     assert filt["direction"] == {"n": TINY["n_direction"], "kept": 0, "unfiltered": True}
     assert any("prompt filter found no harmful prompts" in w for w in r["warnings"])
     # The random model never refuses: the results say first that they are not meaningful.
@@ -210,6 +210,10 @@ def test_discover_bad_input(tiny_chat, tmp_path, capsys):
     make_sae_lens_sae("jumprelu", d_in=48, d_sae=64, hook_name="blocks.1.hook_resid_post").save_model(tmp_path / "wide")
     rc, err = _run_err(base + ["--sae", str(tmp_path / "wide")], capsys)
     assert rc == 2 and "d_in=48" in err and "hidden size is 32" in err
+    # An SAE on another hook point than the residual stream (an MLP-out SAE of the same width).
+    make_sae_lens_sae("jumprelu", d_in=32, d_sae=64, hook_name="blocks.1.hook_mlp_out").save_model(tmp_path / "mlp")
+    rc, err = _run_err(base + ["--sae", str(tmp_path / "mlp")], capsys)
+    assert rc == 2 and "'blocks.1.hook_mlp_out' is not supported" in err and "hook_resid_post" in err
     assert not (tmp_path / "o").exists(), "errors come before any output is written"
 
 
@@ -558,3 +562,35 @@ def test_discover_cli_rejects_a_bad_edit(capsys):
     with pytest.raises(SystemExit):
         main(["discover", "--out", "unused", "--edit", "scale:x"])
     assert "--edit: scale's value must be a number" in capsys.readouterr().err
+
+
+def test_splits_hold_out_harmless_prompts_apart_from_the_selection_ones():
+    from saesteer.refusal.discover import DiscoverConfig, split_prompts
+
+    cfg = DiscoverConfig(n_direction=8, n_val=4, n_search=4, n_heldout=6)
+    harmful = [f"h{i}" for i in range(30)]
+    harmless = [f"l{i}" for i in range(30)]
+    sp = split_prompts(harmful, harmless, cfg)
+    assert sp.harmless_held_out and len(sp.harmless_held) == 6
+    assert not set(sp.harmless_held) & (set(sp.harmless_direction) | set(sp.harmless_val))
+    assert not set(sp.held) & (set(sp.direction) | set(sp.val) | set(sp.search))
+    # Too few harmless prompts to hold any out: the selection's are judged, and the splits say so.
+    few = split_prompts(harmful, harmless[:5], cfg)
+    assert not few.harmless_held_out and few.harmless_held == (few.harmless_val or few.harmless_direction)
+    given = split_prompts(harmful, harmless[:5], cfg, heldout_harmless=["x", "y"])
+    assert given.harmless_held_out and given.harmless_held == ["x", "y"] and len(given.harmless_direction) == 5
+
+
+def test_a_search_without_prompts_of_its_own_is_warned_and_no_direction_prompts_is_an_error():
+    from saesteer.refusal.discover import DiscoverConfig, result_warnings, split_prompts
+
+    cfg = DiscoverConfig(n_direction=8, n_val=4, n_search=4, n_heldout=6)
+    sp = split_prompts([f"h{i}" for i in range(16)], [f"l{i}" for i in range(16)], cfg)  # 6 held, 8 direction, 2 val
+    assert sp.search_from == "val" and sp.search == sp.val and sp.sizes()["search"] == 2
+    results = {"asr": {"baseline": 0.0, "n_prompts": 6}, "direction": {"passed_filters": True}, "splits": sp.sizes()}
+    valid, warnings = result_warnings(results)
+    assert valid and any("search ran on the val prompts (2)" in w for w in warnings)
+    results["splits"] = split_prompts([f"h{i}" for i in range(40)], [f"l{i}" for i in range(16)], cfg).sizes()
+    assert result_warnings(results)[1] == []
+    with pytest.raises(ValueError, match=r"prompts: 6 harmful prompts leave none for the direction after the 6 held out"):
+        split_prompts([f"h{i}" for i in range(6)], ["l"], cfg)

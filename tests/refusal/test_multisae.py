@@ -27,6 +27,10 @@ def test_sae_refs_expand_ranges_lists_and_commas_before_any_load():
     assert expand_sae_refs(["r:l{8..4..2}", "organism:jumprelu,organism:jumprelu_l3"]) == [
         "r:l8", "r:l6", "r:l4", "organism:jumprelu", "organism:jumprelu_l3"]
     assert expand_sae_refs("a:{x,y}/w{01..03}") == ["a:x/w01", "a:x/w02", "a:x/w03", "a:y/w01", "a:y/w02", "a:y/w03"]
+    # a lone 0 is not padding (bash's rule): Gemma Scope's ids are layer_0 .. layer_25
+    assert expand_sae_refs("g:layer_{0..10..5}/w") == ["g:layer_0/w", "g:layer_5/w", "g:layer_10/w"]
+    assert expand_sae_refs("r:{8..12..4}") == ["r:8", "r:12"] and expand_sae_refs("r:{-01..1}") == ["r:-01", "r:000", "r:001"]
+    assert expand_sae_refs("a:{x, y}") == ["a:x", "a:y"]
     assert expand_sae_refs(None) == [] and expand_sae_refs(["organism"]) == ["organism"]
     for bad, match in ((["a:l{1..3}", "a:l2"], "'a:l2' given more than once"), (["a,,b"], "empty SAE reference"),
                        (["a:{1..}"], "neither a range"), (["a:{1..2"], "unbalanced"), (["a:{1..3..0}"], "step 0")):
@@ -235,6 +239,11 @@ def test_eval_reads_a_two_sae_spec_and_probes_both_saes(two_layer_discover, tmp_
     assert conds[:2] == ["unsteered", "steered"] and set(conds[2:]) >= {"direction_addition"} and len(conds) >= 4
     assert [r["condition"] for r in rep["sweep"]] == ["unsteered", "clamp=4"]
     assert (tmp_path / "eval" / "sweep.png").stat().st_size > 0
+    # The report names every edit's SAE at its own layer, not one SAE at no layer.
+    assert rep["sae"] == [e["sae"] for e in spec.edits] and rep["layer"] == sorted({e["layer"] for e in spec.edits})
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "at layer None" not in md and "features []" not in md
+    assert all(f"`{e['sae']}` (layer {e['layer']})" in md and f"features {e['features']} of `{e['sae']}`" in md for e in spec.edits)
     pr = rep["probes"]
     # The feature probe reads every edit's features, each at its own SAE's hook point, in order.
     assert pr["features"] == [e["features"] for e in spec.edits]

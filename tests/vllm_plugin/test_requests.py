@@ -70,3 +70,23 @@ def test_a_bad_default_leaves_the_old_one():
     assert st.describe()["default"][0]["features"] == [3, 1]
     with pytest.raises(SpecError, match="--sae"):
         ServerSteering({})
+
+
+def test_a_spec_layer_must_be_the_sae_layer():
+    st = ServerSteering(SAES, layers={"jumprelu": 2, "topk": 3})
+    assert st.describe()["saes"]["topk"] == {"d_sae": 32, "layer": 3}
+    ok = st.prepare({"prompt": "hi", "saesteer": [dict(SPEC, layer=2), {"sae": "topk", "features": [1], "layer": 3}]})
+    assert "layer" not in ok["vllm_xargs"]["saesteer"]  # checked, then dropped: the SAE fixes the layer
+    for bad, msg in (([SPEC, {"sae": "topk", "features": [1], "layer": 2}], r"saesteer\[1\]\.layer: .*'topk', which reads layer 3"),
+                     (dict(SPEC, layer="2"), r"saesteer\.layer: expected an integer"),
+                     (dict(SPEC, layer=True), r"saesteer\.layer: expected an integer")):
+        body = {"prompt": "hi", "saesteer": bad}
+        before = json.dumps(body, sort_keys=True)
+        with pytest.raises(SpecError, match=msg):
+            st.prepare(body)
+        assert json.dumps(body, sort_keys=True) == before
+    with pytest.raises(SpecError, match=r"saesteer\.layer"):
+        st.set_default(dict(SPEC, layer=5))
+    assert st.default == ()  # a refused default leaves the old one
+    # Without the SAEs' layers (an engine-neutral parse) a layer is only type-checked.
+    assert parse_specs(dict(SPEC, layer=7), SAES) == parse_specs(SPEC, SAES)

@@ -136,6 +136,7 @@ def test_chat_and_streaming(client, org, features):
         ({"sae": "jumprelu", "features": [1, 1]}, "saesteer.features"),
         ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": float("nan")}, "saesteer.value"),
         ({"sae": "jumprelu", "features": [1], "mode": "zap"}, "saesteer.mode"),
+        ({"sae": "jumprelu", "features": [1], "layer": 0}, "saesteer.layer"),
         ("{not json", "saesteer: malformed JSON"),
     ],
 )
@@ -204,5 +205,5 @@ def test_steer_reads_a_two_sae_discover_spec_file(tmp_path):
     other = SteeringSpec(features=[3], sae="organism:jumprelu", layer=1).save(tmp_path / "l1.json")
     args = build_parser().parse_args(["--model", "organism", "--sae", "a=organism:jumprelu", "--steer", str(other)])
     saes, default = resolve(args)
-    with pytest.raises(Exception, match=r"--steer.layer: the spec edits layer 1 with SAE 'a', which reads layer 2"):
+    with pytest.raises(Exception, match=r"--steer: saesteer.layer: the spec edits layer 1 with SAE 'a', which reads layer 2"):
         check_saes(args, saes, default)

@@ -94,6 +94,7 @@ def test_prefix_cache_is_salted_by_the_spec(org, llm, refusal_features):
         ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": float("nan")}, r"saesteer\.value: NaN"),
         ({"sae": "jumprelu", "features": [1], "mode": "zap"}, r"saesteer\.mode"),
         ({"sae": "jumprelu", "features": [1], "positions": "middle"}, r"saesteer\.positions"),
+        ({"sae": "jumprelu", "features": [1], "layer": 1}, r"saesteer\.layer: .* SAE 'jumprelu', which reads layer 2"),
         ("{not json", r"malformed JSON"),
     ],
 )

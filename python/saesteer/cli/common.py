@@ -281,7 +281,8 @@ def _split_outside_braces(text: str) -> list[str]:
 
 def _expand_braces(ref: str) -> list[str]:
     """Every string a ref's first ``{...}`` group names, expanded recursively: ``{A..B}`` (integers,
-    optional ``..STEP``; a leading zero in A or B pads to its width) or ``{x,y}``."""
+    optional ``..STEP``; a bound written with a leading zero, like ``01``, pads to its width) or
+    ``{x,y}`` (items stripped of spaces)."""
     import re
 
     m = re.search(r"\{([^{}]*)\}", ref)
@@ -296,10 +297,12 @@ def _expand_braces(ref: str) -> list[str]:
         step = abs(int(rng.group(3))) if rng.group(3) else 1
         if step == 0:
             raise ValueError(f"--sae: step 0 in {{{body}}} of {ref!r}")
-        width = max(len(rng.group(1)), len(rng.group(2))) if rng.group(1).startswith("0") or rng.group(2).startswith("0") else 0
+        # bash's rule: pad only when a bound of more than one digit starts with 0 ({00..12}, not {0..12})
+        padded = any(len(g.lstrip("-")) > 1 and g.lstrip("-").startswith("0") for g in rng.group(1, 2))
+        width = max(len(rng.group(1)), len(rng.group(2))) if padded else 0
         items = [str(i).zfill(width) for i in (range(a, b + 1, step) if a <= b else range(a, b - 1, -step))]
     elif "," in body:
-        items = body.split(",")
+        items = [item.strip() for item in body.split(",")]
     else:
         raise ValueError(f"--sae: {{{body}}} in {ref!r} is neither a range {{A..B}} nor a list {{x,y}}")
     return [e for item in items for e in _expand_braces(head + item + tail)]

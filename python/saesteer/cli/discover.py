@@ -39,12 +39,11 @@ def config_from_args(args):
     if args.quick:
         for k, v in QUICK.items():
             setattr(cfg, k, v)
-    if args.config:
-        # The file's options are those it sets away from the defaults.
-        given, default = DiscoverConfig.from_file(args.config), DiscoverConfig()
-        for f in fields(DiscoverConfig):
-            if getattr(given, f.name) != getattr(default, f.name):
-                setattr(cfg, f.name, getattr(given, f.name))
+    if args.config:  # every option the file names, a default value too
+        names = {f.name for f in fields(DiscoverConfig)}
+        for k, v in DiscoverConfig.read_options(args.config).items():
+            if k in names:
+                setattr(cfg, k, v)
     for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation", "attribution", "ig_steps", "edit",
                  "prefilter"):
         v = getattr(args, name, None)
@@ -54,7 +53,22 @@ def config_from_args(args):
         cfg.backend = args.backend
     if getattr(args, "skip_bos", None) is False:
         cfg.skip_bos = False
+    cfg.validate()  # before anything loads
     return cfg
+
+
+def config_run_options(args) -> None:
+    """Fill the run's flags (``--model``, ``--sae``, ``--harmful``, ``--harmless``, ``--out``,
+    ``--field``) from ``--config`` where the command line does not give them."""
+    if args.config:
+        from ..refusal.discover import DiscoverConfig
+
+        opts = DiscoverConfig.read_options(args.config)
+        for k in DiscoverConfig.RUN_OPTIONS:
+            if k in opts and getattr(args, k, None) in (None, []):
+                setattr(args, k, [opts[k]] if k == "sae" and isinstance(opts[k], str) else opts[k])
+    if args.out is None:
+        raise ValueError("--out: required (the output directory, on the command line or as out in --config)")
 
 
 def _edit(text: str) -> str:
@@ -116,6 +130,7 @@ def _run(args) -> int:
 
     # Cheap checks first: flags, the SAE references, the output directory, prompt files, then the
     # SAE/model shapes, before any heavy work.
+    config_run_options(args)
     check_run_args(args)
     refs = expand_sae_refs(args.sae)
     out = check_output(args.out, "--out")
@@ -164,7 +179,7 @@ def register(sub) -> None:
     p.add_argument("--harmless", help="harmless prompts (default: shipped set)")
     p.add_argument("--field", help="the prompt field in the files, text or a list of turns (default: instruction, prompt, "
                                    "messages, conversation or turns)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", help="output directory (required here or in --config)")
     p.add_argument("--config", help="YAML/TOML/JSON file with any option; flags override it")
     p.add_argument("--n-candidates", dest="n_candidates", type=int)
     p.add_argument("--method", choices=("attribution", "cosine"),

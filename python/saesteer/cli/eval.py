@@ -88,8 +88,10 @@ def _eval(args) -> int:
     result["rows"] = [r for r in all_rows if r["condition"] in compared]
     report = {
         "model": name,
-        "sae": (spec.sae if spec is not None else args.sae) or "organism",
-        "layer": layer,
+        # a spec over several SAEs: each edit's SAE and layer (the spec has no single one)
+        "sae": ([e["sae"] for e in spec.edits] if spec is not None and spec.edits
+                else (spec.sae if spec is not None else args.sae) or "organism"),
+        "layer": sorted({e["layer"] for e in spec.edits if e.get("layer") is not None}) if spec is not None and spec.edits else layer,
         "spec": spec.to_dict() if spec is not None else None,
         "direction": ({"file": str(args.direction), "layer": direction["layer"], "position": direction["position"],
                        "ablation": direction["ablation"], "conditions": list(direction_conds)} if direction is not None else None),
@@ -104,7 +106,7 @@ def _eval(args) -> int:
         "examples": result["examples"],
     }
     sections = [
-        ("Setup", f"model `{name}`, SAE `{report['sae']}` at layer {layer}; steering `{json.dumps(spec.to_dict()) if spec is not None else 'none'}`"
+        ("Setup", f"model `{name}`, {_sae_text(spec, report)}; steering `{json.dumps(spec.to_dict()) if spec is not None else 'none'}`"
                   f"{'; direction ' + str(args.direction) + ' (' + ', '.join(direction_conds) + ')' if direction is not None else ''}; "
                   f"{len(harmful)} harmful / {len(harmless)} harmless prompts, {len(mc or [])} multiple-choice items, "
                   f"{n_cap} capability questions; greedy, {result['max_new_tokens']['harmless']} new tokens ({result['max_new_tokens']['harmful']} on harmful prompts); "
@@ -122,7 +124,7 @@ def _eval(args) -> int:
                    title=f"{sweep_mode} sweep, {n_feat} feature{'s' if n_feat != 1 else ''}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
                    secondary_label="KL(unsteered || steered)", ylim=(-0.02, 1.02))
         sections.append(("Refusal amplification sweep", [
-            f"`{sweep_mode}` of features {spec.features} swept over {sweep} (O'Brien et al.). The first row is the unsteered model.",
+            f"`{sweep_mode}` of {_features_text(spec)} swept over {sweep} (O'Brien et al.). The first row is the unsteered model.",
             [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
             "![sweep](sweep.png)",
         ]))
@@ -156,6 +158,20 @@ def _eval(args) -> int:
     print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
     print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
     return 0
+
+
+def _sae_text(spec, report) -> str:
+    """The Setup line's SAE part: one SAE at its layer, or every SAE of a several-SAE spec at its own."""
+    if spec is not None and spec.edits:
+        return "SAEs " + ", ".join(f"`{e['sae']}` (layer {e.get('layer')})" for e in spec.edits)
+    return f"SAE `{report['sae']}` at layer {report['layer']}"
+
+
+def _features_text(spec) -> str:
+    """The swept features: the spec's, or each edit's on its SAE."""
+    if spec.edits:
+        return "; ".join(f"features {list(e['features'])} of `{e['sae']}`" for e in spec.edits)
+    return f"features {list(spec.features)}"
 
 
 def _template_names(text: str) -> list[str]:

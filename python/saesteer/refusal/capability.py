@@ -21,7 +21,6 @@ GSM8K rows: ``{"question", "answer"}`` with the worked answer ending in ``#### N
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Sequence
@@ -35,12 +34,12 @@ MMLU_LETTERS = "ABCD"
 
 def _rows(source: str | Path, split: str, name: str | None, what: str) -> list:
     """Rows of a JSON / JSONL / headerless CSV file, or of a HuggingFace dataset split."""
-    from .data import read_json_rows
+    from .data import csv_rows, read_json_rows
 
     p = Path(source)
     if p.is_file():
         if p.suffix.lower() == ".csv":  # MMLU's original files: question, A, B, C, D, answer letter; no header
-            rows = list(csv.reader(p.read_text(encoding="utf-8").splitlines()))
+            rows = csv_rows(p, header=False)
             bad = next((n for n, r in enumerate(rows) if r and len(r) < 6), None)
             if bad is not None:
                 raise ValueError(f"{p}: row {bad}: expected 6 columns (question, A, B, C, D, answer)")

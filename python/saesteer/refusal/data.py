@@ -63,7 +63,9 @@ def prompts_from_rows(rows: Sequence, field: str | None = None, source: str = "r
 def jsonl_rows(text: str, path: Path) -> list:
     """The rows of a JSONL file; a malformed line is named by the file and its 1-based line number."""
     rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: JSON text may hold U+2028, U+0085 and the like raw, which splitlines() splits at.
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
@@ -71,6 +73,13 @@ def jsonl_rows(text: str, path: Path) -> list:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
     return rows
+
+
+def csv_rows(path: Path, header: bool = True) -> list:
+    """The rows of a CSV file (dicts by its header, else lists), read as the csv module reads files:
+    a quoted cell keeps its newlines, and only the CSV line ends split rows."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f) if header else csv.reader(f))
 
 
 def read_json_rows(path: Path, what: str) -> list:
@@ -102,6 +111,8 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
     conversation (unknown role, empty, last turn not the user's, content not a string), naming the
     source, the row and the field.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected an integer >= 1 or None, got {limit!r}")
     p = Path(source)
     if p.is_file():
         suffix = p.suffix.lower()
@@ -109,16 +120,18 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
         if suffix == ".jsonl":
             rows = jsonl_rows(text, p)
         elif suffix == ".csv":
-            rows = list(csv.DictReader(text.splitlines()))
+            rows = csv_rows(p)
         else:
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}: not valid JSON ({e}); expected a list of objects, or use .jsonl/.csv") from None
-            if isinstance(rows, dict):
-                rows = next((v for v in rows.values() if isinstance(v, list)), None)
-                if rows is None:
-                    raise ValueError(f"{p}: expected a JSON list of prompts")
+            if isinstance(rows, dict):  # an object holding the list: only when there is one list to take
+                lists = [k for k, v in rows.items() if isinstance(v, list)]
+                if len(lists) != 1:
+                    raise ValueError(f"{p}: expected a JSON list of prompts, or an object holding one list"
+                                     + (f" (this one holds {len(lists)}: {', '.join(map(repr, lists))})" if lists else ""))
+                rows = rows[lists[0]]
         prompts = prompts_from_rows(rows, field, str(p), json_cells=suffix == ".csv")
     elif p.suffix.lower() in (".json", ".jsonl", ".csv") or p.exists():
         raise FileNotFoundError(f"prompts: {str(p)!r} is not a file")
@@ -133,7 +146,7 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
         prompts = prompts_from_rows(list(ds), field, str(source))
     if not prompts:
         raise ValueError(f"prompts: {source} holds no prompts")
-    return prompts[:limit] if limit else prompts
+    return prompts[:limit] if limit is not None else prompts
 
 
 def shipped_prompts(kind: str) -> list[str]:

@@ -41,7 +41,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..hf import add_direction, find_layers, hidden_size, steer
+from ..hf import add_direction, find_layers, hidden_size, parse_hook, steer
 from ..intervention import Intervention
 from ..sae import SAE
 from .chat import chat_template_kind, check_chat_template, find_refusal_tokens, format_prompts, generate
@@ -125,26 +125,85 @@ class DiscoverConfig:
     layer: int | None = None  # override the SAE's hook layer
     backend: str = "auto"
 
+    #: Options of a config file that are the run's, not the search's: a file may set them where the
+    #: command line does not (``saesteer discover --config``).
+    RUN_OPTIONS = ("model", "sae", "harmful", "harmless", "out", "field")
+
     @classmethod
-    def from_file(cls, path: str | Path) -> "DiscoverConfig":
+    def read_options(cls, path: str | Path) -> dict:
+        """The options a config file (JSON, YAML or TOML; optionally under a ``discover`` key) sets,
+        each checked against its field's type; raises ValueError naming the file and the option."""
         p = Path(path)
         text = p.read_text()
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        try:
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
 
-            d = yaml.safe_load(text) or {}
-        elif p.suffix.lower() == ".toml":
-            import tomllib
+                d = yaml.safe_load(text) or {}
+            elif p.suffix.lower() == ".toml":
+                import tomllib
 
-            d = tomllib.loads(text)
-        else:
-            d = json.loads(text)
-        d = d.get("discover", d)
+                d = tomllib.loads(text)
+            else:
+                d = json.loads(text)
+        except Exception as e:  # json, yaml and toml each raise their own error type
+            raise ValueError(f"config {p}: not valid {p.suffix.lstrip('.').upper() or 'JSON'} ({e})") from None
+        if isinstance(d, dict) and isinstance(d.get("discover"), dict):
+            d = d["discover"]
+        if not isinstance(d, dict):
+            raise ValueError(f"config {p}: expected a mapping of options, got {type(d).__name__}")
+        defaults = cls()
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"model", "sae", "harmful", "harmless", "out", "field"}
+        unknown = set(d) - known - set(cls.RUN_OPTIONS)
         if unknown:
             raise ValueError(f"config {p}: unknown options {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        for k, v in d.items():
+            want = type(getattr(defaults, k)) if k in known and getattr(defaults, k) is not None else None
+            if k == "layer":
+                ok, what = v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"
+            elif k in cls.RUN_OPTIONS:
+                ok, what = isinstance(v, str) or (k == "sae" and isinstance(v, list) and all(isinstance(x, str) for x in v)), "a string"
+            elif want is bool:
+                ok, what = isinstance(v, bool), "true or false"
+            elif want is int:
+                ok, what = isinstance(v, int) and not isinstance(v, bool), "an integer"
+            elif want is float:
+                ok, what = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+            else:
+                ok, what = isinstance(v, str), "a string"
+            if not ok:
+                raise ValueError(f"config {p}: {k}: expected {what}, got {v!r}")
+        return {k: (float(v) if k in known and type(getattr(defaults, k)) is float else v) for k, v in d.items()}
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option out of its range or of the wrong type."""
+        if isinstance(self.prefilter, bool) or not isinstance(self.prefilter, int) or self.prefilter < 0:
+            raise ValueError(f"prefilter: expected an integer >= 0, got {self.prefilter!r}")
+        if self.method not in ("cosine", "attribution"):
+            raise ValueError(f"method: expected 'cosine' or 'attribution', got {self.method!r}")
+        if self.attribution not in ATTRIBUTIONS:
+            raise ValueError(f"attribution: expected one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}")
+        if not isinstance(self.skip_bos, bool):
+            raise ValueError(f"skip_bos: expected true or false, got {self.skip_bos!r}")
+        parse_edit(self.edit)
+        if not 0.0 <= self.min_full_flip <= 1.0:
+            raise ValueError(f"min_full_flip: expected a fraction in [0, 1], got {self.min_full_flip!r}")
+        if self.n_candidates < 1 or self.max_candidates < 1:
+            raise ValueError(f"n_candidates, max_candidates: expected >= 1, got {self.n_candidates} and {self.max_candidates}")
+        for name, low in (("n_direction", 1), ("n_val", 0), ("n_search", 0), ("n_heldout", 0), ("per_prompt", 0),
+                          ("fm_samples", 0), ("fm_extra", 0), ("max_new_tokens", 1), ("batch_size", 1), ("ig_steps", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"keep: expected a fraction in (0, 1], got {self.keep!r}")
+        if not 0.0 < self.max_layer_frac <= 1.0:
+            raise ValueError(f"max_layer_frac: expected a fraction in (0, 1], got {self.max_layer_frac!r}")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "DiscoverConfig":
+        """The defaults with a config file's options (:meth:`read_options`; run options left out)."""
+        return cls(**{k: v for k, v in cls.read_options(path).items() if k not in cls.RUN_OPTIONS})
 
 
 @dataclass
@@ -162,7 +221,8 @@ class DiscoverResult:
 class PromptSplits:
     """Harmful prompts: ``held`` (judged by generation, never searched), ``direction``, ``val``
     (direction selection), ``search``; harmless: ``harmless_direction``, ``harmless_val``,
-    ``harmless_held``."""
+    ``harmless_held`` (judged by generation; ``harmless_held_out`` is False when there were too
+    few harmless prompts to hold any out, and they are the selection's)."""
 
     held: list[str]
     direction: list[str]
@@ -171,6 +231,14 @@ class PromptSplits:
     harmless_direction: list[str]
     harmless_val: list[str]
     harmless_held: list[str]
+    harmless_held_out: bool = True
+    search_from: str = "search"  # "val" or "direction" when too few prompts were left for a search split
+
+    def sizes(self) -> dict:
+        """Prompts per split, and where the search's came from."""
+        names = ("held", "direction", "val", "search", "harmless_direction", "harmless_val", "harmless_held")
+        return {**{n: len(getattr(self, n)) for n in names}, "search_from": self.search_from,
+                "harmless_held_out": self.harmless_held_out}
 
     @property
     def selection(self) -> list[str]:
@@ -195,13 +263,24 @@ def split_prompts(harmful: Sequence[str], harmless: Sequence[str], cfg: Discover
     h_held, h_dir, h_val, h_search = _split(list(harmful), [n_held, cfg.n_direction, cfg.n_val, cfg.n_search], cfg.seed)
     if heldout_harmful is not None:
         h_held = _split(list(heldout_harmful), [cfg.n_heldout], cfg.seed)[0]
-    l_dir, l_val = _split(list(harmless), [cfg.n_direction, cfg.n_val], cfg.seed)
-    if not h_search:
-        h_search = h_val or h_dir
+    # Harmless prompts are held out like the harmful ones (the direction is selected on
+    # harmless_val, so rates judged there would not be held out), when there are enough of them.
+    n_held_l = cfg.n_heldout if not heldout_harmless and len(harmless) >= cfg.n_heldout + 2 else 0
+    l_held, l_dir, l_val = _split(list(harmless), [n_held_l, cfg.n_direction, cfg.n_val], cfg.seed)
     if not h_held:
         raise ValueError("prompts: too few harmful prompts to hold any out")
-    l_held = list(heldout_harmless) if heldout_harmless else (l_val or l_dir)
-    return PromptSplits(h_held, h_dir, h_val, h_search, l_dir, l_val, l_held)
+    if not h_dir:
+        raise ValueError(f"prompts: {len(harmful)} harmful prompts leave none for the direction after the "
+                         f"{len(h_held)} held out (n_heldout); give more prompts or a smaller n_heldout")
+    search_from = "search" if h_search else "val" if h_val else "direction"
+    if not h_search:  # the search reuses the selection's (or the direction's) prompts; results warn
+        h_search = h_val or h_dir
+    held_out = bool(heldout_harmless) or bool(l_held)
+    if heldout_harmless:
+        l_held = list(heldout_harmless)
+    elif not l_held:
+        l_held = l_val or l_dir
+    return PromptSplits(h_held, h_dir, h_val, h_search, l_dir, l_val, l_held, held_out, search_from)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,14 +296,18 @@ class DirectionStage:
 
 def filter_splits(model, tokenizer, splits: PromptSplits, refusal_tokens: Sequence[int], cfg: DiscoverConfig) -> tuple[PromptSplits, dict]:
     """Arditi et al.'s filter on the direction's and its selection's prompts: keep the harmful ones
-    the model refuses (refusal score > 0) and the harmless ones it answers (< 0). A split the filter
-    would empty is kept whole, and ``filtering[...]["unfiltered"]`` says so."""
+    the model refuses (refusal score > 0) and the harmless ones it answers (< 0). The search's
+    harmful prompts are filtered the same way, so a prompt the model never refused does not count
+    as flipped by a feature set. A split the filter would empty is kept whole, and
+    ``filtering[...]["unfiltered"]`` says so."""
     out, report = {}, {}
-    for h_name, l_name in (("direction", "harmless_direction"), ("val", "harmless_val")):
-        h, l, counts = filter_by_refusal(model, tokenizer, getattr(splits, h_name), getattr(splits, l_name), refusal_tokens,
-                                         cfg.batch_size)
-        for name, given, kept, c in ((h_name, getattr(splits, h_name), h, counts["harmful"]),
-                                     (l_name, getattr(splits, l_name), l, counts["harmless"])):
+    for h_name, l_name in (("direction", "harmless_direction"), ("val", "harmless_val"), ("search", None)):
+        harmless = getattr(splits, l_name) if l_name else []
+        h, l, counts = filter_by_refusal(model, tokenizer, getattr(splits, h_name), harmless, refusal_tokens, cfg.batch_size)
+        pairs = [(h_name, getattr(splits, h_name), h, counts["harmful"])]
+        if l_name:
+            pairs.append((l_name, harmless, l, counts["harmless"]))
+        for name, given, kept, c in pairs:
             c["unfiltered"] = bool(given) and not kept
             out[name] = kept if kept or not given else list(given)
             report[name] = c
@@ -463,6 +546,15 @@ def verification_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
+def _check_hook(sae: SAE, name: str | None = None) -> None:
+    """The SAE reads the residual stream (``blocks.L.hook_resid_pre|post``), or a ValueError naming it."""
+    if sae.hook_name:
+        try:
+            parse_hook(sae.hook_name)
+        except ValueError as e:
+            raise ValueError(f"sae: {'' if name is None else repr(name) + ' '}{str(e).removeprefix('hook: ')}") from None
+
+
 def _check(model, sae: SAE | SAESet, harmful, harmless, cfg: DiscoverConfig) -> int | None:
     """Validate the inputs before any work; returns the layer the SAE reads (None for an SAESet,
     whose SAEs each read their own)."""
@@ -473,14 +565,14 @@ def _check(model, sae: SAE | SAESet, harmful, harmless, cfg: DiscoverConfig) -> 
         if cfg.layer is not None:
             raise ValueError("layer: overrides one SAE's hook layer; with several SAEs each reads its own hook point")
         for name, s, lay in zip(sae.names, sae.saes, sae.layers):
+            _check_hook(s, name)
             if hidden is not None and s.d_in != hidden:
                 raise ValueError(f"sae: {name!r} has d_in={s.d_in} but the model's hidden size is {hidden}; this SAE is for another model")
             if not 0 <= lay < n_layers:
                 raise ValueError(f"sae: {name!r} reads layer {lay}, out of range; the model has {n_layers} decoder layers")
-        if not isinstance(cfg.prefilter, int) or cfg.prefilter < 0:
-            raise ValueError(f"prefilter: expected an integer >= 0, got {cfg.prefilter!r}")
         layer = None
     else:
+        _check_hook(sae)
         if hidden is not None and sae.d_in != hidden:
             raise ValueError(f"sae: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE is for another model")
         layer = cfg.layer if cfg.layer is not None else sae.hook_layer
@@ -490,19 +582,7 @@ def _check(model, sae: SAE | SAESet, harmful, harmless, cfg: DiscoverConfig) -> 
             raise ValueError(f"layer: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
     if not harmful or not harmless:
         raise ValueError("prompts: both the harmful and the harmless prompt sets must be non-empty")
-    if cfg.method not in ("cosine", "attribution"):
-        raise ValueError(f"method: expected 'cosine' or 'attribution', got {cfg.method!r}")
-    if cfg.attribution not in ATTRIBUTIONS:
-        raise ValueError(f"attribution: expected one of {', '.join(ATTRIBUTIONS)}, got {cfg.attribution!r}")
-    if not isinstance(cfg.ig_steps, int) or cfg.ig_steps < 1:
-        raise ValueError(f"ig_steps: expected an integer >= 1, got {cfg.ig_steps!r}")
-    if not isinstance(cfg.skip_bos, bool):
-        raise ValueError(f"skip_bos: expected true or false, got {cfg.skip_bos!r}")
-    parse_edit(cfg.edit)
-    if not 0.0 <= cfg.min_full_flip <= 1.0:
-        raise ValueError(f"min_full_flip: expected a fraction in [0, 1], got {cfg.min_full_flip!r}")
-    if cfg.n_candidates < 1 or cfg.max_candidates < 1:
-        raise ValueError(f"n_candidates, max_candidates: expected >= 1, got {cfg.n_candidates} and {cfg.max_candidates}")
+    cfg.validate()
     return layer
 
 
@@ -528,6 +608,10 @@ def result_warnings(results: dict) -> tuple[bool, list[str]]:
         if c.get("unfiltered"):
             which = "harmful prompts the model refuses" if not name.startswith("harmless") else "harmless prompts the model answers"
             out.append(f"the prompt filter found no {which} among the {c['n']} of the {name!r} split; the whole split was used")
+    sp = results.get("splits") or {}
+    if sp.get("search_from", "search") != "search":
+        out.append(f"too few harmful prompts for a search split of their own: the search ran on the {sp['search_from']} "
+                   f"prompts ({sp.get('search', 0)}), which also chose the direction, so its flip rates are not held out")
     if results.get("chat_template") == "fallback":
         out.append("the tokenizer has no chat template; prompts used the fallback 'User: ...\\nAssistant:' format")
     return valid, out
@@ -608,7 +692,9 @@ def discover(
         "valid": True,
         "warnings": [],
         "chat_template": chat_template_kind(tokenizer),
-        "direction": {**d.to_dict(), "generation": vs.direction_generation, "filtering": ds.filtering},
+        "splits": splits.sizes(),
+        "direction": {**d.to_dict(), "generation": {**vs.direction_generation, "harmless_held_out": splits.harmless_held_out},
+                      "filtering": ds.filtering},
         "capability": vs.capability,
         "refusal_tokens": [int(t) for t in rtoks],
         "refusal_tokens_text": [tokenizer.decode([t]) for t in rtoks],

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import reference
-from ..hf import find_layers, hook_name, intercept
+from ..hf import find_layers, hook_name, intercept, parse_hook
 from ..hf.handle import bos_token_id
 from ..hf.positions import bos_mask
 from ..sae import SAE
@@ -58,6 +58,8 @@ def hook_module(model, sae: SAE, layer: int | None = None):
     """``(module, is_pre)``: the module whose output (resid_post) or input (resid_pre) the SAE reads."""
     _, blocks = find_layers(model)
     hook = sae.hook_name or ""
+    if hook:
+        parse_hook(hook)  # only the residual stream: an SAE on another hook point is refused before any work
     if layer is None:
         layer = sae.hook_layer
     if layer is None:
@@ -108,8 +110,8 @@ def _edited_positions(model, enc) -> torch.Tensor:
 
 
 def _codes(x: torch.Tensor, sae: SAE):
-    """``(x in the SAE's dtype, f float32, scale, shift)`` at the site, without gradients."""
-    xs = x.detach().to(sae.dtype)
+    """``(x on the SAE's device in its dtype, f float32, scale, shift)`` at the site, without gradients."""
+    xs = x.detach().to(sae.device, sae.dtype)
     with torch.no_grad():
         f, scale, shift = reference.encode_columns(xs, sae)
     return xs, f.float(), scale, shift
@@ -171,7 +173,7 @@ def integrated_gradients(
         cur = {}
 
         def replace(name, x):
-            return (_decode(sae, cur["f"], scale, shift) + err).to(x.dtype)
+            return (_decode(sae, cur["f"], scale, shift) + err).to(x.device, x.dtype)
 
         def metric(logits):
             lg = logits[:, -1].float().cpu()
@@ -257,7 +259,7 @@ def _zero_attribution(model, tokenizer, saes: Sequence[tuple[SAE, int | None]], 
             f = f.requires_grad_(True)
             captured[k] = f
             recon = _decode(s, f, scale, shift)
-            x = (recon + (x.to(s.dtype).float() - recon.detach())).to(x.dtype)
+            x = (recon + (x.to(s.device, s.dtype).float() - recon.detach())).to(x.device, x.dtype)
         return x
 
     with intercept(model, list(hooks), swap), torch.enable_grad():

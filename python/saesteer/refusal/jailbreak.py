@@ -71,7 +71,8 @@ def wrap(instructions: Sequence[Prompt], template: str) -> list[Prompt]:
     t = JAILBREAK_TEMPLATES.get(template, template)
     if "{instruction}" not in t:
         raise ValueError(f"template: expected a name in {sorted(JAILBREAK_TEMPLATES)} or a string with '{{instruction}}', got {template!r}")
-    return [map_last_user(s, lambda x: t.format(instruction=x.strip())) for s in instructions]
+    # Only {instruction} is filled: other braces in a custom template are text, not format fields.
+    return [map_last_user(s, lambda x: t.replace("{instruction}", x.strip())) for s in instructions]
 
 
 def rephrase_past_tense(instruction: Prompt) -> Prompt:

@@ -65,7 +65,7 @@ class SteerSpec:
         return d
 
 
-def _one(d, saes: dict[str, int], where: str) -> SteerSpec:
+def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None) -> SteerSpec:
     if not isinstance(d, dict):
         raise SpecError(f"{where}: expected an object with sae, features, mode, value, positions; got {type(d).__name__}")
     unknown = sorted(set(d) - _FIELDS)
@@ -78,6 +78,13 @@ def _one(d, saes: dict[str, int], where: str) -> SteerSpec:
         name = next(iter(saes))
     if name not in saes:
         raise SpecError(f"{where}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+    layer = d.get("layer")
+    if layer is not None:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise SpecError(f"{where}.layer: expected an integer layer index, got {layer!r}")
+        if layers is not None and name in layers and layer != layers[name]:
+            raise SpecError(f"{where}.layer: the spec edits layer {layer} with SAE {name!r}, which reads layer "
+                            f"{layers[name]}; the server edits at each SAE's own layer")
     if "features" not in d:
         raise SpecError(f"{where}.features: required (a list of feature ids)")
     positions = d.get("positions", "all")
@@ -96,9 +103,11 @@ def _one(d, saes: dict[str, int], where: str) -> SteerSpec:
     return SteerSpec(name, iv, positions, skip_bos)
 
 
-def parse_specs(spec, saes: dict[str, int]) -> tuple[SteerSpec, ...]:
+def parse_specs(spec, saes: dict[str, int], layers: dict[str, int] | None = None) -> tuple[SteerSpec, ...]:
     """Validate a request's spec (a dict, a list of dicts, or their JSON text) against the
-    registered SAEs (``name -> d_sae``). Returns the parsed specs (empty for None / [])."""
+    registered SAEs (``name -> d_sae``). A spec's optional ``layer`` must be an integer and, where
+    ``layers`` (name -> the SAE's layer) is given, that SAE's own layer: an engine edits at the
+    layer the SAE reads. Returns the parsed specs (empty for None / [])."""
     if spec is None:
         return ()
     if isinstance(spec, (str, bytes)):
@@ -107,27 +116,35 @@ def parse_specs(spec, saes: dict[str, int]) -> tuple[SteerSpec, ...]:
         except json.JSONDecodeError as e:
             raise SpecError(f"saesteer: malformed JSON ({e.msg} at character {e.pos})") from None
     items = spec if isinstance(spec, list) else [spec]
-    return tuple(_one(d, saes, f"saesteer[{i}]" if isinstance(spec, list) else "saesteer") for i, d in enumerate(items))
+    return tuple(_one(d, saes, f"saesteer[{i}]" if isinstance(spec, list) else "saesteer", layers)
+                 for i, d in enumerate(items))
 
 
-def _same_source(a: str, b: str) -> bool:
-    """Two SAE references name the same SAE: equal text, or the same directory."""
+def _same_source(a: str, b: str, resolve) -> bool:
+    """Two SAE references name the same SAE: equal text, or the same directory (after ``resolve``)."""
     if a == b:
         return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    pa, pb = Path(resolve(a)).expanduser(), Path(resolve(b)).expanduser()
     return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
 
 
-def from_spec_file(spec, sources: dict[str, str], where: str = "--steer"):
+def from_spec_file(spec, sources: dict[str, str], where: str = "--steer", resolve=None):
     """A steering spec file (``saesteer discover``'s ``spec.json``, which names SAEs by their
     reference and may hold ``edits`` at several SAEs) as request specs for a server whose SAEs are
     ``sources`` (name -> reference, as registered with ``--sae NAME=REF``). Each SAE the file names
     becomes the registered name with the same reference (the same directory counts); a name the
     server registered is kept. ``edits`` become one spec per edit, sharing the file's mode, value,
     positions and ``skip_bos``, each keeping its ``layer`` for the server to check against the
-    SAE's own. A spec that is already a request spec (or a list of them) comes back unchanged. Raises SpecError naming ``where`` when a file's SAE is not registered."""
-    if not isinstance(spec, dict) or not ({"edits", "hook", "notes", "model"} & set(spec)):
+    SAE's own. ``resolve`` maps a reference to its directory where it can (an engine's aliases, such
+    as ``organism:NAME``) before directories are compared. A spec whose ``sae`` is a registered name
+    (or a list of such specs) comes back unchanged. Raises SpecError naming ``where`` when a file's
+    SAE is not registered."""
+    if not isinstance(spec, dict):
         return spec
+    file_keys = {"edits", "hook", "notes", "model"} & set(spec)
+    if not file_keys and not (isinstance(spec.get("sae"), str) and spec["sae"] not in sources):
+        return spec
+    resolve = resolve or (lambda ref: ref)
     if spec.get("hook") is not None:
         raise SpecError(f"{where}.hook: the server edits each SAE's own hook point; the file names {spec['hook']!r}")
 
@@ -135,7 +152,7 @@ def from_spec_file(spec, sources: dict[str, str], where: str = "--steer"):
         if ref is None or ref in sources:
             return ref
         for name, src in sources.items():
-            if _same_source(str(ref), str(src)):
+            if _same_source(str(ref), str(src), resolve):
                 return name
         raise SpecError(f"{where}.sae: the file's SAE {ref!r} is not registered with the server "
                         f"(registered: {', '.join(f'{n}={s}' for n, s in sorted(sources.items())) or 'none'}); "

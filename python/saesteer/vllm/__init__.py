@@ -36,32 +36,32 @@ import torch
 
 from ..sae import hook_layer_of, read_sae_dir
 from ..steering import SAESteerer
-from ..steering.spec import SpecError, bos_token_mask, parse_specs, spec_salt
+from ..steering.spec import SpecError, bos_token_mask, from_spec_file, parse_specs, spec_salt
+from . import model as _model_classes  # torch only until register() imports vLLM
+from .model import OP as _OP
 
-__all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae", "sae_site", "site_layer", "steered_overrides", "no_cuda_graphs"]
+__all__ = ["SteeredLLM", "WorkerExtension", "SpecError", "read_sae", "sae_site", "site_layer", "steered_overrides",
+           "cuda_graph_settings"]
 
 EXTENSION = "saesteer.vllm.WorkerExtension"
 _log = logging.getLogger("saesteer.vllm")
 
 try:  # the steered model classes: registered in every process that imports this module
-    from . import model as _model_classes
+    _model_classes.register()
 except ImportError:  # no vLLM here (the request parsing still imports this package)
     _model_classes = None
-else:
-    try:
-        _model_classes.register()
-    except ImportError:
-        _model_classes = None
 
 
-def _organism_dir(source: str) -> str:
-    """``organism:NAME`` -> the directory of the organism's SAE NAME; any other source unchanged."""
-    if not source.startswith("organism:"):
+def source_dir(source: str) -> str:
+    """``organism:NAME`` -> the directory of the organism's SAE NAME (``organism`` alone: its default
+    SAE); any other source unchanged."""
+    if source != "organism" and not source.startswith("organism:"):
         return source
-    from ..organism import read_manifest
+    from ..organism import DEFAULT_SAE, read_manifest
 
-    name = source.split(":", 1)[1]
-    dirs = read_manifest()[2]
+    _, manifest, dirs = read_manifest()
+    # "organism" alone is its default SAE (what discover's spec.json names on the organism)
+    name = source.split(":", 1)[1] if ":" in source else manifest.get("default_sae", DEFAULT_SAE)
     if name not in dirs:
         raise SpecError(f"--sae: the organism has no SAE {name!r} (has: {', '.join(dirs)})")
     return str(dirs[name])
@@ -72,7 +72,7 @@ def read_sae(source: str, device=None):
     without sae-lens), ``organism:NAME`` (an SAE shipped with the organism), or an sae-lens
     pretrained ``RELEASE:ID`` (e.g. ``gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical``;
     needs sae-lens, downloads on first use)."""
-    source = _organism_dir(source)
+    source = source_dir(source)
     if Path(source).is_dir():
         if not (Path(source) / "cfg.json").is_file():
             raise SpecError(f"--sae: {source!r} is not an SAE directory (no cfg.json)")
@@ -91,7 +91,7 @@ def read_sae(source: str, device=None):
 def sae_site(source: str) -> tuple[int, str | None]:
     """``(d_sae, hook_name)`` of an SAE source, from its ``cfg.json`` alone where it has one (the
     weights are read once, by the workers); an sae-lens ``RELEASE:ID`` is loaded."""
-    source = _organism_dir(source)
+    source = source_dir(source)
     if Path(source).is_dir():
         cfg_path = Path(source) / "cfg.json"
         if not cfg_path.is_file() or not (Path(source) / "sae_weights.safetensors").is_file():
@@ -137,20 +137,98 @@ def steered_overrides(model: str, layers, hf_overrides=None, trust_remote_code: 
     return out
 
 
-def no_cuda_graphs(kwargs: dict) -> None:
-    """Default vLLM's ``cudagraph_mode`` to NONE in engine ``kwargs`` (a dict, or an argparse
-    namespace's ``vars``) unless the caller set one: the edit runs host code every step, which a
-    replayed CUDA graph would skip. torch.compile stays on. A mode the caller chose is kept, and
-    :meth:`WorkerExtension.saesteer_install` refuses it with a clear error."""
-    cc = kwargs.get("compilation_config")
-    if cc is None:
-        kwargs["compilation_config"] = {"cudagraph_mode": "NONE"}
-    elif isinstance(cc, dict):
-        cc.setdefault("cudagraph_mode", "NONE")
-    elif getattr(cc, "cudagraph_mode", "unset") is None:  # vLLM's CompilationConfig, mode not chosen
-        from vllm.config import CUDAGraphMode
+#: vLLM's cudagraph modes that capture the whole forward, the edit's host side with it.
+_FULL_GRAPH_MODES = ("FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
 
-        cc.cudagraph_mode = CUDAGraphMode.NONE
+
+def _graph_mode_name(mode) -> str | None:
+    """A ``cudagraph_mode`` as its name (vLLM takes the enum or its name)."""
+    if mode is None:
+        return None
+    return getattr(mode, "name", None) or str(mode).upper()
+
+
+def _default_splitting_ops(inductor_partition: bool) -> list[str]:
+    """The splitting ops vLLM itself picks for piecewise CUDA graphs (its attention ops, and outside
+    Inductor graph partition its kv-cache updates), to which saesteer's op is added."""
+    from vllm.config import CompilationConfig
+
+    ops = list(CompilationConfig._attention_ops)
+    if not inductor_partition:
+        ops += ["vllm::unified_kv_cache_update", "vllm::unified_mla_kv_cache_update"]
+    return ops
+
+
+def cuda_graph_settings(kwargs: dict) -> None:
+    """Set vLLM's CUDA graph options in engine ``kwargs`` (a dict, or an argparse namespace's
+    ``vars``) for a steered engine. The edit runs host code every step (it reads the batch's
+    requests), so no CUDA graph may contain it:
+
+    * no ``cudagraph_mode`` chosen: NONE (torch.compile stays on);
+    * ``PIECEWISE``: the edit's op ``saesteer_vllm::edit_layer`` is added to ``splitting_ops`` (to
+      the caller's list, or to vLLM's default one), so it runs eagerly between captured pieces, as
+      vLLM's attention does. It writes the edited stream into a buffer that the piece before it
+      allocated, so the piece after it reads the same address at every replay;
+    * ``FULL``, ``FULL_DECODE_ONLY``, ``FULL_AND_PIECEWISE`` capture whole forwards: refused with a
+      SpecError, and ``kwargs`` is left as it was.
+    """
+    cc = kwargs.get("compilation_config")
+    is_dict = cc is None or isinstance(cc, dict)
+    get = (lambda k: (cc or {}).get(k)) if is_dict else (lambda k: getattr(cc, k, None))
+    mode = _graph_mode_name(get("cudagraph_mode"))
+    if mode in _FULL_GRAPH_MODES:
+        raise SpecError(f"compilation_config.cudagraph_mode: {mode} captures whole forwards in CUDA graphs, and saesteer's "
+                        "edit runs host code every step; use PIECEWISE (the edit runs between captured pieces) or NONE")
+    if mode not in (None, "NONE", "PIECEWISE"):
+        raise SpecError(f"compilation_config.cudagraph_mode: expected NONE or PIECEWISE for a steered engine, got {mode!r}")
+    if mode == "PIECEWISE" and _breakable_graphs():
+        raise SpecError(_BREAKABLE)
+    updates: dict = {}
+    if mode is None:
+        updates["cudagraph_mode"] = "NONE"
+    elif mode == "PIECEWISE":
+        ops = get("splitting_ops")
+        ops = list(ops) if ops is not None else _default_splitting_ops(bool(get("use_inductor_graph_partition")))
+        if _OP not in ops:
+            updates["splitting_ops"] = ops + [_OP]
+    if is_dict:
+        kwargs["compilation_config"] = {**(cc or {}), **updates}
+    else:  # vLLM's CompilationConfig (from --compilation-config): set in place
+        if "cudagraph_mode" in updates:
+            from vllm.config import CUDAGraphMode
+
+            updates["cudagraph_mode"] = CUDAGraphMode.NONE
+        for k, v in updates.items():
+            setattr(cc, k, v)
+
+
+_BREAKABLE = ("VLLM_USE_BREAKABLE_CUDAGRAPH: vLLM's breakable CUDA graphs break capture only at its own ops, so "
+              "they would capture saesteer's edit; unset it (piecewise graphs split at the edit's op) or use cudagraph_mode NONE")
+
+
+def _breakable_graphs() -> bool:
+    """vLLM's breakable CUDA graphs are on (they ignore splitting ops)."""
+    try:
+        import vllm.envs as envs
+    except ImportError:
+        return False
+    return bool(getattr(envs, "VLLM_USE_BREAKABLE_CUDAGRAPH", False))
+
+
+def _check_graph_mode(compilation_config) -> None:
+    """Refuse an engine whose CUDA graphs would contain the edit (see :func:`cuda_graph_settings`)."""
+    cg = _graph_mode_name(getattr(compilation_config, "cudagraph_mode", None))
+    if cg in (None, "NONE"):
+        return
+    if _breakable_graphs():
+        raise SpecError(_BREAKABLE)
+    if cg == "PIECEWISE" and _OP in (getattr(compilation_config, "splitting_ops", None) or []):
+        return
+    # A captured CUDA graph replays kernels without running the edit's host side (the batch layout,
+    # the per-request rows), so it would replay one step's edit for every later one.
+    raise SpecError(f"cudagraph_mode: saesteer's edit cannot run inside CUDA graphs (the engine has {cg}"
+                    f"{'' if cg != 'PIECEWISE' else ' without ' + _OP + ' in splitting_ops'}); build the "
+                    "engine with SteeredLLM / saesteer serve, which set this up, or with cudagraph_mode NONE")
 
 
 class _LayerHook:
@@ -215,12 +293,7 @@ class WorkerExtension:
             by_layer.setdefault(layer, []).append(name)
             shapes[name] = sae.d_sae
             self._saesteer_stats[name] = {"forwards": 0, "steered_forwards": 0, "edited_tokens": 0}
-        cg = getattr(getattr(runner.vllm_config, "compilation_config", None), "cudagraph_mode", None)
-        if cg is not None and getattr(cg, "name", "NONE") != "NONE":
-            # A captured CUDA graph replays kernels without running the edit's host side (the batch
-            # layout, the per-request rows), so it would replay one step's edit for every later one.
-            raise SpecError(f"cudagraph_mode: saesteer's edit cannot run inside CUDA graphs (the engine has {cg.name}); "
-                            "start it with compilation_config={'cudagraph_mode': 'NONE'} (still compiled) or enforce_eager=True")
+        _check_graph_mode(getattr(runner.vllm_config, "compilation_config", None))
         graph_layers = getattr(model, "saesteer_layers", None)  # set by a SAESteered model class
         if graph_layers is not None:
             missing = sorted(set(by_layer) - set(graph_layers))
@@ -406,15 +479,23 @@ class SteeredLLM:
             saes = _organism_saes(model)
         if not saes:
             raise SpecError("saes: register at least one SAE (name -> directory)")
-        layers = [site_layer(name, sae_site(src)[1]) for name, src in saes.items()]
+        #: name -> the decoder layer the SAE reads (a spec's ``layer`` must match it)
+        self.layers = {name: site_layer(name, sae_site(src)[1]) for name, src in saes.items()}
         # vLLM builds the model as its SAESteered class, with the edit in the (compiled) graph
         self.hf_overrides = llm_kwargs["hf_overrides"] = steered_overrides(
-            model, layers, llm_kwargs.get("hf_overrides"), llm_kwargs.get("trust_remote_code", False))
+            model, list(self.layers.values()), llm_kwargs.get("hf_overrides"), llm_kwargs.get("trust_remote_code", False))
         llm_kwargs.setdefault("worker_extension_cls", EXTENSION)
-        no_cuda_graphs(llm_kwargs)
+        cuda_graph_settings(llm_kwargs)
         self.llm = LLM(model=model, **llm_kwargs)
         shapes = self.llm.collective_rpc("saesteer_install", args=(dict(saes),))
         self.saes = shapes[0]
+        self.sources = dict(saes)
+
+    def from_spec_file(self, spec):
+        """Request specs from a steering spec file's contents (discover's ``spec.json``, one SAE or
+        several), its SAEs matched to this engine's by reference or directory
+        (:func:`saesteer.steering.spec.from_spec_file`); pass the result as ``steer``."""
+        return from_spec_file(spec, self.sources, where="spec", resolve=source_dir)
 
     def shutdown(self) -> None:
         """Stop the engine core process and free its KV cache (the object is unusable afterwards)."""
@@ -440,7 +521,7 @@ class SteeredLLM:
         steer = list(steer)
         if len(steer) != n:
             raise SpecError(f"steer: expected one spec per prompt ({n}), got {len(steer)}")
-        parsed = [parse_specs(s, self.saes) for s in steer]  # every spec checked before any request runs
+        parsed = [parse_specs(s, self.saes, self.layers) for s in steer]  # every spec checked before any request runs
         sp = sampling_params or SamplingParams()
         reqs, params = [], []
         for p, specs in zip(prompts, parsed):

@@ -1,6 +1,7 @@
 """Steered model classes for vLLM: the edit is in the model's graph from construction on, so it
-survives vLLM's ``torch.compile``. CUDA graphs stay off for steered engines
-(:func:`saesteer.vllm.no_cuda_graphs`): a replayed graph would skip the op's host-side work.
+survives vLLM's ``torch.compile``. A CUDA graph must never contain the op, since a replayed graph
+would skip its host-side work: steered engines run without CUDA graphs, or with PIECEWISE ones
+where the op is one of vLLM's splitting ops (:func:`saesteer.vllm.cuda_graph_settings`).
 
 vLLM compiles the decoder stack on its first forward (warm-up) and afterwards calls the compiled
 code directly, without Python module calls: a forward hook registered after the engine has started
@@ -9,11 +10,19 @@ tokens for steered requests). So for each vLLM architecture ``X`` there is a mod
 ``SAESteeredX`` (a subclass of vLLM's ``X``, registered with ``vllm.ModelRegistry``) whose
 constructor puts a forward hook on the decoder layers named by ``hf_config.saesteer_layers``. The
 hook calls the opaque custom op ``torch.ops.saesteer_vllm.edit_layer(hidden, residual, positions,
-layer)``: dynamo records the call in the graph, and at run time the op's Python body finds the
+out, layer)``: dynamo records the call in the graph, and at run time the op's Python body finds the
 layer's edit (registered by :meth:`saesteer.vllm.WorkerExtension.saesteer_install` in the same
-worker process) and reads the batch from the model runner, step by step. Before an edit is
-registered, or when no request of the step is steered, the op returns ``hidden + residual``, which
-is what the next layer's fused residual add computes anyway (``y + 0 == y`` bit for bit).
+worker process), reads the batch from the model runner, step by step, and writes the edited
+``hidden + residual`` into ``out``. Before an edit is registered, or when no request of the step is
+steered, it writes ``hidden + residual``, which is what the next layer's fused residual add computes
+anyway (``y + 0 == y`` bit for bit).
+
+The op writes into ``out`` rather than returning a new tensor so that it can be a splitting op of
+vLLM's piecewise CUDA graphs: ``out`` is allocated in the graph before the op, so once vLLM splits
+the graph there it is an output of the captured piece before and an input of the piece after, the
+same memory at every replay (vLLM's attention op takes its output buffer the same way). A returned
+tensor would be new memory each step, and the next piece, replayed from the address seen at
+capture, would read stale values.
 
 The parameters keep their names (hooks add none), so vLLM's weight loading is unchanged.
 :class:`saesteer.vllm.SteeredLLM` and ``saesteer serve`` select the class with ``hf_overrides``
@@ -32,21 +41,22 @@ OP = "saesteer_vllm::edit_layer"
 EDITS: dict[int, object] = {}
 
 
-def _edit(hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> torch.Tensor:
+@torch.library.custom_op(OP, mutates_args=("out",))
+def edit_layer(hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, out: torch.Tensor,
+               layer: int) -> None:
+    """Write ``hidden + residual``, with this process's edit of decoder layer ``layer`` applied (if
+    any), into ``out`` (the shape of ``hidden``)."""
     edit = EDITS.get(layer)
     y = None if edit is None else edit.edit(hidden, residual, positions)
-    return hidden + residual if y is None else y
-
-
-@torch.library.custom_op(OP, mutates_args=())
-def edit_layer(hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> torch.Tensor:
-    """``hidden + residual`` with this process's edit of decoder layer ``layer`` applied (if any)."""
-    return _edit(hidden, residual, positions, layer)
+    if y is None:
+        torch.add(hidden, residual, out=out)
+    else:
+        out.copy_(y)
 
 
 @edit_layer.register_fake
-def _(hidden, residual, positions, layer):
-    return torch.empty_like(hidden)
+def _(hidden, residual, positions, out, layer):
+    return None
 
 
 class _GraphHook:
@@ -60,7 +70,8 @@ class _GraphHook:
         if residual is None:
             residual = torch.zeros_like(hidden)
         if torch.compiler.is_compiling():  # traced: the op goes into the graph, opaque
-            y = torch.ops.saesteer_vllm.edit_layer(hidden, residual, args[0], self.layer)
+            y = torch.empty_like(hidden)
+            torch.ops.saesteer_vllm.edit_layer(hidden, residual, args[0], y, self.layer)
             return y, torch.zeros_like(y)
         # eager: the same edit without the dispatcher, and the layer's own output when nothing edits it
         edit = EDITS.get(self.layer)

@@ -31,13 +31,15 @@ def _explicit_none(spec) -> bool:
 
 
 class ServerSteering:
-    """The server's registered SAEs (``name -> d_sae``) and its default spec, which can be switched
-    while the server runs (:meth:`set_default`); requests already admitted keep the spec they got."""
+    """The server's registered SAEs (``name -> d_sae``, and ``layers``: name -> the layer each reads,
+    which a spec's ``layer`` field must match) and its default spec, which can be switched while the
+    server runs (:meth:`set_default`); requests already admitted keep the spec they got."""
 
-    def __init__(self, saes: dict[str, int], default=None):
+    def __init__(self, saes: dict[str, int], default=None, layers: dict[str, int] | None = None):
         if not saes:
             raise SpecError("--sae: register at least one SAE (NAME=DIR)")
         self.saes = dict(saes)
+        self.layers = None if layers is None else dict(layers)
         self._lock = threading.Lock()
         self._default: tuple[SteerSpec, ...] = ()
         self.set_default(default)
@@ -49,14 +51,15 @@ class ServerSteering:
     def set_default(self, spec) -> tuple[SteerSpec, ...]:
         """Make ``spec`` (a spec, a list of specs, their JSON text, or None for no edit) the edit of
         every later request that names none. A bad spec raises and leaves the default as it was."""
-        parsed = () if _explicit_none(spec) else parse_specs(spec, self.saes)
+        parsed = () if _explicit_none(spec) else parse_specs(spec, self.saes, self.layers)
         with self._lock:
             self._default = parsed
         return parsed
 
     def describe(self) -> dict:
         """What ``GET /v1/saesteer`` answers: the SAEs a spec may name and the current default."""
-        return {"saes": {n: {"d_sae": d} for n, d in sorted(self.saes.items())},
+        return {"saes": {n: {"d_sae": d, **({"layer": self.layers[n]} if self.layers and n in self.layers else {})}
+                         for n, d in sorted(self.saes.items())},
                 "default": [s.to_dict() for s in self._default] or None}
 
     def prepare(self, body: dict) -> dict:
@@ -73,7 +76,7 @@ class ServerSteering:
             raise SpecError("saesteer: given both as extra_body 'saesteer' and as vllm_xargs 'saesteer'; pass one")
         if given:
             spec = body.pop("saesteer") if given[0] == "saesteer" else xargs.pop("saesteer")
-            specs = () if _explicit_none(spec) else parse_specs(spec, self.saes)
+            specs = () if _explicit_none(spec) else parse_specs(spec, self.saes, self.layers)
         else:
             specs = self._default
         if specs:

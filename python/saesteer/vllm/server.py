@@ -24,7 +24,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ..steering.spec import from_spec_file
-from . import EXTENSION, no_cuda_graphs, sae_site, site_layer, steered_overrides
+from . import EXTENSION, cuda_graph_settings, sae_site, site_layer, source_dir, steered_overrides
 from .requests import ServerSteering, SpecError, error_body, parse_sae_args
 
 __all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
@@ -169,31 +169,28 @@ def resolve(args) -> tuple[dict[str, str], object]:
     if getattr(args, "headless", False):
         raise SpecError("--headless: run the headless nodes with vLLM's own `vllm serve --headless "
                         f"--worker-extension-cls {EXTENSION}`; saesteer serve is the API node")
-    return saes, from_spec_file(_read_default(args.steer), saes)
+    return saes, from_spec_file(_read_default(args.steer), saes, resolve=source_dir)
 
 
-def check_saes(args, saes: dict[str, str], default) -> None:
+def check_saes(args, saes: dict[str, str], default) -> dict[str, int]:
     """Read every SAE's cfg.json (the workers read the weights), check the default spec against them
     and set ``args.hf_overrides`` so that the model is built with the graph hooks on their layers.
-    Raises SpecError before the engine starts."""
+    Returns name -> the layer each SAE reads. Raises SpecError before the engine starts."""
     sites = {name: sae_site(src) for name, src in saes.items()}
-    ServerSteering({name: d_sae for name, (d_sae, _) in sites.items()}, default)
-    layers = [site_layer(name, hook) for name, (_, hook) in sites.items()]
-    # The server edits at each SAE's own layer; a spec file made for another layer is refused.
-    by_name = dict(zip(sites, layers))
-    for d in default if isinstance(default, list) else [default] if isinstance(default, dict) else []:
-        name = d.get("sae") or (next(iter(sites)) if len(sites) == 1 else None)
-        if d.get("layer") is not None and name in by_name and d["layer"] != by_name[name]:
-            raise SpecError(f"--steer.layer: the spec edits layer {d['layer']} with SAE {name!r}, which reads layer "
-                            f"{by_name[name]}; the server edits at each SAE's own layer")
-    args.hf_overrides = steered_overrides(args.model, layers, getattr(args, "hf_overrides", None),
+    layers = {name: site_layer(name, hook) for name, (_, hook) in sites.items()}
+    try:  # the server edits at each SAE's own layer: a spec file made for another layer is refused
+        ServerSteering({name: d_sae for name, (d_sae, _) in sites.items()}, default, layers)
+    except SpecError as e:
+        raise SpecError(f"--steer: {e}") from None
+    args.hf_overrides = steered_overrides(args.model, list(layers.values()), getattr(args, "hf_overrides", None),
                                           getattr(args, "trust_remote_code", False))
-    no_cuda_graphs(vars(args))
+    cuda_graph_settings(vars(args))
     # Headless nodes of a multi-node run need the same overrides to build the same model.
     print(f"saesteer serve: --hf-overrides '{json.dumps(args.hf_overrides)}'", file=sys.stderr)
+    return layers
 
 
-async def serve(args, saes: dict[str, str], default) -> None:
+async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> None:
     """vLLM's single-API-server flow with saesteer's SAEs installed on the workers and its routes on the app."""
     from vllm.entrypoints.launchers.api_server import entry
     from vllm.entrypoints.launchers.launcher import setup_server
@@ -201,7 +198,7 @@ async def serve(args, saes: dict[str, str], default) -> None:
     listen_address, sock = setup_server(args, reuse_port=False)
     async with entry.build_async_engine_client(args) as engine:
         shapes = (await engine.collective_rpc("saesteer_install", args=(saes,)))[0]
-        steering = ServerSteering(shapes, default)
+        steering = ServerSteering(shapes, default, layers)
         build_app = entry.build_app
 
         def build_steered_app(*a, **k):
@@ -230,13 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         saes, default = resolve(args)
-        check_saes(args, saes, default)
+        layers = check_saes(args, saes, default)
     except (SpecError, FileNotFoundError, ImportError) as e:
         print(f"saesteer serve: error: {e}", file=sys.stderr)
         return 2
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
-    uvloop.run(serve(args, saes, default))
+    uvloop.run(serve(args, saes, default, layers))
     return 0
 
 
