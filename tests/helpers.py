@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 import saesteer
@@ -129,3 +131,26 @@ def organism_llm(**kwargs):
     kwargs.setdefault("gpu_memory_utilization", 0.3)  # on the CPU: the share of RAM vLLM reserves
     kwargs.setdefault("enforce_eager", True)
     return SteeredLLM(str(organism.WEIGHTS_DIR / "model"), dtype="float32", block_size=32, **kwargs)
+
+
+HUB_REPO = "saesteer-test/organism-saes"  # a Hugging Face repo id that exists only in a test's local cache
+
+
+def offline_hub_cache(root) -> tuple[Path, str]:
+    """A Hugging Face hub cache under ``root`` holding the organism's jumprelu SAE, in sae-lens's
+    format, as repo :data:`HUB_REPO` folder ``layer_2/jumprelu`` (what a download would leave there).
+    Returns ``(cache dir, "REPO:FOLDER")``: with ``HF_HUB_CACHE`` set to it and ``HF_HUB_OFFLINE=1``,
+    sae-lens's own ``from_pretrained`` loads it without a network."""
+    import shutil
+
+    from saesteer import organism
+
+    cache = Path(root) / "hub"
+    repo = cache / ("models--" + HUB_REPO.replace("/", "--"))
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    dst = repo / "snapshots" / commit / "layer_2" / "jumprelu"
+    if not dst.exists():
+        shutil.copytree(organism.read_manifest()[2]["jumprelu"], dst)
+    return cache, f"{HUB_REPO}:layer_2/jumprelu"

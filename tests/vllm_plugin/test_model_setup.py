@@ -189,3 +189,27 @@ def test_breakable_cuda_graphs_are_refused(monkeypatch):
     assert kw == {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}
     cuda_graph_settings(kw := {})  # without CUDA graphs it does not matter
     assert kw["compilation_config"]["cudagraph_mode"] == "NONE"
+
+
+def test_an_sae_lens_release_id_is_read_through_sae_lens(tmp_path, monkeypatch):
+    """``--sae NAME=RELEASE:ID`` goes through sae-lens's ``from_pretrained``: here a Hugging Face
+    repo id (which sae-lens takes as a release) whose files sit in a local hub cache, offline."""
+    pytest.importorskip("sae_lens", reason="sae-lens is not installed")
+    from huggingface_hub import constants
+
+    import helpers
+
+    cache, ref = helpers.offline_hub_cache(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    sae = read_sae(ref)
+    want = read_sae("organism:jumprelu")
+    assert sae.hook_name == want.hook_name == "blocks.2.hook_resid_post"
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+        assert torch.equal(getattr(sae, name), getattr(want, name)), name
+    assert sae_site(ref) == (want.d_sae, "blocks.2.hook_resid_post")
+    # An id the release does not hold, and a repo that is not in the cache: named, not a traceback.
+    with pytest.raises(SpecError, match=r"--sae: sae-lens could not load 'gemma-scope-2b-pt-res-canonical:layer_99/x': .*not found"):
+        read_sae("gemma-scope-2b-pt-res-canonical:layer_99/x")
+    with pytest.raises(SpecError, match=r"--sae: sae-lens could not load 'saesteer-test/absent:layer_2/jumprelu'"):
+        read_sae("saesteer-test/absent:layer_2/jumprelu")

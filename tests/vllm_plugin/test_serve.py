@@ -1,5 +1,5 @@
-"""``saesteer serve`` over HTTP with the official ``openai`` client, on the organism in fp32: steered
-and unsteered replies equal the HF hooks token for token, streaming and completions work, bad specs
+"""``saesteer serve`` over HTTP with the official ``openai`` client, on the organism in fp32 (one SAE
+registered as an sae-lens RELEASE:ID): steered and unsteered replies equal the HF hooks token for token, streaming and completions work, bad specs
 are answered 400 naming the field while the server serves on, and the server's default edit can be
 switched at run time."""
 
@@ -38,10 +38,16 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+    # The jumprelu SAE is registered as an sae-lens RELEASE:ID (a hub repo in a local cache, read
+    # offline by sae-lens in the API process and in the worker), the organism's others by name.
+    cache, hub_ref = helpers.offline_hub_cache(tmp_path_factory.mktemp("hf"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    saes = [f"{n}={hub_ref if n == 'jumprelu' else 'organism:' + n}" for n in organism.read_manifest()[2]]
     cmd = [sys.executable, "-m", "saesteer.cli", "serve", "--model", "organism", "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
-           "--enable-prefix-caching", "--block-size", "32", "--gpu-memory-utilization", "0.15"]
+           "--enable-prefix-caching", "--block-size", "32", "--gpu-memory-utilization", "0.15",
+           *[a for x in saes for a in ("--sae", x)]]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -164,7 +170,7 @@ def test_the_default_edit_switches_at_run_time(server, client, org, prompt_ids, 
     ids = prompt_ids[0]
     with urllib.request.urlopen(server + "/v1/saesteer") as r:
         info = json.loads(r.read())
-    assert info["saes"]["jumprelu"]["d_sae"] == org.sae.d_sae and info["default"] is None
+    assert info["saes"]["jumprelu"] == {"d_sae": org.sae.d_sae, "layer": 2} and info["default"] is None
     status, body = _put_default(server, {"sae": "jumprelu", "features": [1, 1]})
     assert status == 400 and "saesteer.features" in body["error"]["message"]
     try:

@@ -86,6 +86,8 @@ def read_sae(source: str, device=None):
         return load_sae(release=release, sae_id=sae_id, device=device or "cpu")
     except ImportError as e:
         raise SpecError(f"--sae: {source!r} is an sae-lens release; {e}") from None
+    except (ValueError, OSError) as e:  # an unknown release or id, or a download that failed
+        raise SpecError(f"--sae: sae-lens could not load {source!r}: {e}") from None
 
 
 def sae_site(source: str) -> tuple[int, str | None]:
