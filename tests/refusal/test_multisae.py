@@ -215,6 +215,15 @@ def test_bad_edits_in_a_spec_file_are_named(tmp_path, edits, match):
         SteeringSpec.load(p)
 
 
+def test_values_shared_by_edits_of_other_lengths_name_the_edit(tmp_path):
+    p = tmp_path / "spec.json"
+    edits = [{"sae": "a", "layer": 2, "features": [1, 2]}, {"sae": "b", "layer": 3, "features": [5]}]
+    p.write_text(json.dumps({"features": [], "edits": edits, "mode": "clamp", "values": [4.0, 5.0]}))
+    match = r"edits\[1\] \(b, 1 features\): .*one value per feature"
+    with pytest.raises(ValueError, match=f"steering spec {p}: {match}"):
+        SteeringSpec.load(p)
+
+
 def test_multi_sae_spec_round_trips_with_local_paths_absolute(tmp_path, monkeypatch):
     (tmp_path / "sae_a").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -108,7 +108,10 @@ class SteeringSpec:
                 raise ValueError(f"edits[{n}]: the SAE {e['sae']!r} has two edits; give each SAE one")
             seen.add(e["sae"])
             if self.mode == "ablate" or self.values is not None:
-                Intervention(e["features"], self.mode, self.values)
+                try:  # the spec's values are shared: one value, or one per feature of every edit
+                    Intervention(e["features"], self.mode, self.values)
+                except ValueError as err:
+                    raise ValueError(f"edits[{n}] ({e['sae']}, {len(e['features'])} features): {err}") from None
         if self.features:
             raise ValueError("features: a spec with edits keeps its features in the edits; leave features empty")
 
