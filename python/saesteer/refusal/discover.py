@@ -301,7 +301,9 @@ def filter_splits(model, tokenizer, splits: PromptSplits, refusal_tokens: Sequen
     as flipped by a feature set. A split the filter would empty is kept whole, and
     ``filtering[...]["unfiltered"]`` says so."""
     out, report = {}, {}
-    for h_name, l_name in (("direction", "harmless_direction"), ("val", "harmless_val"), ("search", None)):
+    # A search without prompts of its own reuses the val (or direction) prompts: filtered once.
+    own_search = (("search", None),) if splits.search_from == "search" else ()
+    for h_name, l_name in (("direction", "harmless_direction"), ("val", "harmless_val"), *own_search):
         harmless = getattr(splits, l_name) if l_name else []
         h, l, counts = filter_by_refusal(model, tokenizer, getattr(splits, h_name), harmless, refusal_tokens, cfg.batch_size)
         pairs = [(h_name, getattr(splits, h_name), h, counts["harmful"])]
@@ -311,6 +313,8 @@ def filter_splits(model, tokenizer, splits: PromptSplits, refusal_tokens: Sequen
             c["unfiltered"] = bool(given) and not kept
             out[name] = kept if kept or not given else list(given)
             report[name] = c
+    if not own_search:
+        out["search"] = out[splits.search_from]
     return replace(splits, **out), report
 
 
@@ -693,8 +697,7 @@ def discover(
         "warnings": [],
         "chat_template": chat_template_kind(tokenizer),
         "splits": splits.sizes(),
-        "direction": {**d.to_dict(), "generation": {**vs.direction_generation, "harmless_held_out": splits.harmless_held_out},
-                      "filtering": ds.filtering},
+        "direction": {**d.to_dict(), "generation": vs.direction_generation, "filtering": ds.filtering},
         "capability": vs.capability,
         "refusal_tokens": [int(t) for t in rtoks],
         "refusal_tokens_text": [tokenizer.decode([t]) for t in rtoks],

@@ -400,7 +400,7 @@ def discover_report(r: dict) -> str:
         f"Harmful refusal score {d['scores']['harmful_refusal_score']:.2f} -> {d['scores']['bypass']:.2f} when ablated; "
         f"harmless {d['scores']['harmless_refusal_score']:.2f} -> {d['scores']['induce']:.2f} when added; KL {d['scores']['kl']:.3f}.",
         "",
-        f"By generation ({'held-out' if d['generation'].get('harmless_held_out', True) else 'held-out harmful; the harmless ones are the selection prompts, too few to hold any out'}): harmful refused {d['generation']['harmful_refusal']:.0%} -> {d['generation']['harmful_refusal_ablated']:.0%} with the direction ablated; "
+        f"By generation ({'held-out' if (r.get('splits') or {}).get('harmless_held_out', True) else 'held-out harmful; the harmless ones are the selection prompts, too few to hold any out'}): harmful refused {d['generation']['harmful_refusal']:.0%} -> {d['generation']['harmful_refusal_ablated']:.0%} with the direction ablated; "
         f"harmless refused {d['generation']['harmless_refusal']:.0%} -> {d['generation']['harmless_refusal_added']:.0%} with it added "
         f"(at the prompt's positions only: {d['generation']['harmless_refusal_added_prompt']:.0%}).",
         "",
