@@ -12,7 +12,7 @@ This module imports nothing of saesteer: it is the leaf that the others share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -79,19 +79,26 @@ class PackedSAE(SAEFields):
     apply_b_dec_to_input: bool
     k: int | None
 
-    @property
-    def d_in(self) -> int:
-        return self.W_dec.shape[1]
+    def __post_init__(self):
+        # Read on every op call: computed once here (a view is never edited).
+        object.__setattr__(self, "d_in", self.W_dec.shape[1])
+        object.__setattr__(self, "d_sae", self.W_dec.shape[0])
+        object.__setattr__(self, "_device", self.W_dec.device)
+        object.__setattr__(self, "_native_args", (
+            self.W_enc_T, self.W_dec, self.b_dec, self.params, self.arch_id, self.norm_id,
+            self.apply_b_dec_to_input, self.k or 0))
+
+    d_in: int = field(init=False, repr=False)  #: W_dec.shape[1]
+    d_sae: int = field(init=False, repr=False)  #: W_dec.shape[0]
 
     @property
-    def d_sae(self) -> int:
-        return self.W_dec.shape[0]
+    def device(self) -> torch.device:
+        return self._device
 
     def native_args(self) -> tuple:
         """``(W_enc_T, W_dec, b_dec, params, arch, norm, apply_b_dec, k)``: the SAE arguments of the
         compiled ops' schemas (csrc/ops.cpp), in order."""
-        return (self.W_enc_T, self.W_dec, self.b_dec, self.params, self.arch_id, self.norm_id,
-                self.apply_b_dec_to_input, self.k or 0)
+        return self._native_args
 
     def check_input(self, x, name: str = "x") -> None:
         """Raise if ``x`` is not a floating-point tensor ``[..., d_in]``."""

@@ -42,6 +42,47 @@ def hook_layer_of(hook_name: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+class _TrackedDict(dict):
+    """An ``nn.Module``'s ``_buffers`` dict that counts its changes (``generation``), so that
+    :meth:`SAE.packed` sees a replaced buffer without comparing every buffer's identity per call."""
+
+    generation = 0
+
+    def _changed(self) -> None:
+        self.generation += 1
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._changed()
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def clear(self):
+        self._changed()
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        self._changed()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self._changed()
+        return super().setdefault(key, default)
+
+    def __reduce__(self):  # copies and pickles are plain dicts; SAE.__setattr__ wraps them again
+        return (dict, (dict(self),))
+
+
 class SAE(SAEFields, nn.Module):
     """A sparse autoencoder with exactly sae-lens v6's encode/decode.
 
@@ -81,6 +122,8 @@ class SAE(SAEFields, nn.Module):
         metadata: dict | None = None,
     ):
         super().__init__()
+        self.__dict__["_buffers"] = _TrackedDict(self._buffers)  # nn.Module.__init__ sets a plain dict
+        self.__dict__["_packed"] = {}  # device (None: the SAE's own) -> (key, PackedSAE); see packed()
         if architecture not in ARCHITECTURES:
             raise NotImplementedError(
                 f"architecture: {architecture!r} is not supported; supported architectures are "
@@ -151,24 +194,44 @@ class SAE(SAEFields, nn.Module):
         the SAE's own; another device gets moved copies and leaves this SAE where it is).
 
         Built once and cached; rebuilt when a buffer is replaced or edited in place (its version
-        counter moves) or an architecture field changes. Inside a ``torch.compile``-d region the
-        cached view is returned as it is, since Dynamo cannot compare version counters.
+        counter moves) or an attribute is set. Inside a ``torch.compile``-d region the cached view is
+        returned as it is, since Dynamo cannot compare version counters.
+
+        This runs on every op call (``ops.steer(x, sae, ...)``), so the check is kept to about a
+        microsecond: replacing a buffer (``.to()``, ``setattr``, ``load_state_dict(assign=True)``)
+        or setting any attribute bumps a generation counter, and the buffers' version counters
+        catch in-place edits.
         """
-        device = self.W_dec.device if device is None else torch.device(device)
-        cache = self.__dict__.setdefault("_packed", {})
-        hit = cache.get(device)
-        if hit is not None and torch.compiler.is_compiling():
-            return hit[2]
-        bufs = tuple(self._buffers.values())
-        # ids + version counters; the entry keeps the buffers alive, so an id cannot be reused meanwhile.
-        key = (*map(id, bufs), *[t._version for t in bufs], self.architecture, self.normalize_activations,
-               self.apply_b_dec_to_input, self.k, self.rescale_acts_by_decoder_norm)
-        if hit is not None and hit[0] == key:
-            return hit[2]
-        with torch.no_grad():
-            view = self._build_packed(device)
-        cache[device] = (key, bufs, view)
+        d = self.__dict__
+        if device is not None:
+            device = torch.device(device)
+        hit = d["_packed"].get(device)
+        if hit is not None:
+            if torch.compiler.is_compiling():
+                return hit[1]
+            if hit[0] == (d["_generation"], self._buffers.generation, *[t._version for t in self._buffers.values()]):
+                return hit[1]
+        dev = self._buffers["W_dec"].device if device is None else device
+        if device is not None and dev == self._buffers["W_dec"].device:
+            view = self.packed()  # the default device's view, under this spelling of its name too
+        else:
+            with torch.no_grad():
+                view = self._build_packed(dev)
+        key = (d["_generation"], self._buffers.generation, *[t._version for t in self._buffers.values()])
+        d["_packed"][device] = (key, view)
         return view
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        d = self.__dict__
+        d["_generation"] = d.get("_generation", 0) + 1
+        if name == "_buffers" and not isinstance(value, _TrackedDict):  # e.g. nn.parallel's replicas
+            d["_buffers"] = _TrackedDict(value)
+
+    def __setstate__(self, state) -> None:  # copy.deepcopy and pickle
+        super().__setstate__(state)
+        self.__dict__["_buffers"] = _TrackedDict(self.__dict__["_buffers"])
+        self.__dict__["_packed"] = {}
 
     def _build_packed(self, device: torch.device) -> PackedSAE:
         def on(t):

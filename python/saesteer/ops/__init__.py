@@ -41,20 +41,27 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # argument checks shared by the wrappers
 # ------------------------------------------------------------------------------------------------
-def _check_x(x: torch.Tensor, sae: PackedSAE, name: str = "x") -> None:
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_x(x: torch.Tensor, sae: PackedSAE, name: str = "x") -> torch.device:
+    """Raise unless ``x`` is a float tensor ``[..., d_in]`` on the SAE's device; return that device."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    if x.dtype not in _X_DTYPES:
         raise ValueError(f"{name}: expected float32, bfloat16 or float16, got dtype {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] != sae.d_in:
-        raise ValueError(f"{name}: expected last dimension d_in={sae.d_in} (the SAE's), got shape {tuple(x.shape)}")
-    if x.device != sae.W_dec.device:
-        raise ValueError(f"{name}: on {x.device} but the SAE is on {sae.W_dec.device}; move one with .to()")
+    shape = x.shape
+    if not shape or shape[-1] != sae.d_in:
+        raise ValueError(f"{name}: expected last dimension d_in={sae.d_in} (the SAE's), got shape {tuple(shape)}")
+    device = x.device
+    if device != sae.device:
+        raise ValueError(f"{name}: on {device} but the SAE is on {sae.device}; move one with .to()")
+    return device
 
 
 def _float64(dtype: torch.dtype, sae: PackedSAE) -> bool:
     """float64 work always runs the reference: the compiled kernels accumulate in float32."""
-    return dtype == torch.float64 or sae.W_dec.dtype == torch.float64
+    return dtype is torch.float64 or sae.W_dec.dtype is torch.float64
 
 
 def _checked(intervention, d_sae: int) -> Intervention:
@@ -120,16 +127,16 @@ def steer(
     """
     # This runs once per generated token and hook: every look-up here is cached (SAE.packed,
     # resolve_backend, _checked); benchmarks/RESULTS.md has the per-call overhead.
-    sae = as_packed(sae)
-    _check_x(x, sae)
+    sae = sae if type(sae) is PackedSAE else as_packed(sae)
+    device = _check_x(x, sae)
     iv = _checked(intervention, sae.d_sae)
-    mask = None if token_mask is None else _check_mask(token_mask, x.shape[:-1], x.device)
-    name = resolve_backend("steer", x.device, backend)
+    mask = None if token_mask is None else _check_mask(token_mask, x.shape[:-1], device)
+    name = resolve_backend("steer", device, backend)
     if name == "torch" or _float64(x.dtype, sae):
         return reference.steer(x, sae, iv, mask)
     if not iv.features:
         return x.clone()
-    feats, vals = iv.tensors(x.device)
+    feats, vals = iv.tensors(device)
     impl = registry.implementation("steer", name)
     if x.dim() == 2:
         return impl(x, sae, feats, iv.mode_id, vals, mask)
