@@ -17,6 +17,7 @@
 //   features     [S] int64 feature ids; values [S] float32 (steer) or [R, S] float32 (steer_rows)
 //   mode         0 ablate, 1 scale, 2 clamp, 3 add              (saesteer.intervention.MODES)
 //   token_mask   [N] bool (steer) or [R, T] bool (steer_rows): where the edit applies
+//   weights      [S] float32: trigger_score's per-feature weights; it returns [N] float32
 #include <Python.h>
 #include <torch/library.h>
 
@@ -38,6 +39,9 @@ TORCH_LIBRARY(saesteer, m) {
       "encode_topk(Tensor x, Tensor W_enc_T, Tensor b_dec, Tensor params, int arch, int norm, "
       "bool apply_b_dec, int sae_k, int k) -> (Tensor, Tensor)");
   m.def("decode_sparse(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec, Tensor params) -> Tensor");
+  m.def(
+      "trigger_score(Tensor x, Tensor W_enc_T, Tensor b_dec, Tensor params, int arch, int norm, bool apply_b_dec, "
+      "int k, Tensor features, Tensor weights) -> Tensor");
 }
 
 namespace {

@@ -238,6 +238,25 @@ at::Tensor decode_sparse_cpu(const at::Tensor& values, const at::Tensor& indices
   return out;
 }
 
+at::Tensor trigger_score_cpu(const at::Tensor& x, const at::Tensor& W_enc_T, const at::Tensor& b_dec,
+                             const at::Tensor& params, int64_t arch, int64_t norm, bool apply_b_dec, int64_t k,
+                             const at::Tensor& features, const at::Tensor& weights) {
+  const int64_t d_sae = check_encoder(x, W_enc_T, b_dec, params, arch, norm);
+  TORCH_CHECK(arch != kTopK || (k >= 1 && k <= d_sae), "k: a topk SAE needs k in [1, d_sae=", d_sae, "], got ", k);
+  check_features(features, d_sae, x);
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == features.size(0) && weights.scalar_type() == at::kFloat,
+              "weights: expected float32 [|S|=", features.size(0), "], got ", weights.scalar_type(), " ", weights.sizes());
+  check_cpu(weights, "weights", x);
+  const at::Tensor xc = x.contiguous(), feats = features.contiguous(), w = weights.contiguous();
+  at::Tensor out = at::empty({xc.size(0)}, xc.options().dtype(at::kFloat));
+  if (xc.size(0) == 0) return out;
+  const EncoderTensors E(W_enc_T, b_dec, params, arch, norm, apply_b_dec);
+  init_threads();
+  trigger_score(TriggerArgs{E.enc, xc.data_ptr(), kernel_dtype(xc.scalar_type(), "x"), xc.size(0), k,
+                            feats.data_ptr<int64_t>(), w.data_ptr<float>(), feats.numel(), out.data_ptr<float>()});
+  return out;
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace saesteer
@@ -247,4 +266,5 @@ TORCH_LIBRARY_IMPL(saesteer, CPU, m) {
   m.impl("steer_rows", &saesteer::cpu::steer_rows_cpu);
   m.impl("encode_topk", &saesteer::cpu::encode_topk_cpu);
   m.impl("decode_sparse", &saesteer::cpu::decode_sparse_cpu);
+  m.impl("trigger_score", &saesteer::cpu::trigger_score_cpu);
 }

@@ -1,7 +1,7 @@
 // CUDA implementations of the saesteer ops (schemas: csrc/ops.cpp): argument checks, device guard,
 // current stream (c10::cuda::getCurrentCUDAStream, which at::cuda re-exports; its header needs no cuBLAS),
 // then the torch-free launchers of csrc/kernels. Registered: steer, steer_rows,
-// decode_sparse. encode_topk has no CUDA kernel (the Triton one serves CUDA tensors).
+// decode_sparse, trigger_score. encode_topk has no CUDA kernel (the Triton one serves CUDA tensors).
 //
 // Everything here is CUDA-graph safe: outputs come from the caching allocator on the current
 // stream, no host synchronization, no data-dependent shapes.
@@ -92,6 +92,39 @@ std::pair<at::Tensor, at::Tensor> topk_winners(const at::Tensor& x2, const at::T
   return {std::get<0>(top).clamp_min(0).contiguous(), std::get<1>(top).contiguous()};
 }
 
+// The kernel arguments shared by steer and the trigger read, for x2 [N, d_in] (unit column stride);
+// a topk SAE's winners (tk_v, tk_i) are computed into the given tensors, which must outlive the launch.
+template <typename T>
+saesteer::SteerArgs<T> subset_args(const at::Tensor& x2, const at::Tensor& W_enc_T, const at::Tensor& b_dec,
+                                   const at::Tensor& params, int64_t arch, int64_t norm, bool apply_b_dec, int64_t k,
+                                   const at::Tensor& features, const at::Tensor& values, at::Tensor& tk_v,
+                                   at::Tensor& tk_i) {
+  if (arch == 3) {
+    TORCH_CHECK(k >= 1 && k <= W_enc_T.size(0), "k: a topk SAE needs 1 <= k <= d_sae, got ", k);
+    std::tie(tk_v, tk_i) = topk_winners(x2, W_enc_T, b_dec, params, norm, apply_b_dec, k);
+  }
+  saesteer::SteerArgs<T> a{};
+  a.x = ptr<T>(x2);
+  a.W_enc_T = ptr<T>(W_enc_T);
+  a.b_dec = ptr<T>(b_dec);
+  a.params = params.data_ptr<float>();
+  a.features = features.data_ptr<int64_t>();
+  a.values = values.data_ptr<float>();
+  a.topk_idx = arch == 3 ? tk_i.data_ptr<int64_t>() : nullptr;
+  a.topk_val = arch == 3 ? tk_v.data_ptr<float>() : nullptr;
+  a.n_tokens = x2.size(0);
+  a.d_in = x2.size(1);
+  a.d_sae = W_enc_T.size(0);
+  a.n_features = features.size(0);
+  a.x_stride = x2.stride(0);
+  a.tok_per_row = 1;
+  a.topk_k = arch == 3 ? k : 0;
+  a.arch = static_cast<int>(arch);
+  a.norm = static_cast<int>(norm);
+  a.apply_b_dec = apply_b_dec;
+  return a;
+}
+
 // x2 [N, d_in] (unit column stride), mask [N] or undefined, values [S] (stride 0) or [R, S].
 at::Tensor steer_launch(const at::Tensor& x2, const at::Tensor& W_enc_T, const at::Tensor& W_dec,
                         const at::Tensor& b_dec, const at::Tensor& params, int64_t arch, int64_t norm, bool apply_b_dec,
@@ -102,38 +135,18 @@ at::Tensor steer_launch(const at::Tensor& x2, const at::Tensor& W_enc_T, const a
   if (N == 0) return out;
   if (S == 0) return out.copy_(x2);
   at::Tensor tk_v, tk_i;
-  if (arch == 3) {
-    TORCH_CHECK(k >= 1 && k <= W_enc_T.size(0), "k: a topk SAE needs 1 <= k <= d_sae, got ", k);
-    std::tie(tk_v, tk_i) = topk_winners(x2, W_enc_T, b_dec, params, norm, apply_b_dec, k);
-  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x2.device().index());
   dispatch_storage(x2.scalar_type(), "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    saesteer::SteerArgs<T> a{};
-    a.x = ptr<T>(x2);
+    saesteer::SteerArgs<T> a = subset_args<T>(x2, W_enc_T, b_dec, params, arch, norm, apply_b_dec, k, features, values,
+                                              tk_v, tk_i);
     a.out = reinterpret_cast<T*>(out.data_ptr());
-    a.W_enc_T = ptr<T>(W_enc_T);
     a.W_dec = ptr<T>(W_dec);
-    a.b_dec = ptr<T>(b_dec);
-    a.params = params.data_ptr<float>();
-    a.features = features.data_ptr<int64_t>();
-    a.values = values.data_ptr<float>();
     a.token_mask = mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr()) : nullptr;
-    a.topk_idx = arch == 3 ? tk_i.data_ptr<int64_t>() : nullptr;
-    a.topk_val = arch == 3 ? tk_v.data_ptr<float>() : nullptr;
-    a.n_tokens = N;
-    a.d_in = D;
-    a.d_sae = W_enc_T.size(0);
-    a.n_features = S;
-    a.x_stride = x2.stride(0);
     a.out_stride = out.stride(0);
     a.tok_per_row = tok_per_row;
     a.values_stride = values_stride;
-    a.topk_k = arch == 3 ? k : 0;
-    a.arch = static_cast<int>(arch);
-    a.norm = static_cast<int>(norm);
     a.mode = static_cast<int>(mode);
-    a.apply_b_dec = apply_b_dec;
     CHECK_LAUNCH(saesteer::launch_steer_subset<T>(a, stream), "steer");
   });
   return out;
@@ -205,6 +218,37 @@ at::Tensor steer_rows_cuda(const at::Tensor& x, const at::Tensor& W_enc_T, const
   return out.view({R, T, x.size(2)});
 }
 
+at::Tensor trigger_score_cuda(const at::Tensor& x, const at::Tensor& W_enc_T, const at::Tensor& b_dec,
+                              const at::Tensor& params, int64_t arch, int64_t norm, bool apply_b_dec, int64_t k,
+                              const at::Tensor& features, const at::Tensor& weights) {
+  CHECK_CUDA(x);
+  TORCH_CHECK(x.dim() == 2, "x: expected [N, d_in], got shape ", x.sizes());
+  check_sae(x, W_enc_T, "W_enc_T", b_dec, params);
+  TORCH_CHECK(x.size(1) == W_enc_T.size(1), "x: expected last dimension d_in=", W_enc_T.size(1), ", got shape ",
+              x.sizes());
+  TORCH_CHECK(arch >= 0 && arch <= 3, "arch: expected 0..3, got ", arch);
+  TORCH_CHECK(norm >= 0 && norm <= 2, "norm: expected 0..2, got ", norm);
+  CHECK_SAME_DEVICE(features, x);
+  CHECK_DTYPE(features, at::kLong);
+  TORCH_CHECK(features.dim() == 1, "features: expected [S], got shape ", features.sizes());
+  CHECK_SAME_DEVICE(weights, x);
+  CHECK_DTYPE(weights, at::kFloat);
+  CHECK_SHAPE(weights, features.size(0));
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor x2 = x.stride(1) == 1 ? x : x.contiguous();
+  const at::Tensor f = features.contiguous(), w = weights.contiguous();
+  at::Tensor out = at::zeros({x2.size(0)}, x2.options().dtype(at::kFloat));
+  if (x2.size(0) == 0 || f.size(0) == 0) return out;
+  at::Tensor tk_v, tk_i;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x2.device().index());
+  dispatch_storage(x2.scalar_type(), "x", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const saesteer::SteerArgs<T> a = subset_args<T>(x2, W_enc_T, b_dec, params, arch, norm, apply_b_dec, k, f, w, tk_v, tk_i);
+    CHECK_LAUNCH(saesteer::launch_trigger_subset<T>(a, out.data_ptr<float>(), stream), "trigger_score");
+  });
+  return out;
+}
+
 at::Tensor decode_sparse_cuda(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& W_dec,
                               const at::Tensor& b_dec, const at::Tensor& params) {
   CHECK_CUDA(values);
@@ -245,4 +289,5 @@ TORCH_LIBRARY_IMPL(saesteer, CUDA, m) {
   m.impl("steer", &steer_cuda);
   m.impl("steer_rows", &steer_rows_cuda);
   m.impl("decode_sparse", &decode_sparse_cuda);
+  m.impl("trigger_score", &trigger_score_cuda);
 }

@@ -50,6 +50,7 @@ namespace {
 #endif
 
 constexpr int kBlock = 4;  // tokens per block (the register tile of the micro-kernels)
+constexpr int64_t kFewBlocks = 4;  // up to this many blocks (16 tokens), steer splits rows, not blocks
 
 // ------------------------------------------------------------------------------------------------
 // fp32 micro-kernels
@@ -576,35 +577,13 @@ void block_coefficients(const SteerProblem& P, const int64_t* toks, int nt, cons
   coefficients(P, toks, nt, s, f);
 }
 
-// standard / jumprelu / gated: everything per block, |S| encoder and decoder rows only.
-template <typename w_t>
-void steer_subset(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
+// Block-parallel subset encode of the active tokens: per block of kBlock tokens, x' and the |S|
+// pre-activations <x'_t, W_enc_T[S_r]> into B.coef, then done(toks, nt, s, B) with s the tokens'
+// denormalization scales.
+template <typename w_t, typename Done>
+void encode_blocks(const SteerProblem& P, const w_t* W_enc_T, Done&& done) {
   const int64_t A = static_cast<int64_t>(P.active.size());
-  const int64_t nblocks = (A + kBlock - 1) / kBlock;
-  const int64_t d = P.d_in;
-  // At generation time (one block of <= 4 tokens) a block-parallel loop has one task: split the
-  // |S| encoder rows, then the d_in output columns, across threads instead, once the block has
-  // enough work to pay for two parallel regions (~256k multiply-adds).
-  if (nblocks == 1 && omp_get_max_threads() > 1 && A * P.S * d * 2 >= (int64_t{1} << 18)) {
-    const int nt = static_cast<int>(A);
-    BlockScratch B(P);
-    float s[kBlock];
-    load_block(P, P.active.data(), nt, B, s, /*normalize=*/true);
-    const int64_t row_groups = (P.S + 3) / 4;
-    parallel_tasks(row_groups, 1, [&](int64_t g0, int64_t g1) {
-      std::unique_ptr<float[]> scratch(new float[4 * d]);
-      encode_subset_block(P, W_enc_T, nt, B.xp.get(), B.coef.get(), 4 * g0, std::min(P.S, 4 * g1), scratch.get());
-    });
-    block_coefficients(P, P.active.data(), nt, s, B);
-    constexpr int64_t kCols = 256;
-    parallel_tasks((d + kCols - 1) / kCols, 1, [&](int64_t c0, int64_t c1) {
-      const int64_t j0 = c0 * kCols, j1 = std::min(d, c1 * kCols);
-      std::unique_ptr<float[]> rows(new float[4 * (j1 - j0)]);
-      apply_block(P, W_dec, P.active.data(), nt, B, j0, j1, rows.get());
-    });
-    return;
-  }
-  parallel_tasks(nblocks, block_grain(P), [&](int64_t b0, int64_t b1) {
+  parallel_tasks((A + kBlock - 1) / kBlock, block_grain(P), [&](int64_t b0, int64_t b1) {
     BlockScratch B(P);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t* toks = P.active.data() + blk * kBlock;
@@ -612,9 +591,57 @@ void steer_subset(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
       float s[kBlock];
       load_block(P, toks, nt, B, s, /*normalize=*/true);
       encode_subset_block(P, W_enc_T, nt, B.xp.get(), B.coef.get(), 0, P.S, B.rows.get());
-      block_coefficients(P, toks, nt, s, B);
-      apply_block(P, W_dec, toks, nt, B);
+      done(toks, nt, s, B);
     }
+  });
+}
+
+// standard / jumprelu / gated: everything per block, |S| encoder and decoder rows only.
+template <typename w_t>
+void steer_subset(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
+  const int64_t A = static_cast<int64_t>(P.active.size());
+  const int64_t nblocks = (A + kBlock - 1) / kBlock;
+  const int64_t d = P.d_in;
+  // Few tokens (a generation step, a short prompt: up to kFewBlocks blocks): split the |S| encoder
+  // rows, then the d_in output columns, across threads, each task serving every block, so that each
+  // weight row is read once per call (block-parallel tasks would each read all of them). Tasks get
+  // at least ~128k multiply-adds (an OpenMP region costs microseconds); fewer run inline.
+  if (nblocks <= kFewBlocks) {
+    std::vector<BlockScratch> Bs;
+    Bs.reserve(nblocks);
+    int nt[kFewBlocks];
+    float s[kFewBlocks][kBlock];
+    for (int64_t b = 0; b < nblocks; ++b) {
+      Bs.emplace_back(P);
+      nt[b] = static_cast<int>(std::min<int64_t>(kBlock, A - b * kBlock));
+      load_block(P, P.active.data() + b * kBlock, nt[b], Bs[b], s[b], /*normalize=*/true);
+    }
+    constexpr int64_t kMinTask = int64_t{1} << 17;
+    const int64_t row_groups = (P.S + 3) / 4;
+    parallel_tasks(row_groups, std::max<int64_t>(1, kMinTask / (4 * d * A)), [&](int64_t g0, int64_t g1) {
+      std::unique_ptr<float[]> scratch(new float[4 * d]);
+      for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t b = 0; b < nblocks; ++b) {
+          encode_subset_block(P, W_enc_T, nt[b], Bs[b].xp.get(), Bs[b].coef.get(), 4 * g, std::min(P.S, 4 * g + 4),
+                              scratch.get());
+        }
+      }
+    });
+    for (int64_t b = 0; b < nblocks; ++b) block_coefficients(P, P.active.data() + b * kBlock, nt[b], s[b], Bs[b]);
+    constexpr int64_t kCols = 256;
+    const int64_t chunks = (d + kCols - 1) / kCols;
+    parallel_tasks(chunks, std::max<int64_t>(1, kMinTask / (kCols * P.S * A)), [&](int64_t c0, int64_t c1) {
+      std::unique_ptr<float[]> rows(new float[4 * kCols]);
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t j0 = c * kCols, j1 = std::min(d, j0 + kCols);
+        for (int64_t b = 0; b < nblocks; ++b) apply_block(P, W_dec, P.active.data() + b * kBlock, nt[b], Bs[b], j0, j1, rows.get());
+      }
+    });
+    return;
+  }
+  encode_blocks(P, W_enc_T, [&](const int64_t* toks, int nt, const float* s, BlockScratch& B) {
+    block_coefficients(P, toks, nt, s, B);
+    apply_block(P, W_dec, toks, nt, B);
   });
 }
 
@@ -650,12 +677,14 @@ void encode_tiles(const float* xp, int64_t rows, const w_t* W_enc_T, int64_t d_s
   }
 }
 
-// topk: the full encode decides membership in the SAE's top k; the delta still reads |S| rows.
+// topk: the activations f[a, r] of the features S for every active token (the full encode decides
+// membership in the SAE's top k), and each token's denormalization scale.
 template <typename w_t>
-void steer_topk(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
+void topk_subset_acts(const SteerProblem& P, const w_t* W_enc_T, std::vector<float>& f, std::vector<float>& scale) {
   const int64_t A = static_cast<int64_t>(P.active.size());
   const int64_t d = P.d_in, S = P.S;
-  std::vector<float> xp_buf(A * d), scale(A);
+  std::vector<float> xp_buf(A * d);
+  scale.assign(A, 1.f);
   float* xp = xp_buf.data();
   const size_t b = x_row_bytes(P);
   parallel_tasks(A, 16, [&](int64_t a0, int64_t a1) {
@@ -669,7 +698,7 @@ void steer_topk(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
   std::vector<std::pair<int64_t, int64_t>> by_id(S);
   for (int64_t r = 0; r < S; ++r) by_id[r] = {P.feats[r], r};
   std::sort(by_id.begin(), by_id.end());
-  std::vector<float> score_S(A * S);
+  f.assign(A * S, 0.f);
   std::vector<RowTopK> top(A);
   for (auto& h : top) h.reset(P.k);
   encode_tiles(xp, A, W_enc_T, P.d_sae, d, P.gemm, [&](int64_t a, int64_t j0, const float* pre, int64_t nc) {
@@ -681,9 +710,24 @@ void steer_topk(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
     auto it = std::lower_bound(by_id.begin(), by_id.end(), std::make_pair(j0, int64_t{-1}));
     for (; it != by_id.end() && it->first < j0 + nc; ++it) {
       const int64_t i = it->first;
-      score_S[a * S + it->second] = (pre[i - j0] + P.params.bias[i]) * P.params.mag_scale[i];
+      f[a * S + it->second] = (pre[i - j0] + P.params.bias[i]) * P.params.mag_scale[i];
     }
   });
+  for (int64_t a = 0; a < A; ++a) {
+    for (int64_t r = 0; r < S; ++r) {
+      const float sc = f[a * S + r];
+      f[a * S + r] = top[a].contains(sc, P.feats[r]) && sc > 0.f ? sc : 0.f;
+    }
+  }
+}
+
+// topk: the full encode decides membership in the SAE's top k; the delta still reads |S| rows.
+template <typename w_t>
+void steer_topk(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
+  const int64_t A = static_cast<int64_t>(P.active.size());
+  const int64_t S = P.S;
+  std::vector<float> acts, scale;
+  topk_subset_acts(P, W_enc_T, acts, scale);
   const int64_t nblocks = (A + kBlock - 1) / kBlock;
   parallel_tasks(nblocks, block_grain(P), [&](int64_t b0, int64_t b1) {
     BlockScratch B(P);
@@ -695,15 +739,35 @@ void steer_topk(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
       load_block(P, toks, nt, B, s, /*normalize=*/false);
       float* f = B.coef.get();
       for (int t = 0; t < nt; ++t) {
-        const int64_t a = a_first + t;
-        s[t] = scale[a];
-        for (int64_t r = 0; r < S; ++r) {
-          const float sc = score_S[a * S + r];
-          f[t * S + r] = top[a].contains(sc, P.feats[r]) && sc > 0.f ? sc : 0.f;
-        }
+        s[t] = scale[a_first + t];
+        std::memcpy(f + t * S, acts.data() + (a_first + t) * S, S * sizeof(float));
       }
       coefficients(P, toks, nt, s, f);
       apply_block(P, W_dec, toks, nt, B);
+    }
+  });
+}
+
+// The trigger read: per token sum_r w[r] * f[r], from the subset encode (or topk's full one).
+template <typename w_t>
+void trigger_subset(const SteerProblem& P, const w_t* W_enc_T, const float* w, float* out) {
+  const int64_t N = P.N, S = P.S;
+  if (P.arch == kTopK) {
+    std::vector<float> f, scale;
+    topk_subset_acts(P, W_enc_T, f, scale);
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0.0;
+      for (int64_t r = 0; r < S; ++r) acc += double(w[r]) * double(f[n * S + r]);
+      out[n] = static_cast<float>(acc);
+    }
+    return;
+  }
+  encode_blocks(P, W_enc_T, [&](const int64_t* toks, int nt, const float*, BlockScratch& B) {
+    const float* f = B.coef.get();
+    for (int t = 0; t < nt; ++t) {
+      double acc = 0.0;
+      for (int64_t r = 0; r < S; ++r) acc += double(w[r]) * double(activation(f[t * S + r], P.feats[r], P.arch, P.params));
+      out[toks[t]] = static_cast<float>(acc);
     }
   });
 }
@@ -803,6 +867,24 @@ void encode_topk(const EncodeTopkArgs& a) {
       }
       store_row(vrow.data(), static_cast<char*>(a.out_values) + n * out_row_bytes, a.x_dtype, k);
     }
+  });
+}
+
+void trigger_score(const TriggerArgs& a) {
+  const Encoder& e = a.enc;
+  if (a.N == 0) return;
+  if (a.S == 0) {
+    std::fill(a.out, a.out + a.N, 0.f);
+    return;
+  }
+  SteerProblem P{a.x, nullptr, a.x_dtype, a.N, e.d_in, e.d_sae, e.apply_b_dec ? e.b_dec : nullptr,
+                 FeatureParams(e.params, e.d_sae), e.arch, e.norm, a.k, a.features, a.S, kAblate, nullptr,
+                 1, e.gemm, {}};
+  P.active.resize(a.N);
+  for (int64_t n = 0; n < a.N; ++n) P.active[n] = n;
+  dispatch_weights(e.w_dtype, [&](auto tag) {
+    using w_t = decltype(tag);
+    trigger_subset<w_t>(P, static_cast<const w_t*>(e.W_enc_T), a.weights, a.out);
   });
 }
 

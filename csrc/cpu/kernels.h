@@ -64,6 +64,22 @@ struct EncodeTopkArgs {
 
 void encode_topk(const EncodeTopkArgs& a);
 
+struct TriggerArgs {
+  Encoder enc;
+  const void* x;            // [N, d_in], x_dtype
+  Dtype x_dtype;
+  int64_t N;
+  int64_t k;                // the topk SAE's own k
+  const int64_t* features;  // [S]
+  const float* weights;     // [S]
+  int64_t S;
+  float* out;               // [N] float32
+};
+
+// out[n] = sum_r weights[r] * f_{features[r]}(x_n): the |S| encoder rows only (standard, jumprelu,
+// gated), the full encode for a topk SAE's membership test, as steer reads them.
+void trigger_score(const TriggerArgs& a);
+
 struct DecodeSparseArgs {
   const void* values;   // [N, K], v_dtype
   const int64_t* ids;   // [N, K], each in [0, d_sae)

@@ -48,6 +48,66 @@ __device__ float normalize_row(const SteerArgs<T>& a, const T* __restrict__ x, f
   return scale;
 }
 
+// f[u] = the activation of feature `feat` on token t0 + u (u < n_tok), in every lane of the warp:
+// the dot of its encoder row with x' (xs [TOK][d_in] in shared memory; one 16-byte load of the row
+// serves the TOK tokens), or for a topk SAE a look-up among the token's winners.
+template <typename T, int VEC, int TOK>
+__device__ __forceinline__ void subset_activations(const SteerArgs<T>& a, int64_t feat, const float* xs, int64_t t0,
+                                                   int n_tok, int lane, float (&f)[TOK]) {
+  constexpr int kChunk = kWarpSize * VEC;
+  const int64_t D = a.d_in;
+  if (a.topk_idx != nullptr) {  // topk SAE: f = the winner's activation, or 0 if not a winner
+#pragma unroll
+    for (int u = 0; u < TOK; ++u) {
+      float hit = 0.f;
+      if (u < n_tok) {
+        const int64_t base = (t0 + u) * a.topk_k;
+        for (int64_t j = lane; j < a.topk_k; j += kWarpSize) {
+          if (a.topk_idx[base + j] == feat) hit = a.topk_val[base + j];
+        }
+      }
+      f[u] = warp_sum(hit);  // ids are distinct: at most one lane holds a nonzero
+    }
+    return;
+  }
+  const T* __restrict__ w = a.W_enc_T + feat * D;
+  float acc[TOK];
+#pragma unroll
+  for (int u = 0; u < TOK; ++u) acc[u] = 0.f;
+  for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += kChunk) {
+    float wv[VEC];
+    load_floats<T, VEC>(w + d, wv);
+#pragma unroll
+    for (int u = 0; u < TOK; ++u) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[u] += wv[i] * xs[u * D + d + i];
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < TOK; ++u) f[u] = activation(warp_sum(acc[u]), a.params, a.d_sae, feat, a.arch);
+}
+
+// The trigger read, one token per block: scores[t] = sum_s values[s] * f_{features[s]}(x_t), warp w
+// taking the features w, w + kWarps, ... (the subset encode of the steer kernel, nothing decoded).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads) trigger_subset_kernel(const SteerArgs<T> a, float* __restrict__ scores) {
+  extern __shared__ float smem[];
+  float* xs = smem;  // [d_in] x'
+  __shared__ float scratch[kWarps];
+  const int64_t t = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
+  normalize_row<T>(a, a.x + t * a.x_stride, xs, scratch);
+  __syncthreads();
+  float acc = 0.f;
+  for (int64_t s = warp; s < a.n_features; s += kWarps) {
+    float f[1];
+    subset_activations<T, VEC, 1>(a, a.features[s], xs, t, 1, lane, f);
+    acc += a.values[s] * f[0];  // the same in every lane of the warp
+  }
+  acc = block_sum<kThreads>(lane == 0 ? acc : 0.f, scratch);
+  if (tid == 0) scores[t] = acc;
+}
+
 // TOK tokens per block share each encoder-row load (their x' sit side by side in shared memory).
 template <typename T, int VEC, int TOK>
 __global__ void __launch_bounds__(kThreads) steer_subset_kernel(const SteerArgs<T> a) {
@@ -77,35 +137,7 @@ __global__ void __launch_bounds__(kThreads) steer_subset_kernel(const SteerArgs<
   for (int64_t s = warp; s < S; s += kWarps) {
     const int64_t feat = a.features[s];
     float f[TOK];
-    if (a.topk_idx != nullptr) {  // topk SAE: f = the winner's activation, or 0 if not a winner
-#pragma unroll
-      for (int u = 0; u < TOK; ++u) {
-        float hit = 0.f;
-        if (u < n_tok) {
-          const int64_t base = (t0 + u) * a.topk_k;
-          for (int64_t j = lane; j < a.topk_k; j += kWarpSize) {
-            if (a.topk_idx[base + j] == feat) hit = a.topk_val[base + j];
-          }
-        }
-        f[u] = warp_sum(hit);  // ids are distinct: at most one lane holds a nonzero
-      }
-    } else {
-      const T* __restrict__ w = a.W_enc_T + feat * D;
-      float acc[TOK];
-#pragma unroll
-      for (int u = 0; u < TOK; ++u) acc[u] = 0.f;
-      for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += kChunk) {
-        float wv[VEC];
-        load_floats<T, VEC>(w + d, wv);
-#pragma unroll
-        for (int u = 0; u < TOK; ++u) {
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) acc[u] += wv[i] * xs[u * D + d + i];
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < TOK; ++u) f[u] = activation(warp_sum(acc[u]), a.params, a.d_sae, feat, a.arch);
-    }
+    subset_activations<T, VEC, TOK>(a, feat, xs, t0, n_tok, lane, f);
     if (lane == 0) {
       const float dec_scale = a.params[kDecScale * a.d_sae + feat];
 #pragma unroll
@@ -156,6 +188,22 @@ __global__ void __launch_bounds__(kThreads) steer_subset_kernel(const SteerArgs<
   }
 }
 
+// Opts `kernel` in to `smem` bytes of dynamic shared memory when above the 48 KB default
+// (cudaErrorInvalidValue beyond the device's limit); *sms = the device's multiprocessor count.
+template <typename Kernel>
+cudaError_t prepare_smem(Kernel kernel, size_t smem, int* sms) {
+  int device = 0, smem_optin = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  if (smem > static_cast<size_t>(smem_optin)) return cudaErrorInvalidValue;
+  if (smem > 48 * 1024) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  }
+  return cudaSuccess;
+}
+
 // Tokens per block: 4 from 32 tokens on (the encoder rows are then read from L2 a quarter as
 // often; 8+ token groups times the column split still give ~70+ blocks), else 1.
 constexpr int kTokensPerBlock = 4;
@@ -165,16 +213,9 @@ template <typename T, int VEC, int TOK>
 cudaError_t launch(const SteerArgs<T>& a, cudaStream_t stream) {
   const size_t smem = steer_subset_smem_bytes<T>(a.d_in, a.n_features, TOK);
   auto kernel = steer_subset_kernel<T, VEC, TOK>;
-  int device = 0, sms = 0, smem_optin = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  int sms = 0;
+  const cudaError_t err = prepare_smem(kernel, smem, &sms);
   if (err != cudaSuccess) return err;
-  if (smem > static_cast<size_t>(smem_optin)) return cudaErrorInvalidValue;
-  if (smem > 48 * 1024) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
   // About two blocks per SM in total: a generation step (few tokens) splits each token's columns
   // over several blocks; a prefill keeps one block per token group so the dots are computed once.
   const int64_t blocks = (a.n_tokens + TOK - 1) / TOK;
@@ -208,9 +249,25 @@ cudaError_t launch_steer_subset(const SteerArgs<T>& a, cudaStream_t stream) {
   return vec ? launch_tok<T, V>(a, stream) : launch_tok<T, 1>(a, stream);
 }
 
+template <typename T>
+cudaError_t launch_trigger_subset(const SteerArgs<T>& a, float* scores, cudaStream_t stream) {
+  if (a.n_tokens == 0) return cudaSuccess;
+  if (a.n_tokens > 0x7fffffff || a.d_in < 1) return cudaErrorInvalidValue;
+  const size_t smem = static_cast<size_t>(a.d_in) * sizeof(float);
+  constexpr int V = kVec16<T>;
+  const bool vec = a.d_in % V == 0 && a.x_stride % V == 0 && aligned16(a.x) && aligned16(a.W_enc_T);
+  auto kernel = vec ? trigger_subset_kernel<T, V> : trigger_subset_kernel<T, 1>;
+  int sms = 0;
+  const cudaError_t err = prepare_smem(kernel, smem, &sms);
+  if (err != cudaSuccess) return err;
+  kernel<<<static_cast<unsigned>(a.n_tokens), kThreads, smem, stream>>>(a, scores);
+  return cudaGetLastError();
+}
+
 #define SAESTEER_INSTANTIATE(T)                                                          \
   template size_t steer_subset_smem_bytes<T>(int64_t, int64_t, int);                    \
-  template cudaError_t launch_steer_subset<T>(const SteerArgs<T>&, cudaStream_t);
+  template cudaError_t launch_steer_subset<T>(const SteerArgs<T>&, cudaStream_t);        \
+  template cudaError_t launch_trigger_subset<T>(const SteerArgs<T>&, float*, cudaStream_t);
 SAESTEER_INSTANTIATE(float)
 SAESTEER_INSTANTIATE(__half)
 SAESTEER_INSTANTIATE(__nv_bfloat16)

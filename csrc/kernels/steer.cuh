@@ -58,4 +58,10 @@ size_t steer_subset_smem_bytes(int64_t d_in, int64_t n_features, int tokens_per_
 template <typename T>
 cudaError_t launch_steer_subset(const SteerArgs<T>& args, cudaStream_t stream);
 
+// The trigger read: scores[t] = sum_s values[s] * f_{features[s]}(x_t) (float32 [n_tokens]), from the
+// same subset encode (out, W_dec, token_mask, mode and tok_per_row are not read; values are the
+// weights, values_stride 0). One block per token, d_in floats of shared memory. Same launch contract.
+template <typename T>
+cudaError_t launch_trigger_subset(const SteerArgs<T>& args, float* scores, cudaStream_t stream);
+
 }  // namespace saesteer

@@ -145,10 +145,41 @@ def test_decode_sparse_matches_reference(arch, dtype):
     assert_close_dtype(out, reference.decode_sparse(vals, idx, sae), dtype)
 
 
+# (arch config, d_in, d_sae, tokens shape, features, dtype): every architecture, both tilings
+TRIGGER_CASES = [
+    ("standard", 37, 101, (13,), [0, 5, 17, 40, 63, 88, 100], torch.float32),
+    ("jumprelu", 64, 257, (2, 13), [3, 200, 256], torch.float32),
+    ("gated", 37, 257, (1,), [7], torch.float32),
+    ("topk", 64, 101, (13,), [1, 2, 3, 50, 60, 70, 99], torch.float32),
+    ("topk_rescale", 37, 257, (70,), [11, 250], torch.float32),
+    ("standard_layer_norm", 64, 101, (70,), list(range(0, 101, 3)), torch.float32),  # N >= 64, |S| > BLOCK_S
+    ("jumprelu_const_norm", 37, 101, (1,), [0, 1, 2, 3, 4, 5, 6], torch.float32),
+    ("jumprelu", 64, 101, (13,), [8, 9, 10, 30], torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("arch,d_in,d_sae,lead,feats,dtype", TRIGGER_CASES, ids=[f"{c[0]}-{len(c[4])}-{c[5]}" for c in TRIGGER_CASES])
+def test_trigger_score_matches_reference(arch, d_in, d_sae, lead, feats, dtype):
+    sae = make_sae(arch, d_in, d_sae, seed=3).to(dtype)
+    x = _x((*lead, d_in), seed=4, dtype=dtype)
+    w = torch.randn(len(feats), generator=torch.Generator().manual_seed(5))
+    for wt in (None, w):
+        s = ops.trigger_score(x, sae, feats, wt, backend=B)
+        ref = reference.trigger_score(x, sae, feats, wt)
+        assert s.shape == lead and s.dtype == torch.float32
+        assert_close_dtype(s, ref, dtype, atol=tol_abs(dtype) * max(1.0, float(ref.abs().max())))
+    assert (ref != 0).any(), "every score is 0: the test would not see a broken kernel"
+
+
+def tol_abs(dtype):
+    return {torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+
+
 def test_backend_registered_as_triton_ops():
     assert "triton" in ops.available_backends("cpu", "steer")
     if hasattr(torch.library, "triton_op"):
         assert hasattr(torch.ops.saesteer_triton, "steer")
         assert hasattr(torch.ops.saesteer_triton, "encode_topk")
         assert hasattr(torch.ops.saesteer_triton, "decode_sparse")
+        assert hasattr(torch.ops.saesteer_triton, "trigger_score")
     assert saesteer.triton.supports(torch.device("cpu"))

@@ -225,6 +225,32 @@ def decode_sparse(values: torch.Tensor, indices: torch.Tensor, sae, backend: str
     return out.view(*values.shape[:-1], sae.d_in)
 
 
+_TRIGGERS: dict = {}  # (features, weights, d_sae, device) -> validated tensors, for plain-int feature lists
+_TRIGGERS_MAX = 1024
+_INT, _NUMBER = {int}, {int, float}
+
+
+def _trigger_tensors(features, weights, d_sae: int, device: torch.device):
+    """:func:`reference.trigger_tensors`, cached when ``features`` is a list/tuple of ints and
+    ``weights`` None, a float or a list/tuple of floats (validating 32 ids costs ~60 us per call)."""
+    key = None
+    if isinstance(features, (list, tuple)) and set(map(type, features)) <= _INT:
+        if weights is None or type(weights) in (int, float):
+            key = (tuple(features), weights, d_sae, device)
+        elif isinstance(weights, (list, tuple)) and set(map(type, weights)) <= _NUMBER:
+            key = (tuple(features), tuple(weights), d_sae, device)
+    if key is not None:
+        hit = _TRIGGERS.get(key)
+        if hit is not None:
+            return hit
+    out = reference.trigger_tensors(features, weights, d_sae, device)
+    if key is not None:
+        if len(_TRIGGERS) >= _TRIGGERS_MAX:
+            _TRIGGERS.clear()
+        _TRIGGERS[key] = out
+    return out
+
+
 def trigger_score(x: torch.Tensor, sae, features, weights=None, backend: str = "auto") -> torch.Tensor:
     """The trigger read: ``score[...] = sum_j weights[j] * f_{features[j]}(x[...])``, float32 ``[...]``.
 
@@ -239,14 +265,16 @@ def trigger_score(x: torch.Tensor, sae, features, weights=None, backend: str = "
     For standard/jumprelu/gated SAEs only the |T| encoder columns are read (the subset encode of
     :func:`steer`); topk needs the full encode. Activations are accumulated in float32.
     """
-    sae = as_packed(sae)
-    _check_x(x, sae)
-    feats, w = reference.trigger_tensors(features, weights, sae.d_sae, x.device)
-    name = resolve_backend("trigger_score", x.device, backend)
+    sae = sae if type(sae) is PackedSAE else as_packed(sae)
+    device = _check_x(x, sae)
+    feats, w = _trigger_tensors(features, weights, sae.d_sae, device)
+    name = resolve_backend("trigger_score", device, backend)
     if name == "torch" or _float64(x.dtype, sae) or not feats.numel():
         return reference.trigger_from_tensors(x, sae, feats, w)
-    out = registry.implementation("trigger_score", name)(x.reshape(-1, sae.d_in), sae, feats, w)
-    return out.view(x.shape[:-1])
+    impl = registry.implementation("trigger_score", name)
+    if x.dim() == 2:
+        return impl(x, sae, feats, w)
+    return impl(x.reshape(-1, sae.d_in), sae, feats, w).view(x.shape[:-1])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,11 +16,11 @@ __all__ = ["register"]
 
 
 def _steer(x2, sae, feats, mode, vals, mask):
-    return torch.ops.saesteer.steer.default(x2, *sae.native_args(), feats, mode, vals, mask)
+    return _op("steer")(x2, *sae.native_args(), feats, mode, vals, mask)
 
 
 def _steer_rows(x, sae, feats, mode, vals, mask):
-    return torch.ops.saesteer.steer_rows.default(x, *sae.native_args(), feats, mode, vals, mask)
+    return _op("steer_rows")(x, *sae.native_args(), feats, mode, vals, mask)
 
 
 def _encode_topk(x2, sae, k):
@@ -28,8 +28,24 @@ def _encode_topk(x2, sae, k):
     return torch.ops.saesteer.encode_topk.default(x2, W_enc_T, b_dec, params, arch, norm, apply_b_dec, sae_k, k)
 
 
+def _trigger_score(x2, sae, feats, weights):
+    W_enc_T, _, b_dec, params, arch, norm, apply_b_dec, k = sae.native_args()
+    return _op("trigger_score")(x2, W_enc_T, b_dec, params, arch, norm, apply_b_dec, k, feats, weights)
+
+
 def _decode_sparse(values, indices, sae):
     return torch.ops.saesteer.decode_sparse.default(values, indices, sae.W_dec, sae.b_dec, sae.params)
+
+
+_OPS: dict = {}
+
+
+def _op(name: str):
+    """``torch.ops.saesteer.<name>.default``, looked up once (the attribute chain costs ~0.5 us)."""
+    op = _OPS.get(name)
+    if op is None:
+        op = _OPS[name] = getattr(torch.ops.saesteer, name).default
+    return op
 
 
 def _has_kernel(op: str, key: str) -> bool:
@@ -73,6 +89,14 @@ def _register_fakes() -> None:
         n = x.shape[0]
         return x.new_empty(n, k), x.new_empty(n, k, dtype=torch.int64)
 
+    if hasattr(torch.ops.saesteer, "trigger_score"):  # absent from an extension built before it
+
+        @torch.library.register_fake("saesteer::trigger_score")
+        def _trigger_score_fake(x, W_enc_T, b_dec, params, arch, norm, apply_b_dec, k, features, weights):
+            torch._check(x.dim() == 2 and x.shape[1] == W_enc_T.shape[1], lambda: "x: expected [N, d_in]")
+            torch._check(weights.shape == features.shape, lambda: "weights: expected one per feature")
+            return x.new_empty(x.shape[0], dtype=torch.float32)
+
     @torch.library.register_fake("saesteer::decode_sparse")
     def _decode_sparse_fake(values, indices, W_dec, b_dec, params):
         torch._check(values.shape == indices.shape, lambda: "values/indices: expected equal shapes [N, k]")
@@ -85,7 +109,8 @@ def register() -> None:
         registry.register_loader(name, None, _why_missing)
     if not _native.available():
         return
-    impls = dict(steer=_steer, steer_rows=_steer_rows, encode_topk=_encode_topk, decode_sparse=_decode_sparse)
+    impls = dict(steer=_steer, steer_rows=_steer_rows, encode_topk=_encode_topk, decode_sparse=_decode_sparse,
+                 trigger_score=_trigger_score)
     for name, key in (("cpu", "CPU"), ("cuda", "CUDA")):
         found = {op: fn for op, fn in impls.items() if _has_kernel(op, key)}
         if found:

@@ -5,8 +5,8 @@ traces into the kernels (``wrap_triton``) instead of treating them as opaque; wh
 missing (torch < 2.6) the same functions launch the kernels directly. Importing this package
 registers the backend with :mod:`saesteer.ops.registry` (which imports it on first need).
 
-Kernels: :mod:`.steer` (steer, steer_rows), :mod:`.encode_topk`, :mod:`.decode_sparse`; the SAE
-math they share is in :mod:`.sae_math`.
+Kernels: :mod:`.steer` (steer, steer_rows), :mod:`.trigger` (trigger_score), :mod:`.encode_topk`,
+:mod:`.decode_sparse`; the SAE math they share is in :mod:`.sae_math`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..ops import registry as _registry
 from .decode_sparse import decode_sparse as _decode_sparse
 from .encode_topk import encode_topk as _encode_topk
 from .steer import steer_2d as _steer_2d
+from .trigger import trigger_2d as _trigger_2d
 
 __all__ = ["supports"]
 
@@ -73,6 +74,14 @@ def _decode_sparse_op(
     return _decode_sparse(values, indices, W_dec, b_dec, params, _wrap)
 
 
+@_op("trigger_score")
+def _trigger_score_op(
+    x: torch.Tensor, W_enc_T: torch.Tensor, b_dec: torch.Tensor, params: torch.Tensor,
+    arch: int, norm: int, apply_b_dec: bool, k: int, features: torch.Tensor, weights: torch.Tensor,
+) -> torch.Tensor:
+    return _trigger_2d(x, W_enc_T, b_dec, params, arch, norm, apply_b_dec, k, features, weights, _wrap)
+
+
 def _rows_2d(x: torch.Tensor) -> torch.Tensor:
     """``x`` as ``[N, d_in]`` with unit column stride (a view when possible)."""
     x2 = x.reshape(-1, x.shape[-1])
@@ -106,10 +115,18 @@ def encode_topk(x2, sae, k):
     )
 
 
+def trigger_score(x2, sae, feats, weights):
+    return _trigger_score_op(
+        _rows_2d(x2), sae.W_enc_T, sae.b_dec, sae.params, sae.arch_id, sae.norm_id,
+        sae.apply_b_dec_to_input, sae.k or 0, feats, weights.contiguous(),
+    )
+
+
 def decode_sparse(values, indices, sae):
     return _decode_sparse_op(values.contiguous(), indices.contiguous(), sae.W_dec, sae.b_dec, sae.params)
 
 
 _registry.register_backend(
-    "triton", supports, steer=steer, steer_rows=steer_rows, encode_topk=encode_topk, decode_sparse=decode_sparse
+    "triton", supports, steer=steer, steer_rows=steer_rows, encode_topk=encode_topk, decode_sparse=decode_sparse,
+    trigger_score=trigger_score,
 )

@@ -19,6 +19,7 @@ from triton.compiler import ASTSource
 from .decode_sparse import decode_sparse_kernel
 from .encode_topk import encode_dense_kernel, encode_select_kernel, normalize_kernel
 from .steer import steer_kernel
+from .trigger import trigger_kernel
 
 
 def _variants(dt: str):
@@ -35,6 +36,15 @@ def _variants(dt: str):
         yield steer_kernel, steer, dict(
             ARCH=arch, NORM=norm, APPLY_B_DEC=True, MODE=mode, HAS_MASK=True, TOPK_SRC=arch == 3,
             BLOCK_T=bt, BLOCK_S=bs, BLOCK_K=bk, BLOCK_DO=bdo,
+        ), 4
+    trigger = dict(
+        x_ptr=p, out_ptr="*fp32", wenc_ptr=p, bdec_ptr=p, params_ptr="*fp32", feats_ptr="*i64", w_ptr="*fp32",
+        tk_v_ptr="*fp32", tk_i_ptr="*i64", N="i32", D="i32", S="i32", K_TOPK="i32", stride_x="i32", stride_p="i32",
+        sqrt_d="fp32",
+    )
+    for (bt, bs, bk), (arch, norm) in itertools.product([(1, 64, 64), (16, 64, 32)], [(1, 2), (3, 1), (2, 0)]):
+        yield trigger_kernel, trigger, dict(
+            ARCH=arch, NORM=norm, APPLY_B_DEC=True, TOPK_SRC=arch == 3, BLOCK_T=bt, BLOCK_S=bs, BLOCK_K=bk,
         ), 4
     enc = dict(
         xn_ptr=p, w_ptr=p, params_ptr="*fp32", cand_v_ptr="*fp32", cand_i_ptr="*i32", N="i32", D="i32", d_sae="i32",

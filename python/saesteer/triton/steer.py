@@ -48,6 +48,38 @@ def _mm_nn(a, b, acc, USE_DOT: tl.constexpr):
 
 
 @triton.jit
+def subset_acts(
+    x_row, rows64, row_ok, feat, s_ok, mu, inv, wenc_ptr, bdec_ptr, params_ptr, tk_v_ptr, tk_i_ptr,
+    D, K_TOPK, stride_p,
+    ARCH: tl.constexpr, NORM: tl.constexpr, APPLY_B_DEC: tl.constexpr, TOPK_SRC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
+):
+    """Activations ``f [BLOCK_T, BLOCK_S]`` of the features ``feat`` (``s_ok``: in range) for the rows
+    ``x_row``: the dots with their gathered encoder rows, or (``TOPK_SRC``) a look-up among the
+    rows' top-k winners ``tk_v``/``tk_i`` ``[N, K_TOPK]``. Shared by steer and the trigger read."""
+    if TOPK_SRC:
+        f = tl.zeros([BLOCK_T, BLOCK_S], tl.float32)
+        for j in range(0, K_TOPK):
+            ij = tl.load(tk_i_ptr + rows64 * K_TOPK + j, mask=row_ok, other=-1)
+            vj = tl.load(tk_v_ptr + rows64 * K_TOPK + j, mask=row_ok, other=0.0)
+            f = tl.where(ij[:, None] == feat[None, :], vj[:, None], f)
+    else:
+        pre = tl.zeros([BLOCK_T, BLOCK_S], tl.float32)
+        w_row = wenc_ptr + feat[:, None] * D
+        for k0 in range(0, D, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            xk = normalized_chunk(x_row, row_ok, kk, D, mu, inv, bdec_ptr, NORM, APPLY_B_DEC)
+            wk = tl.load(w_row + kk[None, :], mask=s_ok[:, None] & (kk < D)[None, :], other=0.0).to(tl.float32)
+            pre = _mm_nt(xk, wk, pre, USE_DOT)
+        bias = tl.load(params_ptr + feat, mask=s_ok, other=0.0)[None, :]
+        thr = tl.load(params_ptr + stride_p + feat, mask=s_ok, other=0.0)[None, :]
+        mag_scale = tl.load(params_ptr + 2 * stride_p + feat, mask=s_ok, other=1.0)[None, :]
+        mag_bias = tl.load(params_ptr + 3 * stride_p + feat, mask=s_ok, other=0.0)[None, :]
+        f = activation(pre, bias, thr, mag_scale, mag_bias, ARCH)
+    return f
+
+
+@triton.jit
 def steer_kernel(
     x_ptr, out_ptr, wenc_ptr, wdec_ptr, bdec_ptr, params_ptr, feats_ptr, vals_ptr, mask_ptr,
     tk_v_ptr, tk_i_ptr,
@@ -73,25 +105,10 @@ def steer_kernel(
         s_idx = s0 + tl.arange(0, BLOCK_S)
         s_ok = s_idx < S
         feat = tl.load(feats_ptr + s_idx, mask=s_ok, other=0)
-        if TOPK_SRC:
-            f = tl.zeros([BLOCK_T, BLOCK_S], tl.float32)
-            for j in range(0, K_TOPK):
-                ij = tl.load(tk_i_ptr + rows64 * K_TOPK + j, mask=row_ok, other=-1)
-                vj = tl.load(tk_v_ptr + rows64 * K_TOPK + j, mask=row_ok, other=0.0)
-                f = tl.where(ij[:, None] == feat[None, :], vj[:, None], f)
-        else:
-            pre = tl.zeros([BLOCK_T, BLOCK_S], tl.float32)
-            w_row = wenc_ptr + feat[:, None] * D
-            for k0 in range(0, D, BLOCK_K):
-                kk = k0 + tl.arange(0, BLOCK_K)
-                xk = normalized_chunk(x_row, row_ok, kk, D, mu, inv, bdec_ptr, NORM, APPLY_B_DEC)
-                wk = tl.load(w_row + kk[None, :], mask=s_ok[:, None] & (kk < D)[None, :], other=0.0).to(tl.float32)
-                pre = _mm_nt(xk, wk, pre, USE_DOT)
-            bias = tl.load(params_ptr + feat, mask=s_ok, other=0.0)[None, :]
-            thr = tl.load(params_ptr + stride_p + feat, mask=s_ok, other=0.0)[None, :]
-            mag_scale = tl.load(params_ptr + 2 * stride_p + feat, mask=s_ok, other=1.0)[None, :]
-            mag_bias = tl.load(params_ptr + 3 * stride_p + feat, mask=s_ok, other=0.0)[None, :]
-            f = activation(pre, bias, thr, mag_scale, mag_bias, ARCH)
+        f = subset_acts(
+            x_row, rows64, row_ok, feat, s_ok, mu, inv, wenc_ptr, bdec_ptr, params_ptr, tk_v_ptr, tk_i_ptr,
+            D, K_TOPK, stride_p, ARCH, NORM, APPLY_B_DEC, TOPK_SRC, BLOCK_T, BLOCK_S, BLOCK_K, USE_DOT,
+        )
         ts_ok = row_ok[:, None] & s_ok[None, :]
         v = tl.load(vals_ptr + v_row[:, None] + s_idx[None, :], mask=ts_ok, other=0.0)
         dec_scale = tl.load(params_ptr + 4 * stride_p + feat, mask=s_ok, other=0.0)[None, :]
@@ -121,6 +138,15 @@ def _blocks(N: int, S: int, D: int):
     return 1, max(2, min(64, triton.next_power_of_2(S))), 64, min(256, triton.next_power_of_2(D)), 4
 
 
+def topk_winners(x2, W_enc_T, b_dec, params, arch: int, norm: int, apply_b_dec: bool, sae_k: int, feats, wrap):
+    """A topk SAE's per-row winners ``(relu'd values, ids) [N, sae_k]`` for :func:`subset_acts`;
+    for the other architectures two placeholder tensors (TOPK_SRC is off)."""
+    if arch != 3:
+        return params, feats  # unused; any tensors of the right kind
+    tk_v, tk_i = encode_keys_topk(x2, W_enc_T, b_dec, params, arch, norm, apply_b_dec, sae_k, wrap, exact=True)
+    return tk_v.clamp_min(0.0).contiguous(), tk_i.contiguous()
+
+
 def steer_2d(
     x2, W_enc_T, W_dec, b_dec, params, arch: int, norm: int, apply_b_dec: bool, sae_k: int,
     feats, mode: int, vals, mask, tok_per_row: int, stride_vals: int, wrap=lambda k: k,
@@ -131,12 +157,7 @@ def steer_2d(
     out = torch.empty((N, D), dtype=x2.dtype, device=x2.device)
     if N == 0:
         return out
-    if arch == 3:
-        tk_v, tk_i = encode_keys_topk(x2, W_enc_T, b_dec, params, arch, norm, apply_b_dec, sae_k, wrap, exact=True)
-        tk_v = tk_v.clamp_min(0.0).contiguous()
-        tk_i = tk_i.contiguous()
-    else:
-        tk_v, tk_i = params, feats  # unused (TOPK_SRC=False); any tensor of the right kind
+    tk_v, tk_i = topk_winners(x2, W_enc_T, b_dec, params, arch, norm, apply_b_dec, sae_k, feats, wrap)
     BT, BS, BK, BDO, warps = _blocks(N, S, D)
     mask_u8 = mask.view(torch.uint8) if mask is not None else x2
     wrap(steer_kernel)[(triton.cdiv(N, BT), triton.cdiv(D, BDO))](
