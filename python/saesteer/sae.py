@@ -20,6 +20,7 @@ For the kernels every architecture is described by one packed float32 tensor
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 from pathlib import Path
@@ -40,6 +41,9 @@ def hook_layer_of(hook_name: str | None) -> int | None:
         return None
     m = re.search(r"(?:blocks|layers)\.(\d+)\.", hook_name)
     return int(m.group(1)) if m else None
+
+
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place edit counter
 
 
 class _TrackedDict(dict):
@@ -209,7 +213,8 @@ class SAE(SAEFields, nn.Module):
         if hit is not None:
             if torch.compiler.is_compiling():
                 return hit[1]
-            if hit[0] == (d["_generation"], self._buffers.generation, *[t._version for t in self._buffers.values()]):
+            bufs = d["_buffers"]
+            if hit[0] == (d["_generation"], bufs.generation, *map(_VERSION, bufs.values())):
                 return hit[1]
         dev = self._buffers["W_dec"].device if device is None else device
         if device is not None and dev == self._buffers["W_dec"].device:
@@ -217,7 +222,7 @@ class SAE(SAEFields, nn.Module):
         else:
             with torch.no_grad():
                 view = self._build_packed(dev)
-        key = (d["_generation"], self._buffers.generation, *[t._version for t in self._buffers.values()])
+        key = (d["_generation"], self._buffers.generation, *map(_VERSION, self._buffers.values()))
         d["_packed"][device] = (key, view)
         return view
 
