@@ -50,7 +50,6 @@ namespace {
 #endif
 
 constexpr int kBlock = 4;  // tokens per block (the register tile of the micro-kernels)
-constexpr int64_t kFewBlocks = 4;  // up to this many blocks (16 tokens), steer splits rows, not blocks
 
 // ------------------------------------------------------------------------------------------------
 // fp32 micro-kernels
@@ -602,40 +601,25 @@ void steer_subset(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
   const int64_t A = static_cast<int64_t>(P.active.size());
   const int64_t nblocks = (A + kBlock - 1) / kBlock;
   const int64_t d = P.d_in;
-  // Few tokens (a generation step, a short prompt: up to kFewBlocks blocks): split the |S| encoder
-  // rows, then the d_in output columns, across threads, each task serving every block, so that each
-  // weight row is read once per call (block-parallel tasks would each read all of them). Tasks get
-  // at least ~128k multiply-adds (an OpenMP region costs microseconds); fewer run inline.
-  if (nblocks <= kFewBlocks) {
-    std::vector<BlockScratch> Bs;
-    Bs.reserve(nblocks);
-    int nt[kFewBlocks];
-    float s[kFewBlocks][kBlock];
-    for (int64_t b = 0; b < nblocks; ++b) {
-      Bs.emplace_back(P);
-      nt[b] = static_cast<int>(std::min<int64_t>(kBlock, A - b * kBlock));
-      load_block(P, P.active.data() + b * kBlock, nt[b], Bs[b], s[b], /*normalize=*/true);
-    }
-    constexpr int64_t kMinTask = int64_t{1} << 17;
+  // At generation time (one block of <= 4 tokens) a block-parallel loop has one task: split the
+  // |S| encoder rows, then the d_in output columns, across threads instead, once the block has
+  // enough work to pay for two parallel regions (~256k multiply-adds).
+  if (nblocks == 1 && omp_get_max_threads() > 1 && A * P.S * d * 2 >= (int64_t{1} << 18)) {
+    const int nt = static_cast<int>(A);
+    BlockScratch B(P);
+    float s[kBlock];
+    load_block(P, P.active.data(), nt, B, s, /*normalize=*/true);
     const int64_t row_groups = (P.S + 3) / 4;
-    parallel_tasks(row_groups, std::max<int64_t>(1, kMinTask / (4 * d * A)), [&](int64_t g0, int64_t g1) {
+    parallel_tasks(row_groups, 1, [&](int64_t g0, int64_t g1) {
       std::unique_ptr<float[]> scratch(new float[4 * d]);
-      for (int64_t g = g0; g < g1; ++g) {
-        for (int64_t b = 0; b < nblocks; ++b) {
-          encode_subset_block(P, W_enc_T, nt[b], Bs[b].xp.get(), Bs[b].coef.get(), 4 * g, std::min(P.S, 4 * g + 4),
-                              scratch.get());
-        }
-      }
+      encode_subset_block(P, W_enc_T, nt, B.xp.get(), B.coef.get(), 4 * g0, std::min(P.S, 4 * g1), scratch.get());
     });
-    for (int64_t b = 0; b < nblocks; ++b) block_coefficients(P, P.active.data() + b * kBlock, nt[b], s[b], Bs[b]);
+    block_coefficients(P, P.active.data(), nt, s, B);
     constexpr int64_t kCols = 256;
-    const int64_t chunks = (d + kCols - 1) / kCols;
-    parallel_tasks(chunks, std::max<int64_t>(1, kMinTask / (kCols * P.S * A)), [&](int64_t c0, int64_t c1) {
-      std::unique_ptr<float[]> rows(new float[4 * kCols]);
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t j0 = c * kCols, j1 = std::min(d, j0 + kCols);
-        for (int64_t b = 0; b < nblocks; ++b) apply_block(P, W_dec, P.active.data() + b * kBlock, nt[b], Bs[b], j0, j1, rows.get());
-      }
+    parallel_tasks((d + kCols - 1) / kCols, 1, [&](int64_t c0, int64_t c1) {
+      const int64_t j0 = c0 * kCols, j1 = std::min(d, c1 * kCols);
+      std::unique_ptr<float[]> rows(new float[4 * (j1 - j0)]);
+      apply_block(P, W_dec, P.active.data(), nt, B, j0, j1, rows.get());
     });
     return;
   }
