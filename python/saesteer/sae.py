@@ -44,6 +44,9 @@ def hook_layer_of(hook_name: str | None) -> int | None:
 
 
 _VERSION = operator.attrgetter("_version")  # a tensor's in-place edit counter
+# The plain attributes the kernel view is built from (setting one rebuilds it; others, such as
+# ``training`` or ``hook_name``, do not).
+_VIEW_FIELDS = frozenset({"architecture", "normalize_activations", "apply_b_dec_to_input", "k", "rescale_acts_by_decoder_norm"})
 
 
 class _TrackedDict(dict):
@@ -198,12 +201,12 @@ class SAE(SAEFields, nn.Module):
         the SAE's own; another device gets moved copies and leaves this SAE where it is).
 
         Built once and cached; rebuilt when a buffer is replaced or edited in place (its version
-        counter moves) or an attribute is set. Inside a ``torch.compile``-d region the cached view is
+        counter moves) or one of the attributes it is built from is set. Inside a ``torch.compile``-d region the cached view is
         returned as it is, since Dynamo cannot compare version counters.
 
         This runs on every op call (``ops.steer(x, sae, ...)``), so the check is kept to about a
         microsecond: replacing a buffer (``.to()``, ``setattr``, ``load_state_dict(assign=True)``)
-        or setting any attribute bumps a generation counter, and the buffers' version counters
+        or setting one of those attributes bumps a generation counter, and the buffers' version counters
         catch in-place edits.
         """
         d = self.__dict__
@@ -228,10 +231,11 @@ class SAE(SAEFields, nn.Module):
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
-        d = self.__dict__
-        d["_generation"] = d.get("_generation", 0) + 1
-        if name == "_buffers" and not isinstance(value, _TrackedDict):  # e.g. nn.parallel's replicas
-            d["_buffers"] = _TrackedDict(value)
+        if name in _VIEW_FIELDS:  # buffers replaced through setattr are seen by _TrackedDict
+            d = self.__dict__
+            d["_generation"] = d.get("_generation", 0) + 1
+        elif name == "_buffers" and not isinstance(value, _TrackedDict):  # e.g. nn.parallel's replicas
+            self.__dict__["_buffers"] = _TrackedDict(value)
 
     def __setstate__(self, state) -> None:  # copy.deepcopy and pickle
         super().__setstate__(state)

@@ -45,6 +45,9 @@ def test_view_follows_every_kind_of_change():
     v5 = check()
     assert v5 is not v4
     assert sae.packed() is v5  # and nothing changed since
+    sae.eval()
+    sae.hook_name = "blocks.3.hook_resid_post"  # attributes the view does not read keep it
+    assert sae.packed() is v5
 
 
 def test_copies_have_their_own_view():
