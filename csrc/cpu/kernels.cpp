@@ -893,6 +893,28 @@ void encode_topk_range(const float* xp, int64_t N, int64_t d, const w_t* W, int6
   }
 }
 
+// f(i) for every i in [0, n), the OpenMP threads each taking the next i as they finish one
+// (schedule dynamic); inline with one thread or inside a parallel region. Exceptions as parallel_tasks.
+template <typename F>
+void parallel_dynamic(int64_t n, const F& f) {
+  const int64_t threads = std::min<int64_t>(omp_get_max_threads(), n);
+  if (threads <= 1 || omp_in_parallel()) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  std::exception_ptr error;
+#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      f(i);
+    } catch (...) {
+#pragma omp critical(saesteer_parallel_dynamic_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
 // heaps[p][n] for p in [0, P) hold the best of disjoint feature ranges; leaves the best k of their
 // union in heaps[0][n] (exact: each part's best k contain the union's members from that part).
 void merge_heaps(std::vector<std::vector<RowTopK>>& heaps, int64_t N, int64_t k) {
@@ -963,11 +985,14 @@ void encode_topk(const EncodeTopkArgs& a) {
   // topk SAE: select its own sae_k scores first; its activations are relu(score) there, 0 elsewhere.
   const int arch = e.arch;
   const int64_t sel_k = arch == kTopK ? a.sae_k : k;
-  // The threads take whole blocks of features, all of them at least ~1M multiply-adds.
+  // The features go in parts of whole blocks, each at least ~1M multiply-adds: 4 per thread, taken
+  // by the threads as they finish the previous, so that a thread descheduled on a shared machine
+  // holds up a quarter of its share, not all of it.
   const EncodeBlocking blk = encode_blocking(N, d);
   const int64_t nblocks = (d_sae + blk.nb - 1) / blk.nb;
   const int64_t min_blocks = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(N * d * blk.nb, 1));
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), nblocks / min_blocks));
+  const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads > 1 ? 4 * threads : 1, nblocks / min_blocks));
   const int64_t per_part = (nblocks + parts - 1) / parts * blk.nb;
   std::vector<std::vector<RowTopK>> heaps(parts, std::vector<RowTopK>(N));
   for (auto& hp : heaps)
@@ -979,17 +1004,15 @@ void encode_topk(const EncodeTopkArgs& a) {
   dispatch_weights(e.w_dtype, [&](auto tag) {
     using w_t = decltype(tag);
     const w_t* W = static_cast<const w_t*>(e.W_enc_T);
-    parallel_tasks(parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t f0 = std::min(d_sae, p * per_part), f1 = std::min(d_sae, f0 + per_part);
-        RowTopK* h = heaps[p].data();
-        if (arch == kTopK) {
-          encode_topk_range(xp.data(), N, d, W, f0, f1, blk, topk_score, h);
-        } else if (arch == kGated) {
-          encode_topk_range(xp.data(), N, d, W, f0, f1, blk, gated_score, h);
-        } else {  // standard (threshold row 0) and jumprelu
-          encode_topk_range(xp.data(), N, d, W, f0, f1, blk, jump_score, h);
-        }
+    parallel_dynamic(parts, [&](int64_t p) {
+      const int64_t f0 = std::min(d_sae, p * per_part), f1 = std::min(d_sae, f0 + per_part);
+      RowTopK* h = heaps[p].data();
+      if (arch == kTopK) {
+        encode_topk_range(xp.data(), N, d, W, f0, f1, blk, topk_score, h);
+      } else if (arch == kGated) {
+        encode_topk_range(xp.data(), N, d, W, f0, f1, blk, gated_score, h);
+      } else {  // standard (threshold row 0) and jumprelu
+        encode_topk_range(xp.data(), N, d, W, f0, f1, blk, jump_score, h);
       }
     });
   });

@@ -219,19 +219,19 @@ def test_encode_topk_matches_reference(arch, dtype, backend):
 
 # Shapes at the edges of the CPU encode's blocking (csrc/cpu/kernels.cpp, encode_blocking): tiles of
 # 4 tokens x 3 features; for more than 8 tokens d_in in chunks of at most 1024 columns; blocks of nb
-# features; the features split between the threads. (T, d_in, d_sae):
+# features; the features cut in parts (4 per thread) with a top-k heap each, merged. (T, d_in, d_sae):
 ENCODE_EDGE_CASES = (
     (1, 37, 1001),  # a 1-token tile; d_in not a multiple of the 8-float vector (the scalar tail)
     (6, 64, 10),  # token tiles of 4 + 2 (the few-token loop order); d_sae = 3 tiles of 3 + 1
     (9, 40, 101),  # 4 + 4 + 1 tokens (the many-token loop order)
     (70, 1500, 1001),  # chunks of 752 + 748 columns (the second with a tail); blocks of 63 features,
-    # the second thread's share 7 blocks + 56 features (18 tiles + 2)
+    # 8 parts of 2 blocks, the last 63 + 56 features (18 tiles + 2)
 )
 
 
 @pytest.fixture
 def two_threads():
-    """torch's (and so the kernels') thread count set to 2 for the test: the features are split."""
+    """torch's (and so the kernels') thread count set to 2 for the test: the features are split in parts."""
     n = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -265,7 +265,8 @@ def test_encode_topk_cpu_blocking_edges(T, d_in, d_sae, arch, dtype, two_threads
 @needs_native
 def test_encode_topk_cpu_ties_go_to_the_lower_index(two_threads):
     # Features with the same encoder column and parameters have bit-equal activations wherever they
-    # are computed: in one tile (3, 4, 5), other blocks (200), the other thread's share (700, 1000).
+    # are computed: in one tile (3, 4, 5), another block (200), other parts, whichever thread takes
+    # them (700, 1000), so their order comes from the merge of the parts' heaps.
     from helpers import make_sae_lens_sae
 
     lens = make_sae_lens_sae("jumprelu", d_in=1001, d_sae=1001, seed=6)
