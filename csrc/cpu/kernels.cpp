@@ -987,12 +987,14 @@ void encode_topk(const EncodeTopkArgs& a) {
   const int64_t sel_k = arch == kTopK ? a.sae_k : k;
   // The features go in parts of whole blocks, each at least ~1M multiply-adds: 4 per thread, taken
   // by the threads as they finish the previous, so that a thread descheduled on a shared machine
-  // holds up a quarter of its share, not all of it.
+  // holds up a quarter of its share, not all of it. One per thread where 4 would make the parts'
+  // heaps (16 bytes an entry) take more than 64 MB.
   const EncodeBlocking blk = encode_blocking(N, d);
   const int64_t nblocks = (d_sae + blk.nb - 1) / blk.nb;
   const int64_t min_blocks = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(N * d * blk.nb, 1));
   const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads > 1 ? 4 * threads : 1, nblocks / min_blocks));
+  const int64_t per_thread = threads > 1 && 4 * threads * N * sel_k <= (int64_t{1} << 22) ? 4 : 1;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(per_thread * threads, nblocks / min_blocks));
   const int64_t per_part = (nblocks + parts - 1) / parts * blk.nb;
   std::vector<std::vector<RowTopK>> heaps(parts, std::vector<RowTopK>(N));
   for (auto& hp : heaps)
