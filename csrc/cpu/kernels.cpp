@@ -12,11 +12,13 @@
 //   * steer / steer_rows, topk: the full encode runs tile by tile (the binding's GEMM into an
 //     [N, tile] buffer), merged into a per-row heap of the SAE's k best scores; then the same delta
 //     over the |S| rows.
-//   * encode_topk: the same tiled encode, merged into a per-row heap of the k largest activations.
+//   * encode_topk: its own blocked GEMM (no [N, d_sae] buffer, W_enc_T streamed once), the features
+//     split between the threads, the activation and a per-row heap of the k largest in its epilogue.
 //   * decode_sparse: per row, fp32 accumulation of k decoder rows.
 // Inner loops are fp32 (bf16/fp16 rows are widened to fp32 first) and compiled for x86-64-v4,
 // x86-64-v3 and baseline x86-64 (GCC target_clones: the extension is built without -march, so
-// without this the loops would be SSE2 only).
+// without this the loops would be SSE2 only); encode_topk's tile kernels are AVX2 + FMA intrinsics
+// chosen at run time, with a portable fallback.
 //
 // Threads: parallel_tasks splits [0, n) into one contiguous chunk per thread, as at::parallel_for
 // does with torch's OpenMP backend; the extension and torch share one OpenMP runtime (the same
@@ -25,15 +27,21 @@
 // Ties in a top-k (the topk SAE's own selection, and encode_topk): among equal values the lower
 // feature index wins. torch.topk does not document its order among ties, so the reference and this
 // kernel may pick different members of an exact tie; with continuous weights exact ties of the k-th
-// score do not happen in practice (zero activations in encode_topk excepted: their order is arbitrary).
+// score do not happen in practice. Zero activations in encode_topk are the common exact tie: here
+// they too come in id order (the topk SAE's relu'd scores and the padding past its own k included).
 #include "cpu/kernels.h"
 
 #include <omp.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <exception>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -394,6 +402,10 @@ struct RowTopK {
       heap.back() = s;
       std::push_heap(heap.begin(), heap.end(), better);
     }
+  }
+  // The value an element must reach (>=) to be pushed in: -inf until k elements are in.
+  inline float worst() const {
+    return static_cast<int64_t>(heap.size()) < k ? -std::numeric_limits<float>::infinity() : heap.front().v;
   }
   // Is (v, i) one of the k best? Exact for elements that were pushed: the heap holds exactly the
   // k best under `better`, and an element is better-or-equal than the worst of them iff it is in.
@@ -757,6 +769,217 @@ void trigger_subset(const SteerProblem& P, const w_t* W_enc_T, const float* w, f
 }
 
 // ------------------------------------------------------------------------------------------------
+// encode_topk: a blocked GEMM with the activation and the top-k selection in its epilogue
+// ------------------------------------------------------------------------------------------------
+// pre[t, f] = <x'_t, W_enc_T[f]> in dot-product form: both operands are row-major along d_in, so
+// W_enc_T is read in place, never packed or transposed. The threads split the features: each
+// streams its contiguous share of W_enc_T from memory once for all N tokens, into its own top-k
+// heap per token; the heaps are merged at the end. Within a thread the work goes in blocks of `nb`
+// features by `kc` columns of d_in (encode_blocking), sized so that the block of W (nb x kc) and the
+// tokens' slice of x' (N x kc) stay in L2. The register tile is 4 tokens x 3 features: 12 ymm
+// accumulators, 7 loads per 12 FMAs. After the last column chunk of a block its [N, nb]
+// pre-activations, still in cache, go through the activation into the heaps.
+//
+// The AVX2 + FMA tile kernels are chosen at run time (__builtin_cpu_supports), so the extension
+// stays portable without -march; on other CPUs each entry of a tile is a dot_1x1.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SAESTEER_TILE_AVX2 1
+#define SAESTEER_AVX2 __attribute__((target("avx2,fma")))
+
+SAESTEER_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// c[t * cs + r] += <x_t, w_r> over n columns, for MR tokens (rows of x, stride xs) and NR
+// features (rows of w, stride ws). Meanwhile the first pf_n floats from pf are prefetched, one
+// 64-byte line per 8 columns: the weights the next call will need, requested while this one computes.
+template <int MR, int NR>
+SAESTEER_AVX2 void dot_tile_avx2(const float* __restrict x, int64_t xs, const float* __restrict w, int64_t ws,
+                                 int64_t n, float* __restrict c, int64_t cs, const float* pf, int64_t pf_n) {
+  __m256 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int t = 0; t < MR; ++t)
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) acc[t][r] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    if (2 * j < pf_n) _mm_prefetch(reinterpret_cast<const char*>(pf + 2 * j), _MM_HINT_T1);
+    __m256 wv[NR];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) wv[r] = _mm256_loadu_ps(w + r * ws + j);
+#pragma GCC unroll 4
+    for (int t = 0; t < MR; ++t) {
+      const __m256 xv = _mm256_loadu_ps(x + t * xs + j);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) acc[t][r] = _mm256_fmadd_ps(xv, wv[r], acc[t][r]);
+    }
+  }
+  for (int t = 0; t < MR; ++t) {
+    for (int r = 0; r < NR; ++r) {
+      float s = hsum256(acc[t][r]);
+      for (int64_t q = j; q < n; ++q) s += x[t * xs + q] * w[r * ws + q];
+      c[t * cs + r] += s;
+    }
+  }
+}
+#endif
+
+// The same contract on any CPU.
+template <int MR, int NR>
+void dot_tile_generic(const float* x, int64_t xs, const float* w, int64_t ws, int64_t n, float* c, int64_t cs,
+                      const float*, int64_t) {
+  for (int t = 0; t < MR; ++t)
+    for (int r = 0; r < NR; ++r) c[t * cs + r] += dot_1x1(x + t * xs, w + r * ws, n);
+}
+
+constexpr int kTileTokens = 4, kTileFeatures = 3;
+using DotTileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, const float*,
+                          int64_t);
+
+// The tile kernels for this CPU, by [tokens - 1][features - 1] (the edges of a block use the smaller ones).
+struct DotTiles {
+  DotTileFn fn[kTileTokens][kTileFeatures];
+};
+
+#define SAESTEER_TILE_ROW(K, MR) {&K<MR, 1>, &K<MR, 2>, &K<MR, 3>}
+#define SAESTEER_TILES(K) \
+  DotTiles{{SAESTEER_TILE_ROW(K, 1), SAESTEER_TILE_ROW(K, 2), SAESTEER_TILE_ROW(K, 3), SAESTEER_TILE_ROW(K, 4)}}
+const DotTiles& dot_tiles() {
+  static const DotTiles tiles = [] {
+#if defined(SAESTEER_TILE_AVX2)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SAESTEER_TILES(dot_tile_avx2);
+#endif
+    return SAESTEER_TILES(dot_tile_generic);
+  }();
+  return tiles;
+}
+#undef SAESTEER_TILES
+#undef SAESTEER_TILE_ROW
+
+// Block sizes of the encode for N tokens of d_in columns. Few tokens (<= 2 tiles): all of d_in per
+// pass, their x' rows stay in L2. More: kc columns per pass, d_in cut into equal chunks of at most
+// 1024 (a tile's 4 x' rows, 16 KB, stay in L1). nb features per block: their kc columns take ~192
+// KB, a multiple of the tile's 3 features, so the block is read from L2 by every tile of tokens.
+// Measured on the 2-core EPYC (Zen 3, 512 KB L2) at T = 128, one thread: kc 768 / nb 63, kc 1024 /
+// nb 48 and kc 2304 / nb 21 within noise of each other (~70 GFLOP/s, MKL's sgemm: 80); kc 256: 15%
+// slower. At T = 8, nb 6 to 48: the same.
+struct EncodeBlocking {
+  int64_t kc, nb;
+};
+
+EncodeBlocking encode_blocking(int64_t N, int64_t d) {
+  constexpr int64_t kMaxChunk = 1024, kWFloats = 48 << 10;
+  int64_t kc = d;
+  if (N > 2 * kTileTokens && d > kMaxChunk) {
+    const int64_t chunks = (d + kMaxChunk - 1) / kMaxChunk;
+    kc = ((d + chunks - 1) / chunks + 7) / 8 * 8;
+  }
+  const int64_t nb = std::max<int64_t>(kTileFeatures, kWFloats / kc / kTileFeatures * kTileFeatures);
+  return {kc, nb};
+}
+
+// One thread's share of encode_topk: features [f0, f1) of W_enc_T into heaps[0..N), each
+// pre-activation through score(pre, feature) first.
+template <typename w_t, typename Score>
+void encode_topk_range(const float* xp, int64_t N, int64_t d, const w_t* W, int64_t f0, int64_t f1,
+                       const EncodeBlocking& blk, const Score& score, RowTopK* heaps) {
+  const DotTiles& tiles = dot_tiles();
+  std::vector<float> c(N * blk.nb);
+  std::vector<float> wf(std::is_same_v<w_t, float> ? 0 : blk.nb * blk.kc);
+  for (int64_t fb = f0; fb < f1; fb += blk.nb) {
+    const int64_t nb = std::min(blk.nb, f1 - fb);
+    std::fill(c.begin(), c.begin() + N * nb, 0.f);
+    for (int64_t j0 = 0; j0 < d; j0 += blk.kc) {
+      const int64_t kc = std::min(blk.kc, d - j0);
+      const float* w;
+      int64_t ws;
+      if constexpr (std::is_same_v<w_t, float>) {
+        w = W + fb * d + j0, ws = d;
+      } else {
+        for (int64_t r = 0; r < nb; ++r) widen(W + (fb + r) * d + j0, wf.data() + r * kc, kc);
+        w = wf.data(), ws = kc;
+      }
+      // fp32 whole rows: the next block's rows follow this one's in W_enc_T; the calls prefetch
+      // them in turn, 2 kc floats each, so memory keeps streaming while the tiles compute.
+      const float* pf = w;
+      int64_t pf_left = 0;
+      if constexpr (std::is_same_v<w_t, float>) {
+        if (kc == d) pf = W + (fb + nb) * d, pf_left = std::max<int64_t>(0, std::min(blk.nb, f1 - fb - nb)) * d;
+      }
+      const auto tile = [&](int64_t t, int64_t r) {
+        const int64_t mr = std::min<int64_t>(kTileTokens, N - t), nr = std::min<int64_t>(kTileFeatures, nb - r);
+        const int64_t pn = std::min(pf_left, 2 * kc);
+        tiles.fn[mr - 1][nr - 1](xp + t * d + j0, d, w + r * ws, ws, kc, c.data() + t * nb + r, nb, pf, pn);
+        pf += pn, pf_left -= pn;
+      };
+      if (N <= 2 * kTileTokens) {  // few tokens: each weight tile meets them all while it is in L1
+        for (int64_t r = 0; r < nb; r += kTileFeatures)
+          for (int64_t t = 0; t < N; t += kTileTokens) tile(t, r);
+      } else {  // a tile of tokens stays in L1 while the block's weights come from L2
+        for (int64_t t = 0; t < N; t += kTileTokens)
+          for (int64_t r = 0; r < nb; r += kTileFeatures) tile(t, r);
+      }
+    }
+    // The epilogue: scores of the block's features, then only those that can enter a token's heap
+    // (>= its current worst; NaN never) go through push(), which decides exactly.
+    for (int64_t t = 0; t < N; ++t) {
+      RowTopK& h = heaps[t];
+      float* ct = c.data() + t * nb;
+      for (int64_t r = 0; r < nb; ++r) ct[r] = score(ct[r], fb + r);
+      float worst = h.worst();
+      for (int64_t r = 0; r < nb; ++r) {
+        if (ct[r] >= worst) {
+          h.push(ct[r], fb + r);
+          worst = h.worst();
+        }
+      }
+    }
+  }
+}
+
+// f(i) for every i in [0, n), the OpenMP threads each taking the next i as they finish one
+// (schedule dynamic); inline with one thread or inside a parallel region. Exceptions as parallel_tasks.
+template <typename F>
+void parallel_dynamic(int64_t n, const F& f) {
+  const int64_t threads = std::min<int64_t>(omp_get_max_threads(), n);
+  if (threads <= 1 || omp_in_parallel()) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  std::exception_ptr error;
+#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      f(i);
+    } catch (...) {
+#pragma omp critical(saesteer_parallel_dynamic_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// heaps[p][n] for p in [0, P) hold the best of disjoint feature ranges; leaves the best k of their
+// union in heaps[0][n] (exact: each part's best k contain the union's members from that part).
+void merge_heaps(std::vector<std::vector<RowTopK>>& heaps, int64_t N, int64_t k) {
+  if (heaps.size() < 2) return;
+  parallel_tasks(N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      std::vector<Scored>& all = heaps[0][n].heap;
+      for (size_t p = 1; p < heaps.size(); ++p) all.insert(all.end(), heaps[p][n].heap.begin(), heaps[p][n].heap.end());
+      if (static_cast<int64_t>(all.size()) > k) {
+        std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), better);
+        all.resize(k);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
 // the kernels of csrc/cpu/kernels.h
 // ------------------------------------------------------------------------------------------------
 }  // namespace
@@ -809,20 +1032,42 @@ void encode_topk(const EncodeTopkArgs& a) {
   });
   // topk SAE: select its own sae_k scores first; its activations are relu(score) there, 0 elsewhere.
   const int arch = e.arch;
-  std::vector<RowTopK> top(N);
-  for (auto& h : top) h.reset(arch == kTopK ? a.sae_k : k);
-  auto visit = [&](int64_t n, int64_t j0, const float* pre, int64_t nc) {
-    RowTopK& h = top[n];
-    if (arch == kTopK) {
-      for (int64_t c = 0; c < nc; ++c) h.push((pre[c] + fp.bias[j0 + c]) * fp.mag_scale[j0 + c], j0 + c);
-    } else {
-      for (int64_t c = 0; c < nc; ++c) h.push(activation(pre[c], j0 + c, arch, fp), j0 + c);
-    }
-  };
+  const int64_t sel_k = arch == kTopK ? a.sae_k : k;
+  // The features go in parts of whole blocks, each at least ~1M multiply-adds: 4 per thread, taken
+  // by the threads as they finish the previous, so that a thread descheduled on a shared machine
+  // holds up a quarter of its share, not all of it. One per thread where 4 would make the parts'
+  // heaps (16 bytes an entry) take more than 64 MB.
+  const EncodeBlocking blk = encode_blocking(N, d);
+  const int64_t nblocks = (d_sae + blk.nb - 1) / blk.nb;
+  const int64_t min_blocks = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(N * d * blk.nb, 1));
+  const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int64_t per_thread = threads > 1 && 4 * threads * N * sel_k <= (int64_t{1} << 22) ? 4 : 1;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(per_thread * threads, nblocks / min_blocks));
+  const int64_t per_part = (nblocks + parts - 1) / parts * blk.nb;
+  std::vector<std::vector<RowTopK>> heaps(parts, std::vector<RowTopK>(N));
+  for (auto& hp : heaps)
+    for (auto& h : hp) h.reset(sel_k);
+  // The architecture is a constant in each scorer, so the epilogue's score loop is branch-free.
+  const auto topk_score = [&](float pre, int64_t i) { return (pre + fp.bias[i]) * fp.mag_scale[i]; };
+  const auto gated_score = [&](float pre, int64_t i) { return activation(pre, i, kGated, fp); };
+  const auto jump_score = [&](float pre, int64_t i) { return activation(pre, i, kJumpReLU, fp); };
   dispatch_weights(e.w_dtype, [&](auto tag) {
     using w_t = decltype(tag);
-    encode_tiles(xp.data(), N, static_cast<const w_t*>(e.W_enc_T), d_sae, d, e.gemm, visit);
+    const w_t* W = static_cast<const w_t*>(e.W_enc_T);
+    parallel_dynamic(parts, [&](int64_t p) {
+      const int64_t f0 = std::min(d_sae, p * per_part), f1 = std::min(d_sae, f0 + per_part);
+      RowTopK* h = heaps[p].data();
+      if (arch == kTopK) {
+        encode_topk_range(xp.data(), N, d, W, f0, f1, blk, topk_score, h);
+      } else if (arch == kGated) {
+        encode_topk_range(xp.data(), N, d, W, f0, f1, blk, gated_score, h);
+      } else {  // standard (threshold row 0) and jumprelu
+        encode_topk_range(xp.data(), N, d, W, f0, f1, blk, jump_score, h);
+      }
+    });
   });
+  merge_heaps(heaps, N, sel_k);
+  std::vector<RowTopK>& top = heaps[0];
   const size_t out_row_bytes = k * element_size(a.x_dtype);
   parallel_tasks(N, 64, [&](int64_t n0, int64_t n1) {
     std::vector<float> vrow(k);
@@ -848,6 +1093,10 @@ void encode_topk(const EncodeTopkArgs& a) {
             ip[m++] = i;
           }
         }
+        // The zeros (relu'd scores of the topk SAE and the padding) in id order, as every other tie.
+        int64_t z = k;
+        while (z > 0 && vrow[z - 1] == 0.f) --z;
+        std::sort(ip + z, ip + k);
       }
       store_row(vrow.data(), static_cast<char*>(a.out_values) + n * out_row_bytes, a.x_dtype, k);
     }

@@ -16,7 +16,7 @@ namespace cpu {
 
 // c[m, n] = sum_j a[m, j] * b[n, j] for float32 a [m, kdim] and b [n, kdim] (b's rows are weight
 // rows): the GEMM of the tiled full encode, supplied by the binding (at::mm: MKL sgemm in the
-// x86 torch wheels). Required: a topk SAE's steer and every encode_topk call it.
+// x86 torch wheels). Required by a topk SAE's steer (encode_topk has its own GEMM).
 using GemmFn = void (*)(const float* a, const float* b, int64_t m, int64_t n, int64_t kdim, float* c);
 
 // The encoder side every op that encodes shares.

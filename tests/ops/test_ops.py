@@ -217,6 +217,74 @@ def test_encode_topk_matches_reference(arch, dtype, backend):
         assert (i.sort(-1).values.diff(dim=-1) > 0).all(), "indices must be distinct"
 
 
+# Shapes at the edges of the CPU encode's blocking (csrc/cpu/kernels.cpp, encode_blocking): tiles of
+# 4 tokens x 3 features; for more than 8 tokens d_in in chunks of at most 1024 columns; blocks of nb
+# features; the features cut in parts (4 per thread) with a top-k heap each, merged. (T, d_in, d_sae):
+ENCODE_EDGE_CASES = (
+    (1, 37, 1001),  # a 1-token tile; d_in not a multiple of the 8-float vector (the scalar tail)
+    (6, 64, 10),  # token tiles of 4 + 2 (the few-token loop order); d_sae = 3 tiles of 3 + 1
+    (9, 40, 101),  # 4 + 4 + 1 tokens (the many-token loop order)
+    (70, 1500, 1001),  # chunks of 752 + 748 columns (the second with a tail); blocks of 63 features,
+    # 8 parts of 2 blocks, the last 63 + 56 features (18 tiles + 2)
+)
+
+
+@pytest.fixture
+def two_threads():
+    """torch's (and so the kernels') thread count set to 2 for the test: the features are split in parts."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+def assert_ties_to_lower_index(v: torch.Tensor, i: torch.Tensor):
+    tied = v[..., :-1] == v[..., 1:]
+    assert (i[..., :-1] < i[..., 1:])[tied].all(), "equal values must come lower feature id first"
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("arch", ["jumprelu", "gated", "topk"])
+@pytest.mark.parametrize("T,d_in,d_sae", ENCODE_EDGE_CASES)
+def test_encode_topk_cpu_blocking_edges(T, d_in, d_sae, arch, dtype, two_threads):
+    sae = make_sae(arch, d_in=d_in, d_sae=d_sae, seed=5).to(dtype=dtype)
+    x = torch.randn(T, d_in, generator=torch.Generator().manual_seed(T)).to(dtype)
+    f = reference.encode(x, sae).float()
+    # k = d_sae is more than the active features (zeros included; for the topk SAE, k > its own k)
+    for k in sorted({1, min(16, d_sae), d_sae}):
+        v, i = ops.encode_topk(x, sae, k, backend="cpu")
+        assert v.shape == i.shape == (T, k)
+        assert_close_dtype(v, f.topk(k, dim=-1).values, dtype)
+        assert_close_dtype(torch.gather(f, -1, i), v.float(), dtype)
+        assert (v[..., :-1] >= v[..., 1:]).all() and (i.sort(-1).values.diff(dim=-1) > 0).all()
+        if dtype == torch.float32:  # bf16 outputs: distinct fp32 activations may round to one value
+            assert_ties_to_lower_index(v, i)
+
+
+@needs_native
+def test_encode_topk_cpu_ties_go_to_the_lower_index(two_threads):
+    # Features with the same encoder column and parameters have bit-equal activations wherever they
+    # are computed: in one tile (3, 4, 5), another block (200), other parts, whichever thread takes
+    # them (700, 1000), so their order comes from the merge of the parts' heaps.
+    from helpers import make_sae_lens_sae
+
+    lens = make_sae_lens_sae("jumprelu", d_in=1001, d_sae=1001, seed=6)
+    dup = [3, 4, 5, 200, 700, 1000]
+    with torch.no_grad():
+        lens.b_enc[3] = 10.0  # far above every other feature's activation
+        for j in dup[1:]:
+            lens.W_enc[:, j] = lens.W_enc[:, 3]
+            lens.b_enc[j] = lens.b_enc[3]
+            lens.threshold[j] = lens.threshold[3]
+    sae = saesteer.SAE.from_sae_lens(lens)
+    x = torch.randn(70, 1001, generator=torch.Generator().manual_seed(0))
+    v, i = ops.encode_topk(x, sae, 8, backend="cpu")
+    assert (i[:, :6] == torch.tensor(dup)).all()
+    assert (v[:, :6] == v[:, :1]).all() and (v[:, 6] < v[:, 5]).all()
+    assert_close_dtype(v, reference.encode_topk(x, sae, 8)[0], torch.float32)
+
+
 def test_encode_topk_leading_dims_and_reference_api():
     sae = sae_for("jumprelu", torch.float32)
     x = torch.randn(2, 5, D_IN)
