@@ -48,7 +48,7 @@ class Inspection:
     max_acts, mean_acts : float32 ``[B, d_sae]``, each feature's max and mean over the row's tokens
         (padding and, with ``skip_bos``, the BOS token left out).
     tracked : feature ids whose activation on every token is in ``tracked_values`` ``[B, T, |tracked|]``
-        (by default the union of the prompts' top features), for colouring tokens by a feature.
+        (the union of the prompts' top features and ``track``), for colouring tokens by a feature.
     """
 
     hook_name: str
@@ -178,8 +178,8 @@ def inspect(
     tokenizer : decodes each token for :attr:`Inspection.tokens` (else the ids as text).
     skip_bos : leave each sequence's BOS token (``model.config.bos_token_id`` in first position) out of
         the per-prompt max and mean; its per-token top-k is computed as for any token.
-    track : features whose activation on every token to keep (default: the union of the prompts' top
-        features by max and by mean), e.g. to colour the tokens by a feature.
+    track : more features whose activation on every token to keep, beside the prompts' top features
+        by max and by mean (always kept), e.g. to colour the tokens by a feature.
     backend : passed to :func:`saesteer.ops.encode_topk`.
 
     Returns
@@ -247,10 +247,11 @@ def _one(sae, x, ids, mask, summary_mask, tokens, k, track, backend) -> Inspecti
             mean_acts[r] = f.mean(0).cpu()
     res = Inspection(sae.hook_name or "", k, idx.cpu(), vals.cpu(), mask.cpu(), ids.cpu(), tokens, max_acts, mean_acts,
                      summary_mask.cpu())
-    if track is None:
-        track = sorted({i for r in range(B) for by in ("max", "mean") for i, _ in res.top(r, by)})
-    track = [int(i) for i in track]
+    track = sorted({i for r in range(B) for by in ("max", "mean") for i, _ in res.top(r, by)} | {int(i) for i in track or ()})
     if track:
+        bad = [i for i in track if not 0 <= i < sae.d_sae]
+        if bad:
+            raise ValueError(f"track: feature {bad[0]} is out of range (d_sae={sae.d_sae})")
         res.tracked = track
         res.tracked_values = reference.feature_acts(xs, view, track).float().cpu()
     else:
@@ -258,24 +259,37 @@ def _one(sae, x, ids, mask, summary_mask, tokens, k, track, backend) -> Inspecti
     return res
 
 
-def contrast(a: Inspection, b: Inspection, top: int = 20) -> list[dict]:
+def contrast(a: Inspection | Sequence[Inspection], b: Inspection | Sequence[Inspection], top: int = 20) -> list[dict]:
     """The ``top`` features whose mean activation differs most between the prompts of ``a`` and of
-    ``b`` (each prompt's mean over its tokens, :attr:`Inspection.mean_acts`), by the size of the effect:
-    Cohen's d with the pooled standard deviation, largest ``|d|`` first. Rows: ``{feature, mean_a,
-    mean_b, diff, d, frac_a, frac_b}`` (``frac``: the share of prompts on which the feature fires)."""
-    if a.mean_acts.shape[1] != b.mean_acts.shape[1]:
-        raise ValueError(f"contrast: the two inspections have different SAE widths ({a.mean_acts.shape[1]} vs "
-                         f"{b.mean_acts.shape[1]})")
-    na, nb = len(a), len(b)
+    ``b`` (each an :class:`Inspection` or a list of them, e.g. one per batch; each prompt's mean over
+    its tokens, :attr:`Inspection.mean_acts`), by the size of the effect: Cohen's d with the pooled
+    standard deviation, largest ``|d|`` first (a feature constant within both sets but different
+    between them has an infinite d). Rows: ``{feature, mean_a, mean_b, diff, d, frac_a, frac_b}``
+    (``frac``: the share of prompts on which the feature fires); features equal in both are left out."""
+    a, b = _stack(a, "a"), _stack(b, "b")
+    if a[0].shape[1] != b[0].shape[1]:
+        raise ValueError(f"contrast: the two prompt sets were read with SAEs of different widths ({a[0].shape[1]} vs "
+                         f"{b[0].shape[1]})")
+    na, nb = a[0].shape[0], b[0].shape[0]
     if na < 2 or nb < 2:
         raise ValueError(f"contrast: each prompt set needs at least 2 prompts (got {na} and {nb})")
-    A, B = a.mean_acts.double(), b.mean_acts.double()
+    A, B = a[0].double(), b[0].double()
     ma, mb = A.mean(0), B.mean(0)
     pooled = (((na - 1) * A.var(0) + (nb - 1) * B.var(0)) / (na + nb - 2)).sqrt()
     diff = ma - mb
     d = torch.where(pooled > 0, diff / pooled.clamp_min(1e-12), torch.where(diff == 0, 0.0, math.inf * diff.sign()))
     by_diff = diff.abs().argsort(descending=True, stable=True)  # ties of |d| (e.g. inf) broken by |diff|
     order = by_diff[d.abs()[by_diff].argsort(descending=True, stable=True)][:top].tolist()
-    fa, fb = (a.max_acts > 0).double().mean(0), (b.max_acts > 0).double().mean(0)
+    fa, fb = (a[1] > 0).double().mean(0), (b[1] > 0).double().mean(0)
     return [{"feature": i, "mean_a": float(ma[i]), "mean_b": float(mb[i]), "diff": float(diff[i]), "d": float(d[i]),
              "frac_a": float(fa[i]), "frac_b": float(fb[i])} for i in order if float(diff[i]) != 0]
+
+
+def _stack(x, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean_acts, max_acts)`` of an Inspection or a list of them, stacked over prompts."""
+    items = [x] if isinstance(x, Inspection) else list(x)
+    if not items or not all(isinstance(i, Inspection) for i in items):
+        raise ValueError(f"{name}: expected an Inspection or a non-empty list of them")
+    if len({i.mean_acts.shape[1] for i in items}) != 1:
+        raise ValueError(f"{name}: the inspections were read with SAEs of different widths")
+    return torch.cat([i.mean_acts for i in items]), torch.cat([i.max_acts for i in items])
