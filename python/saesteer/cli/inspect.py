@@ -70,11 +70,9 @@ def _contrast(args, model, tok, saes: dict) -> int:
     cosine with the difference in means of the residual stream at the SAE's hook point (discover's
     cosine candidates, :func:`saesteer.refusal.features.rank_by_cosine`)."""
     from ..hf import contrast
-    from ..refusal.data import load_prompts
     from ..refusal.features import rank_by_cosine, site_residuals
 
-    a = load_prompts(args.contrast[0], field=args.field, limit=args.limit)
-    b = load_prompts(args.contrast[1], field=args.field, limit=args.limit)
+    a, b = (_prompt_set(ref, args) for ref in args.contrast)
     args.chat = True  # prompt sets are instructions, read in the chat template as discover reads them
     _, ia = _inspect_all(model, tok, saes, a, args)
     _, ib = _inspect_all(model, tok, saes, b, args)
@@ -99,6 +97,16 @@ def _contrast(args, model, tok, saes: dict) -> int:
         check_output(args.json, "--json", "file").write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _prompt_set(ref: str, args) -> list:
+    """A prompt file, or ``organism:harmful`` / ``organism:harmless``: the sets shipped with the package."""
+    from ..refusal.data import load_prompts, shipped_prompts
+
+    if ref in ("organism:harmful", "organism:harmless"):
+        prompts = shipped_prompts(ref.split(":", 1)[1])
+        return prompts[: args.limit] if args.limit else prompts
+    return load_prompts(ref, field=args.field, limit=args.limit)
 
 
 def _inspect(args) -> int:
@@ -219,7 +227,8 @@ def register(sub) -> None:
     g.add_argument("--json", metavar="FILE", help="write the results as JSON")
     g.add_argument("--html", metavar="FILE", help="write one self-contained HTML page")
     g.add_argument("--contrast", nargs=2, metavar=("A", "B"),
-                   help="two prompt files (chat-formatted): the features whose mean activation differs most between them")
+                   help="two prompt files, or organism:harmful / organism:harmless (the shipped sets), read in the chat "
+                        "template: the features whose mean activation differs most between them")
     g.add_argument("--top", type=int, default=20, help="rows of --contrast (default 20)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--quiet", action="store_true", help="no token table on stdout (with --json / --html)")

@@ -8,6 +8,8 @@ finds the tokens: which are real (padding out), which is BOS, which belong to th
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..steering import as_sae
@@ -56,7 +58,8 @@ def parse_hf_when(when, edit_sae, where: str = "when") -> tuple[Condition, objec
         except TypeError:
             raise ValueError(f"{where}.sae: expected a saesteer.SAE or an sae_lens SAE, got {type(trig).__name__}") from None
     d = {k: v for k, v in when.items() if k != "sae"}
-    return parse_when(d, {"sae": trig.d_sae}, where, default_sae="sae"), trig
+    cond = parse_when(d, {"sae": trig.d_sae}, where, default_sae="sae")
+    return dataclasses.replace(cond, sae=None), trig  # the SAE is an object here, not a name
 
 
 class Trigger:
