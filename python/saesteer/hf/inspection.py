@@ -259,14 +259,18 @@ def _one(sae, x, ids, mask, summary_mask, tokens, k, track, backend) -> Inspecti
     return res
 
 
-def contrast(a: Inspection | Sequence[Inspection], b: Inspection | Sequence[Inspection], top: int = 20) -> list[dict]:
+def contrast(a: Inspection | Sequence[Inspection], b: Inspection | Sequence[Inspection], top: int = 20,
+             by: str = "mean") -> list[dict]:
     """The ``top`` features whose mean activation differs most between the prompts of ``a`` and of
     ``b`` (each an :class:`Inspection` or a list of them, e.g. one per batch; each prompt's mean over
-    its tokens, :attr:`Inspection.mean_acts`), by the size of the effect: Cohen's d with the pooled
-    standard deviation, largest ``|d|`` first (a feature constant within both sets but different
-    between them has an infinite d). Rows: ``{feature, mean_a, mean_b, diff, d, frac_a, frac_b}``
-    (``frac``: the share of prompts on which the feature fires); features equal in both are left out."""
-    a, b = _stack(a, "a"), _stack(b, "b")
+    its tokens, :attr:`Inspection.mean_acts`, or with ``by="max"`` its max), by the size of the
+    effect: Cohen's d with the pooled standard deviation, largest ``|d|`` first (a feature constant
+    within both sets but different between them has an infinite d). Rows: ``{feature, mean_a,
+    mean_b, diff, d, frac_a, frac_b}`` (``mean_*``: the per-prompt value averaged over the set;
+    ``frac``: the share of prompts on which the feature fires); features equal in both are left out."""
+    if by not in ("mean", "max"):
+        raise ValueError(f"by: expected 'mean' or 'max', got {by!r}")
+    a, b = _stack(a, "a", by), _stack(b, "b", by)
     if a[0].shape[1] != b[0].shape[1]:
         raise ValueError(f"contrast: the two prompt sets were read with SAEs of different widths ({a[0].shape[1]} vs "
                          f"{b[0].shape[1]})")
@@ -285,11 +289,11 @@ def contrast(a: Inspection | Sequence[Inspection], b: Inspection | Sequence[Insp
              "frac_a": float(fa[i]), "frac_b": float(fb[i])} for i in order if float(diff[i]) != 0]
 
 
-def _stack(x, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean_acts, max_acts)`` of an Inspection or a list of them, stacked over prompts."""
+def _stack(x, name: str, by: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean_acts or max_acts, max_acts)`` of an Inspection or a list of them, stacked over prompts."""
     items = [x] if isinstance(x, Inspection) else list(x)
     if not items or not all(isinstance(i, Inspection) for i in items):
         raise ValueError(f"{name}: expected an Inspection or a non-empty list of them")
     if len({i.mean_acts.shape[1] for i in items}) != 1:
         raise ValueError(f"{name}: the inspections were read with SAEs of different widths")
-    return torch.cat([i.mean_acts for i in items]), torch.cat([i.max_acts for i in items])
+    return torch.cat([i.mean_acts if by == "mean" else i.max_acts for i in items]), torch.cat([i.max_acts for i in items])

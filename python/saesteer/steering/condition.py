@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
+from ..packed import as_packed
 
 __all__ = ["Condition", "parse_when", "token_scores", "PromptScore", "REDUCES", "SCOPES"]
 
@@ -147,7 +148,7 @@ def parse_when(d, saes: dict | None = None, where: str = "when", default_sae: st
 def token_scores(x: torch.Tensor, sae, cond: Condition, backend: str = "auto") -> torch.Tensor:
     """The trigger score ``[*lead]`` (float32, bias included) of every token of ``x [*lead, d_in]``,
     read in the SAE's dtype on its device (x is cast there)."""
-    view = sae.packed() if hasattr(sae, "packed") else sae
+    view = as_packed(sae)
     xs = x.to(device=view.W_dec.device, dtype=view.W_dec.dtype)
     w = None if cond.weights is None else list(cond.weights)
     s = ops.trigger_score(xs, view, list(cond.features), w, backend=backend)
