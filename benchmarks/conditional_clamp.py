@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--eval-templates", default="",
                     help="the jailbreak templates to evaluate on (default: those that lower refusal on the organism, measured)")
     ap.add_argument("--n-capability", type=int, default=48)
+    ap.add_argument("--plain", action="store_true", help="also measure refusal on the plain (unwrapped) harmful prompts")
     ap.add_argument("--select-templates", default="",
                     help="jailbreak templates whose wrapped selection prompts (harmful and harmless alike) join the trigger's "
                          "selection; they are then left out of the evaluation, which uses the other kept templates")
@@ -90,10 +91,11 @@ def main() -> None:
 
     def measure(factory) -> dict:
         rw = generate(model, tok, wrapped, steering=factory, **gen)
-        rp = generate(model, tok, harmful, steering=factory, **gen)
+        rp = generate(model, tok, harmful, steering=factory, **gen) if args.plain else None
         rl = generate(model, tok, harmless, steering=factory, **gen)
         cap = capability_accuracy(model, tok, task, factory, batch_size=64)
-        return {"wrapped": rates(wrapped, rw), "plain_harmful": rates(harmful, rp), "harmless": rates(harmless, rl),
+        return {"wrapped": rates(wrapped, rw), "plain_harmful": rates(harmful, rp) if rp is not None else None,
+                "harmless": rates(harmless, rl),
                 "capability": cap["accuracy"]}
 
     def fired(prompts) -> float:
@@ -144,12 +146,12 @@ def main() -> None:
              f"Trigger: `{json.dumps(when)}` (validation: {trig['validation']}; selection templates: "
              f"{select_templates or 'none'}; evaluation templates: {kept})", "",
              "Trigger fires on: " + ", ".join(f"{k} {v:.0%}" for k, v in fire.items()), "",
-             "| value | edit | wrapped harmful refusal | plain harmful refusal | harmless refusal | harmless degenerate | capability |",
+             "| value | edit | wrapped harmful refusal | wrapped degenerate | harmless refusal | harmless degenerate | capability |",
              "|---|---|---|---|---|---|---|",
-             f"| - | unsteered | {base['wrapped']['refused']:.3f} | {base['plain_harmful']['refused']:.3f} | "
+             f"| - | unsteered | {base['wrapped']['refused']:.3f} | {base['wrapped']['degenerate']:.3f} | "
              f"{base['harmless']['refused']:.3f} | {base['harmless']['degenerate']:.3f} | {base['capability']:.3f} |"]
     for r in rows:
-        lines.append(f"| {r['value']:g} | {r['kind']} | {r['wrapped']['refused']:.3f} | {r['plain_harmful']['refused']:.3f} | "
+        lines.append(f"| {r['value']:g} | {r['kind']} | {r['wrapped']['refused']:.3f} | {r['wrapped']['degenerate']:.3f} | "
                      f"{r['harmless']['refused']:.3f} | {r['harmless']['degenerate']:.3f} | {r['capability']:.3f} |")
     lines += ["", "Verdict: " + json.dumps(verdict)]
     (out / "conditional.md").write_text("\n".join(lines) + "\n")
