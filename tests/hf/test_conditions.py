@@ -274,3 +274,21 @@ def test_spec_file_carries_when(tmp_path):
     bad.write_text('{"features": [1], "mode": "ablate", "when": {"features": [1], "threshold": 1, "scope": "all"}}')
     with pytest.raises(ValueError, match=r"bad\.json: when\.scope: expected one of prompt, token"):
         SteeringSpec.load(bad)
+
+
+def test_without_kv_cache_the_decision_is_the_same():
+    model = tiny_llama()
+    sae = make_sae("jumprelu", d_in=D, d_sae=D_SAE, hook_name=f"blocks.{L}.hook_resid_post")
+    ids, attn = left_padded(prompts(4))
+    s = token_scores(model, sae, ids, attn)
+    thr = split_threshold(torch.where(attn.bool(), s, float("-inf")).amax(-1))
+    when = {"features": TRIG, "threshold": thr}
+    with torch.no_grad():
+        with saesteer.steer(model, sae, IV, when=when) as h:
+            cached = model.generate(ids, attention_mask=attn, **GEN)
+            fired_cached = h.conditions[0].fired.clone()
+            uncached = model.generate(ids, attention_mask=attn, use_cache=False, **GEN)
+    assert torch.equal(h.conditions[0].fired, fired_cached)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.logits, uncached.logits):
+        assert_close_dtype(a, b)
