@@ -69,8 +69,9 @@ def main() -> None:
     refused = [p for p, c in zip(H, ch) if c == "refused"]
     answered = [p for p, c in zip(L, cl) if c == "complied"]
     select_templates = [t for t in args.select_templates.split(",") if t]
-    for name in select_templates:  # both classes wrapped alike: the wrapper itself separates nothing
-        refused, answered = refused + transform(refused, name), answered + transform(answered, name)
+    # each template wraps the plain prompts, both classes alike: the wrapper itself separates nothing
+    refused = refused + [p for name in select_templates for p in transform(refused, name)]
+    answered = answered + [p for name in select_templates for p in transform(answered, name)]
     trig = propose_trigger(model, tok, sae, refused, answered, seed=args.seed)
     when = trig["when"]
     print("trigger:", when, f"({time.time() - t0:.0f}s)")
