@@ -10,7 +10,7 @@ from ._native import build_info
 from .intervention import MODES, Intervention
 from .sae import ARCHITECTURES, SAE, load_sae, read_sae_dir
 from . import reference, ops, steering, hf
-from .hf import SteeringHandle, add_direction, affine_ablation, attach, capture, directional_ablation, steer
+from .hf import SteeringHandle, add_direction, affine_ablation, attach, capture, directional_ablation, inspect, steer
 from .steering import SAESteerer
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "attach",
     "SteeringHandle",
     "capture",
+    "inspect",
     "directional_ablation",
     "add_direction",
     "affine_ablation",

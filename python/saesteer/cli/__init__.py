@@ -1,4 +1,4 @@
-"""The ``saesteer`` command line: ``saesteer {info,demo,generate,eval,discover,bench,organism,...}``.
+"""The ``saesteer`` command line: ``saesteer {info,demo,generate,inspect,eval,discover,bench,organism,...}``.
 
 One module per subcommand, each with a ``register(subparsers)`` function; this file only assembles
 them. A new subcommand is a module in this package plus one line in :data:`SUBCOMMANDS`. The CLI is
@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     "saesteer.cli.info",
     "saesteer.cli.demo",
     "saesteer.cli.generate",
+    "saesteer.cli.inspect",
     "saesteer.cli.eval",
     "saesteer.cli.discover",
     "saesteer.cli.bench",

@@ -12,6 +12,8 @@
   direction (Arditi et al. 2024; Marshall et al. 2024), on the same machinery;
   :func:`orthogonalize` / :func:`save_orthogonalized` fold the ablation into the weights.
 * :func:`capture` records the residual stream at hook points; :func:`intercept` rewrites it.
+* :func:`inspect`: per token, the top-k SAE features (the fused encode + top-k), and the prompt's
+  strongest features; :func:`contrast` the features that separate two prompt sets.
 * :func:`find_layers`, :func:`hidden_size`, :func:`hook_point`: where things are in a model.
 
 Positions (``positions="all"|"prompt"|"generated"``, a mask or a callable) are tracked per forward
@@ -34,6 +36,7 @@ from .capture import capture, intercept, resolve_hooks
 from .directions import add_direction, affine_ablation, directional_ablation
 from .orthogonalize import load_direction, orthogonalize, save_orthogonalized
 from .handle import SAEEdit, SteeringHandle, attach, steer
+from .inspection import Inspection, contrast, inspect
 from .layers import HOOK_POINTS, LAYER_PATHS, find_layers, hidden_size, hook_name, hook_point, parse_hook
 from .positions import POSITIONS, PositionTracker
 
@@ -49,6 +52,9 @@ __all__ = [
     "affine_ablation",
     "capture",
     "intercept",
+    "inspect",
+    "Inspection",
+    "contrast",
     "find_layers",
     "hidden_size",
     "hook_point",

@@ -1,0 +1,48 @@
+"""propose_trigger: the features that separate harmful from harmless prompts at the SAE, with a
+threshold chosen on validation prompts, returned as a usable ``when``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saesteer
+from saesteer import organism
+from saesteer.refusal.trigger import propose_trigger, trigger_scores
+from saesteer.steering.condition import parse_when
+
+pytestmark = pytest.mark.filterwarnings("ignore:saesteer. backend:RuntimeWarning")
+
+
+@pytest.mark.slow
+def test_proposed_trigger_separates_held_out_organism_prompts():
+    org = organism.load()
+    H, L = organism.search_prompts(24, 24, seed=5)
+    res = propose_trigger(org.model, org.tokenizer, org.sae, H, L, n_features=(1, 3), seed=0)
+    when = res["when"]
+    cond = parse_when(when, {"organism": org.sae.d_sae}, default_sae="organism")
+    assert cond.reduce == "max" and cond.scope == "prompt" and len(cond.features) in (1, 3)
+    assert res["n_selection"] == (12, 12) and res["n_validation"] == (12, 12)
+    chosen = next(v for v in res["validation"] if v["features"] == when["features"])
+    assert chosen["threshold"] == when["threshold"] and chosen["balanced_accuracy"] >= 0.9
+    assert all(r["d"] > 0 for r in res["candidates"])
+    # on the shipped prompts, which the trigger never saw, it separates the classes less well (the
+    # organism's shipped prompts are worded differently from its generators; 12 prompts per class
+    # chose this trigger): 56% caught, none of the harmless ones, when this was written
+    s_h = trigger_scores(org.model, org.tokenizer, org.sae, organism.load_prompts("harmful")[:16], when)
+    s_l = trigger_scores(org.model, org.tokenizer, org.sae, organism.load_prompts("harmless")[:16], when)
+    tpr, fpr = float((s_h > when["threshold"]).float().mean()), float((s_l > when["threshold"]).float().mean())
+    assert tpr - fpr > 0.3, (tpr, fpr)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(reduce="last"), "reduce: expected 'max' or 'mean'"),
+    (dict(val_fraction=1.5), "val_fraction"),
+    (dict(n_features=(0,)), "n_features"),
+])
+def test_bad_arguments(kw, match):
+    org = organism.load()
+    with pytest.raises(ValueError, match=match):
+        propose_trigger(org.model, org.tokenizer, org.sae, ["a"] * 4, ["b"] * 4, **kw)
+    with pytest.raises(ValueError, match="harmful: a trigger needs at least 4 prompts"):
+        propose_trigger(org.model, org.tokenizer, org.sae, ["a"] * 3, ["b"] * 4)
