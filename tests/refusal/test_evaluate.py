@@ -428,13 +428,16 @@ def test_direction_conditions_are_evaluated_beside_feature_specs(tiny_chat):
     torch.manual_seed(1)
     d, ref = torch.randn(32) * 4, torch.randn(32)
     conds = ev.direction_conditions(model, {"direction": d, "layer": 1, "reference": ref})
-    assert list(conds) == ["direction_ablation", "direction_addition", "affine_ablation"]
+    assert list(conds) == ["direction_ablation", "direction_addition", "direction_subtraction", "affine_ablation"]
     assert list(ev.direction_conditions(model, {"direction": d, "layer": None})) == ["direction_ablation"]
+    # Arditi et al.'s activation subtraction: the same edit as the addition, coefficient -1.
+    sub, add = conds["direction_subtraction"], conds["direction_addition"]
+    assert (sub.kind, sub.layer, sub.coeff, add.coeff) == ("add", 1, -1.0, 1.0) and torch.equal(sub.direction, d)
     spec = ev.SteeringSpec(features=[3, 7], mode="clamp", values=5.0)
     data = ev.EvalData(shipped_prompts("harmful")[:3], shipped_prompts("harmless")[:3])
     out = ev.evaluate_conditions(model, tok, data, {"steered": ev.Steering(model, sae, spec), **conds}, max_new_tokens=3, progress=False)
     rows = {r["condition"]: r for r in out["rows"]}
-    assert list(rows) == ["unsteered", "steered", "direction_ablation", "direction_addition", "affine_ablation"]
+    assert list(rows) == ["unsteered", "steered", "direction_ablation", "direction_addition", "direction_subtraction", "affine_ablation"]
     for name in conds:
         assert rows[name]["kl_first"] > 1e-4 and rows[name]["kl_reply"] > 1e-4
     # The row's refusal score is the one read under the ablation hooks themselves.
@@ -466,7 +469,8 @@ def test_cli_eval_direction_rows_without_a_feature_spec(tiny_chat, capsys, tmp_p
     _, err = capsys.readouterr()
     assert rc == 0, err
     res = json.loads((tmp_path / "o" / "eval.json").read_text())
-    assert [c["condition"] for c in res["conditions"]] == ["unsteered", "direction_ablation", "direction_addition", "affine_ablation"]
+    assert [c["condition"] for c in res["conditions"]] == ["unsteered", "direction_ablation", "direction_addition",
+                                                           "direction_subtraction", "affine_ablation"]
     assert res["spec"] is None and res["direction"]["layer"] == 1 and "probes" not in res
     assert all(c["kl_reply"] > 0 for c in res["conditions"][1:])
     assert "## Unsteered vs steered vs direction edits" in (tmp_path / "o" / "report.md").read_text()

@@ -169,3 +169,32 @@ def test_feature_probe_inputs_are_checked(tiny_chat):
         probes.feature_activations(model, tok, [(sae, [1]), (narrow, [0])], None, prompts)
     with pytest.raises(ValueError, match="^sae: "):
         probes.compare_probes(model, tok, [], None, ["a"], ["b"], ood={})
+
+
+# ------------------------------------------------------------------------------------------------
+# balanced classes and what makes the comparison not meaningful
+# ------------------------------------------------------------------------------------------------
+def test_compare_probes_balances_the_classes(tiny_chat):
+    # With all of Alpaca against 520 AdvBench prompts the majority baseline is ~99%: as Yeo et al.
+    # (2000 / 2000), the larger class is subsampled to the smaller one's size.
+    model, tok, sae, _ = tiny_chat
+    harmful, harmless = shipped_prompts("harmful")[:6], shipped_prompts("harmless")[:18]
+    out = probes.compare_probes(model, tok, sae, [3, 7], harmful, harmless, ood={}, resid_layers=[1])
+    assert out["balanced"] and out["n_per_class"] == {"harmful": 6, "harmless": 6}
+    rows = {r["set"]: r for r in out["rows"]}
+    assert sum(r["n"] for r in rows.values()) == 12
+    assert rows["train (plain)"]["n"] + rows["validation (plain)"]["n"] + rows["held-out (plain)"]["n"] == 12
+    raw = probes.compare_probes(model, tok, sae, [3, 7], harmful, harmless, ood={}, resid_layers=[1], balance=False)
+    assert raw["n_per_class"] == {"harmful": 6, "harmless": 18} and not raw["balanced"]
+
+
+def test_a_probe_at_chance_out_of_distribution_makes_the_comparison_invalid():
+    held = {"set": "held-out (plain)", "n": 200, "majority": 0.5, "feature_probe": 0.95, "residual_probe": 0.97}
+    ok, warnings = probes.probe_warnings([held], {"feature_probe": 0.9, "residual_probe": 0.92, "majority": 0.6})
+    assert ok and warnings == []
+    # The organism's case: OOD accuracy 0.86 against a majority baseline of 0.81.
+    ok, warnings = probes.probe_warnings([held], {"feature_probe": 0.86, "residual_probe": 0.95, "majority": 0.81})
+    assert not ok and len(warnings) == 1 and "feature probe's mean OOD accuracy 0.86 is no better than chance" in warnings[0]
+    # No OOD sets (NaN means): nothing to judge there.
+    ok, _ = probes.probe_warnings([held], {"feature_probe": math.nan, "residual_probe": math.nan, "majority": math.nan})
+    assert ok

@@ -12,6 +12,7 @@ range) before any model loads; :func:`saesteer.cli.main` turns the ``ValueError`
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def number_list(text: str, name: str, kind=float) -> list:
         raise ValueError(f"{name}: expected comma-separated {what}, got {text!r}") from None
     if not out:
         raise ValueError(f"{name}: expected at least one of the comma-separated {what}")
+    bad = [t.strip() for t, v in zip([t for t in text.split(",") if t.strip()], out) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{name}: expected finite {what}, got {', '.join(bad)} in {text!r}")
     return out
 
 
@@ -442,6 +446,16 @@ def load_model_saes(args, refs: list[str]):
     return model, tok, saes, layers, name
 
 
+def _layer_source(args, spec, sae, sae_flag: str) -> tuple[int | None, str]:
+    """The layer the SAE is read at and where it comes from, as an error names it: ``--layer``, the
+    spec's ``layer``, or the SAE's ``hook_name``."""
+    if args.layer is not None:
+        return args.layer, "--layer:"
+    if spec is not None and spec.layer is not None:
+        return spec.layer, f"--steer: the spec {args.steer}'s layer" if args.steer else "--layer:"
+    return sae.hook_layer, f"{sae_flag}: its hook_name {sae.hook_name!r} reads layer"
+
+
 def load_model(args, spec=None):
     """``(model, tokenizer, sae, layer, name)`` for the CLI flags; checks the SAE against the model's
     config (width, layer range) before loading the model's weights. A spec with edits at several
@@ -455,13 +469,15 @@ def load_model(args, spec=None):
     sae_ref = args.sae or (spec.sae if spec is not None else None)
     org, config, (sae,), name = _saes_and_config(args, [sae_ref], device)
     hidden, n_layers = _hidden_and_layers(config)
+    sae_flag = (f"--sae {args.sae!r}" if args.sae else f"the SAE {sae_ref!r} of the steering spec {args.steer}" if sae_ref
+                else "the organism's SAE")
     if hidden is not None and sae.d_in != hidden:
-        raise ValueError(f"sae: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE was trained on another model")
-    layer = args.layer if args.layer is not None else (spec.layer if spec is not None and spec.layer is not None else sae.hook_layer)
+        raise ValueError(f"{sae_flag}: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE was trained on another model")
+    layer, where = _layer_source(args, spec, sae, sae_flag)
     if layer is None:
-        raise ValueError("--layer: the SAE has no hook_name with a layer; pass --layer L")
+        raise ValueError(f"--layer: {sae_flag} has no hook_name with a layer; pass --layer L")
     if n_layers is not None and not 0 <= layer < n_layers:
-        raise ValueError(f"--layer: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
+        raise ValueError(f"{where} {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
     model, tok = _model_weights(args, org, device)
     if spec is not None:
         spec.layer = layer if sae.hook_layer != layer else spec.layer

@@ -171,12 +171,15 @@ class DirectionSteering:
 def direction_conditions(model, direction: Mapping, *, positions: str = "all") -> dict[str, DirectionSteering]:
     """The direction interventions of discover's ``direction.safetensors`` (as read by
     :func:`saesteer.hf.load_direction`) as named conditions: ``"direction_ablation"`` (removes
-    refusal), ``"direction_addition"`` (adds the difference in means at its layer: induces refusal)
-    and, when the file has the harmless ``reference``, ``"affine_ablation"`` (coefficient 0)."""
+    refusal), ``"direction_addition"`` (adds the difference in means at its layer: induces refusal),
+    ``"direction_subtraction"`` (Arditi et al.'s activation subtraction: coefficient -1 at the same
+    layer, a jailbreak) and, when the file has the harmless ``reference``, ``"affine_ablation"``
+    (coefficient 0)."""
     d, layer, ref = direction["direction"], direction.get("layer"), direction.get("reference")
     out = {"direction_ablation": DirectionSteering(model, "ablate", d, positions=positions)}
     if layer is not None:
         out["direction_addition"] = DirectionSteering(model, "add", d, layer=layer, coeff=1.0, positions=positions)
+        out["direction_subtraction"] = DirectionSteering(model, "add", d, layer=layer, coeff=-1.0, positions=positions)
         if ref is not None:
             out["affine_ablation"] = DirectionSteering(model, "affine", d, layer=layer, coeff=0.0, reference=ref, positions=positions)
     return out

@@ -94,8 +94,10 @@ def _body(body: Any) -> str:
 def warning_section(valid: bool, warnings: Sequence[str]) -> list[tuple[str, Any]]:
     """The section a report opens with when its results are not meaningful or it has warnings
     (``[]`` otherwise), for :func:`write_markdown_report`'s ``sections``."""
-    lines = _warning_lines({"valid": valid, "warnings": list(warnings)})
-    return [("Warnings", "\n".join(lines).strip())] if lines else []
+    if valid and not warnings:
+        return []
+    heading = "Warnings" if valid else "Warnings: these results are not meaningful"
+    return [(heading, "\n".join(f"- {w}" for w in warnings))]
 
 
 def write_markdown_report(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:

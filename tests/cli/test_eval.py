@@ -1,0 +1,126 @@
+"""``saesteer eval``'s verdicts and inputs: ``valid`` tells the truth (nothing to jailbreak), the
+prompts that chose a discovered spec are not evaluated on, the probe reads a given feature list,
+harmful prompts can be jailbreak-wrapped, and bad flags fail before a model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from helpers import make_sae_lens_sae  # noqa: E402
+from saesteer.cli import main  # noqa: E402
+from saesteer.refusal.data import shipped_prompts  # noqa: E402
+from saesteer.refusal.spec import SteeringSpec  # noqa: E402
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _base(d, out, *extra):
+    return ["eval", "--model", d, "--sae", d / "sae", "--max-new-tokens", "3", "--device", "cpu", "--quiet", "--out", out, *extra]
+
+
+def _discovered(tmp_path, d, splits: dict, candidates=None) -> str:
+    """A spec.json with discover's results.json beside it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    SteeringSpec(features=[3, 7], sae=str(d / "sae"), model=str(d)).save(run / "spec.json")
+    (run / "results.json").write_text(json.dumps({"splits": splits, "candidates": candidates or [[3, 0.9], [7, 0.5]]}))
+    return str(run / "spec.json")
+
+
+def test_a_model_that_refuses_nothing_has_nothing_to_jailbreak(tiny_chat, capsys, tmp_path):
+    _, _, _, d = tiny_chat
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "o", "--features", "3", "--limit", "4", "--no-probes"))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert res["conditions"][0]["harmful_refusal"] == 0.0
+    assert res["valid"] is False and "refuses 0/4 harmful prompts unsteered" in res["warnings"][0]
+    assert "nothing to jailbreak" in err and err.index("WARNING") < err.index("wrote")
+    md = (tmp_path / "o" / "report.md").read_text()
+    # One warnings section, first, without a second heading inside it.
+    assert md.count("Warnings") == 1 and md.index("## Warnings: these results are not meaningful") < md.index("## Setup")
+    # Amplifying refusal (clamping features up) jailbreaks nothing: the rule does not apply.
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "up", "--features", "3", "--mode", "clamp", "--value", "4", "--limit", "4",
+                                     "--no-probes"))
+    assert rc == 0, err
+    assert json.loads((tmp_path / "up" / "eval.json").read_text())["valid"] is True
+
+
+@pytest.mark.parametrize("sweep", ["0,nan", "inf", "1,-inf"])
+def test_a_sweep_with_a_value_that_is_not_finite_is_refused_at_once(tiny_chat, capsys, tmp_path, sweep):
+    _, _, _, d = tiny_chat
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "o", "--features", "3", "--mode", "clamp", "--sweep", sweep))
+    assert rc == 2 and err.strip().startswith("saesteer eval: error: --sweep: expected finite numbers")
+    assert not (tmp_path / "o").exists()
+
+
+def test_prompts_that_chose_the_spec_are_refused_or_warned_about(tiny_chat, capsys, tmp_path):
+    _, _, _, d = tiny_chat
+    harmful = shipped_prompts("harmful")
+    spec = _discovered(tmp_path, d, {"held": 2, "direction": harmful[:3], "val": [], "search": harmful[3:5],
+                                     "harmless_direction": ["Name a fruit."], "harmless_val": []})
+    args = ["--steer", spec, "--limit", "4", "--no-probes"]
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "o", *args))
+    assert rc == 2 and "--harmful: 4 of the 4 prompts chose the spec" in err and "direction split: 3, search split: 1" in err
+    assert "--allow-overlap" in err and not (tmp_path / "o").exists()
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "o", *args, "--allow-overlap"))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert any("not held out" in w for w in res["warnings"]) and err.count("not held out") == 1
+    # Held-out prompts pass without a warning about overlap.
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps(harmful[10:14]))
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "h", *args, "--harmful", held))
+    assert rc == 0, err
+    assert not any("chose the spec" in w for w in json.loads((tmp_path / "h" / "eval.json").read_text())["warnings"])
+
+
+def test_splits_recorded_as_counts_only_are_said_to_be_unchecked(tiny_chat, capsys, tmp_path):
+    _, _, _, d = tiny_chat
+    spec = _discovered(tmp_path, d, {"held": 8, "direction": 16, "val": 8, "search": 6})
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "o", "--steer", spec, "--limit", "3", "--no-probes"))
+    assert rc == 0, err
+    assert any("counts only" in w for w in json.loads((tmp_path / "o" / "eval.json").read_text())["warnings"])
+
+
+def test_the_feature_probe_reads_the_top_candidates_and_wrapped_prompts(tiny_chat, capsys, tmp_path):
+    _, _, _, d = tiny_chat
+    spec = _discovered(tmp_path, d, {}, candidates=[[40, 2.0], [5, 1.0], [3, 0.5], [9, 0.1]])
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps(shipped_prompts("harmful")[:6]))
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "o", "--steer", spec, "--harmful", held, "--limit", "6",
+                                     "--probe-features", "top:3", "--templates", "roleplay", "--wrap", "roleplay,story"))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert res["probes"]["features"] == [40, 5, 3] and res["spec"]["features"] == [3, 7]
+    # Each harmful prompt once per template, and the classes balanced for the probes.
+    assert res["n"]["harmful"] == 12 and res["probes"]["n_per_class"] == {"harmful": 6, "harmless": 6}
+    assert res["examples"]["unsteered"]["harmful"][0][0].startswith("Let's play a game.")
+    for bad, match in (("top:0", "top:N with N >= 1"), ("1,x", "--probe-features: expected comma-separated integers")):
+        rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--steer", spec, "--probe-features", bad))
+        assert rc == 2 and match in err and not (tmp_path / "bad").exists()
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--features", "3", "--probe-features", "top:2"))
+    assert rc == 2 and "results.json next to the spec" in err
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--features", "3", "--wrap", "dan"))
+    assert rc == 2 and "--wrap: expected comma-separated names" in err
+
+
+def test_an_sae_whose_layer_is_out_of_range_is_named_by_its_hook(tiny_chat, capsys, tmp_path):
+    _, _, _, d = tiny_chat
+    make_sae_lens_sae("jumprelu", 32, 96, seed=0, hook_name="blocks.40.hook_resid_post").save_model(str(tmp_path / "deep"))
+    rc, _, err = _run(capsys, "eval", "--model", d, "--sae", tmp_path / "deep", "--features", "3", "--out", tmp_path / "o")
+    assert rc == 2 and "its hook_name 'blocks.40.hook_resid_post' reads layer 40 is out of range" in err
+    assert "--layer" not in err and err.count("--sae") == 1
+    narrow = tmp_path / "narrow"
+    make_sae_lens_sae("jumprelu", 24, 96, seed=0, hook_name="blocks.1.hook_resid_post").save_model(str(narrow))
+    rc, _, err = _run(capsys, "eval", "--model", d, "--sae", narrow, "--features", "3", "--out", tmp_path / "o")
+    assert rc == 2 and f"error: --sae {str(narrow)!r}: d_in=24" in err
