@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -160,11 +161,12 @@ def plot_lines(
 # ------------------------------------------------------------------------------------------------
 # saesteer discover's outputs
 # ------------------------------------------------------------------------------------------------
-def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> None:
+def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> list[Path]:
     """Write a :class:`~saesteer.refusal.discover.DiscoverResult` to the directory ``out``:
     ``results.json``, ``direction.safetensors`` (the direction, and the affine ablation's reference
-    when there is one), ``spec.json`` (the minimal set, with ``sae_ref`` as its SAE), the two plots
-    and ``report.md``."""
+    when there is one), ``spec.json`` (the minimal set, with ``sae_ref`` as its SAE), the plots
+    and ``report.md``. Returns the paths written, each readable as a normal file (mode 0666 less
+    the umask)."""
     import torch
     from safetensors.torch import save_file
 
@@ -183,6 +185,13 @@ def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> 
     res.spec.save(out / "spec.json")
     discover_plots(r, out)
     (out / "report.md").write_text(discover_report(r))
+    names = ("results.json", "spec.json", "direction.safetensors", "refusal_score_by_layer_position.png", "asr_vs_features.png", "report.md")
+    written = [out / n for n in names if (out / n).is_file()]
+    # safetensors writes through a private temporary file (mode 0600): give it the mode open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / "direction.safetensors", 0o666 & ~umask)
+    return written
 
 
 def discover_plots(r: dict, out: str | Path) -> None:
