@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from saesteer.refusal import evaluate as ev  # noqa: E402
-from saesteer.refusal import judges, jailbreak, probes, report  # noqa: E402
+from saesteer.refusal import jailbreak, judges, probes, report  # noqa: E402
 from saesteer.refusal.chat import format_prompts  # noqa: E402
 from saesteer.refusal.data import shipped_prompts  # noqa: E402
 from saesteer.refusal.spec import SteeringSpec  # noqa: E402

@@ -7,8 +7,17 @@ import json
 import sys
 from dataclasses import replace
 
-from .common import (add_model_args, add_steering_args, check_output, check_run_args, default_device, load_model,
-                     number_list, organism_capability_task, steering_spec)
+from .common import (
+    add_model_args,
+    add_steering_args,
+    check_output,
+    check_run_args,
+    default_device,
+    load_model,
+    number_list,
+    organism_capability_task,
+    steering_spec,
+)
 
 __all__ = ["register"]
 
@@ -23,11 +32,11 @@ def _eval(args) -> int:
 
     from ..refusal import evaluate as ev
     from ..refusal.data import load_prompts, shipped_prompts
-    from ..refusal.judges import load_model_judge
     from ..refusal.heldout import results_next_to
+    from ..refusal.judges import load_model_judge
     from ..refusal.report import plot_lines, warning_section, write_json, write_markdown_report
-    from ..refusal.validity import MIN_REFUSAL_RATE, nothing_to_jailbreak
     from ..refusal.turns import prompt_label
+    from ..refusal.validity import MIN_REFUSAL_RATE, nothing_to_jailbreak
 
     # Everything that can be wrong with the inputs fails here, before a model loads.
     check_run_args(args)
@@ -122,15 +131,13 @@ def _eval(args) -> int:
         "examples": result["examples"],
     }
     sections = [
-        ("Setup", f"model `{name}`, {_sae_text(spec, report)}; steering `{json.dumps(spec.to_dict()) if spec is not None else 'none'}`"
-                  f"{'; direction ' + str(args.direction) + ' (' + ', '.join(direction_conds) + ')' if direction is not None else ''}; "
-                  f"{len(harmful)} harmful / {len(harmless)} harmless prompts, {len(mc or [])} multiple-choice items, "
-                  f"{n_cap} capability questions; greedy, {result['max_new_tokens']['harmless']} new tokens ({result['max_new_tokens']['harmful']} on harmful prompts); "
-                  f"refusal judge {result['judges']['refusal']}, harmful-compliance judge {result['judges']['harmful_compliance'] or 'none'}; chat template: {result['chat_template']}."),
-        ("Unsteered vs steered" + (" vs direction edits" if direction_conds else ""), [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
+        ("Setup", _setup_text(args, name, spec, report, direction_conds, result, wrappers, tasks)),
+        ("Unsteered vs steered" + (" vs direction edits" if direction_conds else ""),
+         [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
     ]
     if sweep is not None:
-        sweep_rows = [dict(all_rows[0], value=None)] + [dict(r, value=sweep_conds[r["condition"]].spec.values) for r in all_rows if r["condition"] in sweep_conds]
+        sweep_rows = [dict(all_rows[0], value=None)] + [dict(r, value=sweep_conds[r["condition"]].spec.values)
+                                                        for r in all_rows if r["condition"] in sweep_conds]
         report["sweep"] = sweep_rows
         steered = sweep_rows[1:]
         ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy",
@@ -188,6 +195,22 @@ def _eval(args) -> int:
     print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
     print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
     return 0
+
+
+def _setup_text(args, name, spec, report, direction_conds, result, wrappers, tasks) -> str:
+    """The report's Setup line: what was steered, on which prompts, and the reply length and judge
+    every number used."""
+    n, mnt, judges = report["n"], result["max_new_tokens"], result["judges"]
+    steering = json.dumps(spec.to_dict()) if spec is not None else "none"
+    direction = f"; direction {args.direction} ({', '.join(direction_conds)})" if direction_conds else ""
+    wrapped = f" (each wrapped in {', '.join(wrappers)})" if wrappers else ""
+    task_lengths = "".join(f"; {t.name} {len(t.questions)} questions at {t.max_new_tokens or mnt['harmless']} new tokens"
+                           + (f" (sampled across subjects, seed {args.seed})" if t.name == "mmlu" else "") for t in tasks)
+    return (f"model `{name}`, {_sae_text(spec, report)}; steering `{steering}`{direction}; "
+            f"{n['harmful']} harmful prompts{wrapped} / {n['harmless']} harmless prompts, {n['mc']} multiple-choice items, "
+            f"{n['capability']} capability questions{task_lengths}; greedy replies of {mnt['harmful']} new tokens on harmful "
+            f"prompts and {mnt['harmless']} on harmless ones; refusal and over-refusal judged by {judges['refusal']}, "
+            f"attack success by {judges['harmful_compliance'] or 'none'}; chat template: {result['chat_template']}.")
 
 
 def _sae_text(spec, report) -> str:

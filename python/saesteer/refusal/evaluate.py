@@ -32,19 +32,29 @@ position) at their unsteered values: the first reply token is predicted from the
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .chat import chat_template_kind, check_chat_template, format_prompts, generate, refusal_scores, refusal_tokens_from_replies
 from .inputs import model_device, pad_token_id
-from .judges import (COMPLIED, DEGENERATE, HARMFUL_COMPLIANCE, REFUSED, Judge, ModelJudge, SubstringJudge, class_rates, judge_classes,
-                     judge_name, judge_question, load_model_judge)
+from .judges import (
+    COMPLIED,
+    DEGENERATE,
+    HARMFUL_COMPLIANCE,
+    REFUSED,
+    Judge,
+    ModelJudge,
+    SubstringJudge,
+    class_rates,
+    judge_classes,
+    judge_name,
+    judge_question,
+    load_model_judge,
+)
 from .spec import SteeringSpec
 from .turns import Prompt
 
@@ -327,10 +337,12 @@ class CapabilityTask:
     max_new_tokens: int | None = None
 
 
-def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steering | None = None, *, max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False) -> dict:
+def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steering | None = None, *, max_new_tokens: int = 24,
+                        batch_size: int = 16, progress: bool = False) -> dict:
     """Fraction of greedy replies that ``task.check`` accepts: ``{"accuracy", "n", "replies"}``.
     Replies are ``task.max_new_tokens`` long when the task sets it, else ``max_new_tokens``."""
-    replies = generate(model, tokenizer, task.questions, max_new_tokens=task.max_new_tokens or max_new_tokens, batch_size=batch_size, steering=steering, progress=progress, desc="capability")
+    replies = generate(model, tokenizer, task.questions, max_new_tokens=task.max_new_tokens or max_new_tokens, batch_size=batch_size,
+                       steering=steering, progress=progress, desc="capability")
     ok = [bool(task.check(i, r)) for i, r in enumerate(replies)]
     return {"accuracy": sum(ok) / len(ok) if ok else float("nan"), "n": len(ok), "replies": replies}
 
@@ -339,7 +351,8 @@ def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steeri
 # loss, perplexity, KL on harmless replies
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuations: Sequence[str], steering: Steering | None = None, *, batch_size: int = 16) -> dict:
+def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuations: Sequence[str], steering: Steering | None = None, *,
+                         batch_size: int = 16) -> dict:
     """Teacher-forced metrics of ``continuations`` (each followed by EOS) after chat-formatted ``prompts``.
 
     Returns ``loss`` (mean next-token NLL over continuation tokens, steered when ``steering`` is
@@ -373,7 +386,8 @@ def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuati
         n_tok += int(targets.numel())
         n_rows += ids.shape[0]
     if n_tok == 0:
-        return {"loss": float("nan"), "loss_unsteered": float("nan"), "perplexity": float("nan"), "kl_first": float("nan"), "kl_reply": float("nan"), "n_tokens": 0}
+        nan = float("nan")
+        return {"loss": nan, "loss_unsteered": nan, "perplexity": nan, "kl_first": nan, "kl_reply": nan, "n_tokens": 0}
     loss_base = nll_base / n_tok
     loss = nll_steer / n_tok if steering is not None else loss_base
     return {

@@ -167,7 +167,6 @@ def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> 
     when there is one), ``spec.json`` (the minimal set, with ``sae_ref`` as its SAE), the plots
     and ``report.md``. Returns the paths written, each readable as a normal file (mode 0666 less
     the umask)."""
-    import torch
     from safetensors.torch import save_file
 
     out = Path(out)
