@@ -47,7 +47,8 @@ def test_a_model_that_refuses_nothing_has_nothing_to_jailbreak(tiny_chat, capsys
     assert "nothing to jailbreak" in err and err.index("WARNING") < err.index("wrote")
     md = (tmp_path / "o" / "report.md").read_text()
     # One warnings section, first, without a second heading inside it.
-    assert md.count("Warnings") == 1 and md.index("## Warnings: these results are not meaningful") < md.index("## Setup")
+    assert md.index("## These results are not meaningful\n\n- the model refuses 0/4") < md.index("## Setup")
+    assert md.count("## These results are not meaningful") == 1 and "Warnings" not in md
     # Amplifying refusal (clamping features up) jailbreaks nothing: the rule does not apply.
     rc, _, err = _run(capsys, *_base(d, tmp_path / "up", "--features", "3", "--mode", "clamp", "--value", "4", "--limit", "4",
                                      "--no-probes"))
@@ -70,7 +71,7 @@ def test_prompts_that_chose_the_spec_are_refused_or_warned_about(tiny_chat, caps
                                      "harmless_direction": ["Name a fruit."], "harmless_val": []})
     args = ["--steer", spec, "--limit", "4", "--no-probes"]
     rc, _, err = _run(capsys, *_base(d, tmp_path / "o", *args))
-    assert rc == 2 and "--harmful: 4 of the 4 prompts chose the spec" in err and "direction split: 3, search split: 1" in err
+    assert rc == 2 and "--harmful: 4 of the 4 prompts chose " in err and "direction split: 3, search split: 1" in err
     assert "--allow-overlap" in err and not (tmp_path / "o").exists()
     rc, _, err = _run(capsys, *_base(d, tmp_path / "o", *args, "--allow-overlap"))
     assert rc == 0, err
@@ -81,7 +82,7 @@ def test_prompts_that_chose_the_spec_are_refused_or_warned_about(tiny_chat, caps
     held.write_text(json.dumps(harmful[10:14]))
     rc, _, err = _run(capsys, *_base(d, tmp_path / "h", *args, "--harmful", held))
     assert rc == 0, err
-    assert not any("chose the spec" in w for w in json.loads((tmp_path / "h" / "eval.json").read_text())["warnings"])
+    assert not any("chose " in w for w in json.loads((tmp_path / "h" / "eval.json").read_text())["warnings"])
 
 
 def test_splits_recorded_as_counts_only_are_said_to_be_unchecked(tiny_chat, capsys, tmp_path):

@@ -62,9 +62,11 @@ def _eval(args) -> int:
     spec = steering_spec(args, required=direction is None, values_given=sweep is not None)
     if spec is None and sweep is not None:
         raise ValueError("--sweep: sweeps a feature spec's value; pass --steer SPEC or --features IDS with it")
-    discovered = results_next_to(args.steer) if args.steer else None
-    # The prompts that chose the spec (discover's splits) are not the prompts it is judged on.
-    early_warnings = held_out_warnings(discovered, harmful, harmless, args.allow_overlap, args.steer)
+    # The prompts that chose the spec or the direction (discover's splits, in the results.json
+    # beside them) are not the prompts they are judged on.
+    chosen_by = args.steer or args.direction
+    discovered = results_next_to(chosen_by) if chosen_by else None
+    early_warnings = held_out_warnings(discovered, harmful, harmless, args.allow_overlap, chosen_by)
     if wrappers:
         from ..refusal.jailbreak import transform
 
@@ -253,8 +255,9 @@ def _lowers_refusal(spec, direction_conds) -> bool:
 
 
 def held_out_warnings(results, harmful, harmless, allow: bool, steer) -> list[str]:
-    """Refuse (``allow``: warn about) evaluated prompts among the prompts that chose the spec, as
-    discover's ``results`` next to it record them; warn when they are recorded as counts only."""
+    """Refuse (``allow``: warn about) evaluated prompts among the prompts that chose the spec or
+    direction file ``steer``, as discover's ``results`` next to it record them; warn when they are
+    recorded as counts only."""
     if results is None:
         return []
     from ..refusal.heldout import chosen_prompts, overlap
@@ -269,7 +272,7 @@ def held_out_warnings(results, harmful, harmless, allow: bool, steer) -> list[st
             found.append((flag, prompts, ov, overlap(prompts, {"all": [p for v in mine.values() for p in v]})["all"]))
     out = []
     for flag, prompts, ov, n in found:
-        msg = (f"{flag}: {n} of the {len(prompts)} prompts chose the spec {steer} (discover's "
+        msg = (f"{flag}: {n} of the {len(prompts)} prompts chose {steer} (discover's "
                + ", ".join(f"{k} split: {n}" for k, n in ov.items()) + ")")
         if not allow:
             raise ValueError(msg + "; evaluate on held-out prompts, or pass --allow-overlap to evaluate anyway with a warning")
@@ -385,8 +388,8 @@ def register(sub) -> None:
                                             "best-ranked candidates of discover's results.json next to --steer (Yeo et "
                                             "al.'s top features; default: the spec's features)")
     e.add_argument("--allow-overlap", action="store_true",
-                   help="evaluate on prompts that chose the spec (discover's direction, selection and search splits, read "
-                        "from the results.json next to --steer) with a warning, instead of refusing")
+                   help="evaluate on prompts that chose the spec or direction (discover's direction, selection and search "
+                        "splits, read from the results.json next to --steer / --direction) with a warning, instead of refusing")
     e.add_argument("--limit", type=int, help="use the first N items of every prompt/mc file and GSM8K; MMLU: N questions "
                                              "sampled across its subjects with --seed")
     e.add_argument("--seed", type=int, default=0, help="seed of the MMLU sample and the probes' splits (default 0)")

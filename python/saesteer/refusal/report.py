@@ -97,7 +97,7 @@ def warning_section(valid: bool, warnings: Sequence[str]) -> list[tuple[str, Any
     (``[]`` otherwise), for :func:`write_markdown_report`'s ``sections``."""
     if valid and not warnings:
         return []
-    heading = "Warnings" if valid else "Warnings: these results are not meaningful"
+    heading = "Warnings" if valid else "These results are not meaningful"
     return [(heading, "\n".join(f"- {w}" for w in warnings))]
 
 
