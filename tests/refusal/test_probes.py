@@ -198,3 +198,34 @@ def test_a_probe_at_chance_out_of_distribution_makes_the_comparison_invalid():
     # No OOD sets (NaN means): nothing to judge there.
     ok, _ = probes.probe_warnings([held], {"feature_probe": math.nan, "residual_probe": math.nan, "majority": math.nan})
     assert ok
+
+
+class _LengthJudge:
+    """A classifier judge of harmful compliance (as HarmBench's): a wrapped reply counts as carrying
+    out the request when it is long; it asks for 6-token replies."""
+
+    question = "harmful_compliance"
+    reply_tokens = 6
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def classify(self, prompts, replies):
+        self.seen += list(replies)
+        return [COMPLIED if len(r) > 12 else REFUSED for r in replies]
+
+
+def test_wrapped_prompts_are_labelled_by_the_given_classifier_judge(tiny_chat):
+    model, tok, sae, _ = tiny_chat
+    harmful, harmless = shipped_prompts("harmful")[:8], shipped_prompts("harmless")[:8]
+    judge = _LengthJudge()
+    out = probes.compare_probes(model, tok, sae, [3, 7], harmful, harmless, templates=["roleplay"], judge=judge,
+                                resid_layers=[1], max_new_tokens=2)
+    # Replies are generated at the judge's length, and the judge's classes are the ones measured.
+    assert out["template_max_new_tokens"] == 6 and len(judge.seen) == 16
+    from saesteer.refusal.chat import generate
+
+    plain = generate(model, tok, harmful, max_new_tokens=6, progress=False)
+    assert judge.seen[:8] == plain
+    expected = sum(len(r) > 12 for r in plain) / 8
+    assert out["templates"]["plain"]["refusal"] == pytest.approx(1 - expected)
