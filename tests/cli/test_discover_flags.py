@@ -9,16 +9,8 @@ import stat
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from saesteer.cli import build_parser, main  # noqa: E402
-
-
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+from helpers import run_cli as _run
+from saesteer.cli import build_parser
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -5,23 +5,14 @@ harmful prompts can be jailbreak-wrapped, and bad flags fail before a model load
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from helpers import make_sae_lens_sae  # noqa: E402
-from saesteer.cli import main  # noqa: E402
-from saesteer.refusal.data import shipped_prompts  # noqa: E402
-from saesteer.refusal.spec import SteeringSpec  # noqa: E402
-
-
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+from helpers import make_sae_lens_sae
+from helpers import run_cli as _run
+from saesteer.refusal.data import shipped_prompts
+from saesteer.refusal.spec import SteeringSpec
 
 
 def _base(d, out, *extra):
@@ -125,3 +116,92 @@ def test_an_sae_whose_layer_is_out_of_range_is_named_by_its_hook(tiny_chat, caps
     make_sae_lens_sae("jumprelu", 24, 96, seed=0, hook_name="blocks.1.hook_resid_post").save_model(str(narrow))
     rc, _, err = _run(capsys, "eval", "--model", d, "--sae", narrow, "--features", "3", "--out", tmp_path / "o")
     assert rc == 2 and f"error: --sae {str(narrow)!r}: d_in=24" in err
+
+
+def test_eval_cli_puts_probes_at_chance_first(tiny_chat, tmp_path, capsys):
+    from saesteer.cli import main
+
+    _, _, _, d = tiny_chat
+    out_dir = tmp_path / "out"
+    rc = main(["eval", "--model", str(d), "--sae", str(d / "sae"), "--features", "3,7", "--mode", "clamp", "--value", "5",
+               "--sweep", "0,5", "--limit", "6", "--max-new-tokens", "2", "--quiet", "--out", str(out_dir)])
+    assert rc == 0
+    res = json.loads((out_dir / "eval.json").read_text())
+    assert res["chat_template"] == "tokenizer"
+    assert res["valid"] is res["probes"]["valid"] and res["warnings"] == res["probes"]["warnings"]
+    # On the random tiny model the probe over two random features is at chance on held-out prompts.
+    assert res["valid"] is False and any("feature probe is at chance" in w for w in res["warnings"])
+    md = (out_dir / "report.md").read_text()
+    assert md.index("These results are not meaningful") < md.index("## Setup")
+    assert "chat template: tokenizer" in md
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "WARNING: these results are not meaningful:" and "at chance" in err[1]
+    assert all({"harmful_degenerate", "harmless_degenerate", "harmful_compliance"} <= set(r) for r in res["sweep"])
+    sweep_md = md[md.index("## Refusal amplification sweep"):]
+    assert "| harmful_degenerate | harmless_degenerate |" in sweep_md.split("\n\n")[2].splitlines()[0]
+
+
+def test_cli_eval_direction_rows_without_a_feature_spec(tiny_chat, capsys, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from saesteer.cli import main
+
+    _, _, _, d = tiny_chat
+    torch.manual_seed(2)
+    save_file({"direction": torch.randn(32) * 4, "reference": torch.randn(32)}, str(tmp_path / "direction.safetensors"),
+              metadata={"layer": "1", "position": "-1", "ablation": "affine"})
+    base = ["eval", "--model", str(d), "--sae", str(d / "sae"), "--limit", "3", "--max-new-tokens", "3", "--device", "cpu", "--quiet"]
+    rc = main(base + ["--direction", str(tmp_path / "direction.safetensors"), "--out", str(tmp_path / "o")])
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert [c["condition"] for c in res["conditions"]] == ["unsteered", "direction_ablation", "direction_addition",
+                                                           "direction_subtraction", "affine_ablation"]
+    assert res["spec"] is None and res["direction"]["layer"] == 1 and "probes" not in res
+    assert all(c["kl_reply"] > 0 for c in res["conditions"][1:])
+    assert "## Unsteered vs steered vs direction edits" in (tmp_path / "o" / "report.md").read_text()
+    for extra, match in ((["--direction", str(tmp_path / "none.safetensors")], "direction.safetensors"),
+                         (["--direction", str(tmp_path / "direction.safetensors"), "--sweep", "0,1"], "--sweep: sweeps a feature spec")):
+        rc = main(base + extra + ["--out", str(tmp_path / "bad")])
+        _, err = capsys.readouterr()
+        assert rc == 2 and match in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_the_paper_eval_commands_run_on_the_organism(tmp_path, capsys):
+    """The README's eval commands under "Reproducing the papers", in the same shape on the organism
+    (no hub judge offline): discover's outputs, then Arditi's direction rows on held-out prompts at
+    a longer reply, Yeo's probe over the top candidates, O'Brien's clamp sweep on jailbreak-wrapped
+    and multi-turn prompts with MMLU sampled across subjects."""
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    run = tmp_path / "run"
+    rc, _, err = _run(capsys, "discover", "--quick", "--capability", "0", "--quiet", "--out", run)
+    assert rc == 0, err
+    spec = json.loads((run / "spec.json").read_text())
+    top = str(spec["features"][0])
+    # The shipped prompts are held out from discover's search prompts on the organism.
+    rc, _, err = _run(capsys, "eval", "--limit", "12", "--max-new-tokens", "48", "--direction", run / "direction.safetensors",
+                      "--no-probes", "--quiet", "--out", tmp_path / "arditi")
+    assert rc == 0, err
+    arditi = json.loads((tmp_path / "arditi" / "eval.json").read_text())
+    rows = {r["condition"]: r for r in arditi["conditions"]}
+    assert {"direction_ablation", "direction_addition", "direction_subtraction"} <= set(rows)
+    assert arditi["max_new_tokens"] == {"harmful": 48, "harmless": 48}
+    assert rows["direction_subtraction"]["harmful_refusal"] < rows["unsteered"]["harmful_refusal"]
+    rc, _, err = _run(capsys, "eval", "--steer", run / "spec.json", "--limit", "24", "--max-new-tokens", "24", "--probe-features", "top:8",
+                      "--templates", "roleplay,past_tense", "--quiet", "--out", tmp_path / "yeo")
+    assert rc == 0, err
+    yeo = json.loads((tmp_path / "yeo" / "eval.json").read_text())
+    ranked = json.loads((run / "results.json").read_text())["candidates"]
+    assert yeo["probes"]["features"] == [c[0] for c in ranked[:8]] and yeo["probes"]["balanced"]
+    for extra in (["--wrap", "roleplay,refusal_suppression", "--mmlu", data / "mmlu_tiny.jsonl", "--seed", "0"],
+                  ["--harmful", data / "multiturn_prompts.jsonl"]):
+        rc, _, err = _run(capsys, "eval", "--features", top, "--mode", "clamp", "--sweep", "0,8", "--limit", "6", "--max-new-tokens", "16",
+                          "--capability", "8", "--no-probes", "--quiet", *extra, "--out", tmp_path / "obrien")
+        assert rc == 0, err
+        res = json.loads((tmp_path / "obrien" / "eval.json").read_text())
+        assert [r["value"] for r in res["sweep"]] == [None, 0.0, 8.0]

@@ -67,6 +67,7 @@ def _eval(args) -> int:
     chosen_by = args.steer or args.direction
     discovered = results_next_to(chosen_by) if chosen_by else None
     early_warnings = held_out_warnings(discovered, harmful, harmless, args.allow_overlap, chosen_by)
+    plain_harmful = harmful  # the probes train on plain prompts and measure the templates themselves
     if wrappers:
         from ..refusal.jailbreak import transform
 
@@ -164,7 +165,7 @@ def _eval(args) -> int:
                                   else ([(sae[name], feats) for name, feats in by_sae.items()], None))
         # The wrapped prompts are labelled by the harmful-compliance judge when one is given (Yeo
         # et al.: jailbroken as HarmBench's classifier confirms), else by the substring judge.
-        pr = compare_probes(model, tok, probe_sae, probe_feats, harmful, harmless, layer=layer, batch_size=args.batch_size,
+        pr = compare_probes(model, tok, probe_sae, probe_feats, plain_harmful, harmless, layer=layer, batch_size=args.batch_size,
                             templates=templates, judge=harm_judge, max_new_tokens=args.max_new_tokens, seed=args.seed,
                             progress=not args.quiet)
         pr["judge"] = result["judges"]["harmful_compliance"] or result["judges"]["refusal"]

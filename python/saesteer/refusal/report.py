@@ -433,7 +433,8 @@ def discover_report(r: dict) -> str:
         f"**Minimal set** ({len(r['minimal_set'])} features): [{', '.join(map(feature_text, r['minimal_set']))}] — flips "
         f"{r['minimal_set_search']['flip_rate']:.0%} of the search prompts, {r['minimal_set_heldout_flip_rate']:.0%} of held-out ones (refusal score < 0).",
         "",
-        "| held-out harmful prompts (generation + substring judge) | not refused (ASR) | complied | degenerate |",
+        f"| held-out harmful prompts (greedy replies of {r.get('config', {}).get('max_new_tokens', '?')} new tokens, substring "
+        "judge) | not refused (ASR) | complied | degenerate |",
         "| --- | --- | --- | --- |",
         *[f"| {label} | {a[k]:.0%} | {_pct(a.get('complied', {}).get(k))} | {_pct(a.get('degenerate', {}).get(k))} |"
           for label, k in (("unsteered", "baseline"), (f"minimal set {ed}", "minimal_set"),
