@@ -100,6 +100,10 @@ def test_the_feature_probe_reads_the_top_candidates_and_wrapped_prompts(tiny_cha
     for bad, match in (("top:0", "top:N with N >= 1"), ("1,x", "--probe-features: expected comma-separated integers")):
         rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--steer", spec, "--probe-features", bad))
         assert rc == 2 and match in err and not (tmp_path / "bad").exists()
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--features", "3", "--probe-features", "500"))
+    assert rc == 2 and "--probe-features: feature ids [500] are outside [0, 96)" in err
+    rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--features", "3,96"))
+    assert rc == 2 and "--features: feature ids [96] are outside [0, 96)" in err
     rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--features", "3", "--probe-features", "top:2"))
     assert rc == 2 and "results.json next to the spec" in err
     rc, _, err = _run(capsys, *_base(d, tmp_path / "bad", "--features", "3", "--wrap", "dan"))

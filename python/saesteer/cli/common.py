@@ -31,6 +31,7 @@ __all__ = [
     "expand_sae_refs",
     "load_model",
     "load_model_saes",
+    "check_feature_ids",
     "organism_search_prompts",
     "organism_capability_task",
 ]
@@ -446,6 +447,14 @@ def load_model_saes(args, refs: list[str]):
     return model, tok, saes, layers, name
 
 
+def check_feature_ids(features, d_sae: int, where: str) -> None:
+    """Raise naming ``where`` (the flag or the spec, as the user gave it) for feature ids outside
+    ``[0, d_sae)``."""
+    bad = [f for f in features if not 0 <= int(f) < d_sae]
+    if bad:
+        raise ValueError(f"{where}: feature ids {bad[:10]} are outside [0, {d_sae}) for this SAE (d_sae={d_sae})")
+
+
 def _layer_source(args, spec, sae, sae_flag: str) -> tuple[int | None, str]:
     """The layer the SAE is read at and where it comes from, as an error names it: ``--layer``, the
     spec's ``layer``, or the SAE's ``hook_name``."""
@@ -462,7 +471,10 @@ def load_model(args, spec=None):
     SAEs (and no ``--sae``) gives ``sae`` as a dict ``{edit's sae: SAE}`` and ``layer`` None."""
     if spec is not None and spec.edits and not args.sae:
         model, tok, saes, _, name = load_model_saes(args, spec.sae_refs)
-        return model, tok, dict(zip(spec.sae_refs, saes)), None, name
+        by_ref = dict(zip(spec.sae_refs, saes))
+        for e in spec.edits:
+            check_feature_ids(e["features"], by_ref[e["sae"]].d_sae, f"--steer: the spec {args.steer}'s edit of {e['sae']!r}")
+        return model, tok, by_ref, None, name
     if getattr(args, "quiet", False):
         quiet_loading()
     device = default_device(args.device)
@@ -473,6 +485,9 @@ def load_model(args, spec=None):
                 else "the organism's SAE")
     if hidden is not None and sae.d_in != hidden:
         raise ValueError(f"{sae_flag}: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE was trained on another model")
+    if spec is not None:
+        where = "--features" if args.features is not None else f"--steer: the spec {args.steer}'s features"
+        check_feature_ids(spec.features, sae.d_sae, where)
     layer, where = _layer_source(args, spec, sae, sae_flag)
     if layer is None:
         raise ValueError(f"--layer: {sae_flag} has no hook_name with a layer; pass --layer L")

@@ -10,6 +10,7 @@ from dataclasses import replace
 from .common import (
     add_model_args,
     add_steering_args,
+    check_feature_ids,
     check_output,
     check_run_args,
     default_device,
@@ -66,7 +67,7 @@ def _eval(args) -> int:
     # beside them) are not the prompts they are judged on.
     chosen_by = args.steer or args.direction
     discovered = results_next_to(chosen_by) if chosen_by else None
-    early_warnings = held_out_warnings(discovered, harmful, harmless, args.allow_overlap, chosen_by)
+    early_warnings = _held_out_warnings(discovered, harmful, harmless, args.allow_overlap, chosen_by)
     plain_harmful = harmful  # the probes train on plain prompts and measure the templates themselves
     if wrappers:
         from ..refusal.jailbreak import transform
@@ -95,6 +96,11 @@ def _eval(args) -> int:
         harm_judge = load_model_judge(args.judge, device=default_device(args.device), trust_remote_code=args.trust_remote_code,
                                       **({"reply_tokens": args.judge_max_new_tokens} if args.judge_max_new_tokens else {}))
     model, tok, sae, layer, name = load_model(args, spec)
+    for sae_name, feats in (probe_features or {}).items():
+        target = sae if sae_name is None else sae.get(sae_name)
+        if target is None:
+            raise ValueError(f"--probe-features: the ranked candidates name the SAE {sae_name!r}, which the spec does not edit")
+        check_feature_ids(feats, target.d_sae, "--probe-features")
     data = ev.EvalData(harmful, harmless, mc=mc, capability=capability, tasks=tasks)
     kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.quiet, harm_judge=harm_judge)
     if direction is not None:
@@ -255,7 +261,7 @@ def _lowers_refusal(spec, direction_conds) -> bool:
     return spec.mode == "scale" and any(v is not None and v < 1 for v in vals)
 
 
-def held_out_warnings(results, harmful, harmless, allow: bool, steer) -> list[str]:
+def _held_out_warnings(results, harmful, harmless, allow: bool, steer) -> list[str]:
     """Refuse (``allow``: warn about) evaluated prompts among the prompts that chose the spec or
     direction file ``steer``, as discover's ``results`` next to it record them; warn when they are
     recorded as counts only."""
