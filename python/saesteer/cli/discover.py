@@ -32,7 +32,7 @@ def config_from_args(args):
 
     from ..refusal.discover import DiscoverConfig
 
-    check_flags(args)
+    _check_flags(args)
     cfg = DiscoverConfig()
     if getattr(args, "model", None) is None:
         for k, v in ORGANISM.items():
@@ -76,7 +76,7 @@ def config_run_options(args) -> None:
         raise ValueError("--out: required (the output directory, on the command line or as out in --config)")
 
 
-def check_flags(args) -> None:
+def _check_flags(args) -> None:
     """``--edit`` parsed and ``--ig-steps`` >= 1, each failing with one line naming the flag (an
     argparse ``type`` would print the whole usage block first)."""
     from ..refusal.search import parse_edit
