@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: venv install demo test test-all test-triton test-vllm venv-vllm cuda-check bench clean
+.PHONY: venv install demo lint test test-all test-triton test-vllm venv-vllm cuda-check bench clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,11 @@ venv install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/saesteer demo
 
-test: $(VENV)/.installed
+# The lint (ruff: pyflakes, pycodestyle, import order; config in pyproject.toml), then the tests.
+lint: $(VENV)/.installed
+	$(VPY) -m ruff check python tests
+
+test: lint
 	$(VPY) -m pytest -q tests
 
 # Everything, the slow marked tests and the Triton interpreter tests included.

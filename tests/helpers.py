@@ -154,3 +154,16 @@ def offline_hub_cache(root) -> tuple[Path, str]:
     if not dst.exists():
         shutil.copytree(organism.read_manifest()[2]["jumprelu"], dst)
     return cache, f"{HUB_REPO}:layer_2/jumprelu"
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``saesteer ARGV`` run in-process, offline: ``(exit code, stdout, stderr)``."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from saesteer.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err

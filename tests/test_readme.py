@@ -89,6 +89,13 @@ def test_readme_python_example_runs(capsys):
     exec(compile(blocks[0], str(README), "exec"), ns)
     printed = capsys.readouterr().out.strip()
     assert printed, "the example prints the steered reply"
+    # The output the README shows is the one the example prints, and the edit is visible: unsteered,
+    # the organism refuses (the README says what it answers then).
+    text = README.read_text()
+    assert f"```text\n{printed}\n```" in text, f"the README does not show the example's output {printed!r}"
+    unsteered = ns["model"].generate(**ns["inputs"], max_new_tokens=24, do_sample=False)
+    before = ns["tok"].decode(unsteered[0, ns["inputs"]["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert before != printed and f"the organism answers `{before}`" in text
     # It generated new tokens after the prompt, and the steering hook is gone after the with-block.
     assert isinstance(ns["out"], torch.Tensor) and ns["out"].shape[1] > ns["inputs"]["input_ids"].shape[1]
     hooks = [m for m in ns["model"].modules() if m._forward_hooks or m._forward_pre_hooks]

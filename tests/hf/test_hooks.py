@@ -159,6 +159,9 @@ def test_attach_remove_and_enabled_flag():
         on = model(x).logits
         handle.update(Intervention(list(range(8)), "clamp", 0.5))  # same features: values in place
         smaller = model(x).logits
+        # An SAE edit has no coefficient (the README lists .coeff for direction handles only).
+        with pytest.raises(AttributeError, match="only handles from add_direction or affine_ablation"):
+            handle.coeff = 2.0
         handle.remove()
         handle.remove()  # idempotent
         gone = model(x).logits

@@ -99,3 +99,27 @@ def test_cli_eval_reports_mmlu_and_gsm8k(tiny_chat, capsys, tmp_path):
                "--out", str(tmp_path / "bad")])
     _, err = capsys.readouterr()
     assert rc == 2 and "mmlu:" in err and not (tmp_path / "bad").exists()
+
+
+def test_mmlu_limit_samples_across_subjects_with_a_seed(tmp_path):
+    import json
+
+    # MMLU's test split is sorted by subject: the first rows are one or two subjects only.
+    subjects = ["abstract_algebra", "anatomy", "astronomy", "virology"]
+    rows = [{"question": f"{s} q{i}?", "choices": ["a", "b", "c", "d"], "answer": i % 4, "subject": s}
+            for s in subjects for i in range(10)]
+    p = tmp_path / "mmlu.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shots = tmp_path / "dev.jsonl"
+    shots.write_text("".join(json.dumps(dict(r, question="shot " + r["question"])) + "\n" for r in rows[::10]))
+    task = cap.load_mmlu(p, shots=shots, n_shot=1, limit=8, seed=0)
+    asked = [q.rsplit("\n\n", 1)[1].split("\n")[0] for q in task.questions]
+    assert len(asked) == 8 and len(set(asked)) == 8
+    assert {a.split(" q")[0] for a in asked} == set(subjects)  # two of each subject, not the first 8 rows
+    assert asked == [q.rsplit("\n\n", 1)[1].split("\n")[0] for q in cap.load_mmlu(p, shots=shots, n_shot=1, limit=8, seed=0).questions]
+    other = cap.load_mmlu(p, shots=shots, n_shot=1, limit=8, seed=1).questions
+    assert [q.rsplit("\n\n", 1)[1].split("\n")[0] for q in other] != asked
+    # The sampler itself: without a limit (or one past the end) every row, in order.
+    assert cap.sample_across_subjects(rows, None) == rows and cap.sample_across_subjects(rows, 99) == rows
+    picked = cap.sample_across_subjects(rows, 5, seed=3)
+    assert len({r["subject"] for r in picked}) == 4 and all(r in rows for r in picked)

@@ -58,3 +58,41 @@ def test_a_custom_template_keeps_its_other_braces():
     assert wrap(["do x "], 'JSON: {"task": "{instruction}"}') == ['JSON: {"task": "do x"}']
     with pytest.raises(ValueError, match="template: expected a name"):
         wrap(["x"], "no field {here}")
+
+
+@pytest.mark.parametrize("layout", ["json", "jsonl", "csv", "rows"])
+def test_alpaca_rows_with_an_input_are_left_out_in_every_layout(tmp_path, layout):
+    # Arditi et al. keep the Alpaca rows whose input is empty: "Summarize this text." without its
+    # text is another request. An input of whitespace only counts as empty.
+    import csv
+    import json
+
+    from saesteer.refusal.data import has_alpaca_input, prompts_from_rows
+
+    rows = [{"instruction": "Name a color.", "input": "", "output": "Red."},
+            {"instruction": "Summarize this text.", "input": "The cat sat.", "output": "A cat sat."},
+            {"instruction": "Give a tip.", "input": "  ", "output": "Sleep."},
+            {"instruction": "Translate it to French.", "input": "Hello", "output": "Bonjour"}]
+    assert [has_alpaca_input(r) for r in rows] == [False, True, False, True]
+    want = ["Name a color.", "Give a tip."]
+    if layout == "rows":  # a HuggingFace dataset's rows
+        assert prompts_from_rows(rows) == want and prompts_from_rows(rows, field="instruction") == want
+        return
+    p = tmp_path / f"alpaca.{layout}"
+    if layout == "json":
+        p.write_text(json.dumps(rows))
+    elif layout == "jsonl":
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["instruction", "input", "output"])
+            w.writeheader()
+            w.writerows(rows)
+    assert load_prompts(p) == want and load_prompts(p, field="instruction") == want
+    assert load_prompts(p, limit=1) == want[:1]
+    # Other fields of such a row are read as they are: only the instruction depends on the input.
+    assert load_prompts(p, field="output") == ["Red.", "A cat sat.", "Sleep.", "Bonjour"]
+    only = tmp_path / "only.json"
+    only.write_text(json.dumps(rows[1:2]))
+    with pytest.raises(ValueError, match="holds no prompts .*non-empty input"):
+        load_prompts(only)

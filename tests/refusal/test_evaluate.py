@@ -1,6 +1,8 @@
-"""Evaluation: multiple choice, loss/KL, sweeps, probes, jailbreak sets, report writers,
-model judges; and, on the organism, the acceptance numbers (unsteered gates, ablation lowers
-refusal, clamping raises over-refusal, the sweep's capability cost, probes side by side)."""
+"""Evaluation (saesteer.refusal.evaluate): multiple choice, loss/KL, sweeps, direction conditions,
+the chat-template warning, jailbreak sets, report writers, model judges; and, on the organism, the
+acceptance numbers (unsteered gates, ablation lowers refusal, clamping raises over-refusal, the
+sweep's capability cost, probes side by side). The probes are tested in test_probes.py, the eval
+command in tests/cli/test_eval.py."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from saesteer.refusal import evaluate as ev  # noqa: E402
-from saesteer.refusal import judges, jailbreak, probes, report  # noqa: E402
+from saesteer.refusal import jailbreak, judges, probes, report  # noqa: E402
 from saesteer.refusal.chat import format_prompts  # noqa: E402
 from saesteer.refusal.data import shipped_prompts  # noqa: E402
 from saesteer.refusal.spec import SteeringSpec  # noqa: E402
@@ -143,72 +145,8 @@ def test_sweep_rows_judge_and_baseline(tiny_chat):
 
 
 # ------------------------------------------------------------------------------------------------
-# probes
+# a tokenizer without a chat template
 # ------------------------------------------------------------------------------------------------
-def test_logistic_probe_separates_and_ignores_constant_columns():
-    g = torch.Generator().manual_seed(0)
-    n, d = 200, 6
-    y = (torch.arange(n) % 2).long()
-    X = torch.randn(n, d, generator=g)
-    X[:, 0] += 3.0 * (2 * y - 1)  # the signal
-    X[:, 5] = 7.0  # a constant column (a feature that never fires)
-    probe = probes.fit_logistic_probe(X[:150], y[:150])
-    assert probe.accuracy(X[150:], y[150:]) >= 0.95
-    assert probe.weight[5] == 0.0
-    assert probe.weight[0].abs() > 5 * probe.weight[1:5].abs().max()
-    with pytest.raises(ValueError, match="both classes"):
-        probes.fit_logistic_probe(X[:10], torch.ones(10, dtype=torch.long))
-
-
-def test_compare_probes_structure(tiny_chat):
-    model, tok, sae, _ = tiny_chat
-    harmful, harmless = shipped_prompts("harmful")[:16], shipped_prompts("harmless")[:16]
-    out = probes.compare_probes(model, tok, sae, [3, 7, 11], harmful, harmless, test_fraction=0.25, max_new_tokens=2)
-    names = [r["set"] for r in out["rows"]]
-    # The random model refuses nothing, so no template lowers refusal and no OOD set is built.
-    assert [r["template"] for r in out["templates"]["templates"]] == list(jailbreak.OOD_NAMES)
-    assert out["templates"]["kept"] == [] and probes.NO_JAILBREAK in out["warnings"]
-    assert names == ["train (plain)", "validation (plain)", "held-out (plain)"]
-    assert out["n_train"] == 16 and out["n_val"] == 8 and [r["n"] for r in out["rows"]] == [16, 8, 8]
-    assert out["residual_layer"] in (0, 1, 2) and len(out["residual_layers"]) == 3
-    # Given OOD sets are used as they are.
-    ood = jailbreak.ood_sets(harmful[:4], harmless[:4])
-    out = probes.compare_probes(model, tok, sae, [3, 7, 11], harmful, harmless, ood, test_fraction=0.25)
-    assert set(jailbreak.OOD_NAMES) <= set(r["set"] for r in out["rows"]) and out["templates"] is None
-    for r in out["rows"]:
-        assert 0.0 <= r["feature_probe"] <= 1.0 and 0.0 <= r["residual_probe"] <= 1.0
-        for k in ("feature", "residual"):  # overall accuracy is a class-weighted mean of the per-class ones
-            lo, hi = sorted((r[f"{k}_harmful"], r[f"{k}_harmless"]))
-            assert lo - 1e-12 <= r[f"{k}_probe"] <= hi + 1e-12
-    assert out["rows"][0]["residual_probe"] == 1.0  # 16 points in 32 dims: separable
-    held = out["rows"][2]
-    assert held["set"] == "held-out (plain)" and 0.5 <= held["majority"] <= 1.0
-    at_chance = [k for k in ("feature_probe", "residual_probe") if held[k] <= probes.chance_bar(held["majority"], held["n"])]
-    assert out["valid"] == (not at_chance) and len([w for w in out["warnings"] if "held-out" in w]) == len(at_chance)
-    with pytest.raises(ValueError, match="out of range"):
-        probes.compare_probes(model, tok, sae, [sae.d_sae], harmful, harmless)
-
-
-@torch.no_grad()
-def test_probe_warnings_flag_a_probe_at_chance():
-    def rows(feature, residual, majority=0.5, n=40):
-        return [{"set": "train (plain)", "n": 120, "majority": 0.5, "feature_probe": 1.0, "residual_probe": 1.0},
-                {"set": "held-out (plain)", "n": n, "majority": majority, "feature_probe": feature, "residual_probe": residual}]
-
-    assert probes.probe_warnings(rows(0.9, 0.95)) == (True, [])
-    valid, warns = probes.probe_warnings(rows(0.5, 0.95))
-    assert not valid and len(warns) == 1 and "feature probe is at chance" in warns[0] and "n=40" in warns[0]
-    # No better than always answering the majority class (75% of the split) is chance too.
-    valid, warns = probes.probe_warnings(rows(0.78, 0.95, majority=0.75))
-    assert not valid and "majority baseline 0.75" in warns[0]
-    valid, warns = probes.probe_warnings(rows(0.9, 0.95), {"feature_probe": 0.52, "residual_probe": 0.9, "majority": 0.5})
-    assert valid and len(warns) == 1 and "feature probe's mean OOD accuracy 0.52" in warns[0]
-    # On a small split the bar is two standard errors: 0.65 on 40 prompts clears 0.55 but not 0.658.
-    assert probes.chance_bar(0.5, 40) == pytest.approx(0.5 + 2 * (0.25 / 40) ** 0.5)
-    valid, warns = probes.probe_warnings(rows(0.65, 0.95))
-    assert not valid and "needs > 0.66" in warns[0]
-    assert probes.probe_warnings(rows(0.65, 0.95, n=4000)) == (True, [])  # large n: the 0.05 floor
-    assert probes.chance_bar(0.5, 0) == float("inf")  # an empty split shows nothing
 
 
 def test_eval_warns_and_records_a_missing_chat_template(tiny_chat):
@@ -223,39 +161,6 @@ def test_eval_warns_and_records_a_missing_chat_template(tiny_chat):
     with pytest.warns(UserWarning, match="no chat template"):
         out = ev.evaluate_conditions(model, bare, data, {}, max_new_tokens=2, progress=False)
     assert out["chat_template"] == "fallback" and len(out["warnings"]) == 1 and "User: ..." in out["warnings"][0]
-
-
-def test_eval_cli_puts_probes_at_chance_first(tiny_chat, tmp_path, capsys):
-    from saesteer.cli import main
-
-    _, _, _, d = tiny_chat
-    out_dir = tmp_path / "out"
-    rc = main(["eval", "--model", str(d), "--sae", str(d / "sae"), "--features", "3,7", "--mode", "clamp", "--value", "5",
-               "--sweep", "0,5", "--limit", "6", "--max-new-tokens", "2", "--quiet", "--out", str(out_dir)])
-    assert rc == 0
-    res = json.loads((out_dir / "eval.json").read_text())
-    assert res["chat_template"] == "tokenizer"
-    assert res["valid"] is res["probes"]["valid"] and res["warnings"] == res["probes"]["warnings"]
-    # On the random tiny model the probe over two random features is at chance on held-out prompts.
-    assert res["valid"] is False and any("feature probe is at chance" in w for w in res["warnings"])
-    md = (out_dir / "report.md").read_text()
-    assert md.index("These results are not meaningful") < md.index("## Setup")
-    assert "chat template: tokenizer" in md
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == "WARNING: these results are not meaningful:" and "at chance" in err[1]
-    assert all({"harmful_degenerate", "harmless_degenerate", "harmful_compliance"} <= set(r) for r in res["sweep"])
-    sweep_md = md[md.index("## Refusal amplification sweep"):]
-    assert "| harmful_degenerate | harmless_degenerate |" in sweep_md.split("\n\n")[2].splitlines()[0]
-
-
-def test_last_token_activations_equal_output_hidden_states(tiny_chat):
-    model, tok, sae, _ = tiny_chat  # the SAE reads blocks.1.hook_resid_post = hidden_states[2]
-    prompts = ["Name a fruit.", "Explain how photosynthesis works in simple terms."]
-    got = probes.last_token_activations(model, tok, sae, prompts)
-    for i, p in enumerate(prompts):
-        ids = tok(format_prompts(tok, [p])[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
-        hs = model(input_ids=ids, output_hidden_states=True).hidden_states[2][0, -1]
-        torch.testing.assert_close(got[i], hs.float(), atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -428,13 +333,16 @@ def test_direction_conditions_are_evaluated_beside_feature_specs(tiny_chat):
     torch.manual_seed(1)
     d, ref = torch.randn(32) * 4, torch.randn(32)
     conds = ev.direction_conditions(model, {"direction": d, "layer": 1, "reference": ref})
-    assert list(conds) == ["direction_ablation", "direction_addition", "affine_ablation"]
+    assert list(conds) == ["direction_ablation", "direction_addition", "direction_subtraction", "affine_ablation"]
     assert list(ev.direction_conditions(model, {"direction": d, "layer": None})) == ["direction_ablation"]
+    # Arditi et al.'s activation subtraction: the same edit as the addition, coefficient -1.
+    sub, add = conds["direction_subtraction"], conds["direction_addition"]
+    assert (sub.kind, sub.layer, sub.coeff, add.coeff) == ("add", 1, -1.0, 1.0) and torch.equal(sub.direction, d)
     spec = ev.SteeringSpec(features=[3, 7], mode="clamp", values=5.0)
     data = ev.EvalData(shipped_prompts("harmful")[:3], shipped_prompts("harmless")[:3])
     out = ev.evaluate_conditions(model, tok, data, {"steered": ev.Steering(model, sae, spec), **conds}, max_new_tokens=3, progress=False)
     rows = {r["condition"]: r for r in out["rows"]}
-    assert list(rows) == ["unsteered", "steered", "direction_ablation", "direction_addition", "affine_ablation"]
+    assert list(rows) == ["unsteered", "steered", "direction_ablation", "direction_addition", "direction_subtraction", "affine_ablation"]
     for name in conds:
         assert rows[name]["kl_first"] > 1e-4 and rows[name]["kl_reply"] > 1e-4
     # The row's refusal score is the one read under the ablation hooks themselves.
@@ -450,28 +358,3 @@ def test_direction_conditions_are_evaluated_beside_feature_specs(tiny_chat):
         ev.DirectionSteering(model, "affine", d, layer=1)
 
 
-def test_cli_eval_direction_rows_without_a_feature_spec(tiny_chat, capsys, tmp_path):
-    import json
-
-    from safetensors.torch import save_file
-
-    from saesteer.cli import main
-
-    _, _, _, d = tiny_chat
-    torch.manual_seed(2)
-    save_file({"direction": torch.randn(32) * 4, "reference": torch.randn(32)}, str(tmp_path / "direction.safetensors"),
-              metadata={"layer": "1", "position": "-1", "ablation": "affine"})
-    base = ["eval", "--model", str(d), "--sae", str(d / "sae"), "--limit", "3", "--max-new-tokens", "3", "--device", "cpu", "--quiet"]
-    rc = main(base + ["--direction", str(tmp_path / "direction.safetensors"), "--out", str(tmp_path / "o")])
-    _, err = capsys.readouterr()
-    assert rc == 0, err
-    res = json.loads((tmp_path / "o" / "eval.json").read_text())
-    assert [c["condition"] for c in res["conditions"]] == ["unsteered", "direction_ablation", "direction_addition", "affine_ablation"]
-    assert res["spec"] is None and res["direction"]["layer"] == 1 and "probes" not in res
-    assert all(c["kl_reply"] > 0 for c in res["conditions"][1:])
-    assert "## Unsteered vs steered vs direction edits" in (tmp_path / "o" / "report.md").read_text()
-    for extra, match in ((["--direction", str(tmp_path / "none.safetensors")], "direction.safetensors"),
-                         (["--direction", str(tmp_path / "direction.safetensors"), "--sweep", "0,1"], "--sweep: sweeps a feature spec")):
-        rc = main(base + extra + ["--out", str(tmp_path / "bad")])
-        _, err = capsys.readouterr()
-        assert rc == 2 and match in err and not (tmp_path / "bad").exists()

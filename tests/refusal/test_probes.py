@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saesteer.refusal import jailbreak, probes
+from saesteer.refusal.chat import format_prompts
 from saesteer.refusal.data import shipped_prompts
 from saesteer.refusal.features import site_residuals
 from saesteer.refusal.judges import COMPLIED, DEGENERATE, REFUSED
@@ -169,3 +170,143 @@ def test_feature_probe_inputs_are_checked(tiny_chat):
         probes.feature_activations(model, tok, [(sae, [1]), (narrow, [0])], None, prompts)
     with pytest.raises(ValueError, match="^sae: "):
         probes.compare_probes(model, tok, [], None, ["a"], ["b"], ood={})
+
+
+# ------------------------------------------------------------------------------------------------
+# balanced classes and what makes the comparison not meaningful
+# ------------------------------------------------------------------------------------------------
+def test_compare_probes_balances_the_classes(tiny_chat):
+    # With all of Alpaca against 520 AdvBench prompts the majority baseline is ~99%: as Yeo et al.
+    # (2000 / 2000), the larger class is subsampled to the smaller one's size.
+    model, tok, sae, _ = tiny_chat
+    harmful, harmless = shipped_prompts("harmful")[:6], shipped_prompts("harmless")[:18]
+    out = probes.compare_probes(model, tok, sae, [3, 7], harmful, harmless, ood={}, resid_layers=[1])
+    assert out["balanced"] and out["n_per_class"] == {"harmful": 6, "harmless": 6}
+    rows = {r["set"]: r for r in out["rows"]}
+    assert sum(r["n"] for r in rows.values()) == 12
+    assert rows["train (plain)"]["n"] + rows["validation (plain)"]["n"] + rows["held-out (plain)"]["n"] == 12
+    raw = probes.compare_probes(model, tok, sae, [3, 7], harmful, harmless, ood={}, resid_layers=[1], balance=False)
+    assert raw["n_per_class"] == {"harmful": 6, "harmless": 18} and not raw["balanced"]
+
+
+def test_a_probe_at_chance_out_of_distribution_makes_the_comparison_invalid():
+    held = {"set": "held-out (plain)", "n": 200, "majority": 0.5, "feature_probe": 0.95, "residual_probe": 0.97}
+    ok, warnings = probes.probe_warnings([held], {"feature_probe": 0.9, "residual_probe": 0.92, "majority": 0.6})
+    assert ok and warnings == []
+    # The organism's case: OOD accuracy 0.86 against a majority baseline of 0.81.
+    ok, warnings = probes.probe_warnings([held], {"feature_probe": 0.86, "residual_probe": 0.95, "majority": 0.81})
+    assert not ok and len(warnings) == 1 and "feature probe's mean OOD accuracy 0.86 is no better than chance" in warnings[0]
+    # No OOD sets (NaN means): nothing to judge there.
+    ok, _ = probes.probe_warnings([held], {"feature_probe": math.nan, "residual_probe": math.nan, "majority": math.nan})
+    assert ok
+
+
+class _LengthJudge:
+    """A classifier judge of harmful compliance (as HarmBench's): a wrapped reply counts as carrying
+    out the request when it is long; it asks for 6-token replies."""
+
+    question = "harmful_compliance"
+    reply_tokens = 6
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def classify(self, prompts, replies):
+        self.seen += list(replies)
+        return [COMPLIED if len(r) > 12 else REFUSED for r in replies]
+
+
+def test_wrapped_prompts_are_labelled_by_the_given_classifier_judge(tiny_chat):
+    model, tok, sae, _ = tiny_chat
+    harmful, harmless = shipped_prompts("harmful")[:8], shipped_prompts("harmless")[:8]
+    judge = _LengthJudge()
+    out = probes.compare_probes(model, tok, sae, [3, 7], harmful, harmless, templates=["roleplay"], judge=judge,
+                                resid_layers=[1], max_new_tokens=2)
+    # Replies are generated at the judge's length, and the judge's classes are the ones measured.
+    assert out["template_max_new_tokens"] == 6 and len(judge.seen) == 16
+    from saesteer.refusal.chat import generate
+
+    plain = generate(model, tok, harmful, max_new_tokens=6, progress=False)
+    assert judge.seen[:8] == plain
+    expected = sum(len(r) > 12 for r in plain) / 8
+    assert out["templates"]["plain"]["refusal"] == pytest.approx(1 - expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# the logistic probe, the comparison's structure and its chance bar
+# ------------------------------------------------------------------------------------------------
+def test_logistic_probe_separates_and_ignores_constant_columns():
+    g = torch.Generator().manual_seed(0)
+    n, d = 200, 6
+    y = (torch.arange(n) % 2).long()
+    X = torch.randn(n, d, generator=g)
+    X[:, 0] += 3.0 * (2 * y - 1)  # the signal
+    X[:, 5] = 7.0  # a constant column (a feature that never fires)
+    probe = probes.fit_logistic_probe(X[:150], y[:150])
+    assert probe.accuracy(X[150:], y[150:]) >= 0.95
+    assert probe.weight[5] == 0.0
+    assert probe.weight[0].abs() > 5 * probe.weight[1:5].abs().max()
+    with pytest.raises(ValueError, match="both classes"):
+        probes.fit_logistic_probe(X[:10], torch.ones(10, dtype=torch.long))
+
+
+def test_compare_probes_structure(tiny_chat):
+    model, tok, sae, _ = tiny_chat
+    harmful, harmless = shipped_prompts("harmful")[:16], shipped_prompts("harmless")[:16]
+    out = probes.compare_probes(model, tok, sae, [3, 7, 11], harmful, harmless, test_fraction=0.25, max_new_tokens=2)
+    names = [r["set"] for r in out["rows"]]
+    # The random model refuses nothing, so no template lowers refusal and no OOD set is built.
+    assert [r["template"] for r in out["templates"]["templates"]] == list(jailbreak.OOD_NAMES)
+    assert out["templates"]["kept"] == [] and probes.NO_JAILBREAK in out["warnings"]
+    assert names == ["train (plain)", "validation (plain)", "held-out (plain)"]
+    assert out["n_train"] == 16 and out["n_val"] == 8 and [r["n"] for r in out["rows"]] == [16, 8, 8]
+    assert out["residual_layer"] in (0, 1, 2) and len(out["residual_layers"]) == 3
+    # Given OOD sets are used as they are.
+    ood = jailbreak.ood_sets(harmful[:4], harmless[:4])
+    out = probes.compare_probes(model, tok, sae, [3, 7, 11], harmful, harmless, ood, test_fraction=0.25)
+    assert set(jailbreak.OOD_NAMES) <= set(r["set"] for r in out["rows"]) and out["templates"] is None
+    for r in out["rows"]:
+        assert 0.0 <= r["feature_probe"] <= 1.0 and 0.0 <= r["residual_probe"] <= 1.0
+        for k in ("feature", "residual"):  # overall accuracy is a class-weighted mean of the per-class ones
+            lo, hi = sorted((r[f"{k}_harmful"], r[f"{k}_harmless"]))
+            assert lo - 1e-12 <= r[f"{k}_probe"] <= hi + 1e-12
+    assert out["rows"][0]["residual_probe"] == 1.0  # 16 points in 32 dims: separable
+    held = out["rows"][2]
+    assert held["set"] == "held-out (plain)" and 0.5 <= held["majority"] <= 1.0
+    at_chance = [k for k in ("feature_probe", "residual_probe") if held[k] <= probes.chance_bar(held["majority"], held["n"])]
+    assert out["valid"] == (not at_chance) and len([w for w in out["warnings"] if "held-out" in w]) == len(at_chance)
+    with pytest.raises(ValueError, match="out of range"):
+        probes.compare_probes(model, tok, sae, [sae.d_sae], harmful, harmless)
+
+
+@torch.no_grad()
+def test_probe_warnings_flag_a_probe_at_chance():
+    def rows(feature, residual, majority=0.5, n=40):
+        return [{"set": "train (plain)", "n": 120, "majority": 0.5, "feature_probe": 1.0, "residual_probe": 1.0},
+                {"set": "held-out (plain)", "n": n, "majority": majority, "feature_probe": feature, "residual_probe": residual}]
+
+    assert probes.probe_warnings(rows(0.9, 0.95)) == (True, [])
+    valid, warns = probes.probe_warnings(rows(0.5, 0.95))
+    assert not valid and len(warns) == 1 and "feature probe is at chance" in warns[0] and "n=40" in warns[0]
+    # No better than always answering the majority class (75% of the split) is chance too.
+    valid, warns = probes.probe_warnings(rows(0.78, 0.95, majority=0.75))
+    assert not valid and "majority baseline 0.75" in warns[0]
+    valid, warns = probes.probe_warnings(rows(0.9, 0.95), {"feature_probe": 0.52, "residual_probe": 0.9, "majority": 0.5})
+    # A probe at chance out of distribution voids the comparison too: it is the result.
+    assert not valid and len(warns) == 1 and "feature probe's mean OOD accuracy 0.52" in warns[0]
+    # On a small split the bar is two standard errors: 0.65 on 40 prompts clears 0.55 but not 0.658.
+    assert probes.chance_bar(0.5, 40) == pytest.approx(0.5 + 2 * (0.25 / 40) ** 0.5)
+    valid, warns = probes.probe_warnings(rows(0.65, 0.95))
+    assert not valid and "needs > 0.66" in warns[0]
+    assert probes.probe_warnings(rows(0.65, 0.95, n=4000)) == (True, [])  # large n: the 0.05 floor
+    assert probes.chance_bar(0.5, 0) == float("inf")  # an empty split shows nothing
+
+
+def test_last_token_activations_equal_output_hidden_states(tiny_chat):
+    model, tok, sae, _ = tiny_chat  # the SAE reads blocks.1.hook_resid_post = hidden_states[2]
+    prompts = ["Name a fruit.", "Explain how photosynthesis works in simple terms."]
+    got = probes.last_token_activations(model, tok, sae, prompts)
+    for i, p in enumerate(prompts):
+        ids = tok(format_prompts(tok, [p])[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states[2][0, -1]
+        torch.testing.assert_close(got[i], hs.float(), atol=1e-5, rtol=1e-5)

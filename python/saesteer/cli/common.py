@@ -12,6 +12,7 @@ range) before any model loads; :func:`saesteer.cli.main` turns the ``ValueError`
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ __all__ = [
     "expand_sae_refs",
     "load_model",
     "load_model_saes",
+    "check_feature_ids",
     "organism_search_prompts",
     "organism_capability_task",
 ]
@@ -77,6 +79,9 @@ def number_list(text: str, name: str, kind=float) -> list:
         raise ValueError(f"{name}: expected comma-separated {what}, got {text!r}") from None
     if not out:
         raise ValueError(f"{name}: expected at least one of the comma-separated {what}")
+    bad = [t.strip() for t, v in zip([t for t in text.split(",") if t.strip()], out) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{name}: expected finite {what}, got {', '.join(bad)} in {text!r}")
     return out
 
 
@@ -442,26 +447,52 @@ def load_model_saes(args, refs: list[str]):
     return model, tok, saes, layers, name
 
 
+def check_feature_ids(features, d_sae: int, where: str) -> None:
+    """Raise naming ``where`` (the flag or the spec, as the user gave it) for feature ids outside
+    ``[0, d_sae)``."""
+    bad = [f for f in features if not 0 <= int(f) < d_sae]
+    if bad:
+        raise ValueError(f"{where}: feature ids {bad[:10]} are outside [0, {d_sae}) for this SAE (d_sae={d_sae})")
+
+
+def _layer_source(args, spec, sae, sae_flag: str) -> tuple[int | None, str]:
+    """The layer the SAE is read at and where it comes from, as an error names it: ``--layer``, the
+    spec's ``layer``, or the SAE's ``hook_name``."""
+    if args.layer is not None:
+        return args.layer, "--layer:"
+    if spec is not None and spec.layer is not None:
+        return spec.layer, f"--steer: the spec {args.steer}'s layer" if args.steer else "--layer:"
+    return sae.hook_layer, f"{sae_flag}: its hook_name {sae.hook_name!r} reads layer"
+
+
 def load_model(args, spec=None):
     """``(model, tokenizer, sae, layer, name)`` for the CLI flags; checks the SAE against the model's
     config (width, layer range) before loading the model's weights. A spec with edits at several
     SAEs (and no ``--sae``) gives ``sae`` as a dict ``{edit's sae: SAE}`` and ``layer`` None."""
     if spec is not None and spec.edits and not args.sae:
         model, tok, saes, _, name = load_model_saes(args, spec.sae_refs)
-        return model, tok, dict(zip(spec.sae_refs, saes)), None, name
+        by_ref = dict(zip(spec.sae_refs, saes))
+        for e in spec.edits:
+            check_feature_ids(e["features"], by_ref[e["sae"]].d_sae, f"--steer: the spec {args.steer}'s edit of {e['sae']!r}")
+        return model, tok, by_ref, None, name
     if getattr(args, "quiet", False):
         quiet_loading()
     device = default_device(args.device)
     sae_ref = args.sae or (spec.sae if spec is not None else None)
     org, config, (sae,), name = _saes_and_config(args, [sae_ref], device)
     hidden, n_layers = _hidden_and_layers(config)
+    sae_flag = (f"--sae {args.sae!r}" if args.sae else f"the SAE {sae_ref!r} of the steering spec {args.steer}" if sae_ref
+                else "the organism's SAE")
     if hidden is not None and sae.d_in != hidden:
-        raise ValueError(f"sae: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE was trained on another model")
-    layer = args.layer if args.layer is not None else (spec.layer if spec is not None and spec.layer is not None else sae.hook_layer)
+        raise ValueError(f"{sae_flag}: d_in={sae.d_in} but the model's hidden size is {hidden}; this SAE was trained on another model")
+    if spec is not None:
+        where = "--features" if args.features is not None else f"--steer: the spec {args.steer}'s features"
+        check_feature_ids(spec.features, sae.d_sae, where)
+    layer, where = _layer_source(args, spec, sae, sae_flag)
     if layer is None:
-        raise ValueError("--layer: the SAE has no hook_name with a layer; pass --layer L")
+        raise ValueError(f"--layer: {sae_flag} has no hook_name with a layer; pass --layer L")
     if n_layers is not None and not 0 <= layer < n_layers:
-        raise ValueError(f"--layer: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
+        raise ValueError(f"{where} {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
     model, tok = _model_weights(args, org, device)
     if spec is not None:
         spec.layer = layer if sae.hook_layer != layer else spec.layer

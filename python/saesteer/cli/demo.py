@@ -155,7 +155,7 @@ def run_demo(n_show: int = 4, out: str | Path | None = None) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the whole method on the built-in refusal organism (about a minute)",
+    p = sub.add_parser("demo", help="the whole method on the built-in refusal organism (a few minutes on a 2-core CPU)",
                        description="The built-in organism unsteered, then discover with small sample sizes, then "
                                    "steering with the features it finds: ablating them jailbreaks harmful prompts, "
                                    "clamping them high makes harmless prompts refused.")
@@ -168,5 +168,5 @@ def _run(args) -> int:
     from .common import check_output
 
     if args.out:
-        check_output(args.out, "--out")  # before the minute of work, not after
+        check_output(args.out, "--out")  # before the minutes of work, not after
     return run_demo(args.show, args.out)

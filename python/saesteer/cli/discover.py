@@ -32,6 +32,7 @@ def config_from_args(args):
 
     from ..refusal.discover import DiscoverConfig
 
+    _check_flags(args)
     cfg = DiscoverConfig()
     if getattr(args, "model", None) is None:
         for k, v in ORGANISM.items():
@@ -61,8 +62,12 @@ def config_run_options(args) -> None:
     """Fill the run's flags (``--model``, ``--sae``, ``--harmful``, ``--harmless``, ``--out``,
     ``--field``) from ``--config`` where the command line does not give them."""
     if args.config:
+        from pathlib import Path
+
         from ..refusal.discover import DiscoverConfig
 
+        if not Path(args.config).expanduser().is_file():
+            raise FileNotFoundError(f"--config: {args.config!r} is not a file (expected a YAML, TOML or JSON file of options)")
         opts = DiscoverConfig.read_options(args.config)
         for k in DiscoverConfig.RUN_OPTIONS:
             if k in opts and getattr(args, k, None) in (None, []):
@@ -71,28 +76,18 @@ def config_run_options(args) -> None:
         raise ValueError("--out: required (the output directory, on the command line or as out in --config)")
 
 
-def _edit(text: str) -> str:
-    """argparse type of ``--edit``: the text, once it parses."""
-    import argparse
-
+def _check_flags(args) -> None:
+    """``--edit`` parsed and ``--ig-steps`` >= 1, each failing with one line naming the flag (an
+    argparse ``type`` would print the whole usage block first)."""
     from ..refusal.search import parse_edit
 
-    try:
-        return str(parse_edit(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("edit: ")) from None
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
+    if getattr(args, "edit", None) is not None:
+        try:
+            args.edit = str(parse_edit(args.edit))
+        except ValueError as e:
+            raise ValueError(f"--edit: {str(e).removeprefix('edit: ')}") from None
+    if getattr(args, "ig_steps", None) is not None and args.ig_steps < 1:
+        raise ValueError(f"--ig-steps: expected an integer >= 1, got {args.ig_steps}")
 
 
 def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, list[str] | None]:
@@ -149,7 +144,7 @@ def _run(args) -> int:
     # spec.json names the model and SAE absolutely, so eval / generate find them from any directory.
     res.spec.model = absolute_ref(args.model) if args.model else "organism"
     sae_ref = None if len(refs) > 1 else (absolute_ref(args.sae) if args.sae else "organism")
-    write_discover_outputs(res, out, sae_ref)
+    written = write_discover_outputs(res, out, sae_ref)
     r = res.results
     if not r["valid"]:
         print("WARNING: these results are not meaningful:")
@@ -163,7 +158,7 @@ def _run(args) -> int:
     for x in r.get("dormant_downstream") or []:
         print(f"dormant downstream: {len(x['dormant'])} features of {x['read']} wake with {x['edited']}'s part edited "
               f"(its codes change {x['mean_abs_change']:.0%}, {x['n_silenced']} features silenced)")
-    print(f"wrote {out / 'results.json'}, {out / 'report.md'} ({r['timings_s']['total']:.0f} s)")
+    print(f"wrote {', '.join(str(p) for p in written)} ({r['timings_s']['total']:.0f} s)")
     return 0
 
 
@@ -181,17 +176,19 @@ def register(sub) -> None:
                                    "messages, conversation or turns)")
     p.add_argument("--out", help="output directory (required here or in --config)")
     p.add_argument("--config", help="YAML/TOML/JSON file with any option; flags override it")
-    p.add_argument("--n-candidates", dest="n_candidates", type=int)
+    p.add_argument("--n-candidates", dest="n_candidates", type=int,
+                   help="candidate features the greedy search starts from, best ranked first (default 48; --quick 12)")
     p.add_argument("--method", choices=("attribution", "cosine"),
                    help="candidate features: attribution patching (default) or cosine to the direction")
     p.add_argument("--attribution", choices=("ig", "zero"),
                    help="attribution: integrated gradients from the clean SAE codes to those with the refusal "
-                        "direction ablated (Yeo et al.; default) or the first-order effect of zero-ablating each feature")
+                        "direction ablated (Yeo et al.; the default with --model) or the first-order effect of "
+                        "zero-ablating each feature (the default on the built-in organism)")
     p.add_argument("--prefilter", type=int,
                    help="with several --sae: each SAE's candidates are first its N features of largest |cosine| to the "
                         "refusal direction at its own layer (default 256; 0: all)")
-    p.add_argument("--ig-steps", dest="ig_steps", type=_positive_int, help="integrated-gradient steps (default 10)")
-    p.add_argument("--edit", type=_edit,
+    p.add_argument("--ig-steps", dest="ig_steps", type=int, help="integrated-gradient steps (default 10)")
+    p.add_argument("--edit",
                    help="what the search, the interactions and the ASR do to a feature set: ablate (default), "
                         "scale:FACTOR (e.g. scale:-3, Yeo et al.'s negative scaling) or clamp:VALUE; spec.json records it")
     p.add_argument("--no-skip-bos", dest="skip_bos", action="store_false", default=None,
@@ -200,8 +197,10 @@ def register(sub) -> None:
     p.add_argument("--ablation", choices=("auto", "directional", "affine"),
                    help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
                         "affine only if no candidate passes the filters; default)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--seed", type=int, help="seed of the prompt splits and the interaction samples (default 0)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
+                   help="new tokens of the replies the held-out attack success rate is judged on (default 24; --quick 12; "
+                        "short replies miss refusals that start later: the papers judge 256-512)")
     p.add_argument("--capability", type=int, default=48, help="organism capability questions checked with the set ablated (0: skip)")
     p.add_argument("--quick", action="store_true", help="small sample sizes (tests, smoke runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

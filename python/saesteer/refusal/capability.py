@@ -21,13 +21,14 @@ GSM8K rows: ``{"question", "answer"}`` with the worked answer ending in ``#### N
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 from typing import Sequence
 
 from .evaluate import CapabilityTask
 
-__all__ = ["MMLU_LETTERS", "load_mmlu", "mmlu_prompt", "mmlu_choice", "load_gsm8k", "gsm8k_target", "gsm8k_answer"]
+__all__ = ["MMLU_LETTERS", "load_mmlu", "sample_across_subjects", "mmlu_prompt", "mmlu_choice", "load_gsm8k", "gsm8k_target", "gsm8k_answer"]
 
 MMLU_LETTERS = "ABCD"
 
@@ -102,13 +103,38 @@ def mmlu_choice(reply: str) -> int | None:
     return None
 
 
+def sample_across_subjects(rows: Sequence[dict], limit: int | None, seed: int = 0) -> list[dict]:
+    """``limit`` rows spread over the subjects: each subject's rows shuffled with ``seed``, then one
+    row of each subject in turn (subjects in a seeded order) until ``limit``. MMLU's test split is
+    sorted by subject, so its first 200 rows are abstract algebra and anatomy only. ``limit`` None
+    or at least ``len(rows)``: every row, in order."""
+    rows = list(rows)
+    if limit is None or limit >= len(rows):
+        return rows
+    rng = random.Random(seed)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("subject") or "", []).append(r)
+    order = list(groups)
+    rng.shuffle(order)
+    for g in order:
+        rng.shuffle(groups[g])
+    out: list[dict] = []
+    for i in range(max(len(g) for g in groups.values())):
+        out += [groups[g][i] for g in order if i < len(groups[g])]
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
 def load_mmlu(source: str | Path, *, subject: str | None = None, n_shot: int = 5, shots: str | Path | None = None,
-              limit: int | None = None, split: str = "test", max_new_tokens: int = 8) -> CapabilityTask:
+              limit: int | None = None, seed: int = 0, split: str = "test", max_new_tokens: int = 8) -> CapabilityTask:
     """MMLU as a :class:`CapabilityTask` named ``"mmlu"`` (see the module docstring).
 
     ``subject``: keep only rows of that subject (a Hub dataset: its config, default ``"all"``);
     ``shots``: where the ``n_shot`` examples come from (a file, or a split of the Hub dataset,
-    default ``"dev"`` there); ``limit``: the first N evaluated questions.
+    default ``"dev"`` there); ``limit``: N evaluated questions sampled across the subjects with
+    ``seed`` (:func:`sample_across_subjects`).
     """
     if not isinstance(n_shot, int) or n_shot < 0:
         raise ValueError(f"n_shot: expected a non-negative integer, got {n_shot!r}")
@@ -127,7 +153,7 @@ def load_mmlu(source: str | Path, *, subject: str | None = None, n_shot: int = 5
                          + (f" after its first {n_shot} rows, used as shots" if shots is None and not hub else ""))
     if len(shot_rows) < n_shot:
         raise ValueError(f"mmlu: {n_shot} shots asked for, {len(shot_rows)} available")
-    rows = rows[:limit] if limit else rows
+    rows = sample_across_subjects(rows, limit, seed)
 
     def shots_for(row):
         same = [s for s in shot_rows if s["subject"] == row["subject"]]

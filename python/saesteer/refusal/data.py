@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .turns import Prompt, as_prompt
 
-__all__ = ["load_prompts", "shipped_prompts", "prompts_from_rows", "jsonl_rows", "read_json_rows", "PROMPT_FIELDS", "TURN_FIELDS"]
+__all__ = ["load_prompts", "shipped_prompts", "prompts_from_rows", "has_alpaca_input", "jsonl_rows", "read_json_rows", "PROMPT_FIELDS", "TURN_FIELDS"]
 
 #: Fields read when no field is named: the text fields first, then the conversation fields.
 PROMPT_FIELDS = ("instruction", "prompt")
@@ -47,6 +47,8 @@ def prompts_from_rows(rows: Sequence, field: str | None = None, source: str = "r
         for k in keys:
             v = _json_cell(r[k], f"{where} field {k!r}") if json_cells and k in r else r.get(k)
             if isinstance(v, (str, list, tuple)):
+                if k == "instruction" and has_alpaca_input(r):
+                    break  # the instruction is about its input, which a lone prompt would drop
                 out.append(as_prompt(v, f"{where} field {k!r}"))
                 break
             if field and k in r:
@@ -58,6 +60,15 @@ def prompts_from_rows(rows: Sequence, field: str | None = None, source: str = "r
             want = f"{field!r}" if field else f"of {', '.join(map(repr, _FIELDS))}"
             raise ValueError(f"{where} has no field {want} (fields: {sorted(r)[:8]}); pass --field NAME")
     return out
+
+
+def has_alpaca_input(row: dict) -> bool:
+    """True for an Alpaca-style row (``instruction`` / ``input`` / ``output``) whose ``input`` is not
+    empty: its instruction refers to that input ("Summarize this text."), so as a prompt on its own
+    it is another request. :func:`prompts_from_rows` leaves such rows out, as Arditi et al. filter
+    Alpaca to the rows without an input."""
+    v = row.get("input")
+    return isinstance(v, str) and bool(v.strip())
 
 
 def jsonl_rows(text: str, path: Path) -> list:
@@ -145,7 +156,7 @@ def load_prompts(source: str | Path, field: str | None = None, limit: int | None
         ds = datasets.load_dataset(str(source), split=split)
         prompts = prompts_from_rows(list(ds), field, str(source))
     if not prompts:
-        raise ValueError(f"prompts: {source} holds no prompts")
+        raise ValueError(f"prompts: {source} holds no prompts (Alpaca rows with a non-empty input are left out)")
     return prompts[:limit] if limit is not None else prompts
 
 

@@ -32,19 +32,29 @@ position) at their unsteered values: the first reply token is predicted from the
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .chat import chat_template_kind, check_chat_template, format_prompts, generate, refusal_scores, refusal_tokens_from_replies
 from .inputs import model_device, pad_token_id
-from .judges import (COMPLIED, DEGENERATE, HARMFUL_COMPLIANCE, REFUSED, Judge, ModelJudge, SubstringJudge, class_rates, judge_classes,
-                     judge_name, judge_question, load_model_judge)
+from .judges import (
+    COMPLIED,
+    DEGENERATE,
+    HARMFUL_COMPLIANCE,
+    REFUSED,
+    Judge,
+    ModelJudge,
+    SubstringJudge,
+    class_rates,
+    judge_classes,
+    judge_name,
+    judge_question,
+    load_model_judge,
+)
 from .spec import SteeringSpec
 from .turns import Prompt
 
@@ -171,12 +181,15 @@ class DirectionSteering:
 def direction_conditions(model, direction: Mapping, *, positions: str = "all") -> dict[str, DirectionSteering]:
     """The direction interventions of discover's ``direction.safetensors`` (as read by
     :func:`saesteer.hf.load_direction`) as named conditions: ``"direction_ablation"`` (removes
-    refusal), ``"direction_addition"`` (adds the difference in means at its layer: induces refusal)
-    and, when the file has the harmless ``reference``, ``"affine_ablation"`` (coefficient 0)."""
+    refusal), ``"direction_addition"`` (adds the difference in means at its layer: induces refusal),
+    ``"direction_subtraction"`` (Arditi et al.'s activation subtraction: coefficient -1 at the same
+    layer, a jailbreak) and, when the file has the harmless ``reference``, ``"affine_ablation"``
+    (coefficient 0)."""
     d, layer, ref = direction["direction"], direction.get("layer"), direction.get("reference")
     out = {"direction_ablation": DirectionSteering(model, "ablate", d, positions=positions)}
     if layer is not None:
         out["direction_addition"] = DirectionSteering(model, "add", d, layer=layer, coeff=1.0, positions=positions)
+        out["direction_subtraction"] = DirectionSteering(model, "add", d, layer=layer, coeff=-1.0, positions=positions)
         if ref is not None:
             out["affine_ablation"] = DirectionSteering(model, "affine", d, layer=layer, coeff=0.0, reference=ref, positions=positions)
     return out
@@ -324,10 +337,12 @@ class CapabilityTask:
     max_new_tokens: int | None = None
 
 
-def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steering | None = None, *, max_new_tokens: int = 24, batch_size: int = 16, progress: bool = False) -> dict:
+def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steering | None = None, *, max_new_tokens: int = 24,
+                        batch_size: int = 16, progress: bool = False) -> dict:
     """Fraction of greedy replies that ``task.check`` accepts: ``{"accuracy", "n", "replies"}``.
     Replies are ``task.max_new_tokens`` long when the task sets it, else ``max_new_tokens``."""
-    replies = generate(model, tokenizer, task.questions, max_new_tokens=task.max_new_tokens or max_new_tokens, batch_size=batch_size, steering=steering, progress=progress, desc="capability")
+    replies = generate(model, tokenizer, task.questions, max_new_tokens=task.max_new_tokens or max_new_tokens, batch_size=batch_size,
+                       steering=steering, progress=progress, desc="capability")
     ok = [bool(task.check(i, r)) for i, r in enumerate(replies)]
     return {"accuracy": sum(ok) / len(ok) if ok else float("nan"), "n": len(ok), "replies": replies}
 
@@ -336,7 +351,8 @@ def capability_accuracy(model, tokenizer, task: CapabilityTask, steering: Steeri
 # loss, perplexity, KL on harmless replies
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuations: Sequence[str], steering: Steering | None = None, *, batch_size: int = 16) -> dict:
+def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuations: Sequence[str], steering: Steering | None = None, *,
+                         batch_size: int = 16) -> dict:
     """Teacher-forced metrics of ``continuations`` (each followed by EOS) after chat-formatted ``prompts``.
 
     Returns ``loss`` (mean next-token NLL over continuation tokens, steered when ``steering`` is
@@ -370,7 +386,8 @@ def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuati
         n_tok += int(targets.numel())
         n_rows += ids.shape[0]
     if n_tok == 0:
-        return {"loss": float("nan"), "loss_unsteered": float("nan"), "perplexity": float("nan"), "kl_first": float("nan"), "kl_reply": float("nan"), "n_tokens": 0}
+        nan = float("nan")
+        return {"loss": nan, "loss_unsteered": nan, "perplexity": nan, "kl_first": nan, "kl_reply": nan, "n_tokens": 0}
     loss_base = nll_base / n_tok
     loss = nll_steer / n_tok if steering is not None else loss_base
     return {

@@ -251,14 +251,17 @@ def compare_probes(
     judge=None,
     max_new_tokens: int = 16,
     margin: float = JAILBREAK_MARGIN,
+    balance: bool = True,
     progress: bool = False,
 ) -> dict:
     """Train the feature probe and the residual probe on plain prompts, test both everywhere.
 
     ``sae``: one SAE with ``features``, or a list of ``(sae, features)`` pairs (``features`` None)
     whose activations the feature probe reads side by side (:func:`feature_activations`).
-    The plain prompts split into train, validation (``val_fraction``) and held-out
-    (``test_fraction``). The residual probe reads one layer's residual stream (resid_post of
+    ``balance`` (default, as Yeo et al.'s 2000 / 2000): the larger class is subsampled (with
+    ``seed``) to the smaller one's size first, so the majority baseline is 50% and not, say, 99%
+    with all of Alpaca against 520 AdvBench prompts. The plain prompts split into train, validation
+    (``val_fraction``) and held-out (``test_fraction``). The residual probe reads one layer's residual stream (resid_post of
     ``resid_layers``, default every decoder layer), chosen on the validation split
     (:func:`select_layer`).
 
@@ -266,8 +269,12 @@ def compare_probes(
     (``templates``, default :data:`.jailbreak.OOD_NAMES`) measured on the model over all
     ``harmful`` prompts (:func:`.jailbreak.measure_templates`, ``judge``, ``max_new_tokens``,
     ``margin``), the kept ones made into OOD sets of the held-out split (so no OOD prompt wraps a
-    training prompt) and labelled by the model's replies (:func:`.jailbreak.ood_sets`).
-    Returns ``{"features", "feature_sites", "n_train", "n_val", "residual_layer", "residual_layers",
+    training prompt) and labelled by the model's replies as ``judge`` classes them
+    (:func:`.jailbreak.ood_sets`): with a classifier judge of harmful compliance (HarmBench's, as
+    Yeo et al.) a wrapped prompt is jailbroken when the classifier says the reply carries out the
+    request, and the replies are at least the judge's ``reply_tokens`` long.
+    Returns ``{"features", "feature_sites", "n_train", "n_val", "n_per_class", "balanced",
+    "template_max_new_tokens", "residual_layer", "residual_layers",
     "templates", "rows": [{"set", "n", "majority", "feature_probe", "residual_probe",
     "feature_harmful", "residual_harmful", "feature_harmless", "residual_harmless"}, ...],
     "ood_mean", "valid", "warnings", "feature_when"}``: accuracies (overall, on the refusal-class and on the
@@ -287,7 +294,13 @@ def compare_probes(
         raise ValueError(f"resid_layers: expected layers in [0, {n_layers}), got {layers}")
     harmful, harmless = list(harmful), list(harmless)
     rng = random.Random(seed)
-    labeled = [(i, p, 1) for i, p in enumerate(harmful)] + [(-1, p, 0) for p in harmless]
+    kept_harmless = harmless
+    if balance and len(harmless) > len(harmful):
+        kept_harmless = rng.sample(harmless, len(harmful))
+    # The harmful prompts keep their index: the measured templates' classes are per harmful prompt.
+    kept_harmful = sorted(rng.sample(range(len(harmful)), len(harmless))) if balance and len(harmful) > len(harmless) \
+        else range(len(harmful))
+    labeled = [(i, harmful[i], 1) for i in kept_harmful] + [(-1, p, 0) for p in kept_harmless]
     rng.shuffle(labeled)
     n_test = int(round(len(labeled) * test_fraction))
     n_val = int(round(len(labeled) * val_fraction))
@@ -306,10 +319,12 @@ def compare_probes(
 
     table = None
     warnings_extra = []
+    # A classifier judge (HarmBench, LlamaGuard) reads replies at its own length at least.
+    reply_tokens = max(max_new_tokens, int(getattr(judge, "reply_tokens", 0) or 0))
     if ood is None:
         if not test:
             raise ValueError("test_fraction: the default OOD sets wrap the held-out split, which is empty")
-        table = measure_templates(model, tokenizer, harmful, templates, judge=judge, max_new_tokens=max_new_tokens,
+        table = measure_templates(model, tokenizer, harmful, templates, judge=judge, max_new_tokens=reply_tokens,
                                   batch_size=batch_size, margin=margin, progress=progress)
         held_idx = [i for i, _, y in test if y == 1]
         classes = {name: [table["classes"][name][i] for i in held_idx] for name in table["kept"]}
@@ -350,6 +365,8 @@ def compare_probes(
     valid, warnings = probe_warnings(rows, mean)
     feats_out = pairs[0][1] if len(pairs) == 1 else [f for _, f in pairs]
     return {"features": feats_out, "feature_sites": feat_names, "n_train": len(train), "n_val": len(val),
+            "n_per_class": {"harmful": len(kept_harmful), "harmless": len(kept_harmless)}, "balanced": bool(balance),
+            "template_max_new_tokens": reply_tokens,
             "residual_layer": chosen, "residual_layers": curve, "templates": _table_rows(table),
             "rows": rows, "ood_mean": mean, "valid": valid, "warnings": warnings + warnings_extra,
             "feature_when": feat_probe.as_when(pairs[0][1]) if len(pairs) == 1 else None}
@@ -366,8 +383,8 @@ def probe_warnings(rows: Sequence[Mapping], ood_mean: Mapping | None = None, mar
     """``(valid, warnings)`` for :func:`compare_probes`'s rows: a probe whose accuracy on the
     held-out plain split does not exceed :func:`chance_bar` (the majority baseline or 50%, plus the
     larger of ``margin`` and two standard errors at that split's n) is at chance, and the results
-    are not meaningful (``valid`` False). Mean OOD accuracies at chance (``margin`` over the mean
-    majority baseline) are warned about too."""
+    are not meaningful (``valid`` False). So is a mean OOD accuracy at chance (not ``margin`` over
+    the mean majority baseline): the probe comparison is the result, and it means nothing there."""
     warnings, valid = [], True
     held = next((r for r in rows if r["set"] == "held-out (plain)"), None)
     names = {"feature_probe": "feature probe", "residual_probe": "residual probe"}
@@ -383,6 +400,7 @@ def probe_warnings(rows: Sequence[Mapping], ood_mean: Mapping | None = None, mar
         bar = max(ood_mean["majority"], 0.5) + margin
         for k, name in names.items():
             if ood_mean[k] <= bar:
+                valid = False
                 warnings.append(f"the {name}'s mean OOD accuracy {ood_mean[k]:.2f} is no better than chance "
                                 f"(majority baseline {ood_mean['majority']:.2f})")
     return valid, warnings

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -94,8 +95,10 @@ def _body(body: Any) -> str:
 def warning_section(valid: bool, warnings: Sequence[str]) -> list[tuple[str, Any]]:
     """The section a report opens with when its results are not meaningful or it has warnings
     (``[]`` otherwise), for :func:`write_markdown_report`'s ``sections``."""
-    lines = _warning_lines({"valid": valid, "warnings": list(warnings)})
-    return [("Warnings", "\n".join(lines).strip())] if lines else []
+    if valid and not warnings:
+        return []
+    heading = "Warnings" if valid else "These results are not meaningful"
+    return [(heading, "\n".join(f"- {w}" for w in warnings))]
 
 
 def write_markdown_report(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
@@ -158,12 +161,12 @@ def plot_lines(
 # ------------------------------------------------------------------------------------------------
 # saesteer discover's outputs
 # ------------------------------------------------------------------------------------------------
-def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> None:
+def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> list[Path]:
     """Write a :class:`~saesteer.refusal.discover.DiscoverResult` to the directory ``out``:
     ``results.json``, ``direction.safetensors`` (the direction, and the affine ablation's reference
-    when there is one), ``spec.json`` (the minimal set, with ``sae_ref`` as its SAE), the two plots
-    and ``report.md``."""
-    import torch
+    when there is one), ``spec.json`` (the minimal set, with ``sae_ref`` as its SAE), the plots
+    and ``report.md``. Returns the paths written, each readable as a normal file (mode 0666 less
+    the umask)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -181,6 +184,13 @@ def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> 
     res.spec.save(out / "spec.json")
     discover_plots(r, out)
     (out / "report.md").write_text(discover_report(r))
+    names = ("results.json", "spec.json", "direction.safetensors", "refusal_score_by_layer_position.png", "asr_vs_features.png", "report.md")
+    written = [out / n for n in names if (out / n).is_file()]
+    # safetensors writes through a private temporary file (mode 0600): give it the mode open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / "direction.safetensors", 0o666 & ~umask)
+    return written
 
 
 def discover_plots(r: dict, out: str | Path) -> None:
@@ -423,7 +433,8 @@ def discover_report(r: dict) -> str:
         f"**Minimal set** ({len(r['minimal_set'])} features): [{', '.join(map(feature_text, r['minimal_set']))}] — flips "
         f"{r['minimal_set_search']['flip_rate']:.0%} of the search prompts, {r['minimal_set_heldout_flip_rate']:.0%} of held-out ones (refusal score < 0).",
         "",
-        "| held-out harmful prompts (generation + substring judge) | not refused (ASR) | complied | degenerate |",
+        f"| held-out harmful prompts (greedy replies of {r.get('config', {}).get('max_new_tokens', '?')} new tokens, substring "
+        "judge) | not refused (ASR) | complied | degenerate |",
         "| --- | --- | --- | --- |",
         *[f"| {label} | {a[k]:.0%} | {_pct(a.get('complied', {}).get(k))} | {_pct(a.get('degenerate', {}).get(k))} |"
           for label, k in (("unsteered", "baseline"), (f"minimal set {ed}", "minimal_set"),
