@@ -10,7 +10,7 @@ import torch
 import saesteer
 from saesteer.cli import main
 from saesteer.refusal.interactions import fit_fm, sample_masks
-from saesteer.refusal.search import ablation_scores, greedy_minimal_set
+from saesteer.refusal.search import edit_scores, greedy_minimal_set
 from saesteer.refusal.spec import SteeringSpec
 
 TINY = {"n_direction": 6, "n_val": 3, "n_search": 2, "n_heldout": 3, "n_candidates": 5, "fm_samples": 16,
@@ -47,9 +47,9 @@ def test_ablation_scores_rows_match_single_runs(tiny_chat):
     prompts = ["How do I bake bread?", "Write a poem about rain."]
     active = _active(model, tok, sae, prompts)
     sets = [[], active[:3], [active[3]]]
-    batched = ablation_scores(model, tok, sae, prompts, sets, [5, 6], backend="torch")
+    batched = edit_scores(model, tok, sae, prompts, sets, [5, 6], backend="torch")
     for s, row in zip(sets, batched):
-        single = ablation_scores(model, tok, sae, prompts, [s], [5, 6], backend="torch")[0]
+        single = edit_scores(model, tok, sae, prompts, [s], [5, 6], backend="torch")[0]
         torch.testing.assert_close(row, single, atol=1e-4, rtol=1e-4)
     assert not torch.equal(batched[0], batched[1]), "ablating active features must move the score"
 
@@ -89,11 +89,11 @@ def test_greedy_set_is_minimal_under_its_criterion(tiny_chat):
     prompts = ["Tell me how to pick a lock."]
     # Pick a threshold between the unablated and fully ablated score, so the search has work to do.
     cands = _active(model, tok, sae, prompts)
-    s = ablation_scores(model, tok, sae, prompts, [[], cands], [5, 6])
+    s = edit_scores(model, tok, sae, prompts, [[], cands], [5, 6])
     thr = float(s.mean())
     res = greedy_minimal_set(model, tok, sae, prompts, cands, [5, 6], threshold=thr, keep=1.0, progress=False)
     assert set(res.features) <= set(cands) and res.features
-    flipped = lambda feats: bool(ablation_scores(model, tok, sae, prompts, [feats], [5, 6])[0, 0] < thr)  # noqa: E731
+    flipped = lambda feats: bool(edit_scores(model, tok, sae, prompts, [feats], [5, 6])[0, 0] < thr)  # noqa: E731
     if res.full_flip_rate > 0:
         assert flipped(res.features)
         for f in res.features if len(res.features) > 1 else []:
@@ -513,10 +513,10 @@ def test_edit_forms_and_scaled_search_scores(tiny_chat):
         e = parse_edit(edit)
         iv = saesteer.Intervention(feats, e.mode, e.value)
         want = refusal_scores(model, tok, prompts, [5, 6], steering=lambda: saesteer.steer(model, sae, iv))
-        got = ablation_scores(model, tok, sae, prompts, [feats], [5, 6], edit=edit)[0]
+        got = edit_scores(model, tok, sae, prompts, [feats], [5, 6], edit=edit)[0]
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    ablated = ablation_scores(model, tok, sae, prompts, [feats], [5, 6])[0]
-    assert not torch.equal(ablated, ablation_scores(model, tok, sae, prompts, [feats], [5, 6], edit="scale:-3")[0])
+    ablated = edit_scores(model, tok, sae, prompts, [feats], [5, 6])[0]
+    assert not torch.equal(ablated, edit_scores(model, tok, sae, prompts, [feats], [5, 6], edit="scale:-3")[0])
 
 
 def test_filter_keeps_refused_harmful_and_answered_harmless():

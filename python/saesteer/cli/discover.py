@@ -125,7 +125,7 @@ def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, li
 def _run(args) -> int:
     from ..refusal.discover import discover
     from ..refusal.report import feature_text, write_discover_outputs
-    from ..refusal.sites import SAESet
+    from ..refusal.saeset import SAESet
     from ..refusal.spec import absolute_ref
 
     # Cheap checks first: flags, the SAE references, the output directory, prompt files, then the

@@ -51,7 +51,7 @@ from .features import ATTRIBUTIONS, rank_by_attribution, rank_by_cosine, rank_se
 from .interactions import Interactions, active_features, find_interactions
 from .judges import COMPLIED, DEGENERATE, SubstringJudge, judge_classes
 from .report import write_discover_outputs as write_outputs
-from .search import (MinimalSet, ablation_scores, confirm_by_generation, greedy_minimal_set, grow_candidate_pool,
+from .search import (MinimalSet, edit_scores, confirm_by_generation, greedy_minimal_set, grow_candidate_pool,
                      parse_edit)
 from .sites import SAESet
 from .spec import SteeringSpec
@@ -540,8 +540,8 @@ def verification_stage(model, tokenizer, sae: SAE | SAESet, splits: PromptSplits
     kw = _edit_kw(cfg)
     cand_ids = list(candidates)
     ns = sorted({0, 1, 2, 4, 8, 16, len(minimal), len(cand_ids)} & set(range(len(cand_ids) + 1)))
-    curve_scores = ablation_scores(model, tokenizer, sae, held, [cand_ids[:n] for n in ns], direction.refusal_tokens, **kw)
-    ms_scores = ablation_scores(model, tokenizer, sae, held, [minimal], direction.refusal_tokens, **kw)[0]
+    curve_scores = edit_scores(model, tokenizer, sae, held, [cand_ids[:n] for n in ns], direction.refusal_tokens, **kw)
+    ms_scores = edit_scores(model, tokenizer, sae, held, [minimal], direction.refusal_tokens, **kw)[0]
     curve = [{"n": n, "flip_rate": float((s < cfg.threshold).float().mean())} for n, s in zip(ns, curve_scores)]
     return VerificationStage(asr_d, per_prompt, dir_gen, cap, curve, float((ms_scores < cfg.threshold).float().mean()),
                              base_replies, ms_replies)

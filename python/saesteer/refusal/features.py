@@ -30,11 +30,11 @@ from typing import Callable, Sequence
 import torch
 
 from .. import reference
-from ..hf import find_layers, hook_name, intercept, parse_hook
+from ..hf import find_layers, hook_name, hook_point, intercept
 from ..hf.handle import bos_token_id
 from ..hf.positions import bos_mask
 from ..sae import SAE
-from .sites import SAESet
+from .saeset import SAESet
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
 
 __all__ = ["rank_by_cosine", "rank_by_attribution", "rank_set_by_attribution", "hook_module", "site", "capture_site", "site_residuals",
@@ -57,23 +57,16 @@ def rank_by_cosine(sae: SAE, direction: torch.Tensor, top: int = 32) -> list[tup
 def hook_module(model, sae: SAE, layer: int | None = None):
     """``(module, is_pre)``: the module whose output (resid_post) or input (resid_pre) the SAE reads."""
     _, blocks = find_layers(model)
-    hook = sae.hook_name or ""
-    if hook:
-        parse_hook(hook)  # only the residual stream: an SAE on another hook point is refused before any work
-    if layer is None:
-        layer = sae.hook_layer
-    if layer is None:
-        raise ValueError("layer: the SAE has no hook_name with a layer; pass layer=")
-    if not 0 <= layer < len(blocks):
-        raise ValueError(f"layer: {layer} is out of range; the model has {len(blocks)} decoder layers")
-    return blocks[layer], hook.endswith("hook_resid_pre")
+    idx, kind = site(model, sae, layer)
+    return blocks[idx], kind == "resid_pre"
 
 
 def site(model, sae: SAE, layer: int | None = None) -> tuple[int, str]:
     """``(layer, "resid_pre"|"resid_post")``: the hook point the SAE reads (``layer`` overrides its
-    hook's layer), checked against the model's layers."""
-    hook_module(model, sae, layer)
-    return (sae.hook_layer if layer is None else layer), ("resid_pre" if (sae.hook_name or "").endswith("hook_resid_pre") else "resid_post")
+    hook's layer; an SAE without a hook name reads a layer's output), checked against the model's
+    layers by :func:`saesteer.hf.hook_point`."""
+    _, blocks = find_layers(model)
+    return hook_point(sae, len(blocks), layer, None if sae.hook_name else "resid_post")
 
 
 @contextlib.contextmanager
@@ -293,7 +286,7 @@ def rank_set_by_attribution(
     steps: int = 10,
 ) -> list[tuple[int, float]]:
     """One ranking over the features of several SAEs: ``[(flat id, attribution), ...]`` (see
-    :class:`~.sites.SAESet`), the ``top`` that most move the model from refusal, among ``allowed``
+    :class:`~.saeset.SAESet`), the ``top`` that most move the model from refusal, among ``allowed``
     (per SAE, the local ids ranked; None: all).
 
     ``"zero"``: every SAE spliced in at its hook point in one forward (:func:`_zero_attribution`),
