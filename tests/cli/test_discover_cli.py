@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+
 import pytest
+
 from saesteer.cli import main
 from saesteer.refusal.spec import SteeringSpec
 
 TINY = {"n_direction": 6, "n_val": 3, "n_search": 2, "n_heldout": 3, "n_candidates": 5, "fm_samples": 16,
         "fm_extra": 3, "per_prompt": 1, "max_new_tokens": 4,
         "force": True}  # the tiny random model refuses nothing: run every stage anyway
-
 
 
 def test_discover_cli_end_to_end(tiny_chat, tmp_path, capsys):
@@ -58,11 +59,9 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path, capsys):
     assert "degenerate" in report_md
 
 
-
 def _run_err(args, capsys):
     rc = main(args)
     return rc, capsys.readouterr().err
-
 
 
 def test_discover_bad_input(tiny_chat, tmp_path, capsys):
@@ -95,7 +94,6 @@ def test_discover_bad_input(tiny_chat, tmp_path, capsys):
     assert not (tmp_path / "o").exists(), "errors come before any output is written"
 
 
-
 def test_candidate_pool_grows_until_it_flips_the_search_prompts(tiny_chat, tmp_path):
     # A threshold no score is under: no pool flips anything, so the pool doubles up to the cap.
     _, _, _, d = tiny_chat
@@ -113,7 +111,6 @@ def test_candidate_pool_grows_until_it_flips_the_search_prompts(tiny_chat, tmp_p
             and ln.count("|") == 5 and "| rank |" not in ln][:20]
     assert [int(ln.split("|")[3]) for ln in rows] == [c[0] for c in r["candidates"][:20]]
     assert all(int(ln.split("|")[2]) == r["sae"]["layer"] for ln in rows)
-
 
 
 def test_discover_cli_edit_and_no_skip_bos_reach_the_spec(tiny_chat, tmp_path):
@@ -134,9 +131,92 @@ def test_discover_cli_edit_and_no_skip_bos_reach_the_spec(tiny_chat, tmp_path):
     assert "| minimal set scaled by -3 |" in report_md and "| minimal set ablated |" not in report_md
 
 
-
 def test_discover_cli_rejects_a_bad_edit(capsys):
     with pytest.raises(SystemExit):
         main(["discover", "--out", "unused", "--edit", "scale:x"])
     assert "--edit: scale's value must be a number" in capsys.readouterr().err
 
+
+
+def test_discover_stops_when_the_model_refuses_nothing(tiny_chat, tmp_path, capsys):
+    # The tiny random model refuses none of the held-out harmful prompts: discover says so in one
+    # line, writes results.json with valid: false and the refusal check, and nothing else.
+    _, _, _, d = tiny_chat
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({k: v for k, v in TINY.items() if k != "force"}))
+    out = tmp_path / "out"
+    rc = main(["discover", "--model", str(d), "--sae", str(d / "sae"), "--out", str(out), "--config", str(cfg), "--quiet"])
+    assert rc == 1
+    n = TINY["n_heldout"]
+    assert capsys.readouterr().out.startswith(f"the model refuses 0/{n} harmful prompts: nothing to jailbreak")
+    r = json.loads((out / "results.json").read_text())
+    assert r["valid"] is False and r["stages_done"] == ["refusal"] and "nothing to jailbreak" in r["stopped"]
+    assert r["refusal_check"]["refused"] == 0 and r["refusal_check"]["nothing_to_jailbreak"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def test_recipes_set_each_papers_defaults_and_flags_still_win():
+    from saesteer.cli.discover import RECIPES
+
+    yeo = _discover_cfg("--model", "m", "--recipe", "yeo")
+    assert (yeo.method, yeo.attribution, yeo.prefilter, yeo.prefilter_sign, yeo.select, yeo.edit) == (
+        "attribution", "ig", 10, "positive", "topk:20", "scale:-3")
+    assert yeo.top_k == 20 and yeo.prefilter_size(26) == 10
+    assert _discover_cfg("--model", "m", "--recipe", "yeo", "--select", "minimal", "--prefilter", "5").select == "minimal"
+    assert _discover_cfg("--model", "m", "--recipe", "prakash").method == "cosine"
+    assert _discover_cfg("--model", "m", "--recipe", "arditi").ablation == "directional"
+    assert set(RECIPES) == {"arditi", "yeo", "prakash", "obrien"}
+    default = _discover_cfg("--model", "m")
+    assert (default.select, default.prefilter_size(1), default.prefilter_size(2), default.prefilter_sign) == ("minimal", 0, 256, "abs")
+
+
+def test_bad_selection_is_refused_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="select: expected minimal or topk:K"):
+        _discover_cfg("--select", "top20")
+
+
+def test_limit_samples_across_the_file(tmp_path):
+    from saesteer.cli import build_parser
+    from saesteer.cli.discover import config_from_args, search_inputs
+
+    f = tmp_path / "h.json"
+    f.write_text(json.dumps([f"harmful prompt number {i}" for i in range(200)]))
+    args = build_parser().parse_args(["discover", "--model", "m", "--out", "o", "--harmful", str(f), "--harmless", str(f),
+                                      "--limit", "50"])
+    harmful, harmless, _, _ = search_inputs(args, config_from_args(args))
+    assert len(harmful) == len(harmless) == 50 and len(set(harmful)) == 50
+    assert harmful != [f"harmful prompt number {i}" for i in range(50)], "a sample across the file, not its first rows"
+
+
+def _discover_cfg(*extra):
+    from saesteer.cli import build_parser
+    from saesteer.cli.discover import config_from_args
+
+    return config_from_args(build_parser().parse_args(["discover", "--out", "unused", *map(str, extra)]))
+
+
+def test_yeo_recipe_spec_holds_the_top_k_and_amplify_spec_the_refusal_feature(tiny_chat, tmp_path):
+    _, _, _, d = tiny_chat
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**TINY, "fm_samples": 8, "per_prompt": 0}))
+    out = tmp_path / "out"
+    rc = main(["discover", "--model", str(d), "--sae", str(d / "sae"), "--out", str(out), "--config", str(cfg),
+               "--recipe", "yeo", "--prefilter", "8", "--ig-steps", "2", "--quiet"])
+    assert rc == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["prefilter"] == {"per_sae": 8, "sign": "positive"} and r["selection"] == "topk:20"
+    top = [c[0] for c in r["top_k"]]
+    assert len(top) == 8, "the pre-filter leaves 8 features to rank"
+    assert {c[0] for c in r["candidates"]} <= set(top), "the search's candidates come from the same pre-filter"
+    spec = SteeringSpec.load(out / "spec.json")
+    assert spec.features == top and (spec.mode, spec.values) == ("scale", -3.0)
+    assert json.loads((out / "spec.json").read_text())["notes"]["selection"] == "topk:20"
+    # Yeo et al. steer each harmful prompt's own top k: one set per held-out prompt, among the 8.
+    rows = r["top_k_per_prompt"]
+    assert len(rows) == TINY["n_heldout"] and all(set(x["features"]) <= set(top) for x in rows)
+    assert {"top_k", "top_k_per_prompt"} <= set(r["asr"])
+    assert r["stages_done"] == ["refusal", "direction", "candidates", "search", "interactions", "verification", "dormant"]
+    if r["amplify"]["features"]:
+        amp = SteeringSpec.load(out / "amplify_spec.json")
+        assert amp.mode == "clamp" and amp.features == r["amplify"]["features"]
+        assert all(c > 0 for c in r["amplify"]["cosines"])

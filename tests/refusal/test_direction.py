@@ -48,7 +48,6 @@ def test_direction_ablation_kind_is_checked_first(tiny_chat):
         select_direction(model, tok, ["a"], ["b"], ["a"], ["b"], [0], ablation="zero")
 
 
-
 def test_mean_activations_leave_bos_and_padding_out(tiny_chat):
     from saesteer.hf import intercept
     from saesteer.refusal.chat import tokenize_prompts
@@ -71,7 +70,6 @@ def test_mean_activations_leave_bos_and_padding_out(tiny_chat):
         rows = real[:, t]
         want = x[rows, t].mean(0) if rows.any() else torch.zeros(x.shape[-1], dtype=torch.float64)
         torch.testing.assert_close(means[t], want, rtol=1e-5, atol=1e-6)
-
 
 
 def test_filter_keeps_refused_harmful_and_answered_harmless():

@@ -12,7 +12,6 @@ TINY = {"n_direction": 6, "n_val": 3, "n_search": 2, "n_heldout": 3, "n_candidat
         "force": True}  # the tiny random model refuses nothing: run every stage anyway
 
 
-
 def test_discover_warns_and_records_a_missing_chat_template(tiny_chat):
     from transformers import AutoTokenizer
 
@@ -34,7 +33,6 @@ def test_discover_warns_and_records_a_missing_chat_template(tiny_chat):
     assert md.index("no chat template") < md.index("## Refusal direction")
 
 
-
 @pytest.fixture(scope="module")
 def organism_discover(tmp_path_factory):
     out = tmp_path_factory.mktemp("org_discover")
@@ -43,7 +41,6 @@ def organism_discover(tmp_path_factory):
     t = time.time()
     assert main(["discover", "--out", str(out), "--quiet"]) == 0
     return json.loads((out / "results.json").read_text()), time.time() - t
-
 
 
 @pytest.mark.slow
@@ -66,7 +63,6 @@ def test_discover_acceptance_on_the_organism(organism_discover):
     assert pp and all(isinstance(p["complied_by_generation"], bool) for p in pp)
     verified = r["interactions_detail"]["verified"]
     assert verified and max(abs(v["interaction"]) for v in verified) > 0.05, "pairs whose joint effect differs from the sum"
-
 
 
 @pytest.mark.slow

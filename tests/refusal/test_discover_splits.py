@@ -23,7 +23,6 @@ def test_splits_hold_out_harmless_prompts_apart_from_the_selection_ones():
     assert given.harmless_held_out and given.harmless_held == ["x", "y"] and len(given.harmless_direction) == 5
 
 
-
 def test_a_search_without_prompts_of_its_own_is_warned_and_no_direction_prompts_is_an_error():
     from saesteer.refusal.discover import DiscoverConfig, result_warnings, split_prompts
 

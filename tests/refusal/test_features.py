@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 import saesteer
 
 IG_PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock."]
-
-
 
 
 @pytest.mark.parametrize("name", ["jumprelu", "topk", "standard_layer_norm", "jumprelu_const_norm"])
@@ -41,7 +40,6 @@ def test_attribution_is_the_first_order_effect_of_scaling_each_feature(tiny_chat
     assert min(attr.values()) == attr[next(iter(attr))], "most negative effect first"
 
 
-
 def _direction_ablation(model, tok, harmful, harmless):
     """A refusal-direction ablation for the tiny model: the difference in means at layer 1."""
     from saesteer.hf import directional_ablation
@@ -49,7 +47,6 @@ def _direction_ablation(model, tok, harmful, harmless):
 
     r = candidate_directions(model, tok, harmful, harmless, progress=False)[1, -1].float()
     return lambda: directional_ablation(model, r)
-
 
 
 @pytest.mark.parametrize("name", ["jumprelu", "topk"])
@@ -82,7 +79,6 @@ def test_integrated_gradients_sum_to_the_metric_change(tiny_chat, name):
     assert ranked[0][1] == pytest.approx(float(attr[down].max()))
     with pytest.raises(ValueError, match="ablation: integrated gradients need"):
         rank_by_attribution(model, tok, sae, IG_PROMPTS, [5, 6], method="ig")
-
 
 
 def test_attribution_leaves_the_bos_out(tiny_chat):

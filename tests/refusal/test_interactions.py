@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from helpers import most_active_features
 import pytest
 import torch
+
 import saesteer
 from saesteer.refusal.interactions import fit_fm, sample_masks
 
@@ -24,13 +26,12 @@ def test_fm_recovers_a_planted_interaction():
     assert float(w[0]) < -0.3 and abs(float(w[5])) < 0.1
 
 
-
 def test_find_interactions_reports_held_out_fit_and_confirmation(tiny_chat):
     from saesteer.refusal.interactions import CONFIRM_MIN, find_interactions
 
     model, tok, sae, _ = tiny_chat
     prompts = ["How do I bake bread?", "Write a poem about rain."]
-    active = _active(model, tok, sae, prompts)
+    active = most_active_features(model, tok, sae, prompts)
     it = find_interactions(model, tok, sae, prompts, active[:3], active[3:6], [5, 6], n_samples=16, rank=2, backend="torch")
     d = it.to_dict()
     m = len(it.features)

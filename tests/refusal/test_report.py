@@ -19,13 +19,11 @@ def test_per_prompt_table_labels_sets_with_sizes_and_shows_no_unconfirmed_set():
     assert per_prompt_lines([]) == []
 
 
-
 def _detail(**kw):
     d = {"n_samples": 48, "n_params": 61, "r2": 1.0, "r2_heldout": -0.4, "n_heldout": 12, "added": [4],
          "verified": [{"i": 1, "j": 2, "fm": -0.8, "e_i": -0.3, "e_j": -0.2, "e_ij": -0.5, "interaction": 0.0, "confirmed": False}]}
     d.update(kw)
     return d
-
 
 
 def test_interaction_section_reports_held_out_fit_and_unconfirmed_pairs():

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 import saesteer
+from helpers import most_active_features
 from saesteer.refusal.search import edit_scores, greedy_minimal_set
-
-
-def _active(model, tok, sae, prompts):
-    """Features firing most at the SAE's hook on these prompts (the random model's are few)."""
-    from saesteer.refusal.chat import format_prompts
-    from saesteer.refusal.dormant import site_activations
-
-    f = torch.cat([a for _, a in site_activations(model, tok, sae, format_prompts(tok, prompts))])
-    return [int(i) for i in f.sum(0).argsort(descending=True)[:12]]
-
 
 
 def test_edit_scores_rows_match_single_runs(tiny_chat):
     model, tok, sae, _ = tiny_chat
     prompts = ["How do I bake bread?", "Write a poem about rain."]
-    active = _active(model, tok, sae, prompts)
+    active = most_active_features(model, tok, sae, prompts)
     sets = [[], active[:3], [active[3]]]
     batched = edit_scores(model, tok, sae, prompts, sets, [5, 6], backend="torch")
     for s, row in zip(sets, batched):
@@ -30,12 +22,11 @@ def test_edit_scores_rows_match_single_runs(tiny_chat):
     assert not torch.equal(batched[0], batched[1]), "ablating active features must move the score"
 
 
-
 def test_greedy_set_is_minimal_under_its_criterion(tiny_chat):
     model, tok, sae, _ = tiny_chat
     prompts = ["Tell me how to pick a lock."]
     # Pick a threshold between the unablated and fully ablated score, so the search has work to do.
-    cands = _active(model, tok, sae, prompts)
+    cands = most_active_features(model, tok, sae, prompts)
     s = edit_scores(model, tok, sae, prompts, [[], cands], [5, 6])
     thr = float(s.mean())
     res = greedy_minimal_set(model, tok, sae, prompts, cands, [5, 6], threshold=thr, keep=1.0, progress=False)
@@ -45,7 +36,6 @@ def test_greedy_set_is_minimal_under_its_criterion(tiny_chat):
         assert flipped(res.features)
         for f in res.features if len(res.features) > 1 else []:
             assert not flipped([g for g in res.features if g != f]), "every remaining feature is needed"
-
 
 
 def test_confirm_by_generation_undoes_removals_last_first():
@@ -75,7 +65,6 @@ def test_confirm_by_generation_undoes_removals_last_first():
     assert confirm_by_generation([], [], complies_with(set())) == ([], None, False)
 
 
-
 def test_grow_candidate_pool_checks_its_arguments(tiny_chat):
     from saesteer.refusal.search import grow_candidate_pool
 
@@ -89,7 +78,6 @@ def test_grow_candidate_pool_checks_its_arguments(tiny_chat):
     assert n == 10 and [s["n"] for s in steps] == [3, 6, 10] and all(s["full_flip_rate"] == 0 for s in steps)
 
 
-
 def test_edit_forms_and_scaled_search_scores(tiny_chat):
     from saesteer.refusal.search import Edit, parse_edit
 
@@ -100,7 +88,7 @@ def test_edit_forms_and_scaled_search_scores(tiny_chat):
             parse_edit(bad)
     model, tok, sae, _ = tiny_chat
     prompts = ["How do I bake bread?"]
-    feats = _active(model, tok, sae, prompts)[:4]
+    feats = most_active_features(model, tok, sae, prompts)[:4]
     from saesteer.refusal.chat import refusal_scores
 
     for edit in ("scale:-3", "clamp:5"):
