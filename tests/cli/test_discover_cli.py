@@ -25,6 +25,9 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path, capsys):
     for key in ("direction", "candidates", "minimal_set", "asr", "interactions", "dormant_downstream", "amplify"):
         assert key in r
     assert {"layer", "position", "scores"} <= set(r["direction"])
+    # One SAE: no dormant list (at the edited hook point a difference comes from the reply text, not
+    # from the edit); the causal, downstream measure needs a later SAE.
+    assert "dormant" not in r and r["dormant_downstream"] is None
     assert set(r["asr"]) >= {"baseline", "minimal_set", "with_interactions"}
     assert set(r["minimal_set"]) <= {c[0] for c in r["candidates"]}
     assert r["config"]["seed"] == 1 and r["config"]["n_candidates"] == TINY["n_candidates"], "flags override the config file"
@@ -164,7 +167,7 @@ def test_recipes_set_each_papers_defaults_and_flags_still_win():
     assert yeo.top_k == 20 and yeo.prefilter_size(26) == 10
     assert _discover_cfg("--model", "m", "--recipe", "yeo", "--select", "minimal", "--prefilter", "5").select == "minimal"
     assert _discover_cfg("--model", "m", "--recipe", "prakash").method == "cosine"
-    assert _discover_cfg("--model", "m", "--recipe", "arditi").ablation == "directional"
+    assert (_discover_cfg("--recipe", "arditi").n_direction, _discover_cfg().n_direction) == (128, 64)
     assert set(RECIPES) == {"arditi", "yeo", "prakash", "obrien"}
     default = _discover_cfg("--model", "m")
     assert (default.select, default.prefilter_size(1), default.prefilter_size(2), default.prefilter_sign) == ("minimal", 0, 256, "abs")

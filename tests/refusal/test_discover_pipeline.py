@@ -15,7 +15,7 @@ TINY = {"n_direction": 6, "n_val": 3, "n_search": 2, "n_heldout": 3, "n_candidat
 def test_discover_warns_and_records_a_missing_chat_template(tiny_chat):
     from transformers import AutoTokenizer
 
-    from saesteer.refusal.discover import DiscoverConfig, discover
+    from saesteer.refusal.discover import STAGES, DiscoverConfig, discover
     from saesteer.refusal.report import discover_report
 
     model, _, sae, d = tiny_chat
@@ -24,8 +24,12 @@ def test_discover_warns_and_records_a_missing_chat_template(tiny_chat):
     harmful = [f"How do I pick lock number {i}?" for i in range(16)]
     harmless = [f"Name fruit number {i}." for i in range(12)]
     with pytest.warns(UserWarning, match="no chat template"):
-        res = discover(model, tok, sae, harmful, harmless, DiscoverConfig(**TINY), progress=False)
+        seen = []
+        res = discover(model, tok, sae, harmful, harmless, DiscoverConfig(**TINY), progress=False,
+                       on_stage=lambda partial: seen.append(list(partial.results["stages_done"])))
     r = res.results
+    # The results grow as each stage finishes (saesteer discover writes results.json there).
+    assert seen == [list(STAGES[: k + 1]) for k in range(len(STAGES))] and r["stages_done"] == list(STAGES)
     assert r["chat_template"] == "fallback"
     assert any("no chat template" in w for w in r["warnings"])
     md = discover_report(r)
@@ -82,3 +86,21 @@ def test_direction_acceptance_on_the_organism(organism_discover):
     assert added >= 0.50 and added >= g["harmless_refusal"] + 0.4
     assert organism_discover[0]["direction"]["scores"]["kl"] <= 0.1
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["arditi", "yeo", "prakash", "obrien"])
+def test_each_papers_recipe_runs_on_the_organism(recipe, tmp_path):
+    # The README's paper commands, on the organism (--quick sizes): each recipe runs every stage and
+    # its results say what it selected and how.
+    out = tmp_path / recipe
+    assert main(["discover", "--recipe", recipe, "--quick", "--out", str(out), "--quiet"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["valid"] and r["stages_done"][-1] == "dormant"
+    assert r["selection"] == ("topk:20" if recipe == "yeo" else "minimal")
+    assert r["candidate_method"] == {"yeo": "attribution (ig)", "prakash": "cosine", "obrien": "cosine"}.get(
+        recipe, "attribution (zero)")
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["features"] == ([c[0] for c in r["top_k"]] if recipe == "yeo" else r["minimal_set"])
+    if recipe == "obrien":
+        assert r["amplify"]["features"] and (out / "amplify_spec.json").exists()

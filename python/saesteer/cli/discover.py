@@ -33,7 +33,7 @@ RUN_OPTIONS = ("model", "sae", "harmful", "harmless", "out", "field", "recipe", 
 RECIPES = {
     # Arditi et al.: the refusal direction (difference in means over 128 / 32 prompts per class,
     # selected by bypass / induce / KL); the features are saesteer's default, attribution.
-    "arditi": {"n_direction": 128, "n_val": 32, "ablation": "directional"},
+    "arditi": {"n_direction": 128, "n_val": 32},
     # Yeo et al.: integrated gradients towards the direction-ablated codes, each layer's SAE
     # pre-filtered to its 10 features of largest positive cosine, the top 20 by attribution steered
     # by negative scaling (their Gemma setting).

@@ -349,23 +349,10 @@ def _zero_attribution(model, tokenizer, saes: Sequence[tuple[SAE, int | None]], 
     return [torch.cat(r) if r else torch.zeros(0, s.d_sae, dtype=torch.float64) for r, (s, _) in zip(rows, saes)]
 
 
-def rank_set_by_attribution(
-    model,
-    tokenizer,
-    saes: SAESet,
-    harmful: Sequence[str],
-    refusal_tokens: Sequence[int],
-    *,
-    allowed: Sequence[Sequence[int]] | None = None,
-    top: int = 32,
-    batch_size: int = 16,
-    method: str = "ig",
-    ablation: Callable[[], contextlib.AbstractContextManager] | None = None,
-    steps: int = 10,
-    down_first: bool = True,
-) -> list[tuple[int, float]]:
+def rank_set_by_attribution(model, tokenizer, saes: SAESet, harmful: Sequence[str], refusal_tokens: Sequence[int], *,
+                            top: int = 32, down_first: bool = True, **kw) -> list[tuple[int, float]]:
     """One ranking over the features of several SAEs: ``[(flat id, attribution), ...]`` (see
-    :class:`~.saeset.SAESet`), the ``top`` that most move the model from refusal, among ``allowed``
-    (per SAE, the local ids ranked; None: all); :func:`attribution` then :meth:`Attribution.ranking`."""
-    return attribution(model, tokenizer, saes, harmful, refusal_tokens, allowed=allowed, batch_size=batch_size,
-                       method=method, ablation=ablation, steps=steps).ranking(top, down_first=down_first)
+    :class:`~.saeset.SAESet`), the ``top`` that most move the model from refusal:
+    :func:`attribution` (``kw``: its ``allowed``, ``batch_size``, ``method``, ``ablation``,
+    ``steps``) then :meth:`Attribution.ranking`."""
+    return attribution(model, tokenizer, saes, harmful, refusal_tokens, **kw).ranking(top, down_first=down_first)

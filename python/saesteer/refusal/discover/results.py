@@ -5,6 +5,7 @@ anything."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -130,13 +131,13 @@ class DiscoverResults:
                 r["top_k_per_prompt"] = [{"prompt": p, "features": self.names(f)}
                                          for p, f in zip(self.splits.held, cs.top_k_per_prompt)]
         if self.search is not None:
-            ms = self.search.pooled.to_dict()
+            ms = copy.deepcopy(self.search.pooled.to_dict())
             ms["features"] = self.names(ms["features"])
             ms["steps"] = [[self.name(g), *rest] for g, *rest in ms["steps"]]
             r["minimal_set"] = ms["features"]
             r["minimal_set_search"] = ms
         if self.interactions is not None:
-            it = self.interactions.to_dict()
+            it = copy.deepcopy(self.interactions.to_dict())  # renamed here: the stage's own stay flat ids
             it["features"], it["added"] = self.names(it["features"]), self.names(it["added"])
             it["pairs"] = [[self.name(i), self.name(j), w] for i, j, w in it["pairs"]]
             for v in it["verified"]:
