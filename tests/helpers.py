@@ -167,3 +167,11 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
+def most_active_features(model, tok, sae, prompts, n: int = 12) -> list[int]:
+    """The ``n`` features firing most at the SAE's hook point over these chat-formatted prompts (a
+    random model's are few), summed over their tokens."""
+    from saesteer.refusal.chat import format_prompts
+    from saesteer.refusal.dormant import site_activations
+
+    f = torch.cat([a for _, a in site_activations(model, tok, sae, format_prompts(tok, prompts))])
+    return [int(i) for i in f.sum(0).argsort(descending=True)[:n]]

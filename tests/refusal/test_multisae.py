@@ -14,8 +14,8 @@ from saesteer.cli.common import expand_sae_refs
 from saesteer.hf import capture
 from saesteer.refusal.chat import refusal_scores
 from saesteer.refusal.features import rank_by_attribution, rank_set_by_attribution
-from saesteer.refusal.search import ablation_scores, parse_edit
-from saesteer.refusal.sites import SAESet
+from saesteer.refusal.search import edit_scores, parse_edit
+from saesteer.refusal.saeset import SAESet
 from saesteer.refusal.spec import SteeringSpec
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "Write a poem about rain."]
@@ -86,9 +86,9 @@ def test_set_edits_apply_at_both_layers_as_one_steer_list(tiny_chat):
     torch.testing.assert_close(only_b[0], base[0], rtol=0, atol=0)
     # Batched rows (one set per row) score as each set alone.
     sets = [[], feats, [96 + i for i in b]]
-    batched = ablation_scores(model, tok, s, PROMPTS, sets, [5, 6])
+    batched = edit_scores(model, tok, s, PROMPTS, sets, [5, 6])
     for st, row in zip(sets, batched):
-        torch.testing.assert_close(row, ablation_scores(model, tok, s, PROMPTS, [st], [5, 6])[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(row, edit_scores(model, tok, s, PROMPTS, [st], [5, 6])[0], atol=1e-5, rtol=1e-5)
 
 
 def test_joint_zero_attribution_is_each_features_first_order_effect_across_layers(tiny_chat):

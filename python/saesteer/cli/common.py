@@ -440,8 +440,10 @@ def load_model_saes(args, refs: list[str]):
                              "this SAE was trained on another model")
         if sae.hook_layer is None:
             raise ValueError(f"--sae: {ref!r} has no hook_name with a layer; with several SAEs each needs its own")
-        if n_layers is not None and not 0 <= sae.hook_layer < n_layers:
-            raise ValueError(f"--sae: {ref!r} reads layer {sae.hook_layer}, out of range; the model has {n_layers} decoder layers")
+        if n_layers is not None:
+            from ..hf.layers import check_layer
+
+            check_layer(sae.hook_layer, n_layers, f"--sae: {ref!r} reads layer")
         layers.append(sae.hook_layer)
     model, tok = _model_weights(args, org, device)
     return model, tok, saes, layers, name
@@ -491,8 +493,10 @@ def load_model(args, spec=None):
     layer, where = _layer_source(args, spec, sae, sae_flag)
     if layer is None:
         raise ValueError(f"--layer: {sae_flag} has no hook_name with a layer; pass --layer L")
-    if n_layers is not None and not 0 <= layer < n_layers:
-        raise ValueError(f"{where} {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
+    if n_layers is not None:
+        from ..hf.layers import check_layer
+
+        check_layer(layer, n_layers, where.rstrip(":"))
     model, tok = _model_weights(args, org, device)
     if spec is not None:
         spec.layer = layer if sae.hook_layer != layer else spec.layer

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .common import (add_model_args, check_output, check_run_args, expand_sae_refs, load_model, load_model_saes,
                      organism_capability_task, organism_search_prompts)
 
-__all__ = ["register", "config_from_args", "search_inputs"]
+__all__ = ["register", "config_from_args", "search_inputs", "read_config_file", "RECIPES"]
 
 #: On the built-in organism (no ``--model``) the direction's sample sizes are its own, smaller than
 #: the 128 / 32 per class real models get, and its candidates come from zero-ablation attribution:
@@ -24,32 +24,121 @@ QUICK = {"n_direction": 16, "n_val": 8, "n_search": 6, "n_heldout": 8, "n_candid
          "per_prompt": 1, "max_new_tokens": 12, "max_candidates": 48}
 
 
+#: Options of a config file that are the run's, not the search's: a file may set them where the
+#: command line does not.
+RUN_OPTIONS = ("model", "sae", "harmful", "harmless", "out", "field", "recipe", "limit")
+
+#: ``--recipe``: each paper's defaults (docs/recipes.md says what each differs in and why). A
+#: recipe sets these before ``--config`` and the flags, which still win.
+RECIPES = {
+    # Arditi et al.: the refusal direction (difference in means over 128 / 32 prompts per class,
+    # selected by bypass / induce / KL); the features are saesteer's default, attribution.
+    "arditi": {"n_direction": 128, "n_val": 32},
+    # Yeo et al.: integrated gradients towards the direction-ablated codes, each layer's SAE
+    # pre-filtered to its 10 features of largest positive cosine, the top 20 by attribution steered
+    # by negative scaling (their Gemma setting).
+    "yeo": {"method": "attribution", "attribution": "ig", "prefilter": 10, "prefilter_sign": "positive",
+            "select": "topk:20", "edit": "scale:-3"},
+    # Prakash et al.: candidates are the SAE features nearest the refusal direction (cosine), the
+    # greedy minimal set, and a factorization machine over it and more of the active features.
+    "prakash": {"method": "cosine", "select": "minimal", "fm_extra": 64},
+    # O'Brien et al.: the refusal feature(s) to clamp high (amplify_spec.json), found from the
+    # cosine candidates the minimal set is searched among.
+    "obrien": {"method": "cosine", "select": "minimal"},
+}
+
+
+def read_config_file(path) -> dict:
+    """The options a ``--config`` file (JSON, YAML or TOML; optionally under a ``discover`` key)
+    sets, each checked against its :class:`~saesteer.refusal.discover.DiscoverConfig` field's type;
+    raises ValueError naming ``--config``, the file and the option."""
+    import json
+    from dataclasses import fields
+    from pathlib import Path
+
+    from ..refusal.discover import DiscoverConfig
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ValueError(f"--config: cannot read {p} ({e.strerror or e})") from None
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        elif p.suffix.lower() == ".toml":
+            import tomllib
+
+            d = tomllib.loads(text)
+        else:
+            d = json.loads(text)
+    except Exception as e:  # json, yaml and toml each raise their own error type
+        raise ValueError(f"--config: {p}: not valid {p.suffix.lstrip('.').upper() or 'JSON'} ({e})") from None
+    if isinstance(d, dict) and isinstance(d.get("discover"), dict):
+        d = d["discover"]
+    if not isinstance(d, dict):
+        raise ValueError(f"--config: {p}: expected a mapping of options, got {type(d).__name__}")
+    defaults = DiscoverConfig()
+    types = {f.name: type(getattr(defaults, f.name)) for f in fields(DiscoverConfig)}
+    unknown = set(d) - set(types) - set(RUN_OPTIONS)
+    if unknown:
+        raise ValueError(f"--config: {p}: unknown options {sorted(unknown)}")
+    for k, v in d.items():
+        want = types.get(k)
+        if k in ("layer", "prefilter"):
+            ok, what = v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"
+        elif k == "limit":
+            ok, what = isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"
+        elif k in RUN_OPTIONS:
+            ok, what = isinstance(v, str) or (k == "sae" and isinstance(v, list) and all(isinstance(x, str) for x in v)), "a string"
+        elif want is bool:
+            ok, what = isinstance(v, bool), "true or false"
+        elif want is int:
+            ok, what = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        elif want is float:
+            ok, what = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+        else:
+            ok, what = isinstance(v, str), "a string"
+        if not ok:
+            raise ValueError(f"--config: {p}: {k}: expected {what}, got {v!r}")
+        if k == "recipe" and v not in RECIPES:
+            raise ValueError(f"--config: {p}: recipe: expected one of {', '.join(RECIPES)}, got {v!r}")
+    return {k: (float(v) if types.get(k) is float else v) for k, v in d.items()}
+
+
 def config_from_args(args):
-    """The :class:`~saesteer.refusal.discover.DiscoverConfig` of the defaults (``--quick``'s small
-    sizes, else the config's own), then what ``--config`` sets, then the flags: what is given
-    explicitly always wins over ``--quick``."""
+    """The :class:`~saesteer.refusal.discover.DiscoverConfig` of the defaults (the organism's own
+    sizes without ``--model``, ``--quick``'s small sizes), then the recipe's (``--recipe``), then
+    what ``--config`` sets, then the flags: what is given explicitly always wins."""
     from dataclasses import fields
 
     from ..refusal.discover import DiscoverConfig
 
     _check_flags(args)
     cfg = DiscoverConfig()
+    opts = read_config_file(args.config) if args.config else {}
+    layers = []
     if getattr(args, "model", None) is None:
-        for k, v in ORGANISM.items():
-            setattr(cfg, k, v)
+        layers.append(ORGANISM)
     if args.quick:
-        for k, v in QUICK.items():
+        layers.append(QUICK)
+    recipe = getattr(args, "recipe", None) or opts.get("recipe")
+    if recipe:
+        layers.append(RECIPES[recipe])
+    names = {f.name for f in fields(DiscoverConfig)}
+    layers.append({k: v for k, v in opts.items() if k in names})  # every option the file names, a default value too
+    for layer in layers:
+        for k, v in layer.items():
             setattr(cfg, k, v)
-    if args.config:  # every option the file names, a default value too
-        names = {f.name for f in fields(DiscoverConfig)}
-        for k, v in DiscoverConfig.read_options(args.config).items():
-            if k in names:
-                setattr(cfg, k, v)
     for name in ("n_candidates", "method", "seed", "layer", "max_new_tokens", "ablation", "attribution", "ig_steps", "edit",
-                 "prefilter"):
+                 "prefilter", "prefilter_sign", "select"):
         v = getattr(args, name, None)
         if v is not None:
             setattr(cfg, name, v)
+    if getattr(args, "force", False):
+        cfg.force = True
     if args.backend != "auto":
         cfg.backend = args.backend
     if getattr(args, "skip_bos", None) is False:
@@ -60,16 +149,10 @@ def config_from_args(args):
 
 def config_run_options(args) -> None:
     """Fill the run's flags (``--model``, ``--sae``, ``--harmful``, ``--harmless``, ``--out``,
-    ``--field``) from ``--config`` where the command line does not give them."""
+    ``--field``, ``--recipe``, ``--limit``) from ``--config`` where the command line does not give them."""
     if args.config:
-        from pathlib import Path
-
-        from ..refusal.discover import DiscoverConfig
-
-        if not Path(args.config).expanduser().is_file():
-            raise FileNotFoundError(f"--config: {args.config!r} is not a file (expected a YAML, TOML or JSON file of options)")
-        opts = DiscoverConfig.read_options(args.config)
-        for k in DiscoverConfig.RUN_OPTIONS:
+        opts = read_config_file(args.config)
+        for k in RUN_OPTIONS:
             if k in opts and getattr(args, k, None) in (None, []):
                 setattr(args, k, [opts[k]] if k == "sae" and isinstance(opts[k], str) else opts[k])
     if args.out is None:
@@ -86,8 +169,10 @@ def _check_flags(args) -> None:
             args.edit = str(parse_edit(args.edit))
         except ValueError as e:
             raise ValueError(f"--edit: {str(e).removeprefix('edit: ')}") from None
-    if getattr(args, "ig_steps", None) is not None and args.ig_steps < 1:
-        raise ValueError(f"--ig-steps: expected an integer >= 1, got {args.ig_steps}")
+    for flag in ("ig_steps", "limit"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {v}")
 
 
 def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, list[str] | None]:
@@ -98,6 +183,12 @@ def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, li
 
     harmful = load_prompts(args.harmful, args.field) if args.harmful else shipped_prompts("harmful")
     harmless = load_prompts(args.harmless, args.field) if args.harmless else shipped_prompts("harmless")
+    limit = getattr(args, "limit", None)
+    if limit:  # a seeded sample across each file, not its first rows
+        import random
+
+        harmful, harmless = (xs if len(xs) <= limit else random.Random(cfg.seed).sample(list(xs), limit)
+                             for xs in (harmful, harmless))
     if args.model is None and not args.harmful and not args.harmless:
         n_harmful = cfg.n_direction + cfg.n_val + cfg.n_search
         n_harmless = cfg.n_direction + cfg.n_val
@@ -119,8 +210,8 @@ def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, li
 
 def _run(args) -> int:
     from ..refusal.discover import discover
-    from ..refusal.report import feature_text, write_discover_outputs
-    from ..refusal.sites import SAESet
+    from ..refusal.report import feature_text, write_discover_outputs, write_json
+    from ..refusal.saeset import SAESet
     from ..refusal.spec import absolute_ref
 
     # Cheap checks first: flags, the SAE references, the output directory, prompt files, then the
@@ -139,22 +230,42 @@ def _run(args) -> int:
         args.sae = refs[0] if refs else None
         model, tok, sae, _, _ = load_model(args)
     capability = organism_capability_task(args.capability) if args.model is None and args.capability else None
+
+    def checkpoint(partial) -> None:  # results.json grows as each stage finishes
+        write_json(out / "results.json", partial.results)
+
     res = discover(model, tok, sae, harmful, harmless, cfg, capability=capability,
-                   heldout_harmful=held_h, heldout_harmless=held_l, progress=not args.quiet)
+                   heldout_harmful=held_h, heldout_harmless=held_l, progress=not args.quiet, on_stage=checkpoint)
+    r = res.results
+    if r.get("stopped"):
+        write_json(out / "results.json", r)
+        print(f"{r['stopped']}; wrote {out / 'results.json'} (valid: false; --force runs every stage anyway)")
+        return 1
     # spec.json names the model and SAE absolutely, so eval / generate find them from any directory.
-    res.spec.model = absolute_ref(args.model) if args.model else "organism"
+    model_ref = absolute_ref(args.model) if args.model else "organism"
+    for spec in (res.spec, res.amplify_spec):
+        if spec is not None:
+            spec.model = model_ref
     sae_ref = None if len(refs) > 1 else (absolute_ref(args.sae) if args.sae else "organism")
     written = write_discover_outputs(res, out, sae_ref)
-    r = res.results
     if not r["valid"]:
         print("WARNING: these results are not meaningful:")
     for w in r["warnings"]:
         print(f"WARNING: {w}")
+    print(f"unsteered: {r['refusal_check']['refused']}/{r['refusal_check']['n_prompts']} held-out harmful prompts refused")
     print(f"direction: layer {r['direction']['layer']} position {r['direction']['position']}")
     print(f"minimal set ({len(r['minimal_set'])}): [{', '.join(map(feature_text, r['minimal_set']))}]")
-    print(f"ASR baseline {r['asr']['baseline']:.0%} -> minimal set {r['asr']['minimal_set']:.0%} -> with interactions {r['asr']['with_interactions']:.0%}")
-    dg = r["asr"]["degenerate"]
+    if r.get("top_k"):
+        print(f"top {len(r['top_k'])} by attribution (spec.json): [{', '.join(feature_text(c[:-1] if len(c) > 2 else c[0]) for c in r['top_k'])}]")
+    a = r["asr"]
+    print(f"ASR baseline {a['baseline']:.0%} -> minimal set {a['minimal_set']:.0%} -> with interactions {a['with_interactions']:.0%}"
+          + (f"; top k {a['top_k']:.0%}, each prompt's own top k {a['top_k_per_prompt']:.0%}" if "top_k" in a else "")
+          + f" ({a['max_new_tokens']} new tokens, substring judge)")
+    dg = a["degenerate"]
     print(f"  of which degenerate replies: {dg['baseline']:.0%} -> {dg['minimal_set']:.0%} -> {dg['with_interactions']:.0%}")
+    if r.get("amplify", {}).get("features"):
+        print(f"refusal feature(s) to amplify: [{', '.join(map(feature_text, r['amplify']['features']))}] "
+              f"(clamp values {', '.join(f'{v:.2f}' for v in r['amplify']['values'])}; amplify_spec.json)")
     for x in r.get("dormant_downstream") or []:
         print(f"dormant downstream: {len(x['dormant'])} features of {x['read']} wake with {x['edited']}'s part edited "
               f"(its codes change {x['mean_abs_change']:.0%}, {x['n_silenced']} features silenced)")
@@ -176,6 +287,21 @@ def register(sub) -> None:
                                    "messages, conversation or turns)")
     p.add_argument("--out", help="output directory (required here or in --config)")
     p.add_argument("--config", help="YAML/TOML/JSON file with any option; flags override it")
+    p.add_argument("--recipe", choices=tuple(RECIPES),
+                   help="a paper's defaults (docs/recipes.md): arditi, yeo (IG, 10 per layer by positive cosine, top 20, "
+                        "scale:-3), prakash (cosine candidates, minimal set), obrien (the refusal feature to amplify); "
+                        "--config and the flags override it")
+    p.add_argument("--limit", type=int,
+                   help="use at most N prompts of each of --harmful / --harmless, a seeded sample across the file")
+    p.add_argument("--select",
+                   help="what spec.json holds: minimal (the greedy minimal set, Prakash et al.; default) or topk:K "
+                        "(Yeo et al.'s top K by attribution, e.g. topk:20; the ASR is also measured with each held-out "
+                        "prompt's own top K)")
+    p.add_argument("--prefilter-sign", dest="prefilter_sign", choices=("abs", "positive"),
+                   help="the pre-filter ranks decoder rows by |cosine| (default) or by cosine (positive; Yeo et al.)")
+    p.add_argument("--force", action="store_true",
+                   help="run every stage even when the model refuses fewer than 10%% of the held-out harmful prompts "
+                        "(by default discover stops there: nothing to jailbreak)")
     p.add_argument("--n-candidates", dest="n_candidates", type=int,
                    help="candidate features the greedy search starts from, best ranked first (default 48; --quick 12)")
     p.add_argument("--method", choices=("attribution", "cosine"),
@@ -185,8 +311,8 @@ def register(sub) -> None:
                         "direction ablated (Yeo et al.; the default with --model) or the first-order effect of "
                         "zero-ablating each feature (the default on the built-in organism)")
     p.add_argument("--prefilter", type=int,
-                   help="with several --sae: each SAE's candidates are first its N features of largest |cosine| to the "
-                        "refusal direction at its own layer (default 256; 0: all)")
+                   help="each SAE's candidates are first its N features of largest cosine (see --prefilter-sign) to the "
+                        "refusal direction at its own layer (default: 256 with several --sae, none with one; 0: none)")
     p.add_argument("--ig-steps", dest="ig_steps", type=int, help="integrated-gradient steps (default 10)")
     p.add_argument("--edit",
                    help="what the search, the interactions and the ASR do to a feature set: ablate (default), "

@@ -37,7 +37,7 @@ from .directions import add_direction, affine_ablation, directional_ablation
 from .orthogonalize import load_direction, orthogonalize, save_orthogonalized
 from .handle import SAEEdit, SteeringHandle, attach, steer
 from .inspection import Inspection, contrast, inspect
-from .layers import HOOK_POINTS, LAYER_PATHS, find_layers, hidden_size, hook_name, hook_point, parse_hook
+from .layers import HOOK_POINTS, LAYER_PATHS, check_layer, find_layers, hidden_size, hook_name, hook_point, parse_hook
 from .positions import POSITIONS, PositionTracker
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "find_layers",
     "hidden_size",
     "hook_point",
+    "check_layer",
     "hook_name",
     "parse_hook",
     "HOOK_POINTS",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .handle import SteeringHandle
-from .layers import find_layers, hidden_size, module_device
+from .layers import check_layer, find_layers, hidden_size, module_device
 
 __all__ = ["directional_ablation", "add_direction", "affine_ablation"]
 
@@ -128,12 +128,7 @@ def _layer_input_edit(model, layers, layer, coeff: float, positions, make_edit) 
     """One edit at the input of decoder layer ``layer`` with an updatable ``handle.coeff``;
     ``make_edit(coeff_tensor, device)`` builds it."""
     owner, blocks = find_layers(model, layers)
-    n = len(blocks)
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer: expected an int, got {type(layer).__name__}")
-    if not -n <= layer < n:
-        raise ValueError(f"layer: {layer} is out of range; the model has {n} decoder layers (0..{n - 1})")
-    layer %= n
+    layer = check_layer(layer, len(blocks), negative=True)
     device = module_device(blocks[layer], module_device(model, torch.device("cpu")))
     coeff_t = torch.tensor(float(coeff), dtype=torch.float32, device=device)
     handle = SteeringHandle(model, owner, positions, coeff=coeff_t)

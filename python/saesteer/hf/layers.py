@@ -114,6 +114,18 @@ def hook_name(layer: int, kind: str) -> str:
     return f"blocks.{layer}.hook_{kind}"
 
 
+def check_layer(layer, n_layers: int, name: str = "layer", *, negative: bool = False) -> int:
+    """``layer`` as an index in ``[0, n_layers)``, or an error naming ``name`` (as the user gave it,
+    e.g. ``--layer``, or a phrase like ``"--sae 'x' reads layer"``). ``negative``: count from the
+    end too (``-1`` is the last layer)."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"{name}: expected an int, got {type(layer).__name__}")
+    low = -n_layers if negative else 0
+    if not low <= layer < n_layers:
+        raise ValueError(f"{name}: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
+    return layer % n_layers
+
+
 def hook_point(sae, n_layers: int, layer: int | None = None, hook: str | None = None) -> tuple[int, str]:
     """The ``(layer index in [0, n_layers), "resid_pre"|"resid_post")`` an SAE applies at.
 
@@ -139,11 +151,7 @@ def hook_point(sae, n_layers: int, layer: int | None = None, hook: str | None = 
         name_layer, name_kind = parse_hook(name)
         layer = name_layer if layer is None else layer
         kind = name_kind if kind is None else kind
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer: expected an int, got {type(layer).__name__}")
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"layer: {layer} is out of range; the model has {n_layers} decoder layers (0..{n_layers - 1})")
-    return layer % n_layers, kind
+    return check_layer(layer, n_layers, negative=True), kind
 
 
 def module_device(module: nn.Module, default: torch.device) -> torch.device:

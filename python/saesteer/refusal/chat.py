@@ -11,6 +11,7 @@ model's own refusals: the first tokens of its replies that the judge calls refus
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections import Counter
 from typing import Callable, ContextManager, Sequence
@@ -158,6 +159,15 @@ def generate(
 
 
 @torch.no_grad()
+def last_logits(model, enc) -> torch.Tensor:
+    """Logits ``[B, vocab]`` at the last position of the batch ``enc``; only that position goes
+    through the LM head when the model takes ``logits_to_keep`` (HF causal LMs do), which on a
+    small model with a large vocabulary is most of a forward's cost."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(**enc, logits_to_keep=1).logits[:, -1]
+    return model(**enc).logits[:, -1]
+
+
 def last_token_logits(model, tokenizer, instructions: Sequence[Prompt], batch_size: int = 32, steering: SteeringFactory | None = None) -> torch.Tensor:
     """Logits ``[N, vocab]`` (float32) at the last prompt position of each chat-formatted instruction."""
     texts = format_prompts(tokenizer, instructions)  # errors name the index in ``instructions``
@@ -166,8 +176,7 @@ def last_token_logits(model, tokenizer, instructions: Sequence[Prompt], batch_si
         enc = tokenize_texts(tokenizer, texts[b : b + batch_size], model_device(model))
         ctx = steering() if steering is not None else contextlib.nullcontext()
         with ctx:
-            logits = model(**enc).logits
-        outs.append(logits[:, -1].float().cpu())
+            outs.append(last_logits(model, enc).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 
 

@@ -30,10 +30,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..hf import add_direction, affine_ablation, directional_ablation, find_layers, hook_name, intercept
+from ..hf import affine_ablation, directional_ablation, find_layers, hook_name, intercept
+from ..hf.directions import residual_writers
+from ..hf.handle import SteeringHandle
 from ..hf.handle import bos_token_id
 from ..hf.positions import bos_mask
-from .chat import last_token_logits, post_instruction_positions, refusal_scores, refusal_scores_from_logits, tokenize_prompts
+from .chat import last_logits, last_token_logits, post_instruction_positions, refusal_scores, refusal_scores_from_logits, tokenize_prompts
 
 __all__ = ["mean_activations", "candidate_directions", "score_candidates", "select_direction", "ablation_handle",
            "DirectionResult", "filter_by_refusal"]
@@ -70,7 +72,7 @@ def mean_activations(model, tokenizer, instructions: Sequence[str], n_positions:
                 w = torch.cat([torch.zeros(w.shape[0], n_positions - w.shape[1], dtype=w.dtype, device=w.device), w], 1)
             keep["w"] = w
             count += w.sum(0).cpu()
-            model(**enc)
+            last_logits(model, enc)  # the hooks read the stream; only the last position's logits are computed
     return torch.stack(sums) / count.clamp_min(1)[None, :, None]  # type: ignore[arg-type]
 
 
@@ -142,6 +144,74 @@ def ablation_handle(model, kind: str, direction: torch.Tensor, reference: torch.
     return directional_ablation(model, direction)
 
 
+class _RowEdit:
+    """Per batch row ``b``: ``x - ((x . r_b) - c_b) r_b + v_b`` (a unit ``r_b`` or 0, ``c_b``, ``v_b``
+    or 0), computed in float32: directional or affine ablation and activation addition, a
+    different candidate direction on each row of one forward."""
+
+    def __init__(self, r: torch.Tensor | None, c: torch.Tensor | None, v: torch.Tensor | None):
+        self.r, self.c, self.v = r, c, v
+
+    def __call__(self, x, mask):
+        xf = x.float()
+        y = xf
+        if self.r is not None:
+            proj = (xf * self.r[:, None, :]).sum(-1, keepdim=True)
+            if self.c is not None:
+                proj = proj - self.c[:, None, None]
+            y = y - proj * self.r[:, None, :]
+        if self.v is not None:
+            y = y + self.v[:, None, :]
+        y = y.to(x.dtype)
+        return y if mask is None else torch.where(mask.unsqueeze(-1), y, x)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One group of batch rows: the prompts of one set under one candidate's edit. ``op``:
+    ``"directional"`` (ablated everywhere), ``"affine"`` (at its layer's input) or ``"add"``."""
+
+    layer: int
+    position: int
+    op: str
+
+
+def _row_edits(model, rows: Sequence[_Row], n_prompts: int, candidates: torch.Tensor, harmless_means: torch.Tensor | None):
+    """One steering handle with every row group's edit on its own ``n_prompts`` batch rows."""
+    owner, blocks = find_layers(model)
+    device = next(model.parameters()).device
+    B, d = len(rows) * n_prompts, candidates.shape[-1]
+    zeros = lambda: torch.zeros(B, d, dtype=torch.float32)  # noqa: E731
+    r_all = zeros()  # directional ablation: every layer's input and every writer's output
+    at_layer: dict[int, list[torch.Tensor]] = {}  # layer -> [r, c, v] at its input only
+    for k, row in enumerate(rows):
+        sl = slice(k * n_prompts, (k + 1) * n_prompts)
+        raw = candidates[row.layer, row.position].float()
+        if row.op == "directional":
+            r_all[sl] = raw / raw.norm()
+            continue
+        r, c, v = at_layer.setdefault(row.layer, [zeros(), torch.zeros(B), zeros()])
+        if row.op == "add":
+            v[sl] = raw
+        else:  # affine: the projection on r set to the harmless mean's
+            unit = raw / raw.norm()
+            r[sl] = unit
+            c[sl] = float(harmless_means[row.layer, row.position].float() @ unit)
+    handle = SteeringHandle(model, owner, "all")
+    any_dir = bool(r_all.abs().sum() > 0)
+    r_all = r_all.to(device)
+    for i, block in enumerate(blocks):
+        if any_dir:
+            edit = _RowEdit(r_all, None, None)
+            handle.add(block, True, device, edit, (i, "resid_pre"))
+            for m in residual_writers(block):
+                handle.add(m, False, device, edit)
+        if i in at_layer:
+            r, c, v = (t.to(device) for t in at_layer[i])
+            handle.add(block, True, device, _RowEdit(r, c, v), (i, "resid_pre"))
+    return handle.register()
+
+
 def score_candidates(
     model,
     tokenizer,
@@ -157,12 +227,17 @@ def score_candidates(
     ablations: Sequence[str] = ("directional",),
     harmless_means: torch.Tensor | None = None,
     stop_at_passing: bool = False,
+    max_rows: int | None = None,
 ) -> tuple[list[dict], dict]:
     """Arditi's three scores for every (layer, position) candidate below ``max_layer_frac`` of depth,
     one row per candidate and ablation kind (``"affine"`` needs ``harmless_means``; see the module
     docstring). With ``stop_at_passing`` the next kind is scored only if no candidate passed the
     filters with the previous one. The baselines and ``induce`` (which no ablation changes) are
-    computed once."""
+    computed once.
+
+    Candidates are scored in batches: each prompt set is tokenized once, and one forward holds
+    several candidates' edits, each on its own copy of the prompts (up to ``max_rows`` batch rows,
+    default ``4 * batch_size``); only the last position goes through the LM head."""
     for kind in ablations:
         if kind not in ABLATIONS:
             raise ValueError(f"ablation: expected one of {ABLATIONS}, got {kind!r}")
@@ -179,30 +254,54 @@ def score_candidates(
     # Layers past max_layer_frac are excluded by the selection anyway: don't pay for scoring them.
     todo = [(l, p) for l in range(min(max_layer, n_layers)) for p in range(n_pos)] or [(0, p) for p in range(n_pos)]
     todo = [(l, p) for l, p in todo if float(candidates[l, p].norm()) != 0.0]
+    device = next(model.parameters()).device
+    enc_h = tokenize_prompts(tokenizer, list(harmful_val), device)
+    enc_l = tokenize_prompts(tokenizer, list(harmless_val), device)
+    nh, nl = len(harmful_val), len(harmless_val)
+    max_rows = max_rows or 4 * batch_size
+
+    def run(enc, n, rows: list[_Row]) -> torch.Tensor:
+        """Last-position logits ``[len(rows), n, vocab]``, each row group under its edit."""
+        out = []
+        per = max(1, max_rows // max(n, 1))
+        for b in range(0, len(rows), per):
+            chunk = rows[b : b + per]
+            batch = {k: v.repeat(len(chunk), 1) for k, v in enc.items()}
+            with _row_edits(model, chunk, n, candidates, harmless_means):
+                out.append(last_logits(model, batch).float().cpu().view(len(chunk), n, -1))
+        return torch.cat(out)
+
     rows, induce = [], {}
     for kind in ablations:
         kind_rows = []
-        for l, p in tqdm(todo, desc=f"score directions ({kind})", disable=not progress, leave=False):
-            r = candidates[l, p].float()
-            ref = harmless_means[l, p].float() if harmless_means is not None else None
-            abl = lambda: ablation_handle(model, kind, r, ref, l)  # noqa: E731
-            bypass = float(refusal_scores_from_logits(last_token_logits(model, tokenizer, harmful_val, batch_size, abl), refusal_tokens).mean())
-            kl = _kl(base_harmless, last_token_logits(model, tokenizer, harmless_val, batch_size, abl))
-            if (l, p) not in induce:
-                add = lambda: add_direction(model, r, l, 1.0)  # noqa: E731
-                induce[l, p] = float(refusal_scores_from_logits(last_token_logits(model, tokenizer, harmless_val, batch_size, add), refusal_tokens).mean())
-            kind_rows.append(
-                {
-                    "layer": l,
-                    "position": p - n_pos,
-                    "ablation": kind,
-                    "bypass": bypass,
-                    "induce": induce[l, p],
-                    "kl": kl,
-                    "eligible": l < max_layer,
-                    "passes": l < max_layer and induce[l, p] > 0 and kl <= kl_max,
-                }
-            )
+        # Candidates per step: enough for one forward of the harmless set (ablated and added).
+        step = max(1, max_rows // max(2 * nl, 1))
+        bar = tqdm(total=len(todo), desc=f"score directions ({kind})", unit="candidate", disable=not progress, leave=False)
+        for b in range(0, len(todo), step):
+            chunk = todo[b : b + step]
+            abl = [_Row(l, p, kind) for l, p in chunk]
+            add = [_Row(l, p, "add") for l, p in chunk if (l, p) not in induce]
+            bypass = refusal_scores_from_logits(run(enc_h, nh, abl).flatten(0, 1), refusal_tokens).view(len(chunk), nh).mean(1)
+            harmless = run(enc_l, nl, abl + add)
+            for k, (l, p) in enumerate(chunk):
+                kl = _kl(base_harmless, harmless[k])
+                if (l, p) not in induce:
+                    induce[l, p] = float(refusal_scores_from_logits(harmless[len(abl) + add.index(_Row(l, p, "add"))],
+                                                                    refusal_tokens).mean())
+                kind_rows.append(
+                    {
+                        "layer": l,
+                        "position": p - n_pos,
+                        "ablation": kind,
+                        "bypass": float(bypass[k]),
+                        "induce": induce[l, p],
+                        "kl": kl,
+                        "eligible": l < max_layer,
+                        "passes": l < max_layer and induce[l, p] > 0 and kl <= kl_max,
+                    }
+                )
+            bar.update(len(chunk))
+        bar.close()
         rows += kind_rows
         if stop_at_passing and any(r["passes"] for r in kind_rows):
             break

@@ -30,14 +30,14 @@ from typing import Callable, Sequence
 import torch
 
 from .. import reference
-from ..hf import find_layers, hook_name, intercept, parse_hook
+from ..hf import find_layers, hook_name, hook_point, intercept
 from ..hf.handle import bos_token_id
 from ..hf.positions import bos_mask
 from ..sae import SAE
-from .sites import SAESet
+from .saeset import SAESet
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
 
-__all__ = ["rank_by_cosine", "rank_by_attribution", "rank_set_by_attribution", "hook_module", "site", "capture_site", "site_residuals",
+__all__ = ["rank_by_cosine", "rank_by_attribution", "rank_set_by_attribution", "attribution", "Attribution", "hook_module", "site", "capture_site", "site_residuals",
            "integrated_gradients", "IGResult", "ATTRIBUTIONS"]
 
 ATTRIBUTIONS = ("ig", "zero")
@@ -57,23 +57,16 @@ def rank_by_cosine(sae: SAE, direction: torch.Tensor, top: int = 32) -> list[tup
 def hook_module(model, sae: SAE, layer: int | None = None):
     """``(module, is_pre)``: the module whose output (resid_post) or input (resid_pre) the SAE reads."""
     _, blocks = find_layers(model)
-    hook = sae.hook_name or ""
-    if hook:
-        parse_hook(hook)  # only the residual stream: an SAE on another hook point is refused before any work
-    if layer is None:
-        layer = sae.hook_layer
-    if layer is None:
-        raise ValueError("layer: the SAE has no hook_name with a layer; pass layer=")
-    if not 0 <= layer < len(blocks):
-        raise ValueError(f"layer: {layer} is out of range; the model has {len(blocks)} decoder layers")
-    return blocks[layer], hook.endswith("hook_resid_pre")
+    idx, kind = site(model, sae, layer)
+    return blocks[idx], kind == "resid_pre"
 
 
 def site(model, sae: SAE, layer: int | None = None) -> tuple[int, str]:
     """``(layer, "resid_pre"|"resid_post")``: the hook point the SAE reads (``layer`` overrides its
-    hook's layer), checked against the model's layers."""
-    hook_module(model, sae, layer)
-    return (sae.hook_layer if layer is None else layer), ("resid_pre" if (sae.hook_name or "").endswith("hook_resid_pre") else "resid_post")
+    hook's layer; an SAE without a hook name reads a layer's output), checked against the model's
+    layers by :func:`saesteer.hf.hook_point`."""
+    _, blocks = find_layers(model)
+    return hook_point(sae, len(blocks), layer, None if sae.hook_name else "resid_post")
 
 
 @contextlib.contextmanager
@@ -196,6 +189,97 @@ def integrated_gradients(
     return IGResult(torch.cat(attrs), torch.cat(counts), torch.cat(m0s), torch.cat(m1s), torch.cat(deltas))
 
 
+@dataclass
+class Attribution:
+    """Attributions of the features of an :class:`~.saeset.SAESet` (flat ids): ``per_prompt
+    [N, d_sae]`` (float64; ``"ig"``: each prompt's rise of the metric towards the steered token,
+    averaged over its positions; ``"zero"``: each feature's first-order effect on the refusal score
+    when zero-ablated, summed over positions), ``method``, and for ``"ig"`` ``turned_down [d_sae]``:
+    the features the direction's ablation lowers. ``allowed``: the flat ids ranked (None: all)."""
+
+    per_prompt: torch.Tensor
+    method: str
+    turned_down: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The attribution averaged over prompts, ``[d_sae]``."""
+        return self.per_prompt.mean(0)
+
+    def _key(self, attr: torch.Tensor) -> torch.Tensor:
+        """Larger is more refusal removed: ig's rise of the metric, zero's fall of the refusal score."""
+        key = attr if self.method == "ig" else -attr
+        if self.allowed is not None:
+            key = torch.where(self.allowed, key, torch.full_like(key, float("-inf")))
+        return key
+
+    def ranking(self, top: int, *, down_first: bool = False) -> list[tuple[int, float]]:
+        """``[(flat id, attribution), ...]``, the ``top`` features that most move the model from
+        refusal. ``down_first`` (ig): the features the direction's ablation turns down rank first (the
+        edits that turn features down can use them), the others after them."""
+        attr = self.mean
+        key = self._key(attr)
+        if down_first and self.turned_down is not None:
+            finite = key[torch.isfinite(key)]
+            shift = (finite.abs().max() * 2 + 1) if finite.numel() else 1.0
+            key = torch.where(self.turned_down, key, key - shift)
+        n = min(top, int(torch.isfinite(key).sum()))
+        _, idx = key.topk(n)
+        return [(int(i), float(attr[i])) for i in idx.tolist()]
+
+    def top_per_prompt(self, k: int) -> list[list[int]]:
+        """Each prompt's own ``k`` top features by attribution (Yeo et al.'s per-prompt selection)."""
+        out = []
+        for row in self.per_prompt:
+            key = self._key(row)
+            n = min(k, int(torch.isfinite(key).sum()))
+            out.append([int(i) for i in key.topk(n).indices.tolist()])
+        return out
+
+
+def attribution(
+    model,
+    tokenizer,
+    saes: SAESet,
+    harmful: Sequence[str],
+    refusal_tokens: Sequence[int],
+    *,
+    allowed: Sequence[Sequence[int]] | None = None,
+    batch_size: int = 16,
+    method: str = "ig",
+    ablation: Callable[[], contextlib.AbstractContextManager] | None = None,
+    steps: int = 10,
+) -> Attribution:
+    """Per-prompt attributions over every feature of ``saes`` (see :class:`Attribution`).
+
+    ``"zero"``: every SAE spliced in at its hook point in one forward (:func:`_zero_attribution`).
+    ``"ig"``: Yeo et al.'s integrated gradients run per SAE (the path from its clean codes to its
+    direction-ablated ones, the other sites clean), so each SAE's attributions sum to the metric
+    change its own site carries; needs ``ablation``, a factory of the refusal direction's ablation.
+    Both are in the metric's units, so SAEs at different layers compare. ``allowed``: per SAE, the
+    local ids that may be ranked (None: all)."""
+    if method not in ATTRIBUTIONS:
+        raise ValueError(f"method: expected one of {', '.join(ATTRIBUTIONS)}, got {method!r}")
+    mask = None
+    if allowed is not None:
+        mask = torch.zeros(saes.d_sae, dtype=torch.bool)
+        for k, ids in enumerate(allowed):
+            mask[[saes.offsets[k] + int(i) for i in ids]] = True
+    if method == "zero":
+        per = _zero_attribution(model, tokenizer, list(zip(saes.saes, saes.layers)), harmful, refusal_tokens, batch_size)
+        return Attribution(torch.cat(per, 1), method, None, mask)
+    if ablation is None:
+        raise ValueError("ablation: integrated gradients need the refusal direction's ablation (a steering factory)")
+    per, down = [], []
+    for k, s in enumerate(saes.saes):
+        ig = integrated_gradients(model, tokenizer, s, harmful, refusal_tokens, ablation, steps=steps, layer=saes.layers[k],
+                                  batch_size=batch_size)
+        per.append(ig.attr / ig.n_positions.clamp_min(1)[:, None].double())
+        down.append(ig.delta.sum(0) < 0)
+    return Attribution(torch.cat(per, 1), method, torch.cat(down), mask)
+
+
 def rank_by_attribution(
     model,
     tokenizer,
@@ -209,46 +293,32 @@ def rank_by_attribution(
     method: str = "ig",
     ablation: Callable[[], contextlib.AbstractContextManager] | None = None,
     steps: int = 10,
+    down_first: bool = True,
 ) -> list[tuple[int, float]]:
-    """``[(feature, attribution), ...]``, the ``top`` features that most move the model from refusal:
-    ``method="ig"`` (default; needs ``ablation``, a factory of the refusal direction's ablation) or
-    ``"zero"`` (module docstring)."""
-    if method not in ATTRIBUTIONS:
-        raise ValueError(f"method: expected one of {', '.join(ATTRIBUTIONS)}, got {method!r}")
-    if method == "ig":
-        if ablation is None:
-            raise ValueError("ablation: integrated gradients need the refusal direction's ablation (a steering factory)")
-        ig = integrated_gradients(model, tokenizer, sae, harmful, refusal_tokens, ablation, steps=steps, layer=layer,
-                                  batch_size=batch_size)
-        attr = (ig.attr / ig.n_positions.clamp_min(1)[:, None].double()).mean(0)
-        # The search turns features down (ablation, negative scaling): rank the features the
-        # direction's ablation turns down, largest rise towards the steered token first; those it
-        # turns up follow.
-        down = ig.delta.sum(0) < 0
-        key = torch.where(down, attr, attr - (attr.abs().max() * 2 + 1))
-        _, idx = key.topk(min(top, sae.d_sae))
-        vals = attr[idx]
-        return [(int(i), float(v)) for i, v in zip(idx.tolist(), vals.tolist())]
-    (attr,) = _zero_attribution(model, tokenizer, [(sae, layer)], harmful, refusal_tokens, batch_size)
-    vals, idx = (-attr).topk(min(top, sae.d_sae))  # most negative effect on refusal first
-    return [(int(i), float(-v)) for i, v in zip(idx.tolist(), vals.tolist())]
+    """``[(feature, attribution), ...]``, the ``top`` features of one SAE that most move the model
+    from refusal (:func:`attribution`, :meth:`Attribution.ranking`): ``method="ig"`` (default; needs
+    ``ablation``) or ``"zero"`` (module docstring)."""
+    saes = SAESet.of(sae, layer if layer is not None else site(model, sae)[0])
+    return attribution(model, tokenizer, saes, harmful, refusal_tokens, batch_size=batch_size, method=method,
+                       ablation=ablation, steps=steps).ranking(top, down_first=down_first)
 
 
 def _zero_attribution(model, tokenizer, saes: Sequence[tuple[SAE, int | None]], harmful: Sequence[str],
                       refusal_tokens: Sequence[int], batch_size: int) -> list[torch.Tensor]:
-    """Per ``(sae, layer)``: ``-f_i . d score / d f_i`` summed over the edited positions, averaged
-    over prompts (float64 ``[d_sae]``), with every SAE spliced in at its hook point in one forward.
+    """Per ``(sae, layer)``: ``-f_i . d score / d f_i`` summed over the edited positions, per prompt
+    (float64 ``[N, d_sae]``), with every SAE spliced in at its hook point in one forward.
 
     At each site the stream becomes ``decode(f) + (x - decode(f).detach())``: its value is ``x``
     (the error term kept), the gradient reaches the leaf ``f`` and passes through ``x`` unchanged, so
     a site downstream does not cut the gradient of one upstream: each feature's attribution is its
-    first-order effect through the whole model."""
+    first-order effect through the whole model. The rows' scores are summed before the gradient:
+    a prompt's score depends on its own row only, so each row's gradient is its own."""
     hooks: dict[str, list[int]] = {}
     for k, (s, layer) in enumerate(saes):
         idx, kind = site(model, s, layer)
         hooks.setdefault(hook_name(idx, kind), []).append(k)
     device = next(model.parameters()).device
-    totals = [torch.zeros(s.d_sae, dtype=torch.float64) for s, _ in saes]
+    rows: list[list[torch.Tensor]] = [[] for _ in saes]
     captured: dict[int, torch.Tensor] = {}
 
     def swap(name, x):
@@ -272,56 +342,17 @@ def _zero_attribution(model, tokenizer, saes: Sequence[tuple[SAE, int | None]], 
             m = _edited_positions(model, enc).unsqueeze(-1)
             for k, (f, g) in enumerate(zip(leaves, grads)):
                 if g is None:
+                    rows[k].append(torch.zeros(f.shape[0], f.shape[-1], dtype=torch.float64))
                     continue
                 f = f.detach()
-                totals[k] += (-(f * g) * m.to(f.device).to(f.dtype)).sum(dim=(0, 1)).double().cpu()
-    return [t / max(len(harmful), 1) for t in totals]
+                rows[k].append((-(f * g) * m.to(f.device).to(f.dtype)).sum(dim=1).double().cpu())
+    return [torch.cat(r) if r else torch.zeros(0, s.d_sae, dtype=torch.float64) for r, (s, _) in zip(rows, saes)]
 
 
-def rank_set_by_attribution(
-    model,
-    tokenizer,
-    saes: SAESet,
-    harmful: Sequence[str],
-    refusal_tokens: Sequence[int],
-    *,
-    allowed: Sequence[Sequence[int]] | None = None,
-    top: int = 32,
-    batch_size: int = 16,
-    method: str = "ig",
-    ablation: Callable[[], contextlib.AbstractContextManager] | None = None,
-    steps: int = 10,
-) -> list[tuple[int, float]]:
+def rank_set_by_attribution(model, tokenizer, saes: SAESet, harmful: Sequence[str], refusal_tokens: Sequence[int], *,
+                            top: int = 32, down_first: bool = True, **kw) -> list[tuple[int, float]]:
     """One ranking over the features of several SAEs: ``[(flat id, attribution), ...]`` (see
-    :class:`~.sites.SAESet`), the ``top`` that most move the model from refusal, among ``allowed``
-    (per SAE, the local ids ranked; None: all).
-
-    ``"zero"``: every SAE spliced in at its hook point in one forward (:func:`_zero_attribution`),
-    most negative effect on the refusal score first. ``"ig"``: Yeo et al.'s integrated gradients
-    run per SAE (the path from its clean codes to its direction-ablated ones, the other sites
-    clean), so each SAE's attributions sum to the metric change its own site carries; the features
-    the direction's ablation turns down come first, by attribution, then the others.
-    Attributions of both kinds are in the metric's units, so SAEs at different layers compare."""
-    if method not in ATTRIBUTIONS:
-        raise ValueError(f"method: expected one of {', '.join(ATTRIBUTIONS)}, got {method!r}")
-    keep = [None if allowed is None else torch.tensor(sorted(set(map(int, a))), dtype=torch.long) for a in
-            (allowed if allowed is not None else [None] * len(saes))]
-    rows: list[tuple[tuple, int, float]] = []  # (sort key, flat id, attribution)
-    if method == "zero":
-        totals = _zero_attribution(model, tokenizer, list(zip(saes.saes, saes.layers)), harmful, refusal_tokens, batch_size)
-        for k, attr in enumerate(totals):
-            ids = keep[k] if keep[k] is not None else torch.arange(attr.numel())
-            rows += [((float(attr[i]),), saes.offsets[k] + int(i), float(attr[i])) for i in ids.tolist()]
-        rows.sort(key=lambda r: r[0])
-    else:
-        if ablation is None:
-            raise ValueError("ablation: integrated gradients need the refusal direction's ablation (a steering factory)")
-        for k, s in enumerate(saes.saes):
-            ig = integrated_gradients(model, tokenizer, s, harmful, refusal_tokens, ablation, steps=steps, layer=saes.layers[k],
-                                      batch_size=batch_size)
-            attr = (ig.attr / ig.n_positions.clamp_min(1)[:, None].double()).mean(0)
-            down = ig.delta.sum(0) < 0
-            ids = keep[k] if keep[k] is not None else torch.arange(attr.numel())
-            rows += [((not bool(down[i]), -float(attr[i])), saes.offsets[k] + int(i), float(attr[i])) for i in ids.tolist()]
-        rows.sort(key=lambda r: r[0])
-    return [(g, a) for _, g, a in rows[:top]]
+    :class:`~.saeset.SAESet`), the ``top`` that most move the model from refusal:
+    :func:`attribution` (``kw``: its ``allowed``, ``batch_size``, ``method``, ``ablation``,
+    ``steps``) then :meth:`Attribution.ranking`."""
+    return attribution(model, tokenizer, saes, harmful, refusal_tokens, **kw).ranking(top, down_first=down_first)

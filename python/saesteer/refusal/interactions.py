@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from ..sae import SAE
-from .search import Edit, ablation_scores, parse_edit
+from .search import Edit, edit_scores, parse_edit
 
 __all__ = ["FactorizationMachine", "fit_fm", "fm_r2", "sample_masks", "find_interactions", "Interactions", "CONFIRM_MIN"]
 
@@ -175,7 +175,7 @@ def find_interactions(
         raise ValueError("interactions: need at least two features")
     X = sample_masks(m, n_samples, seed)
     sets = [[feats[j] for j in range(m) if X[n, j] > 0] for n in range(n_samples)]
-    y = ablation_scores(model, tokenizer, sae, prompts, sets, refusal_tokens, **kw).mean(1)
+    y = edit_scores(model, tokenizer, sae, prompts, sets, refusal_tokens, **kw).mean(1)
     fm, r2 = fit_fm(X, y, rank=rank, seed=seed)
     n_held = max(1, int(round(n_samples * heldout))) if n_samples >= 4 else 0
     r2_held = float("nan")
@@ -192,7 +192,7 @@ def find_interactions(
     check = pairs[:verify]
     singles = sorted({f for i, j, _ in check for f in (i, j)})
     trial_sets = [[]] + [[f] for f in singles] + [[i, j] for i, j, _ in check]
-    s = ablation_scores(model, tokenizer, sae, prompts, trial_sets, refusal_tokens, **kw).mean(1)
+    s = edit_scores(model, tokenizer, sae, prompts, trial_sets, refusal_tokens, **kw).mean(1)
     base = float(s[0])
     eff = {f: float(s[1 + k]) - base for k, f in enumerate(singles)}
     verified = []

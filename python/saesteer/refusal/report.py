@@ -163,33 +163,40 @@ def plot_lines(
 # ------------------------------------------------------------------------------------------------
 def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> list[Path]:
     """Write a :class:`~saesteer.refusal.discover.DiscoverResult` to the directory ``out``:
-    ``results.json``, ``direction.safetensors`` (the direction, and the affine ablation's reference
-    when there is one), ``spec.json`` (the minimal set, with ``sae_ref`` as its SAE), the plots
-    and ``report.md``. Returns the paths written, each readable as a normal file (mode 0666 less
-    the umask)."""
+    ``results.json``, and once discover has a direction and a selection, ``direction.safetensors``
+    (the direction, and the affine ablation's reference when there is one), ``spec.json`` (the
+    selected features, with ``sae_ref`` as its SAE), ``amplify_spec.json`` (the refusal feature(s)
+    to clamp high, O'Brien et al.), the two plots and ``report.md``. Returns the paths written, each readable as a
+    normal file (mode 0666 less the umask)."""
     from safetensors.torch import save_file
 
     out = Path(out)
-
     out.mkdir(parents=True, exist_ok=True)
     r = res.results
-    write_json(out / "results.json", r)
-    tensors = {"direction": res.direction.contiguous()}
-    if res.reference is not None:
-        tensors["reference"] = res.reference.contiguous()
-    save_file(tensors, str(out / "direction.safetensors"),
-              metadata={"layer": str(r["direction"]["layer"]), "position": str(r["direction"]["position"]),
-                        "ablation": r["direction"]["ablation"]})
-    res.spec.sae = sae_ref
-    res.spec.save(out / "spec.json")
-    discover_plots(r, out)
-    (out / "report.md").write_text(discover_report(r))
-    names = ("results.json", "spec.json", "direction.safetensors", "refusal_score_by_layer_position.png", "asr_vs_features.png", "report.md")
-    written = [out / n for n in names if (out / n).is_file()]
+    written = [write_json(out / "results.json", r)]
+    if res.direction is not None:
+        tensors = {"direction": res.direction.contiguous()}
+        if res.reference is not None:
+            tensors["reference"] = res.reference.contiguous()
+        save_file(tensors, str(out / "direction.safetensors"),
+                  metadata={"layer": str(r["direction"]["layer"]), "position": str(r["direction"]["position"]),
+                            "ablation": r["direction"]["ablation"]})
+        written.append(out / "direction.safetensors")
+    for name, spec in (("spec.json", res.spec), ("amplify_spec.json", getattr(res, "amplify_spec", None))):
+        if spec is not None:
+            spec.sae = sae_ref
+            spec.save(out / name)
+            written.append(out / name)
+    if "verification" in r.get("stages_done", ["verification"]):
+        discover_plots(r, out)
+        written += [out / "refusal_score_by_layer_position.png", out / "asr_vs_features.png"]
+        (out / "report.md").write_text(discover_report(r))
+        written.append(out / "report.md")
     # safetensors writes through a private temporary file (mode 0600): give it the mode open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out / "direction.safetensors", 0o666 & ~umask)
+    if res.direction is not None:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(out / "direction.safetensors", 0o666 & ~umask)
     return written
 
 
@@ -433,12 +440,14 @@ def discover_report(r: dict) -> str:
         f"**Minimal set** ({len(r['minimal_set'])} features): [{', '.join(map(feature_text, r['minimal_set']))}] — flips "
         f"{r['minimal_set_search']['flip_rate']:.0%} of the search prompts, {r['minimal_set_heldout_flip_rate']:.0%} of held-out ones (refusal score < 0).",
         "",
-        f"| held-out harmful prompts (greedy replies of {r.get('config', {}).get('max_new_tokens', '?')} new tokens, substring "
-        "judge) | not refused (ASR) | complied | degenerate |",
+        f"| held-out harmful prompts (generation of {a.get('max_new_tokens', 'n/a')} tokens + substring judge) | not refused (ASR) | complied | degenerate |",
         "| --- | --- | --- | --- |",
         *[f"| {label} | {a[k]:.0%} | {_pct(a.get('complied', {}).get(k))} | {_pct(a.get('degenerate', {}).get(k))} |"
           for label, k in (("unsteered", "baseline"), (f"minimal set {ed}", "minimal_set"),
-                           (f"minimal set + FM-added features {ed}", "with_interactions"))],
+                           (f"minimal set + FM-added features {ed}", "with_interactions"),
+                           (f"top {len(r.get('top_k') or [])} by attribution {ed}", "top_k"),
+                           (f"each prompt's own top {len(r.get('top_k') or [])} {ed} (Yeo et al.)", "top_k_per_prompt"))
+          if k in a],
         "",
         "Degenerate: empty or repetitive replies (no refusal phrase, but no answer either); ASR = complied + degenerate.",
         "",
@@ -449,20 +458,17 @@ def discover_report(r: dict) -> str:
         *per_prompt_lines(r.get("per_prompt_sets") or []),
         *interaction_lines(r["interactions_detail"]),
     ]
-    lines += ["", "## Dormant features (silent before, firing after the minimal set is ablated)", "",
-              "At the edited hook point itself: features of each SAE silent on every unsteered (prompt + reply) "
-              "sequence that fire on the steered replies (a difference of reply text: the edit does not change "
-              "the activations it reads).", ""]
-    if r["dormant"]:
-        multi = any("sae" in x for x in r["dormant"])
-        lines += ["| feature | tokens fired on | max act | examples |", "| --- | --- | --- | --- |"]
-        for x in r["dormant"]:
-            f = feature_text([x["sae"], x["feature"]]) if multi else x["feature"]
-            lines.append(f"| {f} | {x['n_tokens']} | {x['max_act']:.2f} | {' '.join(map(repr, x['tokens']))} |")
-    else:
-        lines.append("None found: no feature silent on every unsteered sequence fires on a steered one.")
+    if r.get("amplify"):
+        am = r["amplify"]
+        lines += ["", "## Refusal feature(s) to amplify (O'Brien et al.)", ""]
+        if am["features"]:
+            lines.append("Clamped high these make the model refuse (amplify_spec.json, e.g. `saesteer eval --steer "
+                         "OUT/amplify_spec.json`): " + ", ".join(f"{feature_text(f)} (cosine {c:.2f} to the direction at its "
+                         f"hook point, clamp value {v:.2f})" for f, c, v in zip(am["features"], am["cosines"], am["values"])) + ".")
+        else:
+            lines.append("None: no feature of the minimal set points along the refusal direction.")
     if r.get("dormant_downstream") is not None:
-        lines += ["", *downstream_lines(r["dormant_downstream"])]
+        lines += ["", "## Dormant features", "", *downstream_lines(r["dormant_downstream"])]
     lines += ["", "## Examples (held-out harmful prompts)", ""]
     for e in r["examples"][:4]:
         lines += [f"- **{prompt_label(e['prompt'])}**", f"  - unsteered: {e['unsteered']!r}", f"  - minimal set {ed}: {e['minimal_set_ablated']!r}"]

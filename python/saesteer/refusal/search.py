@@ -21,19 +21,19 @@ set instead (:func:`parse_edit`). Every edit leaves the BOS token alone unless `
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..hf import steer
 from ..intervention import Intervention
 from ..sae import SAE
-from .chat import refusal_scores_from_logits, tokenize_prompts
-from .sites import SAESet
+from .chat import last_logits, refusal_scores_from_logits, tokenize_prompts
+from .saeset import SAESet
 
-__all__ = ["ablation_scores", "greedy_minimal_set", "MinimalSet", "grow_candidate_pool", "confirm_by_generation",
+__all__ = ["edit_scores", "greedy_minimal_set", "MinimalSet", "grow_candidate_pool", "confirm_by_generation",
            "Edit", "parse_edit", "EDIT_FORMS"]
 
 EDIT_FORMS = "ablate, scale:FACTOR (e.g. scale:-3) or clamp:VALUE"
@@ -78,7 +78,7 @@ def parse_edit(edit) -> Edit:
 
 
 @torch.no_grad()
-def ablation_scores(
+def edit_scores(
     model,
     tokenizer,
     sae: SAE,
@@ -96,33 +96,11 @@ def ablation_scores(
     set of features at every position but the BOS (``skip_bos``).
 
     Every (set, prompt) pair is one batch row with its own intervention: one forward per ``max_rows``.
-    ``sae`` may be an :class:`~.sites.SAESet`: the sets are then of its flat ids, and each row's
+    ``sae`` may be an :class:`~.saeset.SAESet`: the sets are then of its flat ids, and each row's
     edit applies at every SAE's hook point in that forward.
     """
     edit = parse_edit(edit)
-    if isinstance(sae, SAESet):
-        return _set_scores(model, tokenizer, sae, prompts, sets, refusal_tokens, max_rows, backend, edit, skip_bos)
-    pairs = [(s, p) for s in range(len(sets)) for p in range(len(prompts))]
-    out = torch.empty(len(pairs))
-    device = next(model.parameters()).device
-    ivs_by_set = [edit.intervention(s) for s in sets]
-    kw = {"skip_bos": skip_bos} if layer is None else {"layer": layer, "skip_bos": skip_bos}
-    for b in range(0, len(pairs), max_rows):
-        chunk = pairs[b : b + max_rows]
-        enc = tokenize_prompts(tokenizer, [prompts[p] for _, p in chunk], device)
-        ivs = [ivs_by_set[s] for s, _ in chunk]
-        if all(iv is None for iv in ivs):
-            logits = model(**enc).logits[:, -1]
-        else:
-            with steer(model, sae, ivs, backend=backend, **kw):
-                logits = model(**enc).logits[:, -1]
-        out[b : b + len(chunk)] = refusal_scores_from_logits(logits.float(), refusal_tokens)
-    return out.view(len(sets), len(prompts))
-
-
-def _set_scores(model, tokenizer, saes: SAESet, prompts, sets, refusal_tokens, max_rows, backend, edit, skip_bos) -> torch.Tensor:
-    """:func:`ablation_scores` for an :class:`~.sites.SAESet`: one row per (set, prompt), every
-    SAE's part of the set at its own hook point."""
+    saes = SAESet.of(sae, layer)
     pairs = [(s, p) for s in range(len(sets)) for p in range(len(prompts))]
     out = torch.empty(len(pairs))
     device = next(model.parameters()).device
@@ -130,11 +108,8 @@ def _set_scores(model, tokenizer, saes: SAESet, prompts, sets, refusal_tokens, m
         chunk = pairs[b : b + max_rows]
         enc = tokenize_prompts(tokenizer, [prompts[p] for _, p in chunk], device)
         handle = saes.steer(model, [list(sets[s]) for s, _ in chunk], edit, backend=backend, skip_bos=skip_bos)
-        if handle is None:
-            logits = model(**enc).logits[:, -1]
-        else:
-            with handle:
-                logits = model(**enc).logits[:, -1]
+        with handle if handle is not None else contextlib.nullcontext():
+            logits = last_logits(model, enc)
         out[b : b + len(chunk)] = refusal_scores_from_logits(logits.float(), refusal_tokens)
     return out.view(len(sets), len(prompts))
 
@@ -185,7 +160,7 @@ def greedy_minimal_set(
     current = list(dict.fromkeys(int(c) for c in candidates))
     if not current:
         raise ValueError("candidates: empty candidate feature list")
-    full = ablation_scores(model, tokenizer, sae, prompts, [current], refusal_tokens, **kw)[0]
+    full = edit_scores(model, tokenizer, sae, prompts, [current], refusal_tokens, **kw)[0]
     full_rate = float((full < threshold).float().mean())
     target = keep * full_rate
     steps = []
@@ -196,14 +171,14 @@ def greedy_minimal_set(
     # set. Least important first (leaving it out keeps refusal lowest), then Prakash et al.'s filter:
     # drop a feature for good when the prompts stay flipped without it. |C| + |C| rows x prompts in
     # all, instead of |C|^2 / 2 for a best-removal-per-step search.
-    single = ablation_scores(model, tokenizer, sae, prompts, [[f for f in current if f != g] for g in current],
+    single = edit_scores(model, tokenizer, sae, prompts, [[f for f in current if f != g] for g in current],
                              refusal_tokens, **kw)
     order = [current[int(j)] for j in single.mean(1).argsort()]
     for g in tqdm(order, desc="greedy search", disable=not progress, leave=False):
         if len(current) == 1:
             break
         trial = [f for f in current if f != g]
-        s = ablation_scores(model, tokenizer, sae, prompts, [trial], refusal_tokens, **kw)[0]
+        s = edit_scores(model, tokenizer, sae, prompts, [trial], refusal_tokens, **kw)[0]
         r = float((s < threshold).float().mean())
         if r >= target - 1e-9:
             current, rate, mean = trial, r, float(s.mean())
@@ -212,7 +187,7 @@ def greedy_minimal_set(
     # every remaining feature is needed: the set is then 1-minimal under the criterion.
     while len(current) > 1:
         trials = [[f for f in current if f != g] for g in current]
-        s = ablation_scores(model, tokenizer, sae, prompts, trials, refusal_tokens, **kw)
+        s = edit_scores(model, tokenizer, sae, prompts, trials, refusal_tokens, **kw)
         rates = (s < threshold).float().mean(1)
         ok = rates >= target - 1e-9
         if not bool(ok.any()):
@@ -250,7 +225,7 @@ def grow_candidate_pool(
         raise ValueError(f"start: expected >= 1, got {start}")
     n, steps = min(start, len(ranked)), []
     while True:
-        full = ablation_scores(model, tokenizer, sae, prompts, [list(ranked[:n])], refusal_tokens, layer=layer, backend=backend,
+        full = edit_scores(model, tokenizer, sae, prompts, [list(ranked[:n])], refusal_tokens, layer=layer, backend=backend,
                               edit=edit, skip_bos=skip_bos)[0]
         steps.append({"n": n, "full_flip_rate": float((full < threshold).float().mean())})
         if steps[-1]["full_flip_rate"] >= min_full_flip or n >= len(ranked):

@@ -41,6 +41,17 @@ class SAESet:
             self.offsets.append(total)
             total += s.d_sae
 
+    @classmethod
+    def of(cls, sae: SAE, layer: int | None = None, name: str = "sae") -> "SAESet":
+        """One SAE as a set of one (its flat ids are its own feature ids), read at ``layer`` (default:
+        its hook's layer)."""
+        if isinstance(sae, cls):
+            return sae
+        layer = sae.hook_layer if layer is None else layer
+        if layer is None:
+            raise ValueError("layer: the SAE has no hook_name with a layer; pass --layer")
+        return cls([name], [sae], [layer])
+
     def __len__(self) -> int:
         return len(self.saes)
 
