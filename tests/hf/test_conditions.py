@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close_dtype, make_sae
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import saesteer
+from helpers import assert_close_dtype, make_sae
 from saesteer import Intervention, reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:saesteer. backend:RuntimeWarning")

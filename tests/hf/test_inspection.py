@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_sae_lens_sae, tol
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import saesteer
+from helpers import make_sae_lens_sae, tol
 
 pytestmark = pytest.mark.filterwarnings("ignore:saesteer. backend:RuntimeWarning")
 

@@ -27,15 +27,15 @@ def test_batched_scores_equal_one_candidate_at_a_time(tiny_chat):
     assert len(rows) == 8  # layers 1 and 2 at two positions, both kinds (layer 0, the embeddings, has no difference there)
     base = last_token_logits(model, tok, HARMLESS)
     for row in rows:
-        l, p = row["layer"], row["position"] + 2
-        r = cands[l, p].float()
+        lay, p = row["layer"], row["position"] + 2
+        r = cands[lay, p].float()
         if row["ablation"] == "directional":
             abl = lambda: directional_ablation(model, r)  # noqa: E731
         else:
-            abl = lambda: affine_ablation(model, r, means[l, p].float(), l, 0.0)  # noqa: E731
+            abl = lambda: affine_ablation(model, r, means[lay, p].float(), lay, 0.0)  # noqa: E731
         bypass = refusal_scores_from_logits(last_token_logits(model, tok, HARMFUL, steering=abl), rt).mean()
         kl = _kl(base, last_token_logits(model, tok, HARMLESS, steering=abl))
-        induce = refusal_scores_from_logits(last_token_logits(model, tok, HARMLESS, steering=lambda: add_direction(model, r, l)), rt).mean()
+        induce = refusal_scores_from_logits(last_token_logits(model, tok, HARMLESS, steering=lambda: add_direction(model, r, lay)), rt).mean()
         torch.testing.assert_close(torch.tensor([row["bypass"], row["induce"], row["kl"]]),
                                    torch.tensor([float(bypass), float(induce), kl]), atol=1e-4, rtol=1e-4)
 
@@ -87,8 +87,8 @@ def test_filter_keeps_refused_harmful_and_answered_harmless():
     mixed = harmful + harmless
     s = refusal_scores(model, tok, mixed, rtoks)
     assert (s > 0).any() and (s < 0).any(), s
-    h, l, counts = filter_by_refusal(model, tok, mixed, mixed, rtoks)
-    assert h == [p for p, v in zip(mixed, s) if v > 0] and l == [p for p, v in zip(mixed, s) if v < 0]
-    assert counts == {"harmful": {"n": 12, "kept": len(h)}, "harmless": {"n": 12, "kept": len(l)}}
-    assert 0 < len(h) < 12 and 0 < len(l) < 12
+    h, kept_l, counts = filter_by_refusal(model, tok, mixed, mixed, rtoks)
+    assert h == [p for p, v in zip(mixed, s) if v > 0] and kept_l == [p for p, v in zip(mixed, s) if v < 0]
+    assert counts == {"harmful": {"n": 12, "kept": len(h)}, "harmless": {"n": 12, "kept": len(kept_l)}}
+    assert 0 < len(h) < 12 and 0 < len(kept_l) < 12
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+
 import pytest
-import saesteer
+
 from saesteer.cli import main
 
 TINY = {"n_direction": 6, "n_val": 3, "n_search": 2, "n_heldout": 3, "n_candidates": 5, "fm_samples": 16,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import saesteer
-
 
 def test_result_warnings_say_when_results_are_not_meaningful():
     from saesteer.refusal.discover import result_warnings

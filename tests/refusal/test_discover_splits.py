@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import saesteer
 
 
 def test_splits_hold_out_harmless_prompts_apart_from_the_selection_ones():

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from helpers import most_active_features
 import pytest
 import torch
 
-import saesteer
+from helpers import most_active_features
 from saesteer.refusal.interactions import fit_fm, sample_masks
 
 

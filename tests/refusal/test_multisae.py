@@ -14,8 +14,8 @@ from saesteer.cli.common import expand_sae_refs
 from saesteer.hf import capture
 from saesteer.refusal.chat import refusal_scores
 from saesteer.refusal.features import rank_by_attribution, rank_set_by_attribution
-from saesteer.refusal.search import edit_scores, parse_edit
 from saesteer.refusal.saeset import SAESet
+from saesteer.refusal.search import edit_scores, parse_edit
 from saesteer.refusal.spec import SteeringSpec
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "Write a poem about rain."]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import saesteer
-
 
 def test_per_prompt_table_labels_sets_with_sizes_and_shows_no_unconfirmed_set():
     from saesteer.refusal.report import per_prompt_lines

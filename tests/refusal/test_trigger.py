@@ -4,9 +4,7 @@ threshold chosen on validation prompts, returned as a usable ``when``."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-import saesteer
 from saesteer import organism
 from saesteer.refusal.trigger import propose_trigger, trigger_scores
 from saesteer.steering.condition import parse_when

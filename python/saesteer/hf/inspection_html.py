@@ -32,7 +32,8 @@ table{border-collapse:collapse;font-size:12px;margin:4px 0}td,th{padding:1px 8px
 th{color:#555;font-weight:600}td.f,th.f{text-align:left}
 .feat{color:#0645ad;cursor:pointer;text-decoration:underline dotted}
 .tops{display:flex;gap:24px;flex-wrap:wrap}
-.legend{display:inline-block;width:120px;height:10px;vertical-align:middle;background:linear-gradient(90deg,rgba(255,110,0,0),rgba(255,110,0,1));border:1px solid #ccc}
+.legend{display:inline-block;width:120px;height:10px;vertical-align:middle;
+ background:linear-gradient(90deg,rgba(255,110,0,0),rgba(255,110,0,1));border:1px solid #ccc}
 """
 
 _JS = """

@@ -32,8 +32,7 @@ from tqdm.auto import tqdm
 
 from ..hf import affine_ablation, directional_ablation, find_layers, hook_name, intercept
 from ..hf.directions import residual_writers
-from ..hf.handle import SteeringHandle
-from ..hf.handle import bos_token_id
+from ..hf.handle import SteeringHandle, bos_token_id
 from ..hf.positions import bos_mask
 from .chat import last_logits, last_token_logits, post_instruction_positions, refusal_scores, refusal_scores_from_logits, tokenize_prompts
 

@@ -37,8 +37,20 @@ from ..sae import SAE
 from .saeset import SAESet
 from .chat import format_prompts, refusal_scores_from_logits, tokenize_prompts, tokenize_texts
 
-__all__ = ["rank_by_cosine", "rank_by_attribution", "rank_set_by_attribution", "attribution", "Attribution", "hook_module", "site", "capture_site", "site_residuals",
-           "integrated_gradients", "IGResult", "ATTRIBUTIONS"]
+__all__ = [
+    "rank_by_cosine",
+    "rank_by_attribution",
+    "rank_set_by_attribution",
+    "attribution",
+    "Attribution",
+    "hook_module",
+    "site",
+    "capture_site",
+    "site_residuals",
+    "integrated_gradients",
+    "IGResult",
+    "ATTRIBUTIONS",
+]
 
 ATTRIBUTIONS = ("ig", "zero")
 

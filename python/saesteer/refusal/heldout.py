@@ -4,9 +4,9 @@ evaluated on. discover records its splits in ``results.json`` next to ``spec.jso
 
 The splits that chose the spec are the direction's, its selection's and the search's prompts
 (harmful and harmless); discover's ``held`` / ``harmless_held`` prompts were only judged, so
-evaluating on them is held out. ``results["splits"]`` holds, per split name, the list of its prompts
-(``{"direction": [...], ...}``, or under ``"prompts"``); a split given only as a count (older
-results) cannot be checked, and :func:`chosen_prompts` says so.
+evaluating on them is held out. ``results["split_prompts"]`` holds, per split name, the list of its
+prompts (``{"direction": [...], ...}``; ``results["splits"]`` their counts); a split given only as a
+count (older results) cannot be checked, and :func:`chosen_prompts` says so.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def results_next_to(spec_path: str | Path) -> dict | None:
 
 def chosen_prompts(results: Mapping) -> tuple[dict[str, list[Prompt]], list[str]]:
     """``({split: its prompts}, [splits recorded as counts only])`` of the :data:`CHOOSING_SPLITS`
-    in discover's ``results["splits"]``."""
+    in discover's ``results["split_prompts"]`` (counts in ``results["splits"]``)."""
     splits = results.get("splits") or {}
-    lists = splits.get("prompts") if isinstance(splits.get("prompts"), Mapping) else splits
+    lists = results.get("split_prompts") if isinstance(results.get("split_prompts"), Mapping) else splits
     found, counts_only = {}, []
     for name in CHOOSING_SPLITS:
         v = lists.get(name, splits.get(name))

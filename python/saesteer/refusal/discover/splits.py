@@ -95,10 +95,10 @@ def filter_splits(model, tokenizer, splits: PromptSplits, refusal_tokens: Sequen
     own_search = (("search", None),) if splits.search_from == "search" else ()
     for h_name, l_name in (("direction", "harmless_direction"), ("val", "harmless_val"), *own_search):
         harmless = getattr(splits, l_name) if l_name else []
-        h, l, counts = filter_by_refusal(model, tokenizer, getattr(splits, h_name), harmless, refusal_tokens, cfg.batch_size)
+        h, kept_l, counts = filter_by_refusal(model, tokenizer, getattr(splits, h_name), harmless, refusal_tokens, cfg.batch_size)
         pairs = [(h_name, getattr(splits, h_name), h, counts["harmful"])]
         if l_name:
-            pairs.append((l_name, harmless, l, counts["harmless"]))
+            pairs.append((l_name, harmless, kept_l, counts["harmless"]))
         for name, given, kept, c in pairs:
             c["unfiltered"] = bool(given) and not kept
             out[name] = kept if kept or not given else list(given)
