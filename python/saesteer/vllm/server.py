@@ -24,7 +24,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ..steering.spec import from_spec_file
-from . import EXTENSION, cuda_graph_settings, sae_site, site_layer, source_dir, steered_overrides
+from .graphs import cuda_graph_settings
+from .overrides import steered_overrides
+from .sources import sae_site, site_layer, source_dir
+from .worker import EXTENSION
 from .requests import ServerSteering, SpecError, error_body, parse_sae_args
 
 __all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         saes, default = resolve(args)
         layers = check_saes(args, saes, default)
-    except (SpecError, FileNotFoundError, ImportError) as e:
+    except (SpecError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"saesteer serve: error: {e}", file=sys.stderr)
         return 2
     configure_logging_from_args(args)
