@@ -66,7 +66,8 @@ def test_load_and_faults(readme_server, org):
         return list(r.choices[0].token_ids)
 
     refs = {(p, k): ask(p, k) for p in range(len(prompts)) for k in good}  # each sent alone
-    assert refs[(0, "clamp")] != refs[(0, "none")], "the clamp changed nothing: the test shows nothing"
+    assert any(refs[(p, "clamp")] != refs[(p, "none")] for p in range(len(prompts))), \
+        "the clamp changed no reply: the test shows nothing"
     rss0 = _rss(proc)
 
     rng = random.Random(0)

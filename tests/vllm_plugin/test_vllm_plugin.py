@@ -158,8 +158,8 @@ def _greedy_chain(org, ids, pairs):
 
 
 def test_several_specs_on_one_sae_apply_in_order_as_the_hf_hooks_chain_them(org, llm, prompts, refusal_features):
-    a = Intervention(refusal_features, "clamp", 6.0)
-    b = Intervention(refusal_features[:2], "scale", 0.5)
+    a = Intervention(refusal_features, "ablate")
+    b = Intervention(refusal_features, "clamp", 6.0)
     got = vllm_greedy(llm, prompts[:3], [[spec(a, "all"), spec(b, "all")], None, [spec(b, "all"), spec(a, "all")]])
     assert got[0] == _greedy_chain(org, prompts[0], [a, b])
     assert got[1] == hf_greedy(org, prompts[1])
