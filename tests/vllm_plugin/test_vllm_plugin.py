@@ -171,7 +171,7 @@ def test_a_value_too_large_for_the_sae_dtype_is_refused_naming_the_value(llm, pr
     bad = {"sae": "jumprelu", "features": [1, 2], "mode": "clamp", "value": 1e39}  # inf in float32
     with pytest.raises(SpecError, match=r"saesteer\.value: 1e\+39 is too large for SAE 'jumprelu'"):
         llm.generate([prompts[0]], vllm.SamplingParams(max_tokens=2), steer=bad)
-    assert 1e30 < llm.limits["jumprelu"] < 3.5e38
+    assert 1e3 < llm.limits["jumprelu"] < 1e20  # the next RMSNorm squares the stream: far below float32's max
 
 
 def test_an_edit_that_goes_non_finite_fails_its_request_and_no_other(org, llm, prompts, refusal_features):
