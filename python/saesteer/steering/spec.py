@@ -136,7 +136,10 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
     field = "values" if "values" in d else "value"
     value = d.get(field)
     n_features = 1 if isinstance(features, int) else len(features)
-    _check_value(value, f"{where}.{field}", name, n_features, (limits or {}).get(name, FLOAT32_MAX))
+    # clamp and add move the stream by about the values times W_dec: the engine's bound applies; a
+    # scale multiplies activations, so only float32 bounds it here and the engine checks the result
+    limit = FLOAT32_MAX if d.get("mode") == "scale" else (limits or {}).get(name, FLOAT32_MAX)
+    _check_value(value, f"{where}.{field}", name, n_features, limit)
     try:
         iv = Intervention(features, d.get("mode", "ablate"), value, d_sae=saes[name])
     except (ValueError, TypeError) as e:
@@ -152,8 +155,8 @@ def parse_specs(spec, saes: dict[str, int], layers: dict[str, int] | None = None
     registered SAEs (``name -> d_sae``). A spec's optional ``layer`` must be an integer and, where
     ``layers`` (name -> the SAE's layer) is given, that SAE's own layer: an engine edits at the
     layer the SAE reads. Values are JSON numbers, finite, whose magnitudes (one per feature) sum to at
-    most ``limits[sae]`` (an engine's bound that keeps the edit finite in its dtypes; default: the
-    largest float32, since values become float32 tensors). Several specs
+    most ``limits[sae]`` (an engine's bound that keeps a clamp or add edit finite in its dtypes;
+    default, and for ``scale``: the largest float32, since values become float32 tensors). Several specs
     on one SAE are kept, in order: engines apply them one after the other, each to the previous
     one's output. Returns the parsed specs (empty for None / [])."""
     if spec is None:
