@@ -136,7 +136,8 @@ def test_the_default_edit_switches_at_run_time(server, client, org, prompt_ids, 
     ids = prompt_ids[0]
     with urllib.request.urlopen(server + "/v1/saesteer") as r:
         info = json.loads(r.read())
-    assert info["saes"]["jumprelu"] == {"d_sae": org.sae.d_sae, "layer": 2} and info["default"] is None
+    jr = info["saes"]["jumprelu"]
+    assert (jr["d_sae"], jr["layer"]) == (org.sae.d_sae, 2) and 0 < jr["value_limit"] < 1e20 and info["default"] is None
     status, body = _put_default(server, {"sae": "jumprelu", "features": [1, 1]})
     assert status == 400 and "saesteer.features" in body["error"]["message"]
     try:
