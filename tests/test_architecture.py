@@ -132,3 +132,12 @@ def test_layering(layer, forbidden):
                     if not (src == layer or src.startswith(layer + ".")):
                         bad.append(f"{mod}:{line} imports {src}")
     assert not bad, "\n".join(bad)
+
+
+def test_vllm_plugin_imports_neither_bench_nor_refusal():
+    """The serving plugin is an adapter on the steering core: the benchmarks (which drive it) and the
+    science layer stay outside it."""
+    bad = [f"{mod}:{line} imports {src}" for mod in MODULES if mod == "saesteer.vllm" or mod.startswith("saesteer.vllm.")
+           for src, _, line in imports_of(mod)
+           if any(src == f or src.startswith(f + ".") for f in ("saesteer.bench", "saesteer.refusal"))]
+    assert not bad, "\n".join(bad)

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (make venv-vllm; make 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _dist_with_entry_points(where: Path) -> None:
-    """A dist-info carrying pyproject.toml's entry points, as pip writes it on install (saesteer
-    runs from the checkout in the vLLM venv, so it has no installed metadata of its own)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    groups = project.get("entry-points", {})
-    info = where / "saesteer_checkout-0.0.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: saesteer-checkout\nVersion: 0.0.0\n")
-    lines = []
-    for group, entries in groups.items():
-        lines.append(f"[{group}]")
-        lines += [f"{name} = {target}" for name, target in entries.items()]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-
-
-def test_vllm_general_plugin_registers_the_steered_architectures(tmp_path):
-    _dist_with_entry_points(tmp_path / "site")
+def test_vllm_general_plugin_registers_the_steered_architectures(plugin_site):
     code = textwrap.dedent("""
         from vllm import ModelRegistry
         from vllm.plugins import load_general_plugins
@@ -44,7 +27,7 @@ def test_vllm_general_plugin_registers_the_steered_architectures(tmp_path):
         print(before, "SAESteeredLlamaForCausalLM" in archs, "SAESteeredGemma2ForCausalLM" in archs)
     """)
     env = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}  # unset: every plugin loads
-    env["PYTHONPATH"] = f"{tmp_path / 'site'}:{ROOT / 'python'}"
+    env["PYTHONPATH"] = f"{plugin_site}:{ROOT / 'python'}"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-3:] == ["False", "True", "True"], out.stdout

@@ -8,7 +8,9 @@ its prompts):
 * ``saesteer`` -- every request carries a spec: one SAE, |S| random features, every position
   (the error-preserving edit through the steering core, |S| encoder columns and decoder rows);
 * ``full-sae`` -- no spec; instead every worker runs the whole SAE with the same edit on every token,
-  as sae-lens steers with the error term kept (:class:`saesteer.bench.generate.FullSAEHook`).
+  as sae-lens steers with the error term kept (:class:`saesteer.bench.generate.FullSAEHook`),
+  installed on the workers by :class:`BaselineWorkerExtension` (build the engine with
+  ``worker_extension_cls=BASELINE_EXTENSION``).
 
 Concurrency ``c`` submits ``c`` requests at once (vLLM schedules them as one batch when
 ``max_num_seqs`` allows); ``c = 1`` is one request at a time.
@@ -27,9 +29,43 @@ import statistics
 import time
 from collections.abc import Sequence
 
-__all__ = ["VARIANTS", "bench_serve", "check_settings"]
+from ..vllm.worker import WorkerExtension
+
+__all__ = ["VARIANTS", "BASELINE_EXTENSION", "BaselineWorkerExtension", "bench_serve", "check_settings"]
 
 VARIANTS = ("none", "saesteer", "full-sae")
+BASELINE_EXTENSION = "saesteer.bench.serve.BaselineWorkerExtension"
+
+
+class BaselineWorkerExtension(WorkerExtension):
+    """saesteer's worker extension plus the benchmark's baseline: :meth:`saesteer_full_sae` runs an
+    SAE whole on every token instead of the requests' specs."""
+
+    def saesteer_full_sae(self, name: str, spec: dict | None) -> None:
+        """Run SAE ``name`` whole on every token with ``spec``'s edit (features, mode, value), as
+        sae-lens steers with the error term kept (two full encodes and decodes), ignoring the
+        requests' own specs; ``None`` switches it off."""
+        from ..steering.spec import parse_specs
+        from .generate import FullSAEHook
+
+        if not hasattr(self, "full_sae_hooks"):
+            self.full_sae_hooks = {}
+        full = self.full_sae_hooks
+        if spec is None:
+            full.pop(name, None)
+            return
+        (parsed,) = parse_specs(dict(spec, sae=name), self.saesteer_shapes())
+        full[name] = FullSAEHook(self.saesteer_sae(name), parsed.intervention)
+
+    def edit_layer(self, names, hidden, residual, positions):
+        hooks = getattr(self, "full_sae_hooks", {})
+        full = [hooks[n] for n in names if n in hooks]
+        if not full:
+            return super().edit_layer(names, hidden, residual, positions)
+        y = hidden if residual is None else hidden + residual
+        for hook in full:
+            y = hook.steer(y)
+        return y
 
 
 def _prompts(n: int, length: int, vocab: int, special: set[int], rng: random.Random) -> list[list[int]]:
@@ -54,6 +90,11 @@ def check_settings(*, concurrency: Sequence[int], features: int, prompt_len: int
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"variants: unknown {unknown or 'empty list'}; expected some of {', '.join(VARIANTS)}")
+
+
+def _full_sae(llm, name: str, spec: dict | None) -> None:
+    """Switch the full-SAE baseline of SAE ``name`` on every worker (off for ``spec=None``)."""
+    llm.llm.collective_rpc("saesteer_full_sae", args=(name, spec))
 
 
 def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), features: int = 32,
@@ -104,7 +145,7 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
             order = list(variants[r % len(variants):]) + list(variants[: r % len(variants)])
             for c in concurrency:
                 for v in order:
-                    llm.full_sae(sae_name, spec if v == "full-sae" else None)
+                    _full_sae(llm, sae_name, spec if v == "full-sae" else None)
                     t_p, _ = run(v, c, 1)
                     t_g, toks = run(v, c, new_tokens)
                     tokens[(v, c)] = toks
@@ -113,7 +154,7 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
                         times[(v, c)]["generate"].append(t_g)
                     bar.update()
     finally:
-        llm.full_sae(sae_name, None)
+        _full_sae(llm, sae_name, None)
         bar.close()
 
     rows = []

@@ -310,7 +310,7 @@ def _serve_model_and_saes(args) -> tuple[str, dict[str, str] | None, list[str], 
 def run_serve(args) -> int:
     from ..bench.plots import plot_serve
     from ..bench.report import emit, provenance
-    from ..bench.serve import VARIANTS, bench_serve, check_settings
+    from ..bench.serve import BASELINE_EXTENSION, VARIANTS, bench_serve, check_settings
 
     _check_outputs(args)
     try:
@@ -342,7 +342,7 @@ def run_serve(args) -> int:
     if mem is not None:
         kwargs["gpu_memory_utilization"] = mem
     meta = provenance(torch.device("cuda" if cuda else "cpu"), getattr(args, "argv", None))
-    llm = SteeredLLM(model, saes, **kwargs)
+    llm = SteeredLLM(model, saes, worker_extension_cls=BASELINE_EXTENSION, **kwargs)
     try:
         rows, info = bench_serve(llm, steer, concurrency=args.concurrency, features=args.features,
                                  prompt_len=args.prompt_len, new_tokens=args.new_tokens, variants=args.variants,

@@ -240,12 +240,9 @@ def check_organism_sae_ref(ref: str | None) -> None:
     organism's manifest, so a bad ``--sae`` fails before the organism's model loads."""
     if ref is None or not ref.startswith("organism:"):
         return
-    from .. import organism as organism_pkg
+    from ..organism.refs import organism_sae_dir
 
-    _, _, sae_paths = organism_pkg.read_manifest()
-    name = ref.split(":", 1)[1]
-    if name not in sae_paths:
-        raise ValueError(f"--sae: the organism has no SAE {name!r} (it has: {', '.join(sorted(sae_paths))})")
+    organism_sae_dir(ref, "--sae")
 
 
 def _organism_sae(org, ref: str, device):

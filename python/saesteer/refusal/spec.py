@@ -254,36 +254,12 @@ class SteeringSpec:
         return spec
 
 
-def _check_sae_dir(p: Path) -> None:
-    """Name what an SAE directory holds when it lacks sae-lens's safetensors weights (a pickled
-    checkpoint is never unpickled: loading one could run arbitrary code)."""
-    if (p / "cfg.json").is_file() and (p / "sae_weights.safetensors").is_file():
-        return
-    found = sorted(f.name for f in p.iterdir())
-    shown = ", ".join(found[:8]) + (f", ... ({len(found)} files)" if len(found) > 8 else "") if found else "nothing"
-    pickles = [f for f in found if f.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt"))]
-    hint = (f"; {', '.join(pickles[:3])} {'is a pickled checkpoint' if len(pickles) == 1 else 'are pickled checkpoints'}, "
-            "which saesteer does not unpickle: load it in sae-lens and save_model() it to get the safetensors file"
-            if pickles else "")
-    raise FileNotFoundError(f"sae: {str(p)!r} holds {shown}; expected sae-lens's format, cfg.json and "
-                            f"sae_weights.safetensors{hint}")
-
-
 def resolve_sae(ref: str, device="cpu"):
     """Load the SAE ``ref`` names: an sae-lens directory or ``RELEASE:SAE_ID`` from sae-lens's
     registry. (The command line also accepts ``organism[:NAME]``; it resolves those itself.)"""
-    from ..sae import load_sae
+    from ..sae_ref import resolve_sae_ref
 
-    if not isinstance(ref, str) or not ref:
-        raise ValueError(f"sae: expected an sae-lens directory or RELEASE:SAE_ID, got {ref!r}")
-    p = Path(ref)
-    if p.is_dir():
-        _check_sae_dir(p)
-        return load_sae(p, device=device)
-    if ":" in ref and not p.exists():
-        release, sae_id = ref.split(":", 1)
-        return load_sae(release=release, sae_id=sae_id, device=device)
-    raise FileNotFoundError(f"sae: {ref!r} is neither an sae-lens directory nor RELEASE:SAE_ID")
+    return resolve_sae_ref(ref, device=device)
 
 
 def _with_when(iv: Intervention, when: dict | None):

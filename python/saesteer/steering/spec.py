@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,13 +66,47 @@ class SteerSpec:
         return d
 
 
-def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None) -> SteerSpec:
+#: The largest float32: a spec's values become float32 tensors, whatever the SAE's dtype.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _json_kind(v) -> str:
+    """How a JSON value is named in an error: ``a list``, ``a string 'abc'``, ..."""
+    if isinstance(v, str):
+        return f"a string {v!r}"
+    if isinstance(v, bool):
+        return f"{str(v).lower()}"
+    return {list: "a list", dict: "an object", type(None): "null"}.get(type(v), f"{v!r}")
+
+
+def _check_value(value, where: str, sae: str, n_features: int, limit: float) -> None:
+    """``value``: absent, a JSON number or a list of them whose magnitudes, one per feature, sum to
+    at most ``limit`` (the SAE's: beyond it the edit, ``sum_i (v_i - f_i) * W_dec[i]``, could
+    overflow the SAE's or the engine's dtype)."""
+    if value is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpecError(f"{where}: expected a number or a list of numbers (JSON numbers), got {_json_kind(v)}")
+    if not all(math.isfinite(v) for v in items):
+        return  # NaN and inf: the Intervention names them
+    total = sum(abs(float(v)) for v in items) * (n_features if not isinstance(value, list) else 1)
+    if total > limit:
+        raise SpecError(f"{where}: {value!r} is too large for SAE {sae!r}: the edit must stay finite in its dtype, "
+                        f"so the values' magnitudes (one per feature) may sum to at most {limit:.4g}")
+
+
+def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
+         limits: dict[str, float] | None = None) -> SteerSpec:
     if not isinstance(d, dict):
         raise SpecError(f"{where}: expected an object with sae, features, mode, value, positions; got {type(d).__name__}")
     unknown = sorted(set(d) - _FIELDS)
     if unknown:
         raise SpecError(f"{where}.{unknown[0]}: unknown field (expected sae, features, mode, value, positions, skip_bos)")
     name = d.get("sae")
+    if name is not None and not isinstance(name, str):
+        raise SpecError(f"{where}.sae: expected the name of a registered SAE (a string), got {_json_kind(name)}")
     if name is None:
         if len(saes) != 1:
             raise SpecError(f"{where}.sae: required (registered SAEs: {', '.join(sorted(saes))})")
@@ -93,9 +128,20 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None) -> 
     skip_bos = d.get("skip_bos", True)
     if not isinstance(skip_bos, bool):
         raise SpecError(f"{where}.skip_bos: expected true or false, got {skip_bos!r}")
-    value = d.get("value", d.get("values"))
+    features = d["features"]
+    if isinstance(features, bool) or not isinstance(features, (int, list)):
+        raise SpecError(f"{where}.features: expected a list of feature ids, got {_json_kind(features)}")
+    if "value" in d and "values" in d:
+        raise SpecError(f"{where}.value: give 'value' or 'values', not both")
+    field = "values" if "values" in d else "value"
+    value = d.get(field)
+    n_features = 1 if isinstance(features, int) else len(features)
+    # clamp and add move the stream by about the values times W_dec: the engine's bound applies; a
+    # scale multiplies activations, so only float32 bounds it here and the engine checks the result
+    limit = FLOAT32_MAX if d.get("mode") == "scale" else (limits or {}).get(name, FLOAT32_MAX)
+    _check_value(value, f"{where}.{field}", name, n_features, limit)
     try:
-        iv = Intervention(d["features"], d.get("mode", "ablate"), value, d_sae=saes[name])
+        iv = Intervention(features, d.get("mode", "ablate"), value, d_sae=saes[name])
     except (ValueError, TypeError) as e:
         msg = str(e)
         field = msg.split(":", 1)[0] if ":" in msg else "features"
@@ -103,11 +149,16 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None) -> 
     return SteerSpec(name, iv, positions, skip_bos)
 
 
-def parse_specs(spec, saes: dict[str, int], layers: dict[str, int] | None = None) -> tuple[SteerSpec, ...]:
+def parse_specs(spec, saes: dict[str, int], layers: dict[str, int] | None = None,
+                limits: dict[str, float] | None = None) -> tuple[SteerSpec, ...]:
     """Validate a request's spec (a dict, a list of dicts, or their JSON text) against the
     registered SAEs (``name -> d_sae``). A spec's optional ``layer`` must be an integer and, where
     ``layers`` (name -> the SAE's layer) is given, that SAE's own layer: an engine edits at the
-    layer the SAE reads. Returns the parsed specs (empty for None / [])."""
+    layer the SAE reads. Values are JSON numbers, finite, whose magnitudes (one per feature) sum to at
+    most ``limits[sae]`` (an engine's bound that keeps a clamp or add edit finite in its dtypes;
+    default, and for ``scale``: the largest float32, since values become float32 tensors). Several specs
+    on one SAE are kept, in order: engines apply them one after the other, each to the previous
+    one's output. Returns the parsed specs (empty for None / [])."""
     if spec is None:
         return ()
     if isinstance(spec, (str, bytes)):
@@ -116,7 +167,7 @@ def parse_specs(spec, saes: dict[str, int], layers: dict[str, int] | None = None
         except json.JSONDecodeError as e:
             raise SpecError(f"saesteer: malformed JSON ({e.msg} at character {e.pos})") from None
     items = spec if isinstance(spec, list) else [spec]
-    return tuple(_one(d, saes, f"saesteer[{i}]" if isinstance(spec, list) else "saesteer", layers)
+    return tuple(_one(d, saes, f"saesteer[{i}]" if isinstance(spec, list) else "saesteer", layers, limits)
                  for i, d in enumerate(items))
 
 

@@ -1,7 +1,7 @@
 """Steered model classes for vLLM: the edit is in the model's graph from construction on, so it
 survives vLLM's ``torch.compile``. A CUDA graph must never contain the op, since a replayed graph
 would skip its host-side work: steered engines run without CUDA graphs, or with PIECEWISE ones
-where the op is one of vLLM's splitting ops (:func:`saesteer.vllm.cuda_graph_settings`).
+where the op is one of vLLM's splitting ops (:func:`saesteer.vllm.graphs.cuda_graph_settings`).
 
 vLLM compiles the decoder stack on its first forward (warm-up) and afterwards calls the compiled
 code directly, without Python module calls: a forward hook registered after the engine has started
@@ -11,7 +11,7 @@ tokens for steered requests). So for each vLLM architecture ``X`` there is a mod
 constructor puts a forward hook on the decoder layers named by ``hf_config.saesteer_layers``. The
 hook calls the opaque custom op ``torch.ops.saesteer_vllm.edit_layer(hidden, residual, positions,
 out, layer)``: dynamo records the call in the graph, and at run time the op's Python body finds the
-layer's edit (registered by :meth:`saesteer.vllm.WorkerExtension.saesteer_install` in the same
+layer's edit (registered by :meth:`saesteer.vllm.worker.WorkerExtension.saesteer_install` in the same
 worker process), reads the batch from the model runner, step by step, and writes the edited
 ``hidden + residual`` into ``out``. Before an edit is registered, or when no request of the step is
 steered, it writes ``hidden + residual``, which is what the next layer's fused residual add computes
@@ -107,13 +107,34 @@ def steered_class(base: type) -> type:
 
 def register() -> None:
     """Register ``SAESteeredX`` for every architecture vLLM knows (lazily: a class is built when vLLM
-    loads it). Runs at ``import saesteer.vllm``, in the user's process and in each worker, which
-    imports the module as its ``worker_extension_cls`` before it loads the model."""
+    loads it). vLLM runs it as saesteer's ``vllm.general_plugins`` entry point in every process it
+    starts, before any model loads. Idempotent. A vLLM outside the tested versions is named here
+    (:func:`saesteer.vllm.version.check_vllm_version`)."""
     from vllm import ModelRegistry
+
+    from .version import check_vllm_version
+
+    check_vllm_version()
 
     for arch in list(ModelRegistry.get_supported_archs()):
         if not arch.startswith(PREFIX) and PREFIX + arch not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(PREFIX + arch, f"{__name__}:{PREFIX}{arch}")
+
+
+def check_registered(archs) -> None:
+    """Raise unless vLLM knows every ``SAESteeredX`` in ``archs``: saesteer's plugin must be loaded by
+    vLLM's own plugin loader (run here first; it is idempotent), which finds it through the
+    ``vllm.general_plugins`` entry point of an installed saesteer, in every process vLLM starts."""
+    from vllm import ModelRegistry
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()
+    missing = [a for a in archs if a.startswith(PREFIX) and a not in ModelRegistry.get_supported_archs()]
+    if missing:
+        raise RuntimeError(f"vLLM does not know {', '.join(missing)}: saesteer's vLLM plugin was not loaded. Install "
+                           "saesteer in vLLM's environment (pip install 'saesteer[vllm]', or pip install -e '.[vllm]' in a "
+                           "checkout) so that vLLM finds its vllm.general_plugins entry point, and leave VLLM_PLUGINS "
+                           "unset or include 'saesteer' in it")
 
 
 def __getattr__(name: str):
@@ -122,7 +143,15 @@ def __getattr__(name: str):
     from vllm import ModelRegistry
 
     arch = name[len(PREFIX):]
-    base = ModelRegistry._try_load_model_cls(arch)  # vLLM's own loader of a registered architecture
+    try:
+        base = ModelRegistry._try_load_model_cls(arch)  # vLLM's own loader of a registered architecture
+    except AttributeError:
+        from .version import TESTED
+
+        import vllm
+
+        raise AttributeError(f"{name}: this vLLM ({vllm.__version__}) has no ModelRegistry._try_load_model_cls, which "
+                             f"saesteer's plugin uses; it is tested with vllm{TESTED}") from None
     if base is None:
         raise AttributeError(f"{name}: vLLM could not load its architecture {arch!r}")
     cls = steered_class(base)

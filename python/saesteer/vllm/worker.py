@@ -1,0 +1,333 @@
+"""The worker side of steering: :class:`WorkerExtension` (vLLM's ``worker_extension_cls``), the
+per-layer edit it registers (:class:`LayerHook`) and the per-token layout of a batch.
+
+Every worker (every tensor-parallel rank) gets the extension's methods;
+:meth:`WorkerExtension.saesteer_install` loads the SAEs there and registers the edit of each
+decoder layer an SAE reads. vLLM's decoder layers return ``(hidden, residual)`` and defer the
+residual add to the next fused norm, so the edit rebuilds ``x = hidden + residual``, edits it with
+:class:`saesteer.steering.SAESteerer` (one row index per token of the flattened batch, from the
+model runner's ``query_start_loc`` and its requests), and returns ``(x', 0)``: the next norm reads
+``x' + 0``. Positions (``prompt`` / ``generated``) come from each token's absolute position against
+its request's prompt length, so they hold across chunked prefill and recompute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from ..steering import SAESteerer
+from ..steering.spec import SpecError, bos_token_mask, parse_specs
+from .graphs import check_graph_mode
+from .model import EDITS
+from .sources import read_sae, site_layer
+
+__all__ = ["EXTENSION", "WorkerExtension", "LayerHook"]
+
+EXTENSION = "saesteer.vllm.WorkerExtension"  # the name vLLM imports (re-exported by the package)
+_log = logging.getLogger("saesteer.vllm")
+
+
+class LayerHook:
+    """The edit of one decoder layer: every registered SAE at that layer, in order. It runs as the
+    body of the graph op of a steered model class (:mod:`saesteer.vllm.model`), or as a plain
+    forward hook on an eager model built without it. It talks to its worker through one method,
+    :meth:`WorkerExtension.edit_layer`."""
+
+    def __init__(self, worker: "WorkerExtension", names: list[str]):
+        self.worker = worker
+        self.names = names
+
+    def edit(self, hidden, residual, positions):
+        """The edited ``hidden + residual``, or None when nothing in this forward edits this layer."""
+        return self.worker.edit_layer(self.names, hidden, residual, positions)
+
+    def __call__(self, module, args, output):
+        hidden, residual = output
+        y = self.edit(hidden, residual, args[0] if args else None)
+        return output if y is None else (y, torch.zeros_like(y))
+
+
+class WorkerExtension:
+    """Methods vLLM adds to every worker (``worker_extension_cls="saesteer.vllm.WorkerExtension"``)."""
+
+    def saesteer_install(self, saes: dict[str, str]) -> dict[str, int]:
+        """Load ``saes`` (name -> source) on this worker and hook their layers. Returns name -> d_sae."""
+        runner = self.model_runner
+        model = runner.model
+        layers = model.model.layers
+        device = next(model.parameters()).device
+        self._saesteer = {}
+        self._saesteer_specs: dict[str, tuple] = {}
+        self._saesteer_plans: dict[tuple, object] = {}
+        self._saesteer_step = (None, None)
+        self._saesteer_batches: dict[tuple, object] = {}
+        self._saesteer_stats: dict[str, dict[str, int]] = {}
+        self._saesteer_bos = getattr(runner.model_config.hf_config, "bos_token_id", None)
+        self._saesteer_limits: dict[str, float] = {}
+        self._saesteer_failed: dict[str, str] = {}  # request id -> why its edit was stopped
+        model_max = torch.finfo(runner.model_config.dtype).max
+        #: an edited row beyond this magnitude (or not finite) fails its request
+        self._saesteer_bound = stream_bound(model_max, runner.model_config.get_hidden_size())
+        by_layer: dict[int, list[str]] = {}
+        shapes = {}
+        for name, src in saes.items():
+            sae = read_sae(src, device)
+            layer = site_layer(name, sae.hook_name)
+            if not 0 <= layer < len(layers):
+                raise SpecError(f"--sae {name}: layer {layer} is out of range (the model has {len(layers)} layers)")
+            self._saesteer[name] = SAESteerer(sae, device)
+            by_layer.setdefault(layer, []).append(name)
+            shapes[name] = sae.d_sae
+            self._saesteer_limits[name] = value_limit(sae, model_max)
+            self._saesteer_stats[name] = {"forwards": 0, "steered_forwards": 0, "edited_tokens": 0, "nonfinite_tokens": 0}
+        check_graph_mode(getattr(runner.vllm_config, "compilation_config", None))
+        graph_layers = getattr(model, "saesteer_layers", None)  # set by a SAESteered model class
+        if graph_layers is not None:
+            missing = sorted(set(by_layer) - set(graph_layers))
+            if missing:
+                raise SpecError(f"--sae: layers {missing} were not built with saesteer's graph hooks "
+                                f"(the model has them on {list(graph_layers)}); pass their SAEs when the engine starts")
+            for i, names in by_layer.items():
+                EDITS[i] = LayerHook(self, names)
+            self._saesteer_handles = []
+        else:
+            mode = getattr(getattr(runner.vllm_config, "compilation_config", None), "mode", 0)
+            if int(mode or 0) != 0:
+                raise SpecError("the model was compiled without saesteer's graph hooks, so a hook added now would never "
+                                "run: build the engine with SteeredLLM / saesteer serve (they set hf_overrides), or enforce_eager=True")
+            self._saesteer_handles = [layers[i].register_forward_hook(LayerHook(self, names)) for i, names in by_layer.items()]
+        return shapes
+
+    def saesteer_stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
+        """Per SAE name: ``forwards`` (forward passes the layer hook saw), ``steered_forwards`` (those
+        in which some token of the batch had an edit on this SAE) and ``edited_tokens`` (tokens edited,
+        summed over forwards). vLLM has skipped module hooks after runner changes before; these
+        counts show that every step was seen. ``reset`` zeroes them after reading."""
+        out = {n: dict(c) for n, c in self._saesteer_stats.items()}
+        if reset:
+            for c in self._saesteer_stats.values():
+                for k in c:
+                    c[k] = 0
+        return out
+
+    def saesteer_value_limits(self) -> dict[str, float]:
+        """Per SAE name: the largest sum of a spec's value magnitudes (one per feature) whose edit
+        stays finite in the SAE's and the model's dtypes (:func:`value_limit`); front ends refuse
+        larger values (``parse_specs(..., limits=...)``)."""
+        return dict(self._saesteer_limits)
+
+    def saesteer_failures(self, pop: bool = True) -> dict[str, str]:
+        """Requests whose edit produced non-finite hidden states (request id -> message). Their edit
+        was stopped at that step and their tokens carried on unedited, so nothing non-finite entered
+        the KV cache; a front end reports each as failed. ``pop`` forgets them after reading."""
+        out = dict(self._saesteer_failed)
+        if pop:
+            self._saesteer_failed.clear()
+        return out
+
+    def saesteer_shapes(self) -> dict[str, int]:
+        """The installed SAEs: name -> d_sae."""
+        return {n: st.d_sae for n, st in self._saesteer.items()}
+
+    def saesteer_sae(self, name: str):
+        """The installed SAE ``name`` (a :class:`saesteer.SAE`)."""
+        return self._saesteer[name].sae
+
+    def edit_layer(self, names: list[str], hidden, residual, positions):
+        """The edit of a decoder layer read by the SAEs ``names`` (in order) in the current forward:
+        the edited ``hidden + residual``, or None when no token of the batch is edited there."""
+        for name in names:
+            self._saesteer_stats[name]["forwards"] += 1
+        step = self._step_plan()
+        if step is None or not any(n in step.per_sae for n in names):
+            return None
+        x = hidden if residual is None else hidden + residual
+        y = x
+        for name in names:
+            y = self._apply(name, y, positions, step)
+        if y is x:
+            return None
+        bad = ~(y[: step.n_real].abs().amax(dim=-1) <= self._saesteer_bound)  # NaN compares False
+        if bool(bad.any()):
+            y = self._contain(names, x, y, bad.cpu().numpy(), step)
+        return y
+
+    def _contain(self, names, x, y, bad, step: "_Batch"):
+        """Stop the edit of every request with a non-finite edited token, or one so large that the
+        next layer's norm would overflow (``bad``, per real token):
+        all its tokens of this forward take the unedited ``x``, it is edited no more, and it is
+        recorded as failed. Nothing non-finite reaches the next layers, so none of it is written to
+        the KV cache, whose blocks later go to other requests."""
+        failed = {step.req_ids[i] for i in np.unique(step.token_req[bad])}
+        rows = np.isin(step.token_req, list(failed))
+        keep = torch.from_numpy(rows).to(y.device)
+        y = y.clone()
+        y[: step.n_real][keep] = x[: step.n_real][keep]
+        for name in names:
+            self._saesteer_stats[name]["nonfinite_tokens"] += int(np.count_nonzero(bad))
+        for rid in failed:
+            msg = (f"saesteer: the edit of request {rid} on SAE {' / '.join(names)} produced non-finite hidden "
+                   "states (a value too large for the model's dtype?); the request was stopped")
+            _log.error(msg)
+            if len(self._saesteer_failed) > 4096:
+                self._saesteer_failed.clear()
+            self._saesteer_failed[rid] = msg
+            self._saesteer_specs[rid] = ()  # edited no more
+        self._saesteer_batches.clear()  # layouts that held its specs
+        self._saesteer_step = (None, None)  # the next hooked layer of this forward builds its layout anew
+        return y
+
+    # -- per forward ------------------------------------------------------------------------------
+    def _step_plan(self):
+        """The current forward's :class:`_Batch`, or None when no request of the batch is steered.
+        Found once per forward (every hooked layer of that forward shares it) and built once per
+        batch composition: vLLM's decode steps keep the same requests and token counts, so they
+        reuse the per-token layout and only the positions are read anew."""
+        from vllm.forward_context import get_forward_context
+
+        ctx = get_forward_context()
+        if self._saesteer_step[0] is ctx:
+            return self._saesteer_step[1]
+        runner = self.model_runner
+        batch = runner.input_batch
+        n = batch.num_reqs
+        req_ids = tuple(batch.req_ids[:n])
+        qsl = runner.query_start_loc.np[: n + 1]
+        key = (req_ids, qsl.tobytes())
+        step = self._saesteer_batches.get(key, False)
+        if step is False:
+            if len(self._saesteer_batches) > 256:
+                self._saesteer_batches.clear()
+            step = self._saesteer_batches[key] = self._build_batch(runner, req_ids, qsl)
+        self._saesteer_step = (ctx, step)
+        return step
+
+    def _build_batch(self, runner, req_ids, qsl):
+        states = [runner.requests[rid] for rid in req_ids]
+        specs = [self._parsed(rid, st) for rid, st in zip(req_ids, states)]
+        if not any(specs):
+            return None
+        token_req = np.repeat(np.arange(len(req_ids)), np.diff(qsl))
+        prompt_lens = np.array([st.num_prompt_tokens for st in states], dtype=np.int64)
+        # A token at position 0 is its request's first prompt token: with these ids, the BOS rule
+        # bos_token_mask decides exactly as the HF hooks do.
+        first_ids = np.array([st.prompt_token_ids[0] if st.prompt_token_ids else -1 for st in states], dtype=np.int64)
+        per_sae: dict[str, list[_SAEBatch]] = {}
+        for name in self._saesteer:
+            # A request's k-th spec on this SAE goes to pass k: the passes run in order, each on the
+            # previous one's output, as several edits at one hook point chain on HF.
+            mine = [[s for s in req_specs if s.sae == name] for req_specs in specs]
+            for k in range(max(map(len, mine), default=0)):
+                ivs: dict = {}  # distinct interventions of this pass -> plan row
+                req_row, req_pos, req_skip = [], [], []
+                for req_specs in mine:
+                    s = req_specs[k] if k < len(req_specs) else None
+                    req_row.append(-1 if s is None else ivs.setdefault(s.intervention, len(ivs)))
+                    req_pos.append("all" if s is None else s.positions)
+                    req_skip.append(s is not None and s.skip_bos)
+                plan_key = (name, tuple(ivs))
+                plan = self._saesteer_plans.get(plan_key)
+                if plan is None:
+                    if len(self._saesteer_plans) > 1024:
+                        self._saesteer_plans.clear()
+                    plan = self._saesteer_plans[plan_key] = self._saesteer[name].plan(list(ivs))
+                in_prompt = np.array([p != "generated" for p in req_pos])[token_req]
+                in_generated = np.array([p != "prompt" for p in req_pos])[token_req]
+                skip = np.array(req_skip, dtype=bool)[token_req]
+                per_sae.setdefault(name, []).append(
+                    _SAEBatch(plan, np.array(req_row, dtype=np.int64)[token_req], in_prompt, in_generated, skip))
+        if not per_sae:
+            return None
+        return _Batch(token_req.shape[0], prompt_lens[token_req], first_ids[token_req], per_sae, req_ids, token_req)
+
+    def _parsed(self, req_id: str, state) -> tuple:
+        """The request's parsed specs, parsed once per request (the client validated them already)."""
+        got = self._saesteer_specs.get(req_id)
+        if got is None:
+            if len(self._saesteer_specs) > 4096:  # finished requests: forget them
+                self._saesteer_specs.clear()
+            extra = getattr(state.sampling_params, "extra_args", None) or {}
+            try:
+                got = parse_specs(extra.get("saesteer"), self.saesteer_shapes(), limits=self._saesteer_limits)
+            except SpecError as e:
+                # Only a client that bypasses SteeredLLM and saesteer serve (both validate at
+                # admission) gets here. Raising would take the engine down with every request in
+                # flight, so this request runs unedited and the error is logged.
+                _log.error("request %s: its saesteer spec is invalid and was not applied: %s", req_id, e)
+                got = ()
+            self._saesteer_specs[req_id] = got
+        return got
+
+    def _apply(self, name: str, x: torch.Tensor, positions, step: "_Batch") -> torch.Tensor:
+        for sb in step.per_sae.get(name, ()):
+            x = self._apply_pass(name, sb, x, positions, step)
+        return x
+
+    def _apply_pass(self, name: str, sb: "_SAEBatch", x: torch.Tensor, positions, step: "_Batch") -> torch.Tensor:
+        steerer = self._saesteer[name]
+        N, n_real = x.shape[0], step.n_real
+        bound = sb.bound.get(N)
+        if bound is None:  # N > n_real when the engine pads the batch (CUDA graph sizes)
+            rows = np.full(N, -1, dtype=np.int64)
+            rows[:n_real] = sb.rows
+            bound = sb.bound[N] = steerer.bind(sb.plan, torch.from_numpy(rows))
+        mask = None
+        keep = sb.edited
+        if sb.needs_mask and positions is not None:
+            pos = positions[:n_real].cpu().numpy()
+            keep = keep & np.where(pos >= step.prompt_lens, sb.in_generated, sb.in_prompt)
+            if sb.any_skip:
+                keep &= ~(sb.skip & bos_token_mask(step.first_ids, pos, self._saesteer_bos))
+            m = np.zeros(N, dtype=bool)
+            m[:n_real] = keep
+            mask = torch.from_numpy(m).to(x.device, non_blocking=True)
+        stats = self._saesteer_stats[name]
+        stats["steered_forwards"] += 1
+        stats["edited_tokens"] += int(np.count_nonzero(keep))
+        return steerer.apply_bound(x, bound, token_mask=mask)
+
+
+def stream_bound(dtype_max: float, d_model: int) -> float:
+    """The largest residual-stream magnitude an edit may leave: the next RMSNorm squares every
+    coordinate and sums ``d_model`` of them, which must stay finite (with a margin of 16)."""
+    return math.sqrt(dtype_max / d_model) / 4
+
+
+def value_limit(sae, model_max: float) -> float:
+    """The largest sum of value magnitudes ``sum_i |v_i|`` (one per edited feature) for which the
+    edit ``sum_i (v_i - f_i) * W_dec[i]`` keeps every coordinate within :func:`stream_bound` of the
+    SAE's and the model's dtypes (``model_max``): each coordinate moves by at most
+    ``sum_i |v_i| * max|W_dec|`` besides the features' own terms, which the other half covers."""
+    w = float(sae.W_dec.detach().abs().max())
+    top = stream_bound(min(torch.finfo(sae.W_dec.dtype).max, model_max), sae.d_in) / 2
+    return top / max(w, 1e-30)
+
+
+class _SAEBatch:
+    """One SAE's part of a batch layout, per real token: its plan row (-1: none), whether its spec
+    edits prompt tokens and generated tokens (``positions``), its ``skip_bos``; and the plan bound
+    per padded batch size N."""
+
+    __slots__ = ("plan", "rows", "edited", "in_prompt", "in_generated", "skip", "needs_mask", "any_skip", "bound")
+
+    def __init__(self, plan, rows, in_prompt, in_generated, skip):
+        self.plan, self.rows, self.in_prompt, self.in_generated, self.skip = plan, rows, in_prompt, in_generated, skip
+        self.edited = rows >= 0
+        self.any_skip = bool(skip.any())
+        self.needs_mask = self.any_skip or not bool((in_prompt & in_generated).all())
+        self.bound: dict[int, object] = {}
+
+
+class _Batch:
+    """The per-token layout of one batch composition (requests and their token counts); ``per_sae``:
+    name -> that SAE's passes (a request's k-th spec on it is in pass k)."""
+
+    __slots__ = ("n_real", "prompt_lens", "first_ids", "per_sae", "req_ids", "token_req")
+
+    def __init__(self, n_real, prompt_lens, first_ids, per_sae, req_ids, token_req):
+        self.n_real, self.prompt_lens, self.first_ids, self.per_sae = n_real, prompt_lens, first_ids, per_sae
+        self.req_ids, self.token_req = req_ids, token_req  # the batch's requests; each real token's request
