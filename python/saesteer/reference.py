@@ -28,6 +28,9 @@ __all__ = [
     "row_edit",
     "apply_delta",
     "check_token_mask",
+    "trigger_score",
+    "trigger_tensors",
+    "trigger_from_tensors",
 ]
 
 # Every function takes a saesteer.SAE or its kernel view (saesteer.packed.PackedSAE); the math
@@ -124,6 +127,53 @@ def feature_acts(x: torch.Tensor, sae, features) -> torch.Tensor:
     cols = torch.as_tensor(features, dtype=torch.long, device=sae.device)
     f, _, _ = encode_columns(x, sae, cols)
     return f.to(torch.promote_types(x.dtype, sae.dtype))
+
+
+def trigger_tensors(features, weights, d_sae: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated ``(features int64 [|T|], weights float32 [|T|])`` on ``device`` for a trigger read.
+
+    ``features``: distinct ids in ``[0, d_sae)`` (a sequence or a 1-D integer tensor);
+    ``weights``: None (every weight 1), one float for all, or one finite float per feature.
+    """
+    feats = Intervention(features, "ablate").check(d_sae).features
+    n = len(feats)
+    if weights is None:
+        w = torch.ones(n, dtype=torch.float32)
+    else:
+        if isinstance(weights, bool) or not isinstance(weights, (int, float, torch.Tensor)) and not hasattr(weights, "__len__"):
+            raise ValueError(f"weights: expected None, a float or one float per feature, got {type(weights).__name__}")
+        try:
+            w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"weights: expected None, a float or one float per feature, got {weights!r}") from None
+        if w.dim() == 0:
+            w = w.expand(n)
+        if w.dim() != 1 or w.numel() != n:
+            raise ValueError(f"weights: expected one weight per feature ({n}), got shape {tuple(w.shape)}")
+        if not torch.isfinite(w).all():
+            raise ValueError("weights: values must be finite (got NaN or inf)")
+        w = w.float()
+    return torch.tensor(feats, dtype=torch.int64, device=device), w.to(device)
+
+
+def trigger_from_tensors(x: torch.Tensor, sae, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """:func:`trigger_score` on validated tensors (``features int64 [|T|]``, ``weights f32 [|T|]``)."""
+    sae = as_packed(sae)
+    f, _, _ = encode_columns(x, sae, features)
+    return (f @ weights.to(f.dtype)).float() if features.numel() else x.new_zeros(x.shape[:-1], dtype=torch.float32)
+
+
+def trigger_score(x: torch.Tensor, sae, features, weights=None) -> torch.Tensor:
+    """The trigger read ``score[...] = sum_j weights[j] * f_{features[j]}(x[...])``, float32 ``[...]``.
+
+    ``f`` are the SAE's activations (sae-lens ``encode``), computed in float32 (float64 for float64
+    inputs) from the |T| encoder columns of the features alone for standard, jumprelu and gated
+    SAEs (the subset encode of :func:`steer`); topk needs the full encode. ``weights`` default to 1.
+    """
+    sae = as_packed(sae)
+    sae.check_input(x)
+    feats, w = trigger_tensors(features, weights, sae.d_sae, sae.device)
+    return trigger_from_tensors(x, sae, feats, w)
 
 
 def decode(f: torch.Tensor, sae) -> torch.Tensor:

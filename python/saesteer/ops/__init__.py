@@ -29,6 +29,7 @@ __all__ = [
     "steer_rows",
     "encode_topk",
     "decode_sparse",
+    "trigger_score",
     "kernel",
     "BACKENDS",
     "available_backends",
@@ -217,6 +218,30 @@ def decode_sparse(values: torch.Tensor, indices: torch.Tensor, sae, backend: str
     return out.view(*values.shape[:-1], sae.d_in)
 
 
+def trigger_score(x: torch.Tensor, sae, features, weights=None, backend: str = "auto") -> torch.Tensor:
+    """The trigger read: ``score[...] = sum_j weights[j] * f_{features[j]}(x[...])``, float32 ``[...]``.
+
+    Parameters
+    ----------
+    x : Tensor ``[..., d_in]`` (float32, bfloat16 or float16)
+    sae : saesteer.SAE on x's device
+    features : distinct feature ids ``T`` (sequence or 1-D integer tensor)
+    weights : None (all 1), a float, or one float per feature
+    backend : "auto" | "cuda" | "triton" | "cpu" | "torch"
+
+    For standard/jumprelu/gated SAEs only the |T| encoder columns are read (the subset encode of
+    :func:`steer`); topk needs the full encode. Activations are accumulated in float32.
+    """
+    sae = as_packed(sae)
+    _check_x(x, sae)
+    feats, w = reference.trigger_tensors(features, weights, sae.d_sae, x.device)
+    name = resolve_backend("trigger_score", x.device, backend)
+    if name == "torch" or _float64(x.dtype, sae) or not feats.numel():
+        return reference.trigger_from_tensors(x, sae, feats, w)
+    out = registry.implementation("trigger_score", name)(x.reshape(-1, sae.d_in), sae, feats, w)
+    return out.view(x.shape[:-1])
+
+
 # ------------------------------------------------------------------------------------------------
 # backends: torch (the reference, every device), the compiled ops (cpu, cuda), Triton (lazily)
 # ------------------------------------------------------------------------------------------------
@@ -237,6 +262,7 @@ registry.register_backend(
     steer_rows=_torch_steer_rows,
     encode_topk=reference.encode_topk,
     decode_sparse=reference.decode_sparse,
+    trigger_score=reference.trigger_from_tensors,
 )
 native.register()
 registry.register_loader("triton", lambda: importlib.import_module("saesteer.triton"))

@@ -8,6 +8,7 @@ on already validated, flattened arguments and the SAE's kernel view (:class:`sae
 * ``steer_rows(x [R, T, d_in], sae, features int64 [S], mode int, values f32 [R, S], token_mask bool [R, T] | None)``
 * ``encode_topk(x [N, d_in], sae, k) -> (values [N, k], indices int64 [N, k])``
 * ``decode_sparse(values [N, k], indices int64 [N, k], sae) -> [N, d_in]``
+* ``trigger_score(x [N, d_in], sae, features int64 [T], weights f32 [T]) -> f32 [N]``
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 __all__ = ["BACKENDS", "OPS", "register_backend", "available_backends", "resolve_backend", "implementation"]
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "torch")
-OPS = ("steer", "steer_rows", "encode_topk", "decode_sparse")
+OPS = ("steer", "steer_rows", "encode_topk", "decode_sparse", "trigger_score")
 
 # Preference per device type and op, fastest first. `auto` walks this list. The CUDA order is
 # per op: whichever the benchmarks (benchmarks/RESULTS.md) show faster. Not yet measured on a GPU:
@@ -33,6 +34,7 @@ AUTO_ORDER: dict[str, dict[str, tuple[str, ...]]] = {
         "steer_rows": ("cuda", "triton", "torch"),
         "encode_topk": ("triton", "cuda", "torch"),
         "decode_sparse": ("cuda", "triton", "torch"),
+        "trigger_score": ("cuda", "triton", "torch"),
     },
     "cpu": {op: ("cpu", "torch") for op in OPS},
 }
