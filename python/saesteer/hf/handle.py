@@ -15,6 +15,7 @@ from torch import nn
 
 from ..steering import SAESteerer, as_sae
 from .capture import input_hook, output_hook
+from .conditions import Trigger, parse_hf_when, split_when
 from .layers import find_layers, hidden_size, hook_name, hook_point, module_device
 from .positions import PositionTracker
 
@@ -25,8 +26,9 @@ class SAEEdit:
     """One SAE's error-preserving edit at one hook point: a single intervention, or a list with one
     per batch row. Called on the hook point's ``[B, T, d]`` hidden states and ``[B, T]`` token mask."""
 
-    def __init__(self, sae, intervention, device: torch.device, backend: str):
+    def __init__(self, sae, intervention, device: torch.device, backend: str, trigger: Trigger | None = None):
         self.steerer = SAESteerer(sae, device, backend)
+        self.trigger = trigger  # a condition (when): the edit applies only where it fires
         self.backend = self.steerer.backend
         self.per_row = isinstance(intervention, (list, tuple))
         self.rows = len(intervention) if self.per_row else 1
@@ -55,6 +57,11 @@ class SAEEdit:
                 f"intervention: {self.rows} per-row interventions but the batch has {x.shape[0]} rows "
                 "(num_return_sequences and beam search multiply the rows; give one intervention per row)"
             )
+        if self.trigger is not None:
+            if self.plan.is_noop:
+                return x  # a monitor
+            fired = self.trigger.mask(x.device)
+            mask = fired if mask is None else mask & fired
         return self.steerer.apply_rows(x, self.plan, mask)
 
 
@@ -66,10 +73,14 @@ class Site:
         self.module = module
         self.pre = pre
         self.edits: list = []
+        self.triggers: list[Trigger] = []  # conditions read here, on the stream before this site's edits
         self.flag = flag
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         pos = self.handle.positions
+        if self.triggers and self.handle.enabled:
+            for t in self.triggers:
+                t.read(x)
         if pos.active:
             if pos.skip:
                 return x
@@ -121,20 +132,30 @@ class SteeringHandle:
         self.edits: list = []
         self.hook_points: list[tuple[int, str]] = []
         self._coeff = coeff
+        self.conditions: list[Trigger | None] = []  # per entry of edits: its condition (when), or None
 
     # -- building (everything is validated before any hook is registered) ----------------------
     def add(self, module: nn.Module, pre: bool, device: torch.device, edit, where: tuple[int, str] | None = None) -> None:
         """Run ``edit(x [B, T, d], mask [B, T] | None)`` on ``module``'s input (``pre``) or output.
         ``where`` (a layer index and hook point) lists the edit in :attr:`edits`."""
+        self._site(module, pre, device).edits.append(edit)
+        if where is not None:
+            self.edits.append(edit)
+            self.hook_points.append(where)
+            self.conditions.append(getattr(edit, "trigger", None))
+
+    def add_trigger(self, module: nn.Module, pre: bool, device: torch.device, trigger: Trigger) -> None:
+        """Read ``trigger``'s condition on ``module``'s input (``pre``) or output, before the edits there."""
+        self._site(module, pre, device).triggers.append(trigger)
+        self.positions.track_prompt = True
+
+    def _site(self, module: nn.Module, pre: bool, device: torch.device) -> "Site":
         key = (id(module), pre)
         if key not in self._sites:
             if device not in self._flags:
                 self._flags[device] = torch.tensor(self._enabled, device=device)
             self._sites[key] = Site(self, module, pre, self._flags[device])
-        self._sites[key].edits.append(edit)
-        if where is not None:
-            self.edits.append(edit)
-            self.hook_points.append(where)
+        return self._sites[key]
 
     def register(self) -> "SteeringHandle":
         """Register the hooks (all or none)."""
@@ -253,6 +274,7 @@ def attach(
     hook: str | None = None,
     layers=None,
     backend: str = "auto",
+    when=None,
 ) -> SteeringHandle:
     """Steer ``model`` with SAE feature interventions until ``handle.remove()``.
 
@@ -277,6 +299,14 @@ def attach(
         name ``hook="blocks.3.hook_resid_pre"``.
     layers : the model's decoder layers (``ModuleList``), for models the lookup does not know.
     backend : passed to :mod:`saesteer.ops` ("auto", "cuda", "triton", "cpu", "torch").
+    when : a condition (:mod:`saesteer.steering.condition`): ``{"features", "threshold", "reduce",
+        "scope"}`` or a linear probe ``{"features", "weights", "bias", ...}``, optionally with
+        ``"sae"`` (an SAE object; default: the edit's SAE) read at that SAE's hook point, which must
+        not come after the edit's. It may also be the ``"when"`` key of an intervention dict (one per
+        pair); an intervention without features (or None) and a ``when`` is a monitor. Each batch row
+        is decided on its own; ``scope="prompt"`` decides on the prompt and keeps the decision for
+        the generated tokens. Rows where it does not fire are left unsteered bit for bit. The score
+        and decision are on ``handle.conditions[i]`` (a :class:`~saesteer.hf.conditions.Trigger`).
 
     Returns
     -------
@@ -287,7 +317,14 @@ def attach(
     hidden = hidden_size(model)
     handle = SteeringHandle(model, owner, positions, skip_bos=skip_bos)
     model_device = module_device(model, torch.device("cpu"))
-    for s, iv, where in _pairs(sae, intervention):
+    if isinstance(sae, (list, tuple)):
+        if when is not None:
+            raise ValueError("when: with a list of (sae, intervention) pairs, put each pair's when in its intervention dict")
+        pairs = [(s, *split_when(iv, None), where) for s, iv, where in _pairs(sae, intervention)]
+    else:
+        iv, cond = split_when(intervention, when)
+        pairs = [(s, iv, cond, where) for s, iv, where in _pairs(sae, iv)]
+    for k, (s, iv, cond, where) in enumerate(pairs):
         s = as_sae(s)
         p_layer, p_hook = layer, hook
         if isinstance(where, int) and not isinstance(where, bool):
@@ -298,8 +335,27 @@ def attach(
         if hidden is not None and s.d_in != hidden:
             raise ValueError(f"sae: d_in={s.d_in} but the model's hidden size is {hidden} (hook {hook_name(idx, kind)})")
         device = module_device(blocks[idx], model_device)
-        handle.add(blocks[idx], kind == "resid_pre", device, SAEEdit(s, iv, device, backend), (idx, kind))
+        trigger = None
+        if cond is not None:
+            label = "when" if len(pairs) == 1 else f"sae[{k}].when"
+            trigger = _trigger(handle, blocks, s, (idx, kind), cond, model_device, backend, label)
+        handle.add(blocks[idx], kind == "resid_pre", device, SAEEdit(s, iv, device, backend, trigger), (idx, kind))
     return handle.register()
+
+
+def _trigger(handle: SteeringHandle, blocks, edit_sae, edit_at: tuple[int, str], when, model_device, backend: str, where: str) -> Trigger:
+    """The :class:`Trigger` of a condition on the edit at ``edit_at``, registered at its own hook
+    point (the edit's when it reads the edit's SAE), which must come no later than the edit's."""
+    cond, trig_sae = parse_hf_when(when, edit_sae, where)
+    at = edit_at if trig_sae is edit_sae else hook_point(trig_sae, len(blocks))
+    order = lambda p: (p[0], p[1] == "resid_post")  # noqa: E731 - resid_pre of L runs before resid_post of L
+    if order(at) > order(edit_at):
+        raise ValueError(f"{where}.sae: the condition reads {hook_name(*at)}, after the edit at {hook_name(*edit_at)}; "
+                         "a condition must be read at or before the point it gates")
+    device = module_device(blocks[at[0]], model_device)
+    trigger = Trigger(cond, trig_sae, device, backend, handle.positions)
+    handle.add_trigger(blocks[at[0]], at[1] == "resid_pre", device, trigger)
+    return trigger
 
 
 def steer(model: nn.Module, sae, intervention=None, **kwargs) -> SteeringHandle:

@@ -86,6 +86,13 @@ class PositionTracker:
         self.active = False
         self.mask: torch.Tensor | None = None
         self.skip = False
+        # Conditions (``when``) read the prompt under every positions rule: with ``track_prompt``
+        # each forward also records ``real`` (padding mask), ``bos_keep`` and ``past`` (tokens before it).
+        self.track_prompt = False
+        self.real: torch.Tensor | None = None
+        self.bos_keep: torch.Tensor | None = None
+        self.past: int | None = None
+        self.forwards = 0
         self.reset()
 
     def reset(self) -> None:
@@ -103,30 +110,37 @@ class PositionTracker:
         return args[i] if i < len(args) else None
 
     def begin(self, module, args, kwargs) -> None:  # forward pre-hook of the owner
+        if self.track_prompt:  # a Python int a compiled graph would guard on: only counted for conditions
+            self.forwards += 1
         self._begin(args, kwargs)
-        if self.skip_bos and not self.skip:
-            self._drop_bos(args, kwargs)
+        self.bos_keep = None
+        if self.skip_bos and (not self.skip or self.track_prompt):
+            self.bos_keep = self._bos_keep(args, kwargs)
+            if self.bos_keep is not None and not self.skip:
+                self.mask = self.bos_keep if self.mask is None else self.mask & self.bos_keep
 
-    def _drop_bos(self, args, kwargs) -> None:
+    def _bos_keep(self, args, kwargs) -> torch.Tensor | None:
+        """``[B, T]`` bool, False at the sequence's BOS token (None: no BOS in this forward)."""
         ids = self._arg("input_ids", args, kwargs)
         ref = ids if isinstance(ids, torch.Tensor) else self._arg("inputs_embeds", args, kwargs)
         if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
-            return
+            return None
         B, T = ref.shape[0], ref.shape[1]
         attn = self._arg("attention_mask", args, kwargs)
         if not (isinstance(attn, torch.Tensor) and attn.dim() == 2 and attn.shape[0] == B and attn.shape[1] >= T):
             attn = None
         past = attn.shape[1] - T if attn is not None and attn.shape[1] > T else self._past_length(args, kwargs)
         if attn is None and past > 0:
-            return  # a later forward of an unpadded sequence: its BOS is in the cache
+            return None  # a later forward of an unpadded sequence: its BOS is in the cache
         pos = sequence_positions(attn, past, B, T, ref.device)
-        keep = ~bos_token_mask(ids if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None, pos, self.bos_token_id)
-        self.mask = keep if self.mask is None else self.mask & keep
+        return ~bos_token_mask(ids if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None, pos, self.bos_token_id)
 
     def _begin(self, args, kwargs) -> None:
         self.active = True
         self.skip = False
         self.mask = None
+        self.real = None
+        self.past = None
         ids = self._arg("input_ids", args, kwargs)
         ref = ids if isinstance(ids, torch.Tensor) else self._arg("inputs_embeds", args, kwargs)
         if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
@@ -142,12 +156,17 @@ class PositionTracker:
         if isinstance(attn, torch.Tensor) and attn.dim() == 2 and attn.shape[0] == B and attn.shape[1] >= T:
             real = attn[:, attn.shape[1] - T :] != 0  # pads (left or right) are never edited
             past = attn.shape[1] - T
-        if self.kind == "all":
+        self.real = real
+        if self.kind == "all" and not self.track_prompt:
             self.mask = real
             return
         if not past:  # no mask, or one covering only this forward's tokens: ask the cache
             past = self._past_length(args, kwargs)
         self._track(ids if isinstance(ids, torch.Tensor) else None, B, T, past)
+        self.past = past
+        if self.kind == "all":
+            self.mask = real
+            return
         P = self.prompt_length
         lo, hi = past, past + T
         sel = None  # [T] or [B, T] bool over this forward's tokens; None = all of them
@@ -190,6 +209,7 @@ class PositionTracker:
         self.active = False
         self.mask = None
         self.skip = False
+        self.real = self.bos_keep = None
 
     def _past_length(self, args, kwargs) -> int:
         cp = self._arg("cache_position", args, kwargs)  # transformers 4

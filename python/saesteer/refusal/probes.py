@@ -71,6 +71,18 @@ class LogisticProbe:
             return float("nan")
         return float((self.predict(X) == y.bool()).double().mean())
 
+    def as_when(self, features: Sequence[int], sae: str | None = None, *, reduce: str = "last", scope: str = "prompt") -> dict:
+        """This probe over the activations of ``features`` as a steering condition (a spec's ``when``,
+        :mod:`saesteer.steering.condition`): the standardization folded into ``weights`` and ``bias``,
+        so ``sum_j weights[j] f_j + bias`` is :meth:`logits` and the condition fires where the probe
+        says harmful. ``reduce="last"`` reads the last prompt token, where the probe was trained."""
+        if len(features) != self.weight.numel():
+            raise ValueError(f"features: the probe has {self.weight.numel()} inputs, got {len(features)} feature ids")
+        w = self.weight / self.std
+        d = {"features": [int(i) for i in features], "weights": [float(v) for v in w],
+             "bias": float(self.bias - (self.mean * w).sum()), "reduce": reduce, "scope": scope}
+        return d if sae is None else {"sae": sae, **d}
+
 
 def fit_logistic_probe(X: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-2, max_iter: int = 200) -> LogisticProbe:
     """Fit a logistic-regression probe on ``X [N, d]``, labels ``y [N]`` in {0, 1}.
@@ -258,12 +270,14 @@ def compare_probes(
     Returns ``{"features", "feature_sites", "n_train", "n_val", "residual_layer", "residual_layers",
     "templates", "rows": [{"set", "n", "majority", "feature_probe", "residual_probe",
     "feature_harmful", "residual_harmful", "feature_harmless", "residual_harmless"}, ...],
-    "ood_mean", "valid", "warnings"}``: accuracies (overall, on the refusal-class and on the
+    "ood_mean", "valid", "warnings", "feature_when"}``: accuracies (overall, on the refusal-class and on the
     compliance-class prompts of the set) on the train, validation and held-out plain splits and
     each OOD set, with the majority-class baseline; ``residual_layers`` the per-layer validation
     curve; ``templates`` the measured template table (None when ``ood`` is given); ``ood_mean``
     averages the overall accuracies over OOD sets (NaN when there are none); ``valid`` /
     ``warnings``: see :func:`probe_warnings`, plus :data:`NO_JAILBREAK` when no template was kept.
+    ``feature_when``: with one SAE, the feature probe as a spec's ``when`` (:meth:`LogisticProbe.as_when`;
+    None with several SAEs).
     """
     pairs = _pairs(sae, features)
     _check_d_in(model, pairs)
@@ -337,7 +351,8 @@ def compare_probes(
     feats_out = pairs[0][1] if len(pairs) == 1 else [f for _, f in pairs]
     return {"features": feats_out, "feature_sites": feat_names, "n_train": len(train), "n_val": len(val),
             "residual_layer": chosen, "residual_layers": curve, "templates": _table_rows(table),
-            "rows": rows, "ood_mean": mean, "valid": valid, "warnings": warnings + warnings_extra}
+            "rows": rows, "ood_mean": mean, "valid": valid, "warnings": warnings + warnings_extra,
+            "feature_when": feat_probe.as_when(pairs[0][1]) if len(pairs) == 1 else None}
 
 
 def _table_rows(table: Mapping | None) -> dict | None:

@@ -17,6 +17,11 @@ top-level ``features`` is then empty::
 ``skip_bos`` (default true) leaves each sequence's BOS token unedited (see
 :func:`saesteer.steering.spec.bos_token_mask`).
 
+``when`` (optional) makes the edit conditional (:mod:`saesteer.steering.condition`): ``{"sae",
+"features", "threshold", "reduce", "scope"}`` or a linear probe ``{"sae", "features", "weights",
+"bias", ...}``; its ``sae`` is an SAE reference like the spec's (left out: the spec's own SAE; with
+``edits``, one of theirs), and the condition gates every edit of the spec.
+
 ``sae`` is a directory in sae-lens format, ``RELEASE:SAE_ID`` from sae-lens's registry, or
 ``organism:NAME`` for an SAE shipped with the built-in model (``organism`` alone: its default; the
 command line resolves these, :func:`resolve_sae` the first two). ``model`` is the HF model id or
@@ -80,6 +85,7 @@ class SteeringSpec:
     model: str | None = None
     notes: dict = field(default_factory=dict)
     edits: list | None = None  # [{sae, layer, features}] at several hook points; None: one SAE
+    when: dict | None = None  # a condition gating the edit (saesteer.steering.condition)
 
     def intervention(self, d_sae: int | None = None) -> Intervention:
         return Intervention(self.features, self.mode, self.values, d_sae=d_sae)
@@ -121,12 +127,13 @@ class SteeringSpec:
         set)."""
         from ..hf import steer
 
+        when = self._when(sae)
         if self.edits:
             missing = [e["sae"] for e in self.edits if not isinstance(sae, dict) or e["sae"] not in sae]
             if missing:
                 raise ValueError(f"sae: the spec's edits need the SAEs {missing}; pass a dict of them")
-            pairs = [(sae[e["sae"]], Intervention(e["features"], self.mode, self.values, d_sae=sae[e["sae"]].d_sae),
-                      e.get("layer")) for e in self.edits]
+            pairs = [(sae[e["sae"]], _with_when(Intervention(e["features"], self.mode, self.values, d_sae=sae[e["sae"]].d_sae),
+                                                when), e.get("layer")) for e in self.edits]
             return steer(model, pairs, positions=self.positions, skip_bos=self.skip_bos, backend=backend)
         kw = {}
         if self.layer is not None and sae.hook_layer != self.layer:
@@ -134,7 +141,24 @@ class SteeringSpec:
         if self.hook is not None:
             kw["hook"] = self.hook
         return steer(model, sae, self.intervention(sae.d_sae), positions=self.positions,
-                     skip_bos=self.skip_bos, backend=backend, **kw)
+                     skip_bos=self.skip_bos, backend=backend, when=when, **kw)
+
+    def _when(self, sae):
+        """This spec's ``when`` for the HF hooks: its ``sae`` reference replaced by the loaded SAE
+        (``sae``: the one loaded SAE, or the dict ``{reference: SAE}`` of a spec with edits)."""
+        if self.when is None:
+            return None
+        w = dict(self.when)
+        ref = w.pop("sae", None)
+        if isinstance(sae, dict):
+            if ref is None or ref not in sae:
+                raise ValueError(f"when.sae: a spec with edits names the SAE its condition reads, one of {sorted(sae)}; "
+                                 f"got {ref!r}")
+            w["sae"] = sae[ref]
+        elif ref is not None and ref != self.sae and not same_model(ref, self.sae or ""):
+            raise ValueError(f"when.sae: the condition reads {ref!r}, but the spec's SAE is {self.sae!r}; a one-SAE spec's "
+                             "condition reads that SAE (leave when.sae out)")
+        return w
 
     # -- files ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -145,6 +169,8 @@ class SteeringSpec:
             d.pop("model")
         if d["edits"] is None:
             d.pop("edits")
+        if d["when"] is None:
+            d.pop("when")
         return d
 
     def save(self, path: str | Path) -> Path:
@@ -156,6 +182,8 @@ class SteeringSpec:
                 d[key] = absolute_ref(d[key])
         for e in d.get("edits") or []:
             e["sae"] = absolute_ref(e["sae"])
+        if isinstance((d.get("when") or {}).get("sae"), str):
+            d["when"]["sae"] = absolute_ref(d["when"]["sae"])
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
@@ -199,6 +227,15 @@ class SteeringSpec:
         for e in d.get("edits") or []:
             if isinstance(e, dict) and isinstance(e.get("sae"), str):
                 e["sae"] = _relative_to(e["sae"], p.parent)
+        if isinstance(d.get("when"), dict) and isinstance(d["when"].get("sae"), str):
+            d["when"] = {**d["when"], "sae": _relative_to(d["when"]["sae"], p.parent)}
+        if d.get("when") is not None:
+            from ..steering.condition import parse_when
+
+            try:
+                parse_when(d["when"])
+            except ValueError as e:
+                raise ValueError(f"steering spec {p}: {e}") from None
         if not isinstance(d.get("skip_bos", True), bool):
             raise ValueError(f"steering spec {p}: skip_bos must be true or false, got {d['skip_bos']!r}")
         spec = cls(**d)
@@ -223,3 +260,13 @@ def resolve_sae(ref: str, device="cpu"):
     from ..sae_ref import resolve_sae_ref
 
     return resolve_sae_ref(ref, device=device)
+
+
+def _with_when(iv: Intervention, when: dict | None):
+    """``iv`` as the HF hooks' intervention dict carrying ``when`` (``iv`` itself without one)."""
+    if when is None:
+        return iv
+    d = {"features": list(iv.features), "mode": iv.mode, "when": when}
+    if iv.mode != "ablate":
+        d["value"] = list(iv.values)
+    return d
