@@ -28,7 +28,7 @@ from .graphs import cuda_graph_settings
 from .overrides import steered_overrides
 from .sources import sae_site, site_layer, source_dir
 from .worker import EXTENSION
-from .requests import ServerSteering, SpecError, error_body, parse_sae_args
+from .requests import SSEReports, ServerSteering, SpecError, add_reports, error_body, parse_sae_args, report_tag
 
 __all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
 
@@ -39,9 +39,10 @@ class SteeringMiddleware:
     """Pure ASGI middleware: rewrites the JSON body of completion requests through
     :meth:`ServerSteering.prepare`, or answers 400 when the spec is bad (nothing reaches vLLM)."""
 
-    def __init__(self, app, steering: ServerSteering):
+    def __init__(self, app, steering: ServerSteering, fetch=None):
         self.app = app
         self.steering = steering
+        self.fetch = fetch  # async (items) -> the workers' reports (WorkerExtension.saesteer_reports)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in STEERED_PATHS:
@@ -59,11 +60,14 @@ class SteeringMiddleware:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             body = None  # not JSON: vLLM answers it with its own error
+        tag = None
         if isinstance(body, dict):
             try:
-                raw = json.dumps(self.steering.prepare(body)).encode()
+                body = self.steering.prepare(body)
             except SpecError as e:
                 return await _respond(send, 400, error_body(e))
+            raw = json.dumps(body).encode()
+            tag = report_tag(body) if self.fetch is not None else None
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(raw)).encode()))
         scope = dict(scope, headers=headers)
@@ -76,7 +80,52 @@ class SteeringMiddleware:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay, send if tag is None else self._reporting(send, tag))
+
+    def _reporting(self, send, tag: str):
+        """``send`` with the request's reports added to its response: each choice of a JSON response,
+        or the chunk that ends each choice of a stream (see :mod:`saesteer.vllm.requests`)."""
+        fetch = self.fetch
+        state = {"mode": None, "start": None, "body": b""}
+
+        async def one(index: int):
+            return (await fetch([(tag, index)])).get(f"{tag}/{index}")
+
+        sse = SSEReports(one)
+
+        async def wrapped(msg):
+            if msg["type"] == "http.response.start":
+                ctype = dict(msg.get("headers", [])).get(b"content-type", b"")
+                if msg.get("status") != 200:
+                    state["mode"] = "pass"
+                elif b"text/event-stream" in ctype:
+                    state["mode"] = "sse"
+                else:
+                    state["mode"], state["start"] = "json", msg  # sent with the new length at the end
+                    return
+                return await send(msg)
+            if msg["type"] != "http.response.body" or state["mode"] == "pass":
+                return await send(msg)
+            more = msg.get("more_body", False)
+            if state["mode"] == "sse":
+                return await send(dict(msg, body=await sse.feed(msg.get("body", b""), not more)))
+            state["body"] += msg.get("body", b"")
+            if more:
+                return
+            body = state["body"]
+            try:
+                payload = json.loads(body)
+                reports = (await fetch([tag])).get(tag, [])
+                body = json.dumps(add_reports(payload, reports)).encode()
+            except ValueError:
+                pass
+            start = state["start"]
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send(dict(start, headers=headers))
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        return wrapped
 
 
 async def _respond(send, status: int, body: bytes):
@@ -85,8 +134,9 @@ async def _respond(send, status: int, body: bytes):
     await send({"type": "http.response.body", "body": body})
 
 
-def add_routes(app, steering: ServerSteering) -> None:
-    """``GET /v1/saesteer`` and ``PUT /v1/saesteer/default`` on a FastAPI app, plus the middleware."""
+def add_routes(app, steering: ServerSteering, fetch=None) -> None:
+    """``GET /v1/saesteer`` and ``PUT /v1/saesteer/default`` on a FastAPI app, plus the middleware
+    (``fetch``: where it reads the workers' reports of ``when`` / ``inspect`` requests)."""
     async def describe():
         return JSONResponse(steering.describe())
 
@@ -107,7 +157,7 @@ def add_routes(app, steering: ServerSteering) -> None:
     # vLLM's app has built its middleware stack by now (add_middleware is refused after that), so
     # the steering middleware wraps the built stack: it is the outermost layer.
     stack = app.middleware_stack or app.build_middleware_stack()
-    app.middleware_stack = SteeringMiddleware(stack, steering)
+    app.middleware_stack = SteeringMiddleware(stack, steering, fetch)
 
 
 def _read_default(text: str | None):
@@ -204,9 +254,14 @@ async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> 
         steering = ServerSteering(shapes, default, layers)
         build_app = entry.build_app
 
+        async def fetch(items):
+            # The workers' reports go back through vLLM's own utility call (one engine-core RPC,
+            # answered between two steps), after the request's last token: the report is complete.
+            return (await engine.collective_rpc("saesteer_reports", args=(items,)))[0]
+
         def build_steered_app(*a, **k):
             app = build_app(*a, **k)
-            add_routes(app, steering)
+            add_routes(app, steering, fetch)
             return app
 
         entry.build_app = build_steered_app  # build_and_serve looks it up in its own module

@@ -133,15 +133,28 @@ class WorkerExtension:
             self._saesteer_failed.clear()
         return out
 
-    def saesteer_reports(self, tags: list[str]) -> dict[str, list[dict]]:
-        """The reports of the requests tagged ``tags`` (their ``extra_args["saesteer_tag"]``), each a
-        list with one entry per completion (``n`` > 1: in index order): ``{"when": [...],
-        "inspect": [...]}`` (see :mod:`saesteer.vllm.reports`). They are forgotten once read."""
+    def saesteer_reports(self, tags: list) -> dict:
+        """The reports of the requests tagged ``tags`` (their ``extra_args["saesteer_tag"]``): per
+        tag, a list with one entry per completion (``n`` > 1: in index order), each ``{"when":
+        [...], "inspect": [...]}`` (see :mod:`saesteer.vllm.reports`). An item ``(tag, index)``
+        asks for one completion's report alone (a stream whose other completions go on), keyed
+        ``"tag/index"``. Reports are forgotten once read."""
         out = {}
-        for tag in tags:
-            rids = self._saesteer_tags.pop(tag, [])
-            states = [(child_index(r), self._saesteer_states.pop(r, None)) for r in rids]
-            out[tag] = [st.report() for _, st in sorted(states, key=lambda t: t[0]) if st is not None]
+        for item in tags:
+            tag, index = (item, None) if isinstance(item, str) else (item[0], int(item[1]))
+            rids = self._saesteer_tags.get(tag, [])
+            take = [r for r in rids if index is None or child_index(r) == index]
+            rest = [r for r in rids if r not in take]
+            if rest:
+                self._saesteer_tags[tag] = rest
+            else:
+                self._saesteer_tags.pop(tag, None)
+            states = sorted(((child_index(r), self._saesteer_states.pop(r, None)) for r in take), key=lambda t: t[0])
+            reps = [st.report() for _, st in states if st is not None]
+            if index is None:
+                out[tag] = reps
+            else:
+                out[f"{tag}/{index}"] = reps[0] if reps else None
         return out
 
     def saesteer_shapes(self) -> dict[str, int]:
