@@ -40,14 +40,20 @@ def prompt_scores(org, ids, trig):
         return float(h.conditions[0].score[0])
 
 
+def hf_iv(spec):
+    """A request spec as the HF hooks take it: its SAE names dropped (they take the SAE object)."""
+    if spec is None:
+        return None
+    iv = {k: v for k, v in spec.items() if k not in ("sae", "positions")}
+    if "when" in iv:
+        iv["when"] = {k: v for k, v in iv["when"].items() if k != "sae"}
+    return iv
+
+
 def hf_greedy(org, ids, iv=None, positions="all"):
-    """Greedy tokens and (with a ``when``) the HF trigger's report; ``iv``: a request spec (its SAE
-    names dropped: the HF hooks take the SAE object)."""
+    """Greedy tokens and (with a ``when``) the HF trigger's report; ``iv``: a request spec."""
     x = torch.tensor([ids])
-    if iv is not None:
-        iv = {k: v for k, v in iv.items() if k not in ("sae", "positions")}
-        if "when" in iv:
-            iv["when"] = {k: v for k, v in iv["when"].items() if k != "sae"}
+    iv = hf_iv(iv)
     edit = contextlib.nullcontext() if iv is None else saesteer.steer(org.model, org.sae, iv, positions=positions)
     with torch.no_grad(), edit as h:
         out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
@@ -134,9 +140,10 @@ def test_inspect_equals_sae_lens_encode_and_topk(org, llm, prompts, feats, posit
         iv = clamp(feats) if i == 0 else None
         assert got[i] == hf_greedy(org, p, iv)[0]  # inspection changes nothing
         ids = torch.tensor([p + got[i][:-1]])  # every token the model read
-        edit = contextlib.nullcontext() if iv is None else saesteer.steer(org.model, org.sae, iv)
-        with torch.no_grad(), edit, saesteer.capture(org.model, org.sae) as rec:
-            org.model(ids)  # the stream at the SAE's hook point, upstream edits included (none here)
+        # Inspection reads the stream at the SAE's hook point before the edits there; the clamp
+        # edits that same point, so (no edit upstream) it is the unsteered model's on these tokens.
+        with torch.no_grad(), saesteer.capture(org.model, org.sae) as rec:
+            org.model(ids)
         acts = org.sae.encode(rec[org.sae.hook_name][0][0])
         want_v, _ = acts.topk(k, dim=-1)
         (ins,) = reps[i]["inspect"]
