@@ -154,3 +154,58 @@ def offline_hub_cache(root) -> tuple[Path, str]:
     if not dst.exists():
         shutil.copytree(organism.read_manifest()[2]["jumprelu"], dst)
     return cache, f"{HUB_REPO}:layer_2/jumprelu"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], log: Path, env: dict | None = None, timeout: float = 240):
+    """``saesteer serve ARGS`` in a subprocess (output to ``log``), waited for until ``/health``
+    answers: a context manager yielding ``(process, base URL)``; the server is stopped on exit.
+    ``args`` must include ``--port``."""
+    import contextlib
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    import pytest
+
+    port = args[args.index("--port") + 1]
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "python"), env.get("PYTHONPATH", "")])
+
+    @contextlib.contextmanager
+    def running():
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "saesteer.cli", "serve", *args], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + timeout
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"saesteer serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+                try:
+                    urllib.request.urlopen(base + "/health", timeout=2)
+                    break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    if time.time() > deadline:
+                        pytest.fail(f"saesteer serve did not come up in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+                    time.sleep(1)
+            yield proc, base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    return running()

@@ -90,3 +90,53 @@ def test_a_spec_layer_must_be_the_sae_layer():
     assert st.default == ()  # a refused default leaves the old one
     # Without the SAEs' layers (an engine-neutral parse) a layer is only type-checked.
     assert parse_specs(dict(SPEC, layer=7), SAES) == parse_specs(SPEC, SAES)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'"hello"', "saesteer: expected a spec (an object), a list of specs, or null; got the JSON string 'hello'"),
+    (b"42", "saesteer: expected a spec (an object), a list of specs, or null; got 42"),
+    (b"{not json", "saesteer: malformed JSON"),
+    (b'{"sae": ["jumprelu"], "features": [1]}', "saesteer.sae: expected the name of a registered SAE"),
+    (b'{"sae": "jumprelu", "features": [1], "mode": "clamp", "value": "8"}', "saesteer.value: expected a number"),
+    (b'{"sae": "jumprelu", "features": [1], "mode": "clamp", "value": 1e39}', "saesteer.value: 1e+39 is too large"),
+])
+def test_put_default_bodies_that_are_not_specs_name_what_was_expected(raw, message):
+    st = ServerSteering(SAES, default=SPEC)
+    before = st.default
+    with pytest.raises(SpecError) as e:
+        st.set_default_json(raw)
+    assert str(e.value).startswith(message)
+    assert st.default == before  # left as it was
+    field = message.split(":", 1)[0]
+    assert json.loads(error_body(e.value))["error"]["param"] == field
+
+
+@pytest.mark.parametrize("raw", [b"", b"null", b'"none"', b"[]"])
+def test_put_default_null_none_or_empty_switches_the_edit_off(raw):
+    st = ServerSteering(SAES, default=SPEC)
+    assert st.set_default_json(raw) == () and st.default == ()
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"sae": ["jumprelu"], "features": [1]}, "saesteer.sae"),
+    ({"sae": {"n": 1}, "features": [1]}, "saesteer.sae"),
+    ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": "abc"}, "saesteer.value"),
+    ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": "8"}, "saesteer.value"),
+    ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": 1e39}, "saesteer.value"),
+])
+def test_request_specs_of_the_wrong_type_are_400_naming_the_field(bad, field):
+    st = ServerSteering(SAES)
+    for body in ({"prompt": "hi", "saesteer": bad}, {"prompt": "hi", "vllm_xargs": {"saesteer": json.dumps(bad)}}):
+        with pytest.raises(SpecError) as e:
+            st.prepare(body)
+        assert json.loads(error_body(e.value))["error"]["param"] == field
+
+
+def test_the_workers_value_limits_bound_request_specs_and_the_default():
+    st = ServerSteering(SAES, layers=None, limits={"jumprelu": 100.0})
+    ok = {"sae": "jumprelu", "features": [1, 2], "mode": "clamp", "value": 50.0}
+    assert st.prepare({"prompt": "hi", "saesteer": ok})
+    with pytest.raises(SpecError, match=r"^saesteer\.value: 51\.0 is too large"):
+        st.prepare({"prompt": "hi", "saesteer": dict(ok, value=51.0)})
+    with pytest.raises(SpecError, match=r"^saesteer\.value"):
+        st.set_default(dict(ok, value=51.0))

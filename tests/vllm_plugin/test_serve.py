@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,48 +24,18 @@ MAX_NEW = 10
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     # The jumprelu SAE is registered as an sae-lens RELEASE:ID (a hub repo in a local cache, read
     # offline by sae-lens in the API process and in the worker), the organism's others by name.
     cache, hub_ref = helpers.offline_hub_cache(tmp_path_factory.mktemp("hf"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]),
-               HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
     saes = [f"{n}={hub_ref if n == 'jumprelu' else 'organism:' + n}" for n in organism.read_manifest()[2]]
-    cmd = [sys.executable, "-m", "saesteer.cli", "serve", "--model", "organism", "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
-           "--enable-prefix-caching", "--block-size", "32", "--gpu-memory-utilization", "0.15",
-           *[a for x in saes for a in ("--sae", x)]]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"saesteer serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.time() > deadline:
-                    pytest.fail(f"saesteer serve did not come up in 240 s:\n{log.read_text()[-4000:]}")
-                time.sleep(1)
+    args = ["--model", "organism", "--host", "127.0.0.1", "--port", str(helpers.free_port()), "--dtype", "float32",
+            "--max-model-len", "256", "--enforce-eager", "--enable-prefix-caching", "--block-size", "32",
+            "--gpu-memory-utilization", "0.15", *[a for x in saes for a in ("--sae", x)]]
+    with helpers.start_server(args, tmp_path_factory.mktemp("serve") / "server.log", env) as (_, base):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +150,69 @@ def test_the_default_edit_switches_at_run_time(server, client, org, prompt_ids, 
     finally:
         assert _put_default(server, None)[0] == 200
     assert served(client, ids) == hf_greedy(org, ids)
+
+
+def _get(server, path):
+    with urllib.request.urlopen(server + path, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _put_raw(server, raw: bytes):
+    req = urllib.request.Request(server + "/v1/saesteer/default", data=raw, method="PUT",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("bad, param", [
+    ({"sae": ["jumprelu"], "features": [1]}, "saesteer.sae"),
+    ({"sae": {"name": "jumprelu"}, "features": [1]}, "saesteer.sae"),
+    ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": "abc"}, "saesteer.value"),
+    ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": "8"}, "saesteer.value"),
+    ({"sae": "jumprelu", "features": [1], "mode": "clamp", "value": 1e39}, "saesteer.value"),
+])
+def test_specs_of_the_wrong_type_or_too_large_are_400_naming_the_field_in_requests_and_the_default(
+        server, client, bad, param, prompt_ids):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="organism", prompt=prompt_ids[0], max_tokens=2, extra_body={"saesteer": bad})
+    assert e.value.status_code == 400 and e.value.body["param"] == param, e.value.body
+    status, body = _put_raw(server, json.dumps(bad).encode())
+    assert status == 400 and body["error"]["param"] == param, body
+    assert _get(server, "/v1/saesteer")["default"] is None
+
+
+def test_put_default_with_a_json_string_names_what_was_expected(server):
+    status, body = _put_raw(server, b'"hello"')
+    assert status == 400
+    assert body["error"]["message"] == ("saesteer: expected a spec (an object), a list of specs, or null; "
+                                        "got the JSON string 'hello'")
+
+
+def test_a_request_whose_edit_goes_non_finite_fails_and_no_other_reply_changes(server, client, org, prompt_ids, features):
+    """References alone, the bad requests (a value beyond float32, refused; a scale within the bound
+    that overflows inside the engine, failed with an error), the references again: all equal."""
+    refs = [served(client, ids) for ids in prompt_ids]
+    clamp = _spec(features, "clamp", 6.0)
+    steered = [served(client, ids, saesteer=clamp) for ids in prompt_ids]
+    with pytest.raises(openai.BadRequestError) as e:
+        served(client, prompt_ids[0], saesteer=_spec(features, "clamp", 1e39))
+    assert e.value.body["param"] == "saesteer.value"
+    limit = _get(server, "/v1/saesteer")["saes"]["jumprelu"]["value_limit"]
+    big = {"sae": "jumprelu", "features": [features[0]], "mode": "scale", "value": 0.99 * limit}
+    with pytest.raises(openai.BadRequestError) as e:
+        served(client, prompt_ids[0], saesteer=big)
+    assert "produced non-finite hidden states" in e.value.message
+    stream = client.completions.create(model="organism", prompt=prompt_ids[0], max_tokens=MAX_NEW, temperature=0,
+                                       stream=True, extra_body={"saesteer": big, "ignore_eos": True})
+    with pytest.raises(openai.APIError, match="non-finite hidden states"):
+        for _ in stream:
+            pass
+    for _ in range(2):
+        assert [served(client, ids) for ids in prompt_ids] == refs
+        assert [served(client, ids, saesteer=clamp) for ids in prompt_ids] == steered
 
 
 def test_steer_reads_a_two_sae_discover_spec_file(tmp_path):

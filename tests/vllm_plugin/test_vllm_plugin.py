@@ -143,3 +143,52 @@ def test_skip_bos_false_edits_the_bos_token_as_the_hf_hooks_do(org, llm, prompts
     got = vllm_greedy(llm, prompts[:3], [d] * 3)
     assert llm.stats()["jumprelu"]["edited_tokens"] == sum(len(p) for p in prompts[:3]) + 3 * (MAX_NEW - 1)
     assert got == [helpers.hf_greedy(org, p, MAX_NEW, iv, "all", skip_bos=False) for p in prompts[:3]]
+
+
+def _greedy_chain(org, ids, pairs):
+    """The organism's greedy reply with several edits on its SAE, chained at its hook point by the HF hooks."""
+    import torch
+
+    import saesteer
+
+    x = torch.tensor([ids])
+    with torch.no_grad(), saesteer.steer(org.model, [(org.sae, iv) for iv in pairs]):
+        out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def test_several_specs_on_one_sae_apply_in_order_as_the_hf_hooks_chain_them(org, llm, prompts, refusal_features):
+    a = Intervention(refusal_features, "clamp", 6.0)
+    b = Intervention(refusal_features[:2], "scale", 0.5)
+    got = vllm_greedy(llm, prompts[:3], [[spec(a, "all"), spec(b, "all")], None, [spec(b, "all"), spec(a, "all")]])
+    assert got[0] == _greedy_chain(org, prompts[0], [a, b])
+    assert got[1] == hf_greedy(org, prompts[1])
+    assert got[2] == _greedy_chain(org, prompts[2], [b, a])
+    assert got[0] != hf_greedy(org, prompts[0], a), "the second spec changed nothing: the test shows nothing"
+
+
+def test_a_value_too_large_for_the_sae_dtype_is_refused_naming_the_value(llm, prompts):
+    bad = {"sae": "jumprelu", "features": [1, 2], "mode": "clamp", "value": 1e39}  # inf in float32
+    with pytest.raises(SpecError, match=r"saesteer\.value: 1e\+39 is too large for SAE 'jumprelu'"):
+        llm.generate([prompts[0]], vllm.SamplingParams(max_tokens=2), steer=bad)
+    assert 1e30 < llm.limits["jumprelu"] < 3.5e38
+
+
+def test_an_edit_that_goes_non_finite_fails_its_request_and_no_other(org, llm, prompts, refusal_features):
+    """References alone, then a request whose edit overflows float32 inside the engine (a scale within
+    the value bound, on an active feature), then the references again: they are equal, and the bad
+    request fails with an error naming it. Its non-finite rows never reach the KV cache, whose
+    blocks the next requests reuse."""
+    refs = vllm_greedy(llm, prompts, None)
+    steered = vllm_greedy(llm, prompts, spec(Intervention(refusal_features, "clamp", 6.0), "all"))
+    big = {"sae": "jumprelu", "features": [refusal_features[0]], "mode": "scale", "value": 0.99 * llm.limits["jumprelu"]}
+    llm.stats(reset=True)
+    with pytest.raises(Exception, match=r"prompt\(s\) \[0\] produced non-finite hidden states") as e:
+        llm.generate([prompts[0], prompts[1]], vllm.SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True),
+                     steer=[big, None], use_tqdm=False)
+    assert e.value.failed == [0]
+    assert list(e.value.outputs[1].outputs[0].token_ids) == refs[1]  # its batch mate is untouched
+    assert llm.stats()["jumprelu"]["nonfinite_tokens"] > 0
+    for _ in range(2):
+        assert vllm_greedy(llm, prompts, None) == refs
+        assert vllm_greedy(llm, prompts, spec(Intervention(refusal_features, "clamp", 6.0), "all")) == steered

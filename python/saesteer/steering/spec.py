@@ -150,6 +150,8 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
         for part in ("when", "inspect"):
             if isinstance(d.get(part), dict) and isinstance(d[part].get("sae"), str):
                 name = d[part]["sae"]
+                if name not in saes:
+                    raise SpecError(f"{where}.{part}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
                 break
     if name is None:
         if len(saes) != 1:

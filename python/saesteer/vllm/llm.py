@@ -24,7 +24,7 @@ from .overrides import steered_overrides
 from .sources import sae_site, site_layer, source_dir
 from .worker import EXTENSION
 
-__all__ = ["SteeredLLM"]
+__all__ = ["SteeredLLM", "SteeringFailed", "failed_request"]
 
 
 class SteeredLLM:
@@ -51,6 +51,8 @@ class SteeredLLM:
         self.llm = LLM(model=model, **llm_kwargs)
         shapes = self.llm.collective_rpc("saesteer_install", args=(dict(saes),))
         self.saes = shapes[0]
+        #: name -> the largest sum of a spec's value magnitudes whose edit stays finite (the workers')
+        self.limits = self.llm.collective_rpc("saesteer_value_limits")[0]
         self.sources = dict(saes)
 
     def from_spec_file(self, spec):
@@ -76,7 +78,7 @@ class SteeredLLM:
         steer = list(steer)
         if len(steer) != n:
             raise SpecError(f"steer: expected one spec per prompt ({n}), got {len(steer)}")
-        parsed = [parse_specs(s, self.saes, self.layers) for s in steer]  # every spec checked before any request runs
+        parsed = [parse_specs(s, self.saes, self.layers, self.limits) for s in steer]  # every spec checked before any request runs
         sp = sampling_params or SamplingParams()
         reqs, params, tags = [], [], []
         for p, specs in zip(prompts, parsed):
@@ -103,19 +105,45 @@ class SteeredLLM:
 
     def generate(self, prompts, sampling_params=None, steer=None, **kwargs):
         """``vllm.LLM.generate`` where prompt ``i`` is steered by ``steer[i]`` (a spec, a list of specs,
-        or None; one spec for all prompts also works). Prompts are strings or token-id lists."""
+        or None; one spec for all prompts also works). Prompts are strings or token-id lists.
+
+        A request whose spec has a ``when`` or an ``inspect`` gets its report in each of its
+        ``CompletionOutput``'s ``saesteer`` attribute (see :mod:`saesteer.vllm.reports`).
+
+        Raises :class:`SteeringFailed` (with every output in ``.outputs``) when a request's edit
+        produced non-finite hidden states: the workers stopped that edit, so no other request was
+        touched, and that request's output is not the steered one."""
         reqs, params, tags = self._requests(list(prompts), sampling_params, steer)
         outs = self.llm.generate(reqs, params, **kwargs)
         asked = [t for t in tags if t is not None]
-        if asked:
+        if asked:  # the reports of the requests with a when or an inspect
             reports = self.llm.collective_rpc("saesteer_reports", args=(asked,))[0]
             for out, tag in zip(outs, tags):
                 if tag is not None:
                     reps = reports.get(tag, [])
                     for comp in out.outputs:
                         comp.saesteer = reps[comp.index] if comp.index < len(reps) else None
+        failures = self.llm.collective_rpc("saesteer_failures")[0]
+        if failures:
+            bad = [i for i, o in enumerate(outs) if any(failed_request(rid, o.request_id) for rid in failures)]
+            raise SteeringFailed(f"steer: the edit of prompt(s) {bad} produced non-finite hidden states and was "
+                                 f"stopped ({next(iter(failures.values()))}); their outputs are not steered", outs, bad)
         return outs
 
+
+def failed_request(engine_id: str, request_id: str) -> bool:
+    """The engine's request id ``engine_id`` is the front end's ``request_id`` (vLLM adds a suffix
+    of its own, and a server a per-choice index)."""
+    return engine_id == request_id or engine_id.startswith(request_id + "-")
+
+
+class SteeringFailed(RuntimeError):
+    """A request's edit produced non-finite hidden states (``outputs``: every output of the call;
+    ``failed``: the indices of the requests whose edit was stopped)."""
+
+    def __init__(self, msg: str, outputs, failed: list[int]):
+        super().__init__(msg)
+        self.outputs, self.failed = outputs, failed
 
 
 def _organism_saes(model: str) -> dict[str, str]:

@@ -39,15 +39,18 @@ def _explicit_none(spec) -> bool:
 
 
 class ServerSteering:
-    """The server's registered SAEs (``name -> d_sae``, and ``layers``: name -> the layer each reads,
-    which a spec's ``layer`` field must match) and its default spec, which can be switched while the
+    """The server's registered SAEs (``name -> d_sae``, ``layers``: name -> the layer each reads,
+    which a spec's ``layer`` field must match, and ``limits``: name -> the bound on a spec's values
+    from the workers) and its default spec, which can be switched while the
     server runs (:meth:`set_default`); requests already admitted keep the spec they got."""
 
-    def __init__(self, saes: dict[str, int], default=None, layers: dict[str, int] | None = None):
+    def __init__(self, saes: dict[str, int], default=None, layers: dict[str, int] | None = None,
+                 limits: dict[str, float] | None = None):
         if not saes:
             raise SpecError("--sae: register at least one SAE (NAME=DIR)")
         self.saes = dict(saes)
         self.layers = None if layers is None else dict(layers)
+        self.limits = None if limits is None else dict(limits)
         self._lock = threading.Lock()
         self._default: tuple[SteerSpec, ...] = ()
         self.set_default(default)
@@ -59,14 +62,29 @@ class ServerSteering:
     def set_default(self, spec) -> tuple[SteerSpec, ...]:
         """Make ``spec`` (a spec, a list of specs, their JSON text, or None for no edit) the edit of
         every later request that names none. A bad spec raises and leaves the default as it was."""
-        parsed = () if _explicit_none(spec) else parse_specs(spec, self.saes, self.layers)
+        parsed = () if _explicit_none(spec) else parse_specs(spec, self.saes, self.layers, self.limits)
         with self._lock:
             self._default = parsed
         return parsed
 
+    def set_default_json(self, raw: bytes) -> tuple[SteerSpec, ...]:
+        """:meth:`set_default` from a request body: JSON whose value is a spec (an object), a list of
+        specs, or ``null`` / ``"none"`` / ``[]`` (an empty body too) for no edit."""
+        try:
+            spec = json.loads(raw) if raw.strip() else None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SpecError(f"saesteer: malformed JSON ({e})") from None
+        if isinstance(spec, str) and not _explicit_none(spec):
+            raise SpecError(f"saesteer: expected a spec (an object), a list of specs, or null; got the JSON string {spec!r}")
+        if not isinstance(spec, (dict, list, str, type(None))):
+            raise SpecError(f"saesteer: expected a spec (an object), a list of specs, or null; got {spec!r}")
+        return self.set_default(spec)
+
     def describe(self) -> dict:
-        """What ``GET /v1/saesteer`` answers: the SAEs a spec may name and the current default."""
-        return {"saes": {n: {"d_sae": d, **({"layer": self.layers[n]} if self.layers and n in self.layers else {})}
+        """What ``GET /v1/saesteer`` answers: the SAEs a spec may name (their width, layer and the
+        bound on the sum of a spec's value magnitudes) and the current default."""
+        return {"saes": {n: {"d_sae": d, **({"layer": self.layers[n]} if self.layers and n in self.layers else {}),
+                             **({"value_limit": self.limits[n]} if self.limits and n in self.limits else {})}
                          for n, d in sorted(self.saes.items())},
                 "default": [s.to_dict() for s in self._default] or None}
 
@@ -85,7 +103,7 @@ class ServerSteering:
             raise SpecError("saesteer: given both as extra_body 'saesteer' and as vllm_xargs 'saesteer'; pass one")
         if given:
             spec = body.pop("saesteer") if given[0] == "saesteer" else xargs.pop("saesteer")
-            specs = () if _explicit_none(spec) else parse_specs(spec, self.saes, self.layers)
+            specs = () if _explicit_none(spec) else parse_specs(spec, self.saes, self.layers, self.limits)
         else:
             specs = self._default
         if specs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 
 from fastapi import Request
@@ -37,12 +38,21 @@ STEERED_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 class SteeringMiddleware:
     """Pure ASGI middleware: rewrites the JSON body of completion requests through
-    :meth:`ServerSteering.prepare`, or answers 400 when the spec is bad (nothing reaches vLLM)."""
+    :meth:`ServerSteering.prepare`, or answers 400 when the spec is bad (nothing reaches vLLM).
 
-    def __init__(self, app, steering: ServerSteering, fetch=None):
+    A steered request gets an ``X-Request-Id`` (the client's, else a fresh one), which vLLM puts in
+    its engine request ids. When it ends, ``failures`` (the workers' :meth:`WorkerExtension.
+    saesteer_failures`) says whether its edit produced non-finite hidden states; if so the client
+    gets a 400 naming ``saesteer`` instead of the reply (streamed: an error event before
+    ``[DONE]``). A request whose spec has a ``when`` or an ``inspect`` gets the workers' report
+    (``fetch``: :meth:`WorkerExtension.saesteer_reports`) in each choice, as ``choices[i].saesteer``."""
+
+    def __init__(self, app, steering: ServerSteering, failures=None, fetch=None):
         self.app = app
         self.steering = steering
+        self.failures = failures  # async () -> {engine request id: message}
         self.fetch = fetch  # async (items) -> the workers' reports (WorkerExtension.saesteer_reports)
+        self._failed: dict[str, str] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in STEERED_PATHS:
@@ -60,16 +70,24 @@ class SteeringMiddleware:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             body = None  # not JSON: vLLM answers it with its own error
+        steered = False
         tag = None
         if isinstance(body, dict):
             try:
                 body = self.steering.prepare(body)
             except SpecError as e:
                 return await _respond(send, 400, error_body(e))
+            steered = "saesteer" in (body.get("vllm_xargs") or {})
             raw = json.dumps(body).encode()
             tag = report_tag(body) if self.fetch is not None else None
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(raw)).encode()))
+        if steered and self.failures is not None:
+            rid = next((v.decode() for k, v in headers if k.lower() == b"x-request-id"), None)
+            if not rid:
+                rid = uuid.uuid4().hex
+                headers.append((b"x-request-id", rid.encode()))
+            send = self._reporting(send, rid)
         scope = dict(scope, headers=headers)
         replayed = False
 
@@ -80,9 +98,9 @@ class SteeringMiddleware:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send if tag is None else self._reporting(send, tag))
+        return await self.app(scope, replay, send if tag is None else self._with_reports(send, tag))
 
-    def _reporting(self, send, tag: str):
+    def _with_reports(self, send, tag: str):
         """``send`` with the request's reports added to its response: each choice of a JSON response,
         or the chunk that ends each choice of a stream (see :mod:`saesteer.vllm.requests`)."""
         fetch = self.fetch
@@ -127,6 +145,49 @@ class SteeringMiddleware:
 
         return wrapped
 
+    async def _failure(self, rid: str) -> str | None:
+        """The failure message of the engine requests of client request ``rid``, if its edit failed."""
+        self._failed.update(await self.failures())
+        mine = [k for k in self._failed if rid in k]
+        msgs = [self._failed.pop(k) for k in mine]
+        if len(self._failed) > 4096:  # requests whose clients left before they ended
+            self._failed.clear()
+        return msgs[0] if msgs else None
+
+    def _reporting(self, send, rid: str):
+        """``send`` that replaces the reply of a request whose edit failed by an error."""
+        held: list[dict] = []
+        streaming = False
+
+        async def reporting_send(msg):
+            nonlocal streaming
+            if msg["type"] == "http.response.start":
+                ctype = dict((k.lower(), v) for k, v in msg.get("headers", [])).get(b"content-type", b"")
+                streaming = ctype.startswith(b"text/event-stream")
+                if streaming or msg.get("status") != 200:
+                    streaming = True  # passed through as it comes
+                    return await send(msg)
+                held.append(msg)
+                return
+            if msg["type"] != "http.response.body":
+                return await send(msg)
+            if streaming:
+                body = msg.get("body", b"")
+                if b"data: [DONE]" in body and (err := await self._failure(rid)):
+                    body = body.replace(b"data: [DONE]", b"data: " + error_body(SpecError(err)) + b"\n\ndata: [DONE]")
+                    msg = dict(msg, body=body)
+                return await send(msg)
+            held.append(msg)
+            if msg.get("more_body", False):
+                return
+            err = await self._failure(rid)
+            if err:
+                return await _respond(send, 400, error_body(SpecError(err)))
+            for m in held:
+                await send(m)
+
+        return reporting_send
+
 
 async def _respond(send, status: int, body: bytes):
     await send({"type": "http.response.start", "status": status,
@@ -134,20 +195,15 @@ async def _respond(send, status: int, body: bytes):
     await send({"type": "http.response.body", "body": body})
 
 
-def add_routes(app, steering: ServerSteering, fetch=None) -> None:
+def add_routes(app, steering: ServerSteering, failures=None, fetch=None) -> None:
     """``GET /v1/saesteer`` and ``PUT /v1/saesteer/default`` on a FastAPI app, plus the middleware
-    (``fetch``: where it reads the workers' reports of ``when`` / ``inspect`` requests)."""
+    (``failures`` and ``fetch``: see :class:`SteeringMiddleware`)."""
     async def describe():
         return JSONResponse(steering.describe())
 
     async def set_default(request: Request):
-        raw = await request.body()
         try:
-            spec = json.loads(raw) if raw.strip() else None
-        except ValueError as e:
-            return Response(error_body(SpecError(f"saesteer: malformed JSON ({e})")), 400, media_type="application/json")
-        try:
-            steering.set_default(spec)
+            steering.set_default_json(await request.body())
         except SpecError as e:
             return Response(error_body(e), 400, media_type="application/json")
         return JSONResponse(steering.describe())
@@ -157,7 +213,7 @@ def add_routes(app, steering: ServerSteering, fetch=None) -> None:
     # vLLM's app has built its middleware stack by now (add_middleware is refused after that), so
     # the steering middleware wraps the built stack: it is the outermost layer.
     stack = app.middleware_stack or app.build_middleware_stack()
-    app.middleware_stack = SteeringMiddleware(stack, steering, fetch)
+    app.middleware_stack = SteeringMiddleware(stack, steering, failures, fetch)
 
 
 def _read_default(text: str | None):
@@ -251,8 +307,15 @@ async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> 
     listen_address, sock = setup_server(args, reuse_port=False)
     async with entry.build_async_engine_client(args) as engine:
         shapes = (await engine.collective_rpc("saesteer_install", args=(saes,)))[0]
-        steering = ServerSteering(shapes, default, layers)
+        limits = (await engine.collective_rpc("saesteer_value_limits"))[0]
+        try:
+            steering = ServerSteering(shapes, default, layers, limits)
+        except SpecError as e:
+            raise SystemExit(f"saesteer serve: error: --steer: {e}") from None
         build_app = entry.build_app
+
+        async def failures():
+            return (await engine.collective_rpc("saesteer_failures"))[0]
 
         async def fetch(items):
             # The workers' reports go back through vLLM's own utility call (one engine-core RPC,
@@ -261,7 +324,7 @@ async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> 
 
         def build_steered_app(*a, **k):
             app = build_app(*a, **k)
-            add_routes(app, steering, fetch)
+            add_routes(app, steering, failures, fetch)
             return app
 
         entry.build_app = build_steered_app  # build_and_serve looks it up in its own module
@@ -275,6 +338,59 @@ async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> 
         sock.close()
 
 
+_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
+_MEMORY_FLAGS = ("--gpu-memory-utilization", "--kv-cache-memory-bytes", "--kv-cache-memory")
+
+
+def _given(argv: list[str], flags) -> bool:
+    """One of ``flags`` is on the command line (``--flag V``, ``--flag=V``, underscores too)."""
+    norm = [a.split("=", 1)[0].replace("_", "-") for a in argv if a.startswith("--")]
+    return any(f in norm for f in flags)
+
+
+def kv_cache_bytes(model: str, max_model_len: int | None, max_num_seqs: int | None, dtype: str | None,
+                   available: int, trust_remote_code: bool = False) -> tuple[int, str]:
+    """The KV cache for a CPU engine: room for ``max_num_seqs`` (default 256, vLLM's) sequences of
+    ``max_model_len`` tokens (default: the model's context), at most half of the ``available`` RAM,
+    and at least one full sequence. Returns (bytes, how it was chosen)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    heads = getattr(cfg, "num_attention_heads")
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    if dtype in (None, "auto"):
+        dtype = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32")
+    itemsize = _DTYPE_BYTES.get(str(dtype).replace("torch.", ""), 4)  # unknown: the widest vLLM runs on a CPU
+    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
+    length = max_model_len or getattr(cfg, "max_position_embeddings", None) or 2048
+    seqs = max_num_seqs or 256
+    want = per_token * length * seqs
+    size = int(max(min(want, available // 2), per_token * length))
+    how = (f"{size / 2**30:.2f} GiB = {size // per_token} tokens of {per_token} B (room for {seqs} sequences of "
+           f"{length} tokens, at most half of the {available / 2**30:.1f} GiB available)")
+    return size, how
+
+
+def size_cpu_kv_cache(args, argv: list[str]) -> None:
+    """On a CPU, where vLLM reserves ``--gpu-memory-utilization`` (0.92) of all RAM and refuses to
+    start when less is free, set ``--kv-cache-memory-bytes`` to what the model needs
+    (:func:`kv_cache_bytes`) and print it, unless the user chose one of the two."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or _given(argv, _MEMORY_FLAGS):
+        return
+    import psutil
+
+    size, how = kv_cache_bytes(args.model, getattr(args, "max_model_len", None), getattr(args, "max_num_seqs", None),
+                               getattr(args, "dtype", None), psutil.virtual_memory().available,
+                               getattr(args, "trust_remote_code", False))
+    args.kv_cache_memory_bytes = size
+    print(f"saesteer serve: KV cache {how}; choose another with --kv-cache-memory-bytes or "
+          "--gpu-memory-utilization", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvloop
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
@@ -282,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     from vllm.logger import configure_logging_from_args
 
     cli_env_setup()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         saes, default = resolve(args)
         layers = check_saes(args, saes, default)
+        size_cpu_kv_cache(args, argv)
     except (SpecError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"saesteer serve: error: {e}", file=sys.stderr)
         return 2
