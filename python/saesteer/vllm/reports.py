@@ -76,7 +76,7 @@ class ConditionState:
         self.forward = forward
 
     def report(self) -> dict:
-        out: dict = {"when": self.cond.to_dict()}
+        out: dict = {"condition": self.cond.to_dict()}
         if self.cond.scope == "prompt":
             s = math.nan if self.prompt is None else float(self.prompt.score[0])
             out.update(score=None if math.isnan(s) else s, fired=bool(s > self.cond.threshold))
