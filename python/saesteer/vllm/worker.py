@@ -368,16 +368,17 @@ class WorkerExtension:
             bound = sb.bound[N] = steerer.bind(sb.plan, torch.from_numpy(rows))
         mask = None
         keep = sb.edited
-        if sb.needs_mask and positions is not None:
-            pos = step.pos if step.forward == self._saesteer_forward else positions[:n_real].cpu().numpy()
+        read_now = step.forward == self._saesteer_forward  # conditions read in this forward: host positions known
+        if sb.needs_mask and (positions is not None or read_now):
+            pos = step.pos if read_now else positions[:n_real].cpu().numpy()
             keep = keep & np.where(pos >= step.prompt_lens, sb.in_generated, sb.in_prompt)
             if sb.any_skip:
                 keep &= ~(sb.skip & bos_token_mask(step.first_ids, pos, self._saesteer_bos))
             for r, cs in sb.gates:  # conditions: read earlier in this forward (here or upstream)
-                if cs.forward != self._saesteer_forward:
-                    raise RuntimeError("saesteer: a condition was not read before the edit it gates")
                 a, b = step.starts[r], step.starts[r + 1]
-                keep[a:b] &= cs.ok
+                # A condition not read in this forward (which validation rules out) edits nothing:
+                # raising here would take the engine down with every request in flight.
+                keep[a:b] &= cs.ok if cs.forward == self._saesteer_forward else False
             m = np.zeros(N, dtype=bool)
             m[:n_real] = keep
             mask = torch.from_numpy(m).to(x.device, non_blocking=True)
