@@ -73,11 +73,11 @@ def test_a_prompt_decision_accumulates_over_chunks_and_restarts_on_recompute():
     st = ConditionState(cond, skip_bos=True)
     valid = np.array([False, True, True])  # BOS out
     st.update(np.array([9.0, 1.0, 1.0], np.float32), np.arange(3), valid, 5, 1)
-    assert not st.ok.any() and st.report()["score"] == 1.0
+    assert st.ok is False and st.report()["score"] == 1.0
     st.update(np.array([3.0, 7.0], np.float32), np.arange(3, 5), np.ones(2, bool), 5, 2)  # the prompt's last chunk
-    assert st.ok.all() and st.report()["score"] == 3.0 and st.report()["fired"]
+    assert st.ok is True and st.report()["score"] == 3.0 and st.report()["fired"]
     st.update(None, np.array([5]), np.ones(1, bool), 5, 3)  # a decode step: nothing read, the decision kept
-    assert st.ok.all()
+    assert st.ok is True
     st.update(np.array([9.0, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32), np.arange(6), np.r_[False, np.ones(5, bool)], 5, 4)
-    assert not st.ok.any() and st.report()["score"] == 0.0  # recomputed after preemption: read anew
+    assert st.ok is False and st.report()["score"] == 0.0  # recomputed after preemption: read anew
     assert child_index("3_cmpl-1-abc") == 3 and child_index("cmpl-1-abc") == 0

@@ -47,8 +47,9 @@ class ConditionState:
         self.skip_bos = skip_bos
         self.prompt: PromptScore | None = None
         self.token_scores: dict[int, float] = {}  # token scope: position -> score (a recompute overwrites)
-        self.ok: np.ndarray | None = None
+        self.ok: np.ndarray | bool | None = None
         self.forward = -1
+        self.decision = False  # prompt scope: the decision after the prompt tokens read so far
 
     def needs_scores(self, pos: np.ndarray, prompt_len: int) -> bool:
         """Whether this forward's tokens (``pos``) must be scored: a prompt-scope decision reads only
@@ -63,10 +64,12 @@ class ConditionState:
         if self.cond.scope == "prompt":
             if self.prompt is None or pos[0] == 0:
                 self.prompt = PromptScore(self.cond, 1, "cpu")  # the first chunk, or a recompute
+                self.decision = False
             if scores is not None:
                 in_prompt = valid & (pos < prompt_len)
                 self.prompt.update(torch.from_numpy(scores)[None], torch.from_numpy(in_prompt)[None])
-            self.ok = np.full(pos.shape[0], bool(self.prompt.fired[0]))
+                self.decision = bool(self.prompt.fired[0])
+            self.ok = self.decision  # one bool for all the request's tokens (a decode step reads nothing)
         else:
             fired = self.cond.fires(torch.from_numpy(scores)).numpy() & valid
             for p, s, v in zip(pos.tolist(), scores.tolist(), valid.tolist()):
@@ -92,7 +95,7 @@ class InspectState:
 
     def __init__(self, spec: InspectSpec):
         self.spec = spec
-        self.tokens: dict[int, tuple[int, list[int], list[float]]] = {}
+        self.chunks: list[tuple[np.ndarray, ...]] = []  # (positions, token ids, ids, values) per forward
 
     def wants(self, pos: np.ndarray, prompt_len: int) -> np.ndarray:
         if self.spec.positions == "prompt":
@@ -103,11 +106,14 @@ class InspectState:
 
     def add(self, pos: np.ndarray, token_ids: np.ndarray, ids: np.ndarray, values: np.ndarray) -> None:
         k = self.spec.k
-        for p, t, i, v in zip(pos.tolist(), token_ids.tolist(), ids[:, :k].tolist(), values[:, :k].tolist()):
-            self.tokens[p] = (t, i, v)
+        self.chunks.append((pos, token_ids, ids[:, :k], values[:, :k]))  # turned into lists once, in report()
 
     def report(self) -> dict:
-        rows = [{"position": p, "token_id": t, "ids": i, "values": v} for p, (t, i, v) in sorted(self.tokens.items())]
+        tokens: dict[int, tuple] = {}
+        for pos, tok, ids, values in self.chunks:  # a recompute after preemption overwrites its positions
+            for p, t, i, v in zip(pos.tolist(), tok.tolist(), ids.tolist(), values.tolist()):
+                tokens[p] = (t, i, v)
+        rows = [{"position": p, "token_id": t, "ids": i, "values": v} for p, (t, i, v) in sorted(tokens.items())]
         return {**self.spec.to_dict(), "tokens": rows}
 
 

@@ -342,7 +342,7 @@ class WorkerExtension:
             start = batch.num_computed_tokens_cpu[:n].astype(np.int64)
             offset = np.arange(n_real, dtype=np.int64) - step.starts[step.token_req]
             step.pos = start[step.token_req] + offset
-            step.tok = batch.token_ids_cpu[step.token_req, step.pos].astype(np.int64)
+            step.tok = batch.token_ids_cpu[step.token_req, step.pos] if any(r.inspects for r in step.reads.values()) else None
             bos = bos_token_mask(step.first_ids, step.pos, self._saesteer_bos)
             step.valid = ~bos  # conditions leave out BOS under skip_bos, as the HF hooks do
             step.forward = self._saesteer_forward
