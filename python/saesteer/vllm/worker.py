@@ -9,6 +9,10 @@ residual add to the next fused norm, so the edit rebuilds ``x = hidden + residua
 model runner's ``query_start_loc`` and its requests), and returns ``(x', 0)``: the next norm reads
 ``x' + 0``. Positions (``prompt`` / ``generated``) come from each token's absolute position against
 its request's prompt length, so they hold across chunked prefill and recompute.
+
+A request whose spec has a ``when`` or an ``inspect`` is read at its SAE's layer before the edits
+there (:mod:`saesteer.vllm.reports`: one state per request, its conditions gating its edits here and
+downstream); a batch without such requests has no reads and takes the plain path.
 """
 
 from __future__ import annotations
