@@ -66,13 +66,14 @@ def test_load_and_faults(readme_server, org):
         return list(r.choices[0].token_ids)
 
     refs = {(p, k): ask(p, k) for p in range(len(prompts)) for k in good}  # each sent alone
-    assert refs[(0, "clamp")] != refs[(0, "none")], "the clamp changed nothing: the test shows nothing"
+    assert any(refs[(p, "clamp")] != refs[(p, "none")] for p in range(len(prompts))), \
+        "the clamp changed no reply: the test shows nothing"
     rss0 = _rss(proc)
 
     rng = random.Random(0)
     kinds = [rng.choice(list(good)) for _ in range(190)] + [k for k in bad for _ in range(3)][:10]
     rng.shuffle(kinds)
-    jobs = [(rng.randrange(len(prompts)), k) for k in kinds]
+    jobs = [(0 if k == "non-finite" else rng.randrange(len(prompts)), k) for k in kinds]  # its feature is active on 0
 
     def run(job):
         p, k = job

@@ -158,8 +158,8 @@ def _greedy_chain(org, ids, pairs):
 
 
 def test_several_specs_on_one_sae_apply_in_order_as_the_hf_hooks_chain_them(org, llm, prompts, refusal_features):
-    a = Intervention(refusal_features, "clamp", 6.0)
-    b = Intervention(refusal_features[:2], "scale", 0.5)
+    a = Intervention(refusal_features, "ablate")
+    b = Intervention(refusal_features, "clamp", 6.0)
     got = vllm_greedy(llm, prompts[:3], [[spec(a, "all"), spec(b, "all")], None, [spec(b, "all"), spec(a, "all")]])
     assert got[0] == _greedy_chain(org, prompts[0], [a, b])
     assert got[1] == hf_greedy(org, prompts[1])
@@ -171,7 +171,7 @@ def test_a_value_too_large_for_the_sae_dtype_is_refused_naming_the_value(llm, pr
     bad = {"sae": "jumprelu", "features": [1, 2], "mode": "clamp", "value": 1e39}  # inf in float32
     with pytest.raises(SpecError, match=r"saesteer\.value: 1e\+39 is too large for SAE 'jumprelu'"):
         llm.generate([prompts[0]], vllm.SamplingParams(max_tokens=2), steer=bad)
-    assert 1e30 < llm.limits["jumprelu"] < 3.5e38
+    assert 1e3 < llm.limits["jumprelu"] < 1e20  # the next RMSNorm squares the stream: far below float32's max
 
 
 def test_an_edit_that_goes_non_finite_fails_its_request_and_no_other(org, llm, prompts, refusal_features):

@@ -18,6 +18,7 @@ downstream); a batch without such requests has no reads and takes the plain path
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -79,6 +80,8 @@ class WorkerExtension:
         self._saesteer_fwd_ctx = None
         self._saesteer_layers: dict[str, int] = {}
         model_max = torch.finfo(runner.model_config.dtype).max
+        #: an edited row beyond this magnitude (or not finite) fails its request
+        self._saesteer_bound = stream_bound(model_max, runner.model_config.get_hidden_size())
         by_layer: dict[int, list[str]] = {}
         shapes = {}
         for name, src in saes.items():
@@ -191,13 +194,14 @@ class WorkerExtension:
             y = self._apply(name, y, positions, step)
         if y is x:
             return None
-        bad = ~torch.isfinite(y[: step.n_real]).all(dim=-1)
+        bad = ~(y[: step.n_real].abs().amax(dim=-1) <= self._saesteer_bound)  # NaN compares False
         if bool(bad.any()):
             y = self._contain(names, x, y, bad.cpu().numpy(), step)
         return y
 
     def _contain(self, names, x, y, bad, step: "_Batch"):
-        """Stop the edit of every request with a non-finite edited token (``bad``, per real token):
+        """Stop the edit of every request with a non-finite edited token, or one so large that the
+        next layer's norm would overflow (``bad``, per real token):
         all its tokens of this forward take the unedited ``x``, it is edited no more, and it is
         recorded as failed. Nothing non-finite reaches the next layers, so none of it is written to
         the KV cache, whose blocks later go to other requests."""
@@ -392,14 +396,19 @@ class WorkerExtension:
         return steerer.apply_bound(x, bound, token_mask=mask)
 
 
+def stream_bound(dtype_max: float, d_model: int) -> float:
+    """The largest residual-stream magnitude an edit may leave: the next RMSNorm squares every
+    coordinate and sums ``d_model`` of them, which must stay finite (with a margin of 16)."""
+    return math.sqrt(dtype_max / d_model) / 4
+
+
 def value_limit(sae, model_max: float) -> float:
-    """The largest sum of value magnitudes ``sum_i |v_i|`` (one per edited feature) for which the edit
-    ``sum_i (v_i - f_i) * W_dec[i]`` provably stays finite: each output coordinate is at most
-    ``sum_i |v_i| * max|W_dec|`` away from ``- sum_i f_i W_dec[i]``, so it is bounded by half the
-    largest finite number of the SAE's dtype and of the model's (``model_max``), leaving the other
-    half to the residual stream and the features' own terms."""
+    """The largest sum of value magnitudes ``sum_i |v_i|`` (one per edited feature) for which the
+    edit ``sum_i (v_i - f_i) * W_dec[i]`` keeps every coordinate within :func:`stream_bound` of the
+    SAE's and the model's dtypes (``model_max``): each coordinate moves by at most
+    ``sum_i |v_i| * max|W_dec|`` besides the features' own terms, which the other half covers."""
     w = float(sae.W_dec.detach().abs().max())
-    top = min(torch.finfo(sae.W_dec.dtype).max, model_max) / 2
+    top = stream_bound(min(torch.finfo(sae.W_dec.dtype).max, model_max), sae.d_in) / 2
     return top / max(w, 1e-30)
 
 
