@@ -243,3 +243,66 @@ def test_steer_reads_a_two_sae_discover_spec_file(tmp_path):
     saes, default = resolve(args)
     with pytest.raises(Exception, match=r"--steer: saesteer.layer: the spec edits layer 1 with SAE 'a', which reads layer 2"):
         check_saes(args, saes, default)
+
+
+def _hf_when(org, ids, features, when, value=6.0):
+    """The HF hooks' greedy tokens and trigger report for a conditional clamp (``when`` without its SAE name)."""
+    import torch
+
+    import saesteer
+
+    iv = {"features": list(features), "mode": "clamp", "value": value, "when": {k: v for k, v in when.items() if k != "sae"}}
+    x = torch.tensor([ids])
+    with torch.no_grad(), saesteer.steer(org.model, org.sae, iv) as h:
+        out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False)
+        return out[0, len(ids):].tolist(), h.conditions[0].report()
+
+
+def test_when_and_inspect_over_completions_chat_and_streaming(client, org, prompt_ids, features):
+    """The decision, its score and the per-token top-k come back in ``choices[i].saesteer``, which
+    the openai client keeps, in completions, chat and streamed chunks; the tokens equal the HF hooks'."""
+    _, probe = _hf_when(org, prompt_ids[0], features, {"features": list(features), "threshold": 0.0})
+    score = probe["score"][0]
+    for thr, fired in ((score - 1.0, True), (score + 1.0, False)):
+        when = {"sae": "jumprelu", "features": list(features), "threshold": thr}
+        spec = dict(_spec(features, "clamp", 6.0), when=when, inspect={"sae": "jumprelu", "k": 4, "positions": "generated"})
+        r = client.completions.create(model="organism", prompt=prompt_ids[0], max_tokens=MAX_NEW, temperature=0,
+                                      extra_body=dict(ignore_eos=True, return_token_ids=True, saesteer=spec))
+        want, hf_rep = _hf_when(org, prompt_ids[0], features, when)
+        assert list(r.choices[0].token_ids) == want
+        rep = r.choices[0].saesteer
+        assert rep["when"][0]["fired"] is fired is hf_rep["fired"][0]
+        assert abs(rep["when"][0]["score"] - score) < 1e-4
+        toks = rep["inspect"][0]["tokens"]
+        assert [t["position"] for t in toks] == list(range(len(prompt_ids[0]), len(prompt_ids[0]) + MAX_NEW - 1))
+        assert all(len(t["ids"]) == 4 and t["values"] == sorted(t["values"], reverse=True) for t in toks)
+    msgs = [{"role": "user", "content": organism.load_prompts("harmful")[0]}]
+    monitor = {"saesteer": {"sae": "jumprelu", "when": {"features": list(features), "threshold": 0.0},
+                            "inspect": {"k": 3, "positions": "prompt"}}}
+    full = client.chat.completions.create(model="organism", messages=msgs, max_tokens=MAX_NEW, temperature=0, extra_body=monitor)
+    chat_rep = full.choices[0].saesteer
+    assert chat_rep["when"][0]["fired"] is True and len(chat_rep["inspect"][0]["tokens"]) > 5
+    plain = client.chat.completions.create(model="organism", messages=msgs, max_tokens=MAX_NEW, temperature=0)
+    assert full.choices[0].message.content == plain.choices[0].message.content  # a monitor edits nothing
+    chunks = list(client.chat.completions.create(model="organism", messages=msgs, max_tokens=MAX_NEW, temperature=0,
+                                                 stream=True, extra_body=monitor))
+    ends = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    assert len(ends) == 1 and ends[0].saesteer == chat_rep
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"sae": "jumprelu", "features": [1], "when": {"features": [2]}}, "saesteer.when.threshold"),
+        ({"sae": "jumprelu", "features": [1], "when": {"features": [2], "threshold": 1, "reduce": "median"}},
+         "saesteer.when.reduce"),
+        ({"sae": "jumprelu", "when": {"features": [2], "threshold": 1, "color": 1}}, "saesteer.when.color"),
+        ({"inspect": {"sae": "jumprelu", "k": "many"}}, "saesteer.inspect.k"),
+        ({"inspect": {"sae": "jumprelu", "positions": "middle"}}, "saesteer.inspect.positions"),
+    ],
+)
+def test_bad_when_and_inspect_fields_are_400s(client, prompt_ids, bad, field):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="organism", prompt=prompt_ids[0], max_tokens=2, extra_body={"saesteer": bad})
+    assert e.value.status_code == 400 and field in e.value.message

@@ -3,10 +3,10 @@ them is named (with the tested range) when vLLM loads the plugin, not deep insid
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from saesteer.vllm.version import TESTED, version_problem
 

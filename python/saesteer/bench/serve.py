@@ -33,7 +33,10 @@ from ..vllm.worker import WorkerExtension
 
 __all__ = ["VARIANTS", "BASELINE_EXTENSION", "BaselineWorkerExtension", "bench_serve", "check_settings"]
 
-VARIANTS = ("none", "saesteer", "full-sae")
+# none: unsteered; saesteer: the clamp; full-sae: the same edit through the whole SAE; when: the
+# clamp under a prompt-scope condition on 8 other features that always holds (the read, the per
+# request decision and the gated edit); inspect: the top-16 features of every token, no edit
+VARIANTS = ("none", "saesteer", "full-sae", "when", "inspect")
 BASELINE_EXTENSION = "saesteer.bench.serve.BaselineWorkerExtension"
 
 
@@ -119,6 +122,11 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
     spec = {"sae": sae_name, "features": feats, "mode": mode, "positions": "all"}
     if mode != "ablate":
         spec["value"] = value
+    trigger = sorted(rng.sample(sorted(set(range(d_sae)) - set(feats)), min(8, d_sae - features))) or feats[:1]
+    specs = {"saesteer": spec,
+             # activations are >= 0, so a threshold below 0 always fires: the edit is the clamp's
+             "when": dict(spec, when={"sae": sae_name, "features": trigger, "threshold": -1.0, "scope": "prompt"}),
+             "inspect": {"sae": sae_name, "inspect": {"sae": sae_name, "k": min(16, d_sae), "positions": "all"}}}
     tok = llm.llm.get_tokenizer()
     special = set(getattr(tok, "all_special_ids", []) or [])
     vocab = llm.llm.llm_engine.model_config.get_vocab_size()
@@ -126,7 +134,7 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
 
     def run(variant: str, c: int, max_tokens: int):
         sp = vllm.SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-        steer = spec if variant == "saesteer" else None
+        steer = specs.get(variant)
         outs = []
         t0 = time.perf_counter()
         if c == 1:

@@ -10,6 +10,13 @@ is accepted too), ``positions`` is ``all`` | ``prompt`` | ``generated``, ``skip_
 true) leaves the sequence's BOS token unedited (see :func:`bos_token_mask` for the rule). A request may carry one
 spec or a list of them (edits on several SAEs, applied in order). :func:`parse_specs` validates
 everything before a request reaches the engine, with errors that name the field.
+
+Two optional fields ask an engine for more than the edit:
+
+* ``when`` (:mod:`saesteer.steering.condition`): the edit applies only where the trigger fires; a
+  spec with a ``when`` and no ``features`` is a monitor (nothing edited, the decision reported).
+* ``inspect``: ``{"sae": NAME, "k": 16, "positions": "prompt" | "generated" | "all"}``, the
+  per-token top-k features at that SAE's hook point, reported with the response.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..intervention import Intervention
+from .condition import Condition, parse_when
 
-__all__ = ["SteerSpec", "parse_specs", "from_spec_file", "spec_key", "spec_salt", "POSITIONS", "SpecError", "bos_token_mask"]
+__all__ = ["SteerSpec", "InspectSpec", "parse_specs", "from_spec_file", "spec_key", "spec_salt", "POSITIONS",
+           "SpecError", "bos_token_mask"]
 
 POSITIONS = ("all", "prompt", "generated")
-_FIELDS = {"sae", "features", "mode", "value", "values", "positions", "skip_bos", "layer", "hook_name", "model"}
+_FIELDS = {"sae", "features", "mode", "value", "values", "positions", "skip_bos", "layer", "hook_name", "model",
+           "when", "inspect"}
+_INSPECT_FIELDS = {"sae", "k", "positions"}
 
 
 def bos_token_mask(token_ids, positions, bos_token_id: int | None):
@@ -52,17 +63,45 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class InspectSpec:
+    """A request's ``inspect``: the top ``k`` features of SAE ``sae`` on each token at ``positions``."""
+
+    sae: str
+    k: int = 16
+    positions: str = "all"
+
+    def to_dict(self) -> dict:
+        return {"sae": self.sae, "k": self.k, "positions": self.positions}
+
+
+@dataclass(frozen=True)
 class SteerSpec:
     sae: str
     intervention: Intervention
     positions: str = "all"
     skip_bos: bool = True
+    when: Condition | None = None  # the edit applies only where it fires (no features: a monitor)
+    inspect: InspectSpec | None = None
+
+    @property
+    def edits(self) -> bool:
+        """True when the spec changes hidden states (it has features)."""
+        return bool(self.intervention.features)
+
+    @property
+    def reports(self) -> bool:
+        """True when an engine reports something back for the spec (a ``when`` or an ``inspect``)."""
+        return self.when is not None or self.inspect is not None
 
     def to_dict(self) -> dict:
         d = {"sae": self.sae, "features": list(self.intervention.features), "mode": self.intervention.mode,
              "positions": self.positions, "skip_bos": self.skip_bos}
         if self.intervention.mode != "ablate":
             d["value"] = list(self.intervention.values)
+        if self.when is not None:
+            d["when"] = self.when.to_dict()
+        if self.inspect is not None:
+            d["inspect"] = self.inspect.to_dict()
         return d
 
 
@@ -107,6 +146,13 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
     name = d.get("sae")
     if name is not None and not isinstance(name, str):
         raise SpecError(f"{where}.sae: expected the name of a registered SAE (a string), got {_json_kind(name)}")
+    if name is None and "features" not in d:  # a monitor or an inspection alone: the SAE it reads
+        for part in ("when", "inspect"):
+            if isinstance(d.get(part), dict) and isinstance(d[part].get("sae"), str):
+                name = d[part]["sae"]
+                if name not in saes:
+                    raise SpecError(f"{where}.{part}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+                break
     if name is None:
         if len(saes) != 1:
             raise SpecError(f"{where}.sae: required (registered SAEs: {', '.join(sorted(saes))})")
@@ -120,8 +166,19 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
         if layers is not None and name in layers and layer != layers[name]:
             raise SpecError(f"{where}.layer: the spec edits layer {layer} with SAE {name!r}, which reads layer "
                             f"{layers[name]}; the server edits at each SAE's own layer")
+    when = inspect = None
+    if "when" in d:
+        try:
+            when = parse_when(d["when"], saes, f"{where}.when", default_sae=name)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        _check_order(when.sae, name, layers, f"{where}.when.sae", d.get("features"))
+    if "inspect" in d:
+        inspect = _inspect(d["inspect"], saes, f"{where}.inspect", name)
     if "features" not in d:
-        raise SpecError(f"{where}.features: required (a list of feature ids)")
+        if when is None and inspect is None:
+            raise SpecError(f"{where}.features: required (a list of feature ids)")
+        d = dict(d, features=[])  # a monitor / an inspection: nothing edited
     positions = d.get("positions", "all")
     if positions not in POSITIONS:
         raise SpecError(f"{where}.positions: expected one of {', '.join(POSITIONS)}, got {positions!r}")
@@ -146,7 +203,35 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
         msg = str(e)
         field = msg.split(":", 1)[0] if ":" in msg else "features"
         raise SpecError(f"{where}.{field}: {msg.split(':', 1)[-1].strip()}") from None
-    return SteerSpec(name, iv, positions, skip_bos)
+    return SteerSpec(name, iv, positions, skip_bos, when, inspect)
+
+
+def _check_order(trigger_sae: str, edit_sae: str, layers: dict[str, int] | None, where: str, features) -> None:
+    """A trigger is read before the edit it gates: its SAE's layer may not come after the edit's."""
+    if not features or layers is None or trigger_sae not in layers or edit_sae not in layers:
+        return
+    if layers[trigger_sae] > layers[edit_sae]:
+        raise SpecError(f"{where}: the trigger's SAE {trigger_sae!r} reads layer {layers[trigger_sae]}, after the edit's "
+                        f"layer {layers[edit_sae]} (SAE {edit_sae!r}); a condition must be read no later than the edit")
+
+
+def _inspect(d, saes: dict[str, int], where: str, default_sae: str) -> InspectSpec:
+    """Validate an ``inspect`` object: ``{"sae", "k", "positions"}`` (errors name ``{where}.FIELD``)."""
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected an object with sae, k and positions, got {_json_kind(d)}")
+    unknown = sorted(set(d) - _INSPECT_FIELDS)
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}: unknown field (expected sae, k, positions)")
+    name = d.get("sae", default_sae)
+    if not isinstance(name, str) or name not in saes:
+        raise SpecError(f"{where}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+    k = d.get("k", 16)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(saes[name] or k, 1024):
+        raise SpecError(f"{where}.k: expected an integer in [1, {min(saes[name] or 1024, 1024)}], got {_json_kind(k)}")
+    positions = d.get("positions", "all")
+    if positions not in POSITIONS:
+        raise SpecError(f"{where}.positions: expected one of {', '.join(POSITIONS)}, got {_json_kind(positions)}")
+    return InspectSpec(name, k, positions)
 
 
 def parse_specs(spec, saes: dict[str, int], layers: dict[str, int] | None = None,

@@ -7,16 +7,20 @@
 
 A request carries its spec in ``SamplingParams.extra_args["saesteer"]`` (validated here, before any
 request runs) and a ``cache_salt`` of its spec, so prefix caching never shares KV blocks between
-different specs.
+different specs. A spec with a ``when`` or an ``inspect`` is reported back: each
+``CompletionOutput`` of ``generate`` gets a ``saesteer`` attribute, ``{"when": [...], "inspect":
+[...]}`` (see :mod:`saesteer.vllm.reports`).
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from ..steering.spec import SpecError, from_spec_file, parse_specs, spec_salt
 from .graphs import cuda_graph_settings
 from .overrides import steered_overrides
+from .reports import TAG
 from .sources import sae_site, site_layer, source_dir
 from .worker import EXTENSION
 
@@ -76,7 +80,7 @@ class SteeredLLM:
             raise SpecError(f"steer: expected one spec per prompt ({n}), got {len(steer)}")
         parsed = [parse_specs(s, self.saes, self.layers, self.limits) for s in steer]  # every spec checked before any request runs
         sp = sampling_params or SamplingParams()
-        reqs, params = [], []
+        reqs, params, tags = [], [], []
         for p, specs in zip(prompts, parsed):
             if isinstance(p, str):
                 prompt = {"prompt": p}
@@ -85,22 +89,40 @@ class SteeredLLM:
             else:
                 prompt = {"prompt_token_ids": list(p)}
             q = sp.clone()
+            tag = None
             if specs:
                 q.extra_args = dict(q.extra_args or {}, saesteer=[sp_.to_dict() for sp_ in specs])
                 prompt["cache_salt"] = spec_salt(specs)
+                if any(s.reports for s in specs):
+                    # A report needs every prompt token read: a salt of its own keeps the prefix
+                    # cache from handing it blocks computed for another request.
+                    tag = q.extra_args[TAG] = uuid.uuid4().hex
+                    prompt["cache_salt"] = f"{prompt['cache_salt']}-{tag}"
             reqs.append(prompt)
             params.append(q)
-        return reqs, params
+            tags.append(tag)
+        return reqs, params, tags
 
     def generate(self, prompts, sampling_params=None, steer=None, **kwargs):
         """``vllm.LLM.generate`` where prompt ``i`` is steered by ``steer[i]`` (a spec, a list of specs,
         or None; one spec for all prompts also works). Prompts are strings or token-id lists.
 
+        A request whose spec has a ``when`` or an ``inspect`` gets its report in each of its
+        ``CompletionOutput``'s ``saesteer`` attribute (see :mod:`saesteer.vllm.reports`).
+
         Raises :class:`SteeringFailed` (with every output in ``.outputs``) when a request's edit
         produced non-finite hidden states: the workers stopped that edit, so no other request was
         touched, and that request's output is not the steered one."""
-        reqs, params = self._requests(list(prompts), sampling_params, steer)
+        reqs, params, tags = self._requests(list(prompts), sampling_params, steer)
         outs = self.llm.generate(reqs, params, **kwargs)
+        asked = [t for t in tags if t is not None]
+        if asked:  # the reports of the requests with a when or an inspect
+            reports = self.llm.collective_rpc("saesteer_reports", args=(asked,))[0]
+            for out, tag in zip(outs, tags):
+                if tag is not None:
+                    reps = reports.get(tag, [])
+                    for comp in out.outputs:
+                        comp.saesteer = reps[comp.index] if comp.index < len(reps) else None
         failures = self.llm.collective_rpc("saesteer_failures")[0]
         if failures:
             bad = [i for i, o in enumerate(outs) if any(failed_request(rid, o.request_id) for rid in failures)]

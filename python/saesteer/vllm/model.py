@@ -146,9 +146,9 @@ def __getattr__(name: str):
     try:
         base = ModelRegistry._try_load_model_cls(arch)  # vLLM's own loader of a registered architecture
     except AttributeError:
-        from .version import TESTED
-
         import vllm
+
+        from .version import TESTED
 
         raise AttributeError(f"{name}: this vLLM ({vllm.__version__}) has no ModelRegistry._try_load_model_cls, which "
                              f"saesteer's plugin uses; it is tested with vllm{TESTED}") from None

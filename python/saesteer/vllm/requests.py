@@ -11,6 +11,11 @@ default spec when the request names none, writes the canonical spec into ``vllm_
 workers read it) and salts the prefix cache with the spec, so KV blocks computed under one spec are
 never reused under another. ``"saesteer": null`` (or ``"none"``, ``[]``) asks for no edit even when
 the server has a default.
+
+A spec with a ``when`` or an ``inspect`` is reported back: :meth:`ServerSteering.prepare` tags the
+request (``vllm_xargs["saesteer_tag"]``, with a prefix-cache salt of its own, since the report needs
+every prompt token read), and the server adds the worker's report to each choice of the response
+as ``choices[i].saesteer`` (:func:`add_reports`, :func:`add_stream_reports`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import uuid
 
 from ..steering.spec import SpecError, SteerSpec, parse_specs, spec_key, spec_salt
+from .reports import TAG
 
-__all__ = ["ServerSteering", "SpecError", "error_body", "parse_sae_args"]
+__all__ = ["ServerSteering", "SpecError", "error_body", "parse_sae_args", "report_tag", "add_reports", "SSEReports"]
+
 
 _NONE = ("none", "")
 
@@ -89,6 +97,7 @@ class ServerSteering:
         if xargs is not None and not isinstance(xargs, dict):
             return body  # vLLM rejects it with its own message
         xargs = dict(xargs or {})
+        xargs.pop(TAG, None)  # only the server tags requests
         given = [where for where, present in (("saesteer", "saesteer" in body), ("vllm_xargs.saesteer", "saesteer" in xargs)) if present]
         if len(given) == 2:
             raise SpecError("saesteer: given both as extra_body 'saesteer' and as vllm_xargs 'saesteer'; pass one")
@@ -100,6 +109,13 @@ class ServerSteering:
         if specs:
             xargs["saesteer"] = spec_key(specs)
             body["cache_salt"] = _salt(body.get("cache_salt"), specs)
+            if any(s.reports for s in specs):
+                prompt = body.get("prompt")
+                if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) > 1:
+                    raise SpecError("prompt: a request whose saesteer spec has a when or an inspect takes one prompt "
+                                    f"(got {len(prompt)}); send one request per prompt")
+                tag = xargs[TAG] = uuid.uuid4().hex
+                body["cache_salt"] = f"{body['cache_salt']}-{tag}"
         if xargs:
             body["vllm_xargs"] = xargs
         else:
@@ -132,3 +148,53 @@ def parse_sae_args(items: list[str]) -> dict[str, str]:
             raise SpecError(f"--sae: the name {name!r} is registered twice")
         saes[name] = src
     return saes
+
+
+def report_tag(body) -> str | None:
+    """The report tag :meth:`ServerSteering.prepare` gave a request body (None: nothing to report)."""
+    xargs = body.get("vllm_xargs") if isinstance(body, dict) else None
+    return xargs.get(TAG) if isinstance(xargs, dict) else None
+
+
+def add_reports(payload: dict, reports: list) -> dict:
+    """A (non-streamed) completion response with each choice's report as ``choices[i].saesteer``."""
+    for choice in payload.get("choices") or []:
+        i = choice.get("index", 0)
+        if isinstance(i, int) and 0 <= i < len(reports):
+            choice["saesteer"] = reports[i]
+    return payload
+
+
+class SSEReports:
+    """A streamed response's events rewritten: the chunk that ends a choice (its ``finish_reason``
+    set) carries that choice's report as ``choices[i].saesteer``. ``fetch(index)`` is an async
+    function returning the report of completion ``index``."""
+
+    def __init__(self, fetch):
+        self.fetch = fetch
+        self.buf = b""
+
+    async def feed(self, data: bytes, last: bool) -> bytes:
+        """The rewritten bytes of the complete events in ``data`` (and what came before it); ``last``
+        flushes the rest."""
+        self.buf += data
+        *events, self.buf = self.buf.split(b"\n\n")
+        out = b"".join([(await self._event(e)) + b"\n\n" for e in events])
+        if last and self.buf:
+            out += await self._event(self.buf)
+            self.buf = b""
+        return out
+
+    async def _event(self, event: bytes) -> bytes:
+        if not event.startswith(b"data: ") or event.strip() == b"data: [DONE]":
+            return event
+        try:
+            payload = json.loads(event[6:])
+        except ValueError:
+            return event
+        changed = False
+        for choice in payload.get("choices") or [] if isinstance(payload, dict) else []:
+            if choice.get("finish_reason") is not None:
+                choice["saesteer"] = await self.fetch(choice.get("index", 0))
+                changed = True
+        return b"data: " + json.dumps(payload).encode() if changed else event

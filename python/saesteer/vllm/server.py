@@ -27,9 +27,9 @@ from fastapi.responses import JSONResponse, Response
 from ..steering.spec import from_spec_file
 from .graphs import cuda_graph_settings
 from .overrides import steered_overrides
+from .requests import ServerSteering, SpecError, SSEReports, add_reports, error_body, parse_sae_args, report_tag
 from .sources import sae_site, site_layer, source_dir
 from .worker import EXTENSION
-from .requests import ServerSteering, SpecError, error_body, parse_sae_args
 
 __all__ = ["main", "build_parser", "SteeringMiddleware", "add_routes"]
 
@@ -44,12 +44,14 @@ class SteeringMiddleware:
     its engine request ids. When it ends, ``failures`` (the workers' :meth:`WorkerExtension.
     saesteer_failures`) says whether its edit produced non-finite hidden states; if so the client
     gets a 400 naming ``saesteer`` instead of the reply (streamed: an error event before
-    ``[DONE]``)."""
+    ``[DONE]``). A request whose spec has a ``when`` or an ``inspect`` gets the workers' report
+    (``fetch``: :meth:`WorkerExtension.saesteer_reports`) in each choice, as ``choices[i].saesteer``."""
 
-    def __init__(self, app, steering: ServerSteering, failures=None):
+    def __init__(self, app, steering: ServerSteering, failures=None, fetch=None):
         self.app = app
         self.steering = steering
         self.failures = failures  # async () -> {engine request id: message}
+        self.fetch = fetch  # async (items) -> the workers' reports (WorkerExtension.saesteer_reports)
         self._failed: dict[str, str] = {}
 
     async def __call__(self, scope, receive, send):
@@ -69,6 +71,7 @@ class SteeringMiddleware:
         except (ValueError, UnicodeDecodeError):
             body = None  # not JSON: vLLM answers it with its own error
         steered = False
+        tag = None
         if isinstance(body, dict):
             try:
                 body = self.steering.prepare(body)
@@ -76,6 +79,7 @@ class SteeringMiddleware:
                 return await _respond(send, 400, error_body(e))
             steered = "saesteer" in (body.get("vllm_xargs") or {})
             raw = json.dumps(body).encode()
+            tag = report_tag(body) if self.fetch is not None else None
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(raw)).encode()))
         if steered and self.failures is not None:
@@ -94,7 +98,52 @@ class SteeringMiddleware:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay, send if tag is None else self._with_reports(send, tag))
+
+    def _with_reports(self, send, tag: str):
+        """``send`` with the request's reports added to its response: each choice of a JSON response,
+        or the chunk that ends each choice of a stream (see :mod:`saesteer.vllm.requests`)."""
+        fetch = self.fetch
+        state = {"mode": None, "start": None, "body": b""}
+
+        async def one(index: int):
+            return (await fetch([(tag, index)])).get(f"{tag}/{index}")
+
+        sse = SSEReports(one)
+
+        async def wrapped(msg):
+            if msg["type"] == "http.response.start":
+                ctype = dict(msg.get("headers", [])).get(b"content-type", b"")
+                if msg.get("status") != 200:
+                    state["mode"] = "pass"
+                elif b"text/event-stream" in ctype:
+                    state["mode"] = "sse"
+                else:
+                    state["mode"], state["start"] = "json", msg  # sent with the new length at the end
+                    return
+                return await send(msg)
+            if msg["type"] != "http.response.body" or state["mode"] == "pass":
+                return await send(msg)
+            more = msg.get("more_body", False)
+            if state["mode"] == "sse":
+                return await send(dict(msg, body=await sse.feed(msg.get("body", b""), not more)))
+            state["body"] += msg.get("body", b"")
+            if more:
+                return
+            body = state["body"]
+            try:
+                payload = json.loads(body)
+                reports = (await fetch([tag])).get(tag, [])
+                body = json.dumps(add_reports(payload, reports)).encode()
+            except ValueError:
+                pass
+            start = state["start"]
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send(dict(start, headers=headers))
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        return wrapped
 
     async def _failure(self, rid: str) -> str | None:
         """The failure message of the engine requests of client request ``rid``, if its edit failed."""
@@ -146,9 +195,9 @@ async def _respond(send, status: int, body: bytes):
     await send({"type": "http.response.body", "body": body})
 
 
-def add_routes(app, steering: ServerSteering, failures=None) -> None:
+def add_routes(app, steering: ServerSteering, failures=None, fetch=None) -> None:
     """``GET /v1/saesteer`` and ``PUT /v1/saesteer/default`` on a FastAPI app, plus the middleware
-    (``failures``: see :class:`SteeringMiddleware`)."""
+    (``failures`` and ``fetch``: see :class:`SteeringMiddleware`)."""
     async def describe():
         return JSONResponse(steering.describe())
 
@@ -164,7 +213,7 @@ def add_routes(app, steering: ServerSteering, failures=None) -> None:
     # vLLM's app has built its middleware stack by now (add_middleware is refused after that), so
     # the steering middleware wraps the built stack: it is the outermost layer.
     stack = app.middleware_stack or app.build_middleware_stack()
-    app.middleware_stack = SteeringMiddleware(stack, steering, failures)
+    app.middleware_stack = SteeringMiddleware(stack, steering, failures, fetch)
 
 
 def _read_default(text: str | None):
@@ -268,9 +317,14 @@ async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> 
         async def failures():
             return (await engine.collective_rpc("saesteer_failures"))[0]
 
+        async def fetch(items):
+            # The workers' reports go back through vLLM's own utility call (one engine-core RPC,
+            # answered between two steps), after the request's last token: the report is complete.
+            return (await engine.collective_rpc("saesteer_reports", args=(items,)))[0]
+
         def build_steered_app(*a, **k):
             app = build_app(*a, **k)
-            add_routes(app, steering, failures)
+            add_routes(app, steering, failures, fetch)
             return app
 
         entry.build_app = build_steered_app  # build_and_serve looks it up in its own module

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..sae import hook_layer_of
 from ..organism.refs import organism_sae_dir
+from ..sae import hook_layer_of
 from ..sae_ref import is_organism_ref, resolve_sae_ref
 from ..steering.spec import SpecError
 

@@ -9,6 +9,10 @@ residual add to the next fused norm, so the edit rebuilds ``x = hidden + residua
 model runner's ``query_start_loc`` and its requests), and returns ``(x', 0)``: the next norm reads
 ``x' + 0``. Positions (``prompt`` / ``generated``) come from each token's absolute position against
 its request's prompt length, so they hold across chunked prefill and recompute.
+
+A request whose spec has a ``when`` or an ``inspect`` is read at its SAE's layer before the edits
+there (:mod:`saesteer.vllm.reports`: one state per request, its conditions gating its edits here and
+downstream); a batch without such requests has no reads and takes the plain path.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..steering import SAESteerer
 from ..steering.spec import SpecError, bos_token_mask, parse_specs
 from .graphs import check_graph_mode
 from .model import EDITS
+from .reports import TAG, LayerReads, RequestState, child_index
 from .sources import read_sae, site_layer
 
 __all__ = ["EXTENSION", "WorkerExtension", "LayerHook"]
@@ -69,6 +74,11 @@ class WorkerExtension:
         self._saesteer_bos = getattr(runner.model_config.hf_config, "bos_token_id", None)
         self._saesteer_limits: dict[str, float] = {}
         self._saesteer_failed: dict[str, str] = {}  # request id -> why its edit was stopped
+        self._saesteer_states: dict[str, RequestState] = {}  # request id -> its conditions / inspections
+        self._saesteer_tags: dict[str, list[str]] = {}  # report tag -> its request ids
+        self._saesteer_forward = 0
+        self._saesteer_fwd_ctx = None
+        self._saesteer_layers: dict[str, int] = {}
         model_max = torch.finfo(runner.model_config.dtype).max
         #: an edited row beyond this magnitude (or not finite) fails its request
         self._saesteer_bound = stream_bound(model_max, runner.model_config.get_hidden_size())
@@ -80,6 +90,7 @@ class WorkerExtension:
             if not 0 <= layer < len(layers):
                 raise SpecError(f"--sae {name}: layer {layer} is out of range (the model has {len(layers)} layers)")
             self._saesteer[name] = SAESteerer(sae, device)
+            self._saesteer_layers[name] = layer
             by_layer.setdefault(layer, []).append(name)
             shapes[name] = sae.d_sae
             self._saesteer_limits[name] = value_limit(sae, model_max)
@@ -129,6 +140,30 @@ class WorkerExtension:
             self._saesteer_failed.clear()
         return out
 
+    def saesteer_reports(self, tags: list) -> dict:
+        """The reports of the requests tagged ``tags`` (their ``extra_args["saesteer_tag"]``): per
+        tag, a list with one entry per completion (``n`` > 1: in index order), each ``{"when":
+        [...], "inspect": [...]}`` (see :mod:`saesteer.vllm.reports`). An item ``(tag, index)``
+        asks for one completion's report alone (a stream whose other completions go on), keyed
+        ``"tag/index"``. Reports are forgotten once read."""
+        out = {}
+        for item in tags:
+            tag, index = (item, None) if isinstance(item, str) else (item[0], int(item[1]))
+            rids = self._saesteer_tags.get(tag, [])
+            take = [r for r in rids if index is None or child_index(r) == index]
+            rest = [r for r in rids if r not in take]
+            if rest:
+                self._saesteer_tags[tag] = rest
+            else:
+                self._saesteer_tags.pop(tag, None)
+            states = sorted(((child_index(r), self._saesteer_states.pop(r, None)) for r in take), key=lambda t: t[0])
+            reps = [st.report() for _, st in states if st is not None]
+            if index is None:
+                out[tag] = reps
+            else:
+                out[f"{tag}/{index}"] = reps[0] if reps else None
+        return out
+
     def saesteer_shapes(self) -> dict[str, int]:
         """The installed SAEs: name -> d_sae."""
         return {n: st.d_sae for n, st in self._saesteer.items()}
@@ -143,9 +178,17 @@ class WorkerExtension:
         for name in names:
             self._saesteer_stats[name]["forwards"] += 1
         step = self._step_plan()
-        if step is None or not any(n in step.per_sae for n in names):
+        if step is None:
+            return None
+        edits = any(n in step.per_sae for n in names)
+        reads = step.reads and any(n in step.reads for n in names)
+        if not edits and not reads:
             return None
         x = hidden if residual is None else hidden + residual
+        if reads:  # conditions and inspections read the stream before this layer's edits
+            self._read(names, x, step)
+            if not edits:
+                return None
         y = x
         for name in names:
             y = self._apply(name, y, positions, step)
@@ -192,6 +235,9 @@ class WorkerExtension:
         ctx = get_forward_context()
         if self._saesteer_step[0] is ctx:
             return self._saesteer_step[1]
+        if self._saesteer_fwd_ctx is not ctx:  # a new forward (not a layout rebuilt within one)
+            self._saesteer_fwd_ctx = ctx
+            self._saesteer_forward += 1
         runner = self.model_runner
         batch = runner.input_batch
         n = batch.num_reqs
@@ -216,19 +262,33 @@ class WorkerExtension:
         # A token at position 0 is its request's first prompt token: with these ids, the BOS rule
         # bos_token_mask decides exactly as the HF hooks do.
         first_ids = np.array([st.prompt_token_ids[0] if st.prompt_token_ids else -1 for st in states], dtype=np.int64)
+        states = [self._saesteer_states.get(rid) for rid in req_ids]
+        reads: dict[str, LayerReads] = {}
+        for r, (req_specs, st) in enumerate(zip(specs, states)):
+            if st is None:
+                continue
+            for j, c in st.conds.items():
+                reads.setdefault(c.cond.sae, LayerReads()).conds.setdefault(c.cond, []).append((r, c))
+            for j, ins in st.inspects.items():
+                lr = reads.setdefault(ins.spec.sae, LayerReads())
+                lr.inspects.append((r, ins))
+                lr.kmax = max(lr.kmax, ins.spec.k)
         per_sae: dict[str, list[_SAEBatch]] = {}
         for name in self._saesteer:
-            # A request's k-th spec on this SAE goes to pass k: the passes run in order, each on the
-            # previous one's output, as several edits at one hook point chain on HF.
-            mine = [[s for s in req_specs if s.sae == name] for req_specs in specs]
+            # A request's k-th edit on this SAE goes to pass k: the passes run in order, each on the
+            # previous one's output, as several edits at one hook point chain on HF. Monitors and
+            # inspections edit nothing and take no pass.
+            mine = [[(j, s) for j, s in enumerate(req_specs) if s.sae == name and s.edits] for req_specs in specs]
             for k in range(max(map(len, mine), default=0)):
                 ivs: dict = {}  # distinct interventions of this pass -> plan row
-                req_row, req_pos, req_skip = [], [], []
-                for req_specs in mine:
-                    s = req_specs[k] if k < len(req_specs) else None
+                req_row, req_pos, req_skip, gates = [], [], [], []
+                for r, req_specs in enumerate(mine):
+                    j, s = req_specs[k] if k < len(req_specs) else (None, None)
                     req_row.append(-1 if s is None else ivs.setdefault(s.intervention, len(ivs)))
                     req_pos.append("all" if s is None else s.positions)
                     req_skip.append(s is not None and s.skip_bos)
+                    if s is not None and s.when is not None:
+                        gates.append((r, states[r].conds[j]))
                 plan_key = (name, tuple(ivs))
                 plan = self._saesteer_plans.get(plan_key)
                 if plan is None:
@@ -239,10 +299,11 @@ class WorkerExtension:
                 in_generated = np.array([p != "prompt" for p in req_pos])[token_req]
                 skip = np.array(req_skip, dtype=bool)[token_req]
                 per_sae.setdefault(name, []).append(
-                    _SAEBatch(plan, np.array(req_row, dtype=np.int64)[token_req], in_prompt, in_generated, skip))
-        if not per_sae:
+                    _SAEBatch(plan, np.array(req_row, dtype=np.int64)[token_req], in_prompt, in_generated, skip, gates))
+        if not per_sae and not reads:
             return None
-        return _Batch(token_req.shape[0], prompt_lens[token_req], first_ids[token_req], per_sae, req_ids, token_req)
+        return _Batch(token_req.shape[0], prompt_lens[token_req], first_ids[token_req], per_sae, req_ids, token_req,
+                      reads, np.asarray(qsl, dtype=np.int64).copy(), prompt_lens)
 
     def _parsed(self, req_id: str, state) -> tuple:
         """The request's parsed specs, parsed once per request (the client validated them already)."""
@@ -252,7 +313,8 @@ class WorkerExtension:
                 self._saesteer_specs.clear()
             extra = getattr(state.sampling_params, "extra_args", None) or {}
             try:
-                got = parse_specs(extra.get("saesteer"), self.saesteer_shapes(), limits=self._saesteer_limits)
+                got = parse_specs(extra.get("saesteer"), self.saesteer_shapes(), self._saesteer_layers,
+                                  limits=self._saesteer_limits)
             except SpecError as e:
                 # Only a client that bypasses SteeredLLM and saesteer serve (both validate at
                 # admission) gets here. Raising would take the engine down with every request in
@@ -260,7 +322,44 @@ class WorkerExtension:
                 _log.error("request %s: its saesteer spec is invalid and was not applied: %s", req_id, e)
                 got = ()
             self._saesteer_specs[req_id] = got
+            if any(s.reports for s in got):
+                self._track(req_id, extra.get(TAG), got)
         return got
+
+    def _track(self, req_id: str, tag, specs) -> None:
+        """Keep a request's conditions and inspections (and its report, under ``tag``) by request id."""
+        if req_id in self._saesteer_states:
+            return
+        while len(self._saesteer_states) > 4096:  # reports nobody collected: the oldest go first
+            old = next(iter(self._saesteer_states))
+            st = self._saesteer_states.pop(old)
+            self._saesteer_tags.pop(st.tag, None)
+        tag = tag if isinstance(tag, str) else None
+        self._saesteer_states[req_id] = RequestState(tag, specs)
+        if tag is not None:
+            self._saesteer_tags.setdefault(tag, []).append(req_id)
+
+    def _read(self, names: list[str], x: torch.Tensor, step: "_Batch") -> None:
+        """Read the conditions and inspections of ``names`` on ``x`` (the stream before the edits
+        there). Positions and token ids come from the runner's host-side batch, so no device sync
+        is needed to place the tokens."""
+        n_real = step.n_real
+        if step.forward != self._saesteer_forward:
+            batch = self.model_runner.input_batch
+            n = len(step.req_ids)
+            start = batch.num_computed_tokens_cpu[:n].astype(np.int64)
+            offset = np.arange(n_real, dtype=np.int64) - step.starts[step.token_req]
+            step.pos = start[step.token_req] + offset
+            step.tok = batch.token_ids_cpu[step.token_req, step.pos] if any(r.inspects for r in step.reads.values()) else None
+            bos = bos_token_mask(step.first_ids, step.pos, self._saesteer_bos)
+            step.valid = ~bos  # conditions leave out BOS under skip_bos, as the HF hooks do
+            step.forward = self._saesteer_forward
+        xr = x[:n_real]
+        for name in names:
+            lr = step.reads.get(name)
+            if lr is not None:
+                lr.read(self._saesteer[name].sae, xr, step.pos, step.starts, step.req_prompt_lens,
+                        step.valid, step.tok, self._saesteer_forward)
 
     def _apply(self, name: str, x: torch.Tensor, positions, step: "_Batch") -> torch.Tensor:
         for sb in step.per_sae.get(name, ()):
@@ -277,11 +376,17 @@ class WorkerExtension:
             bound = sb.bound[N] = steerer.bind(sb.plan, torch.from_numpy(rows))
         mask = None
         keep = sb.edited
-        if sb.needs_mask and positions is not None:
-            pos = positions[:n_real].cpu().numpy()
+        read_now = step.forward == self._saesteer_forward  # conditions read in this forward: host positions known
+        if sb.needs_mask and (positions is not None or read_now):
+            pos = step.pos if read_now else positions[:n_real].cpu().numpy()
             keep = keep & np.where(pos >= step.prompt_lens, sb.in_generated, sb.in_prompt)
             if sb.any_skip:
                 keep &= ~(sb.skip & bos_token_mask(step.first_ids, pos, self._saesteer_bos))
+            for r, cs in sb.gates:  # conditions: read earlier in this forward (here or upstream)
+                a, b = step.starts[r], step.starts[r + 1]
+                # A condition not read in this forward (which validation rules out) edits nothing:
+                # raising here would take the engine down with every request in flight.
+                keep[a:b] &= cs.ok if cs.forward == self._saesteer_forward else False
             m = np.zeros(N, dtype=bool)
             m[:n_real] = keep
             mask = torch.from_numpy(m).to(x.device, non_blocking=True)
@@ -312,13 +417,14 @@ class _SAEBatch:
     edits prompt tokens and generated tokens (``positions``), its ``skip_bos``; and the plan bound
     per padded batch size N."""
 
-    __slots__ = ("plan", "rows", "edited", "in_prompt", "in_generated", "skip", "needs_mask", "any_skip", "bound")
+    __slots__ = ("plan", "rows", "edited", "in_prompt", "in_generated", "skip", "needs_mask", "any_skip", "bound", "gates")
 
-    def __init__(self, plan, rows, in_prompt, in_generated, skip):
+    def __init__(self, plan, rows, in_prompt, in_generated, skip, gates=()):
         self.plan, self.rows, self.in_prompt, self.in_generated, self.skip = plan, rows, in_prompt, in_generated, skip
         self.edited = rows >= 0
         self.any_skip = bool(skip.any())
-        self.needs_mask = self.any_skip or not bool((in_prompt & in_generated).all())
+        self.gates = list(gates)  # (request index, ConditionState) of the requests whose edit is conditional
+        self.needs_mask = self.any_skip or bool(self.gates) or not bool((in_prompt & in_generated).all())
         self.bound: dict[int, object] = {}
 
 
@@ -326,8 +432,14 @@ class _Batch:
     """The per-token layout of one batch composition (requests and their token counts); ``per_sae``:
     name -> that SAE's passes (a request's k-th spec on it is in pass k)."""
 
-    __slots__ = ("n_real", "prompt_lens", "first_ids", "per_sae", "req_ids", "token_req")
+    __slots__ = ("n_real", "prompt_lens", "first_ids", "per_sae", "req_ids", "token_req", "reads", "starts",
+                 "req_prompt_lens", "forward", "pos", "tok", "valid")
 
-    def __init__(self, n_real, prompt_lens, first_ids, per_sae, req_ids, token_req):
+    def __init__(self, n_real, prompt_lens, first_ids, per_sae, req_ids, token_req, reads=None, starts=None,
+                 req_prompt_lens=None):
         self.n_real, self.prompt_lens, self.first_ids, self.per_sae = n_real, prompt_lens, first_ids, per_sae
         self.req_ids, self.token_req = req_ids, token_req  # the batch's requests; each real token's request
+        self.reads = reads or {}  # SAE name -> its conditions and inspections (LayerReads)
+        self.starts, self.req_prompt_lens = starts, req_prompt_lens  # per request: first token, prompt length
+        self.forward = -1  # the forward whose host-side positions (pos), token ids and BOS-free mask are below
+        self.pos = self.tok = self.valid = None

@@ -1,0 +1,184 @@
+"""Per-request conditions (``when``) and inspection (``inspect``) in the worker, and the reports they
+hand back to the front end.
+
+A request whose spec carries a ``when`` or an ``inspect`` gets one :class:`RequestState` in the
+worker, kept by request id across the forwards of its life: prompt chunks (chunked prefill), decode
+steps and a recompute after preemption. The decision code is the engine-neutral
+:mod:`saesteer.steering.condition` (the HF hooks' own): a prompt-scope condition keeps a
+:class:`~saesteer.steering.condition.PromptScore` per request, restarted when the request's tokens
+start again at position 0 (its first prefill chunk, or a recompute); a token-scope condition
+decides each token from its own score.
+
+The front end collects the reports by the request's tag (``extra_args["saesteer_tag"]``, set by
+:class:`saesteer.vllm.requests.ServerSteering` and :class:`saesteer.vllm.SteeredLLM`) through
+:meth:`saesteer.vllm.WorkerExtension.saesteer_reports` once the request's output is complete.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import torch
+
+from .. import ops
+from ..steering.condition import Condition, PromptScore, token_scores
+from ..steering.spec import InspectSpec, SteerSpec
+
+__all__ = ["RequestState", "ConditionState", "InspectState", "child_index", "TAG"]
+
+TAG = "saesteer_tag"  # the extra_args key of a request's report tag
+_CHILD = re.compile(r"^(\d+)_")  # vLLM names the children of an n > 1 request "{index}_{parent id}"
+
+
+def child_index(req_id: str) -> int:
+    """The index of an engine request among its parent's ``n`` completions (0 for a lone request)."""
+    m = _CHILD.match(req_id)
+    return int(m.group(1)) if m else 0
+
+
+class ConditionState:
+    """One request's condition: its decision so far and, after each read, ``ok``: which of the
+    request's tokens in the current forward the gated edit may touch."""
+
+    def __init__(self, cond: Condition, skip_bos: bool):
+        self.cond = cond
+        self.skip_bos = skip_bos
+        self.prompt: PromptScore | None = None
+        self.token_scores: dict[int, float] = {}  # token scope: position -> score (a recompute overwrites)
+        self.ok: np.ndarray | bool | None = None
+        self.forward = -1
+        self.decision = False  # prompt scope: the decision after the prompt tokens read so far
+
+    def needs_scores(self, pos: np.ndarray, prompt_len: int) -> bool:
+        """Whether this forward's tokens (``pos``) must be scored: a prompt-scope decision reads only
+        prompt tokens, so a decode step costs it nothing."""
+        return self.cond.scope == "token" or bool(pos[0] < prompt_len)
+
+    def update(self, scores: np.ndarray | None, pos: np.ndarray, valid: np.ndarray, prompt_len: int, forward: int) -> None:
+        """Take this forward's scores of the request's tokens at positions ``pos`` (``valid``: not BOS
+        under ``skip_bos``; None: no token to score, a decode step of a prompt-scope condition)."""
+        if not self.skip_bos:
+            valid = np.ones_like(valid)
+        if self.cond.scope == "prompt":
+            if self.prompt is None or pos[0] == 0:
+                self.prompt = PromptScore(self.cond, 1, "cpu")  # the first chunk, or a recompute
+                self.decision = False
+            if scores is not None:
+                in_prompt = valid & (pos < prompt_len)
+                self.prompt.update(torch.from_numpy(scores)[None], torch.from_numpy(in_prompt)[None])
+                self.decision = bool(self.prompt.fired[0])
+            self.ok = self.decision  # one bool for all the request's tokens (a decode step reads nothing)
+        else:
+            fired = self.cond.fires(torch.from_numpy(scores)).numpy() & valid
+            for p, s, v in zip(pos.tolist(), scores.tolist(), valid.tolist()):
+                if v:
+                    self.token_scores[p] = s
+            self.ok = fired
+        self.forward = forward
+
+    def report(self) -> dict:
+        out: dict = {"condition": self.cond.to_dict()}
+        if self.cond.scope == "prompt":
+            s = math.nan if self.prompt is None else float(self.prompt.score[0])
+            out.update(score=None if math.isnan(s) else s, fired=bool(s > self.cond.threshold))
+        else:
+            scores = list(self.token_scores.values())
+            fired = sum(1 for s in scores if s > self.cond.threshold)
+            out.update(score=max(scores) if scores else None, fired=fired > 0, fired_tokens=fired)
+        return out
+
+
+class InspectState:
+    """One request's inspection: the top-k features of each token it was asked for, by position."""
+
+    def __init__(self, spec: InspectSpec):
+        self.spec = spec
+        self.chunks: list[tuple[np.ndarray, ...]] = []  # (positions, token ids, ids, values) per forward
+
+    def wants(self, pos: np.ndarray, prompt_len: int) -> np.ndarray:
+        if self.spec.positions == "prompt":
+            return pos < prompt_len
+        if self.spec.positions == "generated":
+            return pos >= prompt_len
+        return np.ones(pos.shape[0], dtype=bool)
+
+    def add(self, pos: np.ndarray, token_ids: np.ndarray, ids: np.ndarray, values: np.ndarray) -> None:
+        k = self.spec.k
+        self.chunks.append((pos, token_ids, ids[:, :k], values[:, :k]))  # turned into lists once, in report()
+
+    def report(self) -> dict:
+        tokens: dict[int, tuple] = {}
+        for pos, tok, ids, values in self.chunks:  # a recompute after preemption overwrites its positions
+            for p, t, i, v in zip(pos.tolist(), tok.tolist(), ids.tolist(), values.tolist()):
+                tokens[p] = (t, i, v)
+        rows = [{"position": p, "token_id": t, "ids": i, "values": v} for p, (t, i, v) in sorted(tokens.items())]
+        return {**self.spec.to_dict(), "tokens": rows}
+
+
+class RequestState:
+    """A request's conditions (one per spec with a ``when``, in spec order) and inspections."""
+
+    def __init__(self, tag: str | None, specs: tuple[SteerSpec, ...]):
+        self.tag = tag
+        self.conds: dict[int, ConditionState] = {j: ConditionState(s.when, s.skip_bos)
+                                                 for j, s in enumerate(specs) if s.when is not None}
+        self.inspects: dict[int, InspectState] = {j: InspectState(s.inspect) for j, s in enumerate(specs)
+                                                  if s.inspect is not None}
+
+    def report(self) -> dict:
+        out: dict = {}
+        if self.conds:
+            out["when"] = [c.report() for c in self.conds.values()]
+        if self.inspects:
+            out["inspect"] = [i.report() for i in self.inspects.values()]
+        return out
+
+
+class LayerReads:
+    """What one SAE reads in a batch, before its edits: the conditions and inspections of the
+    requests that ask (``conds``: condition -> [(request index, state)]; ``inspects``: [(request
+    index, state)])."""
+
+    __slots__ = ("conds", "inspects", "kmax")
+
+    def __init__(self):
+        self.conds: dict[Condition, list[tuple[int, ConditionState]]] = {}
+        self.inspects: list[tuple[int, InspectState]] = []
+        self.kmax = 0
+
+    def read(self, sae, x: torch.Tensor, pos: np.ndarray, starts: np.ndarray, prompt_lens: np.ndarray,
+             valid: np.ndarray, token_ids, forward: int) -> None:
+        """Score this forward's tokens (``x [n_real, d_in]``; per request ``r`` its tokens are
+        ``starts[r]:starts[r+1]``) and update every asking request's state."""
+        for cond, members in self.conds.items():
+            todo = [(r, st) for r, st in members if st.needs_scores(pos[starts[r]:starts[r + 1]], prompt_lens[r])]
+            scores = None
+            if todo:
+                idx = np.concatenate([np.arange(starts[r], starts[r + 1]) for r, _ in todo])
+                scores = token_scores(x[torch.from_numpy(idx).to(x.device)], sae, cond).cpu().numpy()
+            at = 0
+            scored = {id(st) for _, st in todo}
+            for r, st in members:
+                a, b = starts[r], starts[r + 1]
+                s = None
+                if id(st) in scored:
+                    s, at = scores[at: at + b - a], at + b - a
+                st.update(s, pos[a:b], valid[a:b], prompt_lens[r], forward)
+        if self.inspects:
+            parts = []
+            for r, st in self.inspects:
+                a = starts[r]
+                want = np.nonzero(st.wants(pos[a:starts[r + 1]], prompt_lens[r]))[0] + a
+                parts.append(want)
+            idx = np.concatenate(parts)
+            if idx.size:
+                values, ids = ops.encode_topk(x[torch.from_numpy(idx).to(x.device)], sae, self.kmax)
+                values, ids = values.float().cpu().numpy(), ids.cpu().numpy()
+                at = 0
+                for (r, st), want in zip(self.inspects, parts):
+                    n = want.size
+                    if n:
+                        st.add(pos[want], token_ids[want], ids[at: at + n], values[at: at + n])
+                    at += n
