@@ -225,6 +225,8 @@ class SAE(SAEFields, nn.Module):
         else:
             with torch.no_grad():
                 view = self._build_packed(dev)
+        if torch.compiler.is_compiling():  # traced into the graph; the key's version counters are not traceable
+            return view
         key = (d["_generation"], self._buffers.generation, *map(_VERSION, self._buffers.values()))
         d["_packed"][device] = (key, view)
         return view

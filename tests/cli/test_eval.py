@@ -114,7 +114,7 @@ def test_an_sae_whose_layer_is_out_of_range_is_named_by_its_hook(tiny_chat, caps
     _, _, _, d = tiny_chat
     make_sae_lens_sae("jumprelu", 32, 96, seed=0, hook_name="blocks.40.hook_resid_post").save_model(str(tmp_path / "deep"))
     rc, _, err = _run(capsys, "eval", "--model", d, "--sae", tmp_path / "deep", "--features", "3", "--out", tmp_path / "o")
-    assert rc == 2 and "its hook_name 'blocks.40.hook_resid_post' reads layer 40 is out of range" in err
+    assert rc == 2 and "its hook_name 'blocks.40.hook_resid_post' reads layer: 40 is out of range" in err
     assert "--layer" not in err and err.count("--sae") == 1
     narrow = tmp_path / "narrow"
     make_sae_lens_sae("jumprelu", 24, 96, seed=0, hook_name="blocks.1.hook_resid_post").save_model(str(narrow))

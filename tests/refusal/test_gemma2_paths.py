@@ -39,7 +39,8 @@ def test_discover_over_two_saes_then_eval_on_gemma2(gemma2_dir, tmp_path, dtype)
                                "max_candidates": 12, "fm_samples": 8, "fm_extra": 2, "per_prompt": 1, "prefilter": 16}))
     out = tmp_path / "run"
     rc = main(["discover", "--model", str(gemma2_dir), "--sae", f"{gemma2_dir}/sae_l{{0..1}}", "--quick", "--config", str(cfg),
-               "--edit", "scale:-3", "--max-new-tokens", "4", "--capability", "0", "--device", "cpu", "--dtype", dtype, "--quiet", "--out", str(out)])
+               "--edit", "scale:-3", "--max-new-tokens", "4", "--capability", "0", "--device", "cpu", "--dtype", dtype, "--quiet", "--force",
+               "--out", str(out)])
     assert rc == 0
     r = json.loads((out / "results.json").read_text())
     names = [x["name"] for x in r["sae"]]
@@ -50,7 +51,7 @@ def test_discover_over_two_saes_then_eval_on_gemma2(gemma2_dir, tmp_path, dtype)
     spec = json.loads((out / "spec.json").read_text())
     assert spec["mode"] == "scale" and spec["skip_bos"] is True
     rc = main(["eval", "--steer", str(out / "spec.json"), "--limit", "8", "--max-new-tokens", "4", "--device", "cpu", "--dtype", dtype,
-               "--templates", "roleplay", "--quiet", "--out", str(tmp_path / "eval")])
+               "--templates", "roleplay", "--allow-overlap", "--quiet", "--out", str(tmp_path / "eval")])
     assert rc == 0
     rep = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert rep["conditions"][0]["condition"] == "unsteered" and rep["model"] == str(gemma2_dir)

@@ -23,7 +23,7 @@ def test_bench_serve_organism(tmp_path, capsys):
     data = json.loads(js.read_text())
     rows = data["rows"]
     assert [(r["variant"], r["concurrency"]) for r in rows] == [
-        (v, c) for c in (1, 3) for v in ("none", "saesteer", "full-sae")
+        (v, c) for c in (1, 3) for v in ("none", "saesteer", "full-sae", "when", "inspect")
     ]
     for r in rows:
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["total_tok_s"] > 0

@@ -1,6 +1,6 @@
 """Serving throughput: what steering costs inside vLLM's continuous batching.
 
-Three variants at each concurrency, all greedy with a fixed number of new tokens (eos ignored),
+The variants at each concurrency, all greedy with a fixed number of new tokens (eos ignored),
 through one :class:`saesteer.vllm.SteeredLLM` engine (prefix caching off, so every round computes
 its prompts):
 
@@ -10,7 +10,10 @@ its prompts):
 * ``full-sae`` -- no spec; instead every worker runs the whole SAE with the same edit on every token,
   as sae-lens steers with the error term kept (:class:`saesteer.bench.generate.FullSAEHook`),
   installed on the workers by :class:`BaselineWorkerExtension` (build the engine with
-  ``worker_extension_cls=BASELINE_EXTENSION``).
+  ``worker_extension_cls=BASELINE_EXTENSION``);
+* ``when``     -- the ``saesteer`` spec under a prompt-scope condition that always fires (the trigger
+  read and the per-request decision on top of the edit);
+* ``inspect``  -- requests without an edit that ask for every token's top 16 features.
 
 Concurrency ``c`` submits ``c`` requests at once (vLLM schedules them as one batch when
 ``max_num_seqs`` allows); ``c = 1`` is one request at a time.

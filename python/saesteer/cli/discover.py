@@ -58,7 +58,9 @@ def read_config_file(path) -> dict:
 
     from ..refusal.discover import DiscoverConfig
 
-    p = Path(path)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"--config: {str(path)!r} is not a file (expected a YAML, TOML or JSON file of options)")
     try:
         text = p.read_text()
     except OSError as e:

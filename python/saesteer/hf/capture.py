@@ -19,7 +19,7 @@ from torch import nn
 
 from .layers import HOOK_POINTS, find_layers, hook_name, hook_point
 
-__all__ = ["capture", "intercept", "resolve_hooks", "input_hook", "output_hook"]
+__all__ = ["capture", "intercept", "resolve_hooks", "hooked", "input_hook", "output_hook"]
 
 
 def input_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]):
@@ -97,12 +97,14 @@ def intercept(model: nn.Module, hooks, fn: Callable[[str, torch.Tensor], torch.T
     """Call ``fn(hook_name, x)`` on the residual stream ``x [B, T, d]`` at each hook point of every
     forward inside the block; a tensor it returns replaces ``x`` downstream (None leaves it as it
     is). The hooks are removed on exit, also on an exception."""
-    with _hooked(resolve_hooks(model, hooks, layers), fn):
+    with hooked(resolve_hooks(model, hooks, layers), fn):
         yield
 
 
 @contextlib.contextmanager
-def _hooked(sites: list[tuple[str, nn.Module, bool]], fn) -> Iterator[None]:
+def hooked(sites: list[tuple[str, nn.Module, bool]], fn) -> Iterator[None]:
+    """Call ``fn(name, x)`` on each site's stream (``(name, module, pre)`` from
+    :func:`resolve_hooks`) while the block runs; the hooks are removed on exit."""
     handles = []
     try:
         for name, module, pre in sites:
@@ -141,5 +143,5 @@ def capture(
         x = x.detach()
         rec[name].append(x if transform is None else transform(x))
 
-    with _hooked(sites, record):
+    with hooked(sites, record):
         yield rec

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import ops, reference
 from ..steering import as_sae
-from .capture import _hooked, resolve_hooks
+from .capture import hooked, resolve_hooks
 from .handle import bos_token_id
 from .layers import find_layers, hidden_size
 from .positions import bos_mask
@@ -214,7 +214,7 @@ def inspect(
             raise _Stop
 
     try:
-        with _hooked(sites, record):
+        with hooked(sites, record):
             model(input_ids=ids, attention_mask=attn, use_cache=False)
     except _Stop:
         pass
