@@ -218,7 +218,7 @@ def test_yeo_recipe_spec_holds_the_top_k_and_amplify_spec_the_refusal_feature(ti
     rows = r["top_k_per_prompt"]
     assert len(rows) == TINY["n_heldout"] and all(set(x["features"]) <= set(top) for x in rows)
     assert {"top_k", "top_k_per_prompt"} <= set(r["asr"])
-    assert r["stages_done"] == ["refusal", "direction", "candidates", "search", "interactions", "verification", "dormant"]
+    assert r["stages_done"] == ["refusal", "direction", "candidates", "search", "trigger", "interactions", "verification", "dormant"]
     if r["amplify"]["features"]:
         amp = SteeringSpec.load(out / "amplify_spec.json")
         assert amp.mode == "clamp" and amp.features == r["amplify"]["features"]
