@@ -252,3 +252,32 @@ def test_eval_runs_a_conditional_spec_with_and_without_its_when_and_sweeps_both(
     md = (out / "report.md").read_text()
     assert "## Unsteered vs steered with and without its trigger (when)" in md and "| steered_unconditional |" in md
     assert "| clamp=30 (when) | True |" in md
+
+
+@pytest.mark.slow
+def test_discovered_trigger_gates_the_amplify_spec_on_the_organism(tmp_path, capsys):
+    """discover's trigger on the organism, then eval of its amplify spec (the refusal feature clamped
+    high, O'Brien et al.) with and without the trigger, on held-out prompts plain and wrapped."""
+    from saesteer.steering.condition import parse_when
+
+    run = tmp_path / "run"
+    rc, _, err = _run(capsys, "discover", "--quick", "--capability", "0", "--quiet", "--out", run)
+    assert rc == 0, err
+    r = json.loads((run / "results.json").read_text())
+    when = json.loads((run / "amplify_spec.json").read_text())["when"]
+    assert when == r["trigger"]["when"] == json.loads((run / "spec.json").read_text())["when"]
+    parse_when(when)
+    assert r["trigger"]["chosen"]["balanced_accuracy"] >= 0.8, r["trigger"]["validation"]
+    for extra in ([], ["--wrap", "roleplay"]):
+        out = tmp_path / ("o" + "".join(extra))
+        rc, _, err = _run(capsys, "eval", "--steer", run / "amplify_spec.json", "--sweep", "8", "--limit", "12", "--max-new-tokens", "16",
+                          "--capability", "8", "--no-probes", "--quiet", *extra, "--out", out)
+        assert rc == 0, err
+        res = json.loads((out / "eval.json").read_text())
+        rows = {c["condition"]: c for c in res["conditions"]}
+        cond, uncond = rows["steered"], rows["steered_unconditional"]
+        # the shipped prompts were never seen by the trigger: it fires on fewer harmless than harmful ones
+        assert cond["trigger_rate_harmless"] <= 0.25 and cond["trigger_rate_harmful"] > cond["trigger_rate_harmless"]
+        assert uncond["kl_reply"] >= cond["kl_reply"]
+        assert {(x["condition"], x.get("conditional")) for x in res["sweep"][1:]} == {("clamp=8", False), ("clamp=8 (when)", True)}
+        assert set(res["sweep_plot"]["series"]) >= {"harmful_refusal", "harmful_refusal (when)"}
