@@ -8,6 +8,7 @@ import pytest
 
 from saesteer.cli import main
 from saesteer.refusal.spec import SteeringSpec
+from saesteer.steering.condition import parse_when
 
 TINY = {"n_direction": 6, "n_val": 3, "n_search": 2, "n_heldout": 3, "n_candidates": 5, "fm_samples": 16,
         "fm_extra": 3, "per_prompt": 1, "max_new_tokens": 4,
@@ -60,6 +61,21 @@ def test_discover_cli_end_to_end(tiny_chat, tmp_path, capsys):
     assert report_md.index("These results are not meaningful") < report_md.index("## Refusal direction")
     assert set(r["asr"]["degenerate"]) == {"baseline", "minimal_set", "with_interactions"}
     assert "degenerate" in report_md
+    # The trigger for conditional steering: features ranked on the direction split, count and
+    # threshold chosen on the val split (the held-out prompts choose nothing); both specs carry it
+    # as `when`, which the hooks' parser accepts, and the report lists its validation rates.
+    t = r["trigger"]
+    assert t["skipped"] is None and t["n_selection"]["harmful"] == TINY["n_direction"]
+    assert (t["n_validation"]["harmful"], t["n_validation"]["harmless"]) == (TINY["n_val"], TINY["n_val"])
+    when = json.loads((out / "spec.json").read_text())["when"]
+    assert when == t["when"] and spec.when == when
+    cond = parse_when(when)
+    assert list(cond.features) == t["chosen"]["features"] and cond.threshold == t["chosen"]["threshold"]
+    assert all(0 <= f < 96 for f in cond.features) and (cond.reduce, cond.scope) == ("max", "prompt")
+    assert any(v["features"] == when["features"] for v in t["validation"])
+    if r["amplify"]["features"]:
+        assert json.loads((out / "amplify_spec.json").read_text())["when"] == when
+    assert "## Trigger for conditional steering" in report_md and "| 1" in report_md.split("## Trigger")[1]
 
 
 def _run_err(args, capsys):
@@ -122,13 +138,16 @@ def test_discover_cli_edit_and_no_skip_bos_reach_the_spec(tiny_chat, tmp_path):
     cfg.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "fm_samples": 8, "per_prompt": 0}.items()))
     out = tmp_path / "out"
     rc = main(["discover", "--model", str(d), "--sae", str(d / "sae"), "--out", str(out), "--config", str(cfg),
-               "--edit", "scale:-3", "--no-skip-bos", "--attribution", "zero", "--quiet"])
+               "--edit", "scale:-3", "--no-skip-bos", "--attribution", "zero", "--no-trigger", "--quiet"])
     assert rc == 0
     r = json.loads((out / "results.json").read_text())
     assert r["edit"] == "scale:-3" and r["skip_bos"] is False and r["candidate_method"] == "attribution (zero)"
     assert r["config"]["edit"] == "scale:-3" and r["config"]["skip_bos"] is False
     spec = SteeringSpec.load(out / "spec.json")
     assert (spec.mode, spec.values, spec.skip_bos) == ("scale", -3.0, False)
+    # --no-trigger: no trigger proposed, no `when` in the spec
+    assert r["config"]["trigger"] is False and "trigger" not in r and spec.when is None
+    assert "when" not in json.loads((out / "spec.json").read_text())
     report_md = (out / "report.md").read_text()
     assert "Search edit: scale:-3 (the BOS token edited too)" in report_md
     assert "| minimal set scaled by -3 |" in report_md and "| minimal set ablated |" not in report_md
@@ -217,7 +236,8 @@ def test_yeo_recipe_spec_holds_the_top_k_and_amplify_spec_the_refusal_feature(ti
     rows = r["top_k_per_prompt"]
     assert len(rows) == TINY["n_heldout"] and all(set(x["features"]) <= set(top) for x in rows)
     assert {"top_k", "top_k_per_prompt"} <= set(r["asr"])
-    assert r["stages_done"] == ["refusal", "direction", "candidates", "search", "interactions", "verification", "dormant"]
+    assert r["stages_done"] == ["refusal", "direction", "candidates", "search", "trigger", "interactions", "verification", "dormant"]
+    assert SteeringSpec.load(out / "spec.json").when == r["trigger"]["when"] is not None
     if r["amplify"]["features"]:
         amp = SteeringSpec.load(out / "amplify_spec.json")
         assert amp.mode == "clamp" and amp.features == r["amplify"]["features"]

@@ -209,3 +209,75 @@ def test_the_paper_eval_commands_run_on_the_organism(tmp_path, capsys):
         assert rc == 0, err
         res = json.loads((tmp_path / "obrien" / "eval.json").read_text())
         assert [r["value"] for r in res["sweep"]] == [None, 0.0, 8.0]
+
+
+def test_eval_runs_a_conditional_spec_with_and_without_its_when_and_sweeps_both(tiny_chat, capsys, tmp_path):
+    model, tok, sae, d = tiny_chat
+    from saesteer.refusal.trigger import trigger_scores
+
+    harmless = shipped_prompts("harmless")[:4]
+    # A threshold between the prompt scores, so the trigger fires on some prompts and not others.
+    when = {"features": [5, 33], "reduce": "max", "scope": "prompt", "threshold": 0.0}
+    s = trigger_scores(model, tok, sae, harmless, when)
+    when["threshold"] = float(s.median())
+    spec = tmp_path / "spec.json"
+    SteeringSpec(features=[3], mode="clamp", values=30.0, sae=str(d / "sae"), model=str(d), when=when).save(spec)
+    out = tmp_path / "o"
+    rc, stdout, err = _run(capsys, *_base(d, out, "--steer", spec, "--limit", "4", "--no-probes", "--sweep", "0,30"))
+    assert rc == 0, err
+    res = json.loads((out / "eval.json").read_text())
+    rows = {r["condition"]: r for r in res["conditions"]}
+    assert list(rows) == ["unsteered", "steered", "steered_unconditional"]
+    assert rows["steered"]["conditional"] is True and rows["steered_unconditional"]["conditional"] is False
+    # The trigger fires on some harmless prompts only; the unconditional edit touches every prompt, so
+    # it moves the model at least as far from unsteered as the conditional one.
+    fired = float((s > when["threshold"]).float().mean())
+    assert rows["steered"]["trigger_rate_harmless"] == fired and 0 < fired < 1
+    assert "trigger_rate_harmless" not in rows["steered_unconditional"]
+    assert rows["steered_unconditional"]["kl_reply"] > rows["steered"]["kl_reply"] > 0
+    for k in ("harmful_refusal", "harmless_refusal", "harmless_degenerate", "loss", "kl_first"):
+        assert k in rows["steered"] and k in rows["steered_unconditional"]
+    # The sweep: every value unconditional and conditional; sweep.png draws both from sweep_plot.
+    sweep = [(r["condition"], r["value"], r.get("conditional")) for r in res["sweep"]]
+    assert sweep == [("unsteered", None, None), ("clamp=0", 0.0, False), ("clamp=30", 30.0, False),
+                     ("clamp=0 (when)", 0.0, True), ("clamp=30 (when)", 30.0, True)]
+    plot = res["sweep_plot"]
+    assert plot["x"] == [0.0, 30.0]
+    by = {r["condition"]: r for r in res["sweep"]}
+    assert plot["series"]["harmless_refusal"] == [by["clamp=0"]["harmless_refusal"], by["clamp=30"]["harmless_refusal"]]
+    assert plot["series"]["harmless_refusal (when)"] == [by["clamp=0 (when)"]["harmless_refusal"],
+                                                         by["clamp=30 (when)"]["harmless_refusal"]]
+    assert set(plot["secondary"]) == {"KL (reply)", "KL (reply) (when)"}
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    assert "## Unsteered vs steered with and without its trigger (when)" in md and "| steered_unconditional |" in md
+    assert "| clamp=30 (when) | True |" in md
+
+
+@pytest.mark.slow
+def test_discovered_trigger_gates_the_amplify_spec_on_the_organism(tmp_path, capsys):
+    """discover's trigger on the organism, then eval of its amplify spec (the refusal feature clamped
+    high, O'Brien et al.) with and without the trigger, on held-out prompts plain and wrapped."""
+    from saesteer.steering.condition import parse_when
+
+    run = tmp_path / "run"
+    rc, _, err = _run(capsys, "discover", "--quick", "--capability", "0", "--quiet", "--out", run)
+    assert rc == 0, err
+    r = json.loads((run / "results.json").read_text())
+    when = json.loads((run / "amplify_spec.json").read_text())["when"]
+    assert when == r["trigger"]["when"] == json.loads((run / "spec.json").read_text())["when"]
+    parse_when(when)
+    assert r["trigger"]["chosen"]["balanced_accuracy"] >= 0.8, r["trigger"]["validation"]
+    for extra in ([], ["--wrap", "roleplay"]):
+        out = tmp_path / ("o" + "".join(extra))
+        rc, _, err = _run(capsys, "eval", "--steer", run / "amplify_spec.json", "--sweep", "8", "--limit", "12", "--max-new-tokens", "16",
+                          "--capability", "8", "--no-probes", "--quiet", *extra, "--out", out)
+        assert rc == 0, err
+        res = json.loads((out / "eval.json").read_text())
+        rows = {c["condition"]: c for c in res["conditions"]}
+        cond, uncond = rows["steered"], rows["steered_unconditional"]
+        # the shipped prompts were never seen by the trigger: it fires on fewer harmless than harmful ones
+        assert cond["trigger_rate_harmless"] <= 0.25 and cond["trigger_rate_harmful"] > cond["trigger_rate_harmless"]
+        assert uncond["kl_reply"] >= cond["kl_reply"]
+        assert {(x["condition"], x.get("conditional")) for x in res["sweep"][1:]} == {("clamp=8", False), ("clamp=8 (when)", True)}
+        assert set(res["sweep_plot"]["series"]) >= {"harmful_refusal", "harmful_refusal (when)"}

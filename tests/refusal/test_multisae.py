@@ -177,7 +177,16 @@ def test_two_sae_spec_applies_at_both_layers_and_generate_reads_it(two_layer_dis
             org.model(**enc)
         return [rec[h][0] for h in hooks]
 
-    got = run(spec.context(org.model, saes))
+    # discover's trigger reads one SAE of the set: the `when` names it (an SAE the spec edits).
+    from dataclasses import replace
+
+    from saesteer.steering.condition import parse_when
+
+    assert spec.when is not None and spec.when["sae"] in saes and spec.when == r["trigger"]["when"]
+    parse_when(spec.when, {n: s.d_sae for n, s in saes.items()})
+    # Unconditional, the edits are the list of hf.steer; with the `when` they run through the same hooks.
+    spec.context(org.model, saes)
+    got = run(replace(spec, when=None).context(org.model, saes))
     ref = run(saesteer.steer(org.model, [(saes[e["sae"]], saesteer.Intervention(e["features"], "ablate"), e["layer"])
                                          for e in spec.edits]))
     for g, x in zip(got, ref):
@@ -243,10 +252,11 @@ def test_eval_reads_a_two_sae_spec_and_probes_both_saes(two_layer_discover, tmp_
                "--sweep", "4", "--direction", str(out / "direction.safetensors"), "--quiet", "--out", str(tmp_path / "eval")])
     assert rc == 0
     rep = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    # The two-SAE spec's row, then the refusal direction's rows beside it.
+    # The two-SAE spec's rows (with its trigger and without), then the refusal direction's rows beside them.
     conds = [c["condition"] for c in rep["conditions"]]
-    assert conds[:2] == ["unsteered", "steered"] and set(conds[2:]) >= {"direction_addition"} and len(conds) >= 4
-    assert [r["condition"] for r in rep["sweep"]] == ["unsteered", "clamp=4"]
+    assert conds[:3] == ["unsteered", "steered", "steered_unconditional"] and set(conds[3:]) >= {"direction_addition"}
+    assert rep["conditions"][1]["trigger_rate_harmful"] is not None
+    assert [r["condition"] for r in rep["sweep"]] == ["unsteered", "clamp=4", "clamp=4 (when)"]
     assert (tmp_path / "eval" / "sweep.png").stat().st_size > 0
     # The report names every edit's SAE at its own layer, not one SAE at no layer.
     assert rep["sae"] == [e["sae"] for e in spec.edits] and rep["layer"] == sorted({e["layer"] for e in spec.edits})

@@ -44,3 +44,20 @@ def test_bad_arguments(kw, match):
         propose_trigger(org.model, org.tokenizer, org.sae, ["a"] * 4, ["b"] * 4, **kw)
     with pytest.raises(ValueError, match="harmful: a trigger needs at least 4 prompts"):
         propose_trigger(org.model, org.tokenizer, org.sae, ["a"] * 3, ["b"] * 4)
+    # given validation prompts: every given prompt selects, at least 2 per class each
+    with pytest.raises(ValueError, match=r"validation\[1\]: a trigger needs at least 2 prompts"):
+        propose_trigger(org.model, org.tokenizer, org.sae, ["a"] * 2, ["b"] * 2, validation=(["c"] * 2, ["d"]))
+
+
+def test_given_validation_prompts_choose_the_threshold():
+    org = organism.load()
+    H, L = organism.search_prompts(8, 8, seed=5)
+    res = propose_trigger(org.model, org.tokenizer, org.sae, H[:5], L[:5], validation=(H[5:], L[5:]), n_features=(1, 2))
+    assert res["n_selection"] == (5, 5) and res["n_validation"] == (3, 3)
+    parse_when(res["when"])
+    # the chosen threshold is the best cut of the validation prompts' own scores
+    s_h = trigger_scores(org.model, org.tokenizer, org.sae, H[5:], res["when"])
+    s_l = trigger_scores(org.model, org.tokenizer, org.sae, L[5:], res["when"])
+    chosen = next(v for v in res["validation"] if v["features"] == res["when"]["features"])
+    assert chosen["tpr"] == float((s_h > res["when"]["threshold"]).float().mean())
+    assert chosen["fpr"] == float((s_l > res["when"]["threshold"]).float().mean())

@@ -145,6 +145,8 @@ def config_from_args(args):
         cfg.backend = args.backend
     if getattr(args, "skip_bos", None) is False:
         cfg.skip_bos = False
+    if getattr(args, "trigger", None) is False:
+        cfg.trigger = False
     cfg.validate()  # before anything loads
     return cfg
 
@@ -259,6 +261,11 @@ def _run(args) -> int:
     print(f"minimal set ({len(r['minimal_set'])}): [{', '.join(map(feature_text, r['minimal_set']))}]")
     if r.get("top_k"):
         print(f"top {len(r['top_k'])} by attribution (spec.json): [{', '.join(feature_text(c[:-1] if len(c) > 2 else c[0]) for c in r['top_k'])}]")
+    tw = (r.get("trigger") or {}).get("when")
+    if tw:
+        ch = r["trigger"]["chosen"]
+        print(f"trigger (spec's when): features [{', '.join(map(str, tw['features']))}], {tw['reduce']} over the prompt > "
+              f"{tw['threshold']:.3f}; on the val split {ch['tpr']:.0%} of harmful and {ch['fpr']:.0%} of harmless prompts fire")
     a = r["asr"]
     print(f"ASR baseline {a['baseline']:.0%} -> minimal set {a['minimal_set']:.0%} -> with interactions {a['with_interactions']:.0%}"
           + (f"; top k {a['top_k']:.0%}, each prompt's own top k {a['top_k_per_prompt']:.0%}" if "top_k" in a else "")
@@ -322,6 +329,9 @@ def register(sub) -> None:
     p.add_argument("--no-skip-bos", dest="skip_bos", action="store_false", default=None,
                    help="edit the BOS token too (by default every SAE edit leaves each sequence's BOS unedited; "
                         "spec.json records it)")
+    p.add_argument("--no-trigger", dest="trigger", action="store_false", default=None,
+                   help="propose no trigger: spec.json gets no 'when' (default: the features separating refused harmful "
+                        "from answered harmless prompts, threshold chosen on the val split)")
     p.add_argument("--ablation", choices=("auto", "directional", "affine"),
                    help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
                         "affine only if no candidate passes the filters; default)")

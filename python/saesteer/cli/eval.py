@@ -25,7 +25,10 @@ __all__ = ["register"]
 _SWEEP_COLUMNS = ("condition", "value", "harmful_refusal", "harmless_refusal", "harmful_degenerate", "harmless_degenerate",
                   "harmful_attack_success",
                   "capability_accuracy", "mc_accuracy", "mmlu_accuracy", "gsm8k_accuracy",
-                  "kl_first", "kl_reply", "loss", "perplexity", "refusal_score_harmful", "refusal_score_harmless")
+                  "kl_first", "kl_reply", "loss", "perplexity", "refusal_score_harmful", "refusal_score_harmless",
+                  "trigger_rate_harmful", "trigger_rate_harmless")
+#: The sweep plot's rate / accuracy lines (each present in the rows).
+_SWEEP_PLOTTED = ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy", "mmlu_accuracy", "gsm8k_accuracy")
 
 
 def _eval(args) -> int:
@@ -110,15 +113,30 @@ def _eval(args) -> int:
         if direction["direction"].shape[0] != width:
             raise ValueError(f"--direction: length {direction['direction'].shape[0]} but the model's hidden size is {width}")
     steering = ev.Steering(model, sae, spec, args.backend) if spec is not None else None
+    # A spec with a `when` runs as given ("steered", the edit only where its trigger fires) and
+    # without it ("steered_unconditional"), side by side; its sweep likewise, every value both ways.
+    conditional = spec is not None and spec.when is not None
+    steered_conds = {}
+    if has_steered:
+        steered_conds["steered"] = steering
+        if conditional:
+            steered_conds["steered_unconditional"] = ev.Steering(model, sae, replace(spec, when=None), args.backend)
     direction_conds = ev.direction_conditions(model, direction) if direction is not None else {}
-    sweep_conds = {}
+    sweep_conds, when_sweep = {}, {}
     if sweep is not None:
-        sweep_conds = ev.sweep_conditions(ev.Steering(model, sae, replace(spec, mode=sweep_mode), args.backend), sweep)
+        swept = replace(spec, mode=sweep_mode)
+        sweep_conds = ev.sweep_conditions(ev.Steering(model, sae, replace(swept, when=None), args.backend), sweep)
+        if conditional:
+            when_sweep = {f"{k} (when)": s for k, s in ev.sweep_conditions(ev.Steering(model, sae, swept, args.backend), sweep).items()}
+            sweep_conds.update(when_sweep)
     # One pass over every condition, so the unsteered baseline runs once for the comparison and the sweep.
-    conds = {**({"steered": steering} if has_steered else {}), **direction_conds, **sweep_conds}
+    conds = {**steered_conds, **direction_conds, **sweep_conds}
     result = ev.evaluate_conditions(model, tok, data, conds, **kw)
     all_rows = result["rows"]
-    compared = ("unsteered", "steered", *direction_conds)
+    for r in all_rows:
+        if r["condition"] in steered_conds or r["condition"] in sweep_conds:
+            r["conditional"] = r["condition"] == "steered" and conditional or r["condition"] in when_sweep
+    compared = ("unsteered", *steered_conds, *direction_conds)
     result["rows"] = [r for r in all_rows if r["condition"] in compared]
     report = {
         "model": name,
@@ -141,23 +159,26 @@ def _eval(args) -> int:
     }
     sections = [
         ("Setup", _setup_text(args, name, spec, report, direction_conds, result, wrappers, tasks)),
-        ("Unsteered vs steered" + (" vs direction edits" if direction_conds else ""),
-         [{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]),
+        ("Unsteered vs steered" + (" with and without its trigger (when)" if conditional else "")
+         + (" vs direction edits" if direction_conds else ""),
+         _conditional_note(spec) + [[{k: r.get(k) for k in _SWEEP_COLUMNS if k != "value"} for r in result["rows"]]]),
     ]
     if sweep is not None:
         sweep_rows = [dict(all_rows[0], value=None)] + [dict(r, value=sweep_conds[r["condition"]].spec.values)
                                                         for r in all_rows if r["condition"] in sweep_conds]
         report["sweep"] = sweep_rows
-        steered = sweep_rows[1:]
-        ys = {k: [r[k] for r in steered] for k in ("harmful_refusal", "harmless_refusal", "capability_accuracy", "mc_accuracy",
-                                                    "mmlu_accuracy", "gsm8k_accuracy") if k in steered[0]}
+        report["sweep_plot"] = plot = _sweep_plot(sweep_rows[1:], conditional)
         n_feat = sum(len(e["features"]) for e in spec.edits) if spec.edits else len(spec.features)
-        plot_lines(out / "sweep.png", [r["value"] for r in steered], ys, xlabel=f"{sweep_mode} value", ylabel="rate / accuracy",
-                   title=f"{sweep_mode} sweep, {n_feat} feature{'s' if n_feat != 1 else ''}", secondary={"KL (reply)": [r["kl_reply"] for r in steered]},
-                   secondary_label="KL(unsteered || steered)", ylim=(-0.02, 1.02))
+        plot_lines(out / "sweep.png", plot["x"], plot["series"], xlabel=f"{sweep_mode} value", ylabel="rate / accuracy",
+                   title=f"{sweep_mode} sweep, {n_feat} feature{'s' if n_feat != 1 else ''}"
+                   + (", unconditional and conditional (when)" if conditional else ""),
+                   secondary=plot["secondary"], secondary_label="KL(unsteered || steered)", ylim=(-0.02, 1.02))
         sections.append(("Refusal amplification sweep", [
-            f"`{sweep_mode}` of {_features_text(spec)} swept over {sweep} (O'Brien et al.). The first row is the unsteered model.",
-            [{k: r.get(k) for k in _SWEEP_COLUMNS} for r in sweep_rows],
+            f"`{sweep_mode}` of {_features_text(spec)} swept over {sweep} (O'Brien et al.)"
+            + (", each value unconditional and gated by the spec's `when` (rows marked `(when)`)" if conditional else "")
+            + ". The first row is the unsteered model.",
+            [{k: r.get(k) for k in ("condition", "conditional", *_SWEEP_COLUMNS[1:]) if k != "conditional" or conditional}
+             for r in sweep_rows],
             "![sweep](sweep.png)",
         ]))
     if not args.no_probes and spec is not None:
@@ -204,6 +225,32 @@ def _eval(args) -> int:
     print(json.dumps({r["condition"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "condition"} for r in rows}, indent=1))
     print(f"wrote {out / 'eval.json'}, {out / 'report.md'}" + (f", {out / 'sweep.png'}" if sweep is not None else ""), file=sys.stderr)
     return 0
+
+
+def _conditional_note(spec) -> list[str]:
+    """The comparison's note for a spec with a ``when``: what the two steered rows are."""
+    if spec is None or spec.when is None:
+        return []
+    w = spec.when
+    gate = (f"its {w.get('reduce', 'max')} over the prompt > {w['threshold']:g}" if "threshold" in w
+            else "the probe's score > 0")
+    return [f"`steered` edits only where the spec's trigger fires (features {list(w['features'])}, {gate}, scope "
+            f"{w.get('scope', 'prompt')}); `steered_unconditional` is the same edit on every prompt. trigger_rate_*: the "
+            "fraction of prompts the trigger fires on."]
+
+
+def _sweep_plot(rows: list[dict], conditional: bool) -> dict:
+    """What sweep.png draws, from the sweep's steered rows: ``x`` (the values), ``series`` (rates and
+    accuracies by value) and ``secondary`` (KL); with a ``when`` each line twice, unconditional
+    and conditional (``"... (when)"``), over the same values."""
+    groups = [("", [r for r in rows if not r.get("conditional")])]
+    if conditional:
+        groups.append((" (when)", [r for r in rows if r.get("conditional")]))
+    series, secondary = {}, {}
+    for suffix, rs in groups:
+        series.update({k + suffix: [r[k] for r in rs] for k in _SWEEP_PLOTTED if k in rs[0]})
+        secondary["KL (reply)" + suffix] = [r["kl_reply"] for r in rs]
+    return {"x": [r["value"] for r in groups[0][1]], "series": series, "secondary": secondary}
 
 
 def _setup_text(args, name, spec, report, direction_conds, result, wrappers, tasks) -> str:

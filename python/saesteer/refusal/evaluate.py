@@ -21,7 +21,10 @@ both sides are measured in one pass. For each condition (unsteered, or a :class:
 * ``loss`` / ``perplexity``: next-token loss of the model on harmless replies (by default the
   unsteered model's own greedy replies), teacher forced;
 * ``kl_first`` / ``kl_reply``: ``KL(p_unsteered || p_steered)`` of the next-token distribution at the
-  last prompt position, and averaged over every position that predicts a reply token.
+  last prompt position, and averaged over every position that predicts a reply token;
+* ``trigger_rate_harmful`` / ``_harmless`` (a spec with a ``when`` only): the fraction of prompts on
+  which its condition fires (:func:`trigger_rate`), so a conditional edit's rows say how often it
+  edited at all.
 
 Teacher-forced passes edit exactly the tokens the spec's ``positions`` would edit in generation:
 "prompt" the prompt tokens, "generated" the reply (or answer-prefix) tokens, "all" both. So
@@ -39,7 +42,15 @@ from typing import Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .chat import chat_template_kind, check_chat_template, format_prompts, generate, refusal_scores, refusal_tokens_from_replies
+from .chat import (
+    chat_template_kind,
+    check_chat_template,
+    format_prompts,
+    generate,
+    refusal_scores,
+    refusal_tokens_from_replies,
+    tokenize_prompts,
+)
 from .inputs import model_device, pad_token_id
 from .judges import (
     COMPLIED,
@@ -67,6 +78,7 @@ __all__ = [
     "CapabilityTask",
     "capability_accuracy",
     "continuation_metrics",
+    "trigger_rate",
     "EvalData",
     "evaluate_conditions",
     "evaluate_steering",
@@ -401,6 +413,28 @@ def continuation_metrics(model, tokenizer, prompts: Sequence[Prompt], continuati
 
 
 # ------------------------------------------------------------------------------------------------
+# how often a conditional edit's trigger fires
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def trigger_rate(model, tokenizer, steering, prompts: Sequence[Prompt], *, batch_size: int = 16) -> float | None:
+    """The fraction of chat-formatted ``prompts`` on which the ``when`` of ``steering``'s spec fires,
+    read by the same hooks that gate the edit in generation (scope ``"token"``: a prompt counts when
+    any of its tokens fires). None when ``steering`` has no ``when`` or no prompts are given."""
+    spec = getattr(steering, "spec", None)
+    if spec is None or spec.when is None or not prompts:
+        return None
+    device = model_device(model)
+    fired = []
+    for b in range(0, len(prompts), batch_size):
+        enc = tokenize_prompts(tokenizer, list(prompts[b : b + batch_size]), device)
+        with steering() as h:
+            model(**enc)
+        f = next(c for c in h.conditions if c is not None).fired
+        fired.append((f.any(-1) if f.dim() > 1 else f).float().cpu())
+    return float(torch.cat(fired).mean())
+
+
+# ------------------------------------------------------------------------------------------------
 # everything, per condition
 # ------------------------------------------------------------------------------------------------
 @dataclass
@@ -505,6 +539,9 @@ def evaluate_conditions(
             ex[task.name] = list(zip(task.questions, res["replies"]))[:n_examples]
         cm = continuation_metrics(model, tokenizer, data.harmless, reference, steering, batch_size=batch_size)
         row.update({k: cm[k] for k in ("loss", "perplexity", "kl_first", "kl_reply")})
+        if getattr(getattr(steering, "spec", None), "when", None) is not None:
+            row["trigger_rate_harmful"] = trigger_rate(model, tokenizer, steering, data.harmful, batch_size=batch_size)
+            row["trigger_rate_harmless"] = trigger_rate(model, tokenizer, steering, data.harmless, batch_size=batch_size)
         rows.append(row)
         examples[name] = ex
     return {"rows": rows, "examples": examples, "refusal_tokens": refusal_tokens, "judge": judge_name(judge),

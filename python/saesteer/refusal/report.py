@@ -200,6 +200,31 @@ def write_discover_outputs(res, out: str | Path, sae_ref: str | None = None) -> 
     return written
 
 
+def trigger_lines(t: dict) -> list[str]:
+    """discover's report section on the trigger (results.json's ``trigger``): the ``when`` in the
+    specs, and each feature count's rates on the validation prompts that chose it."""
+    lines = ["## Trigger for conditional steering (Lee et al.)", ""]
+    w = t.get("when")
+    if not w:
+        return lines + [f"None proposed: {t.get('skipped') or 'no trigger'}."]
+    sel, val = t["n_selection"], t["n_validation"]
+    lines += [
+        f"The specs carry `when`: features [{', '.join(map(str, w['features']))}]"
+        + (f" of `{w['sae']}`" if w.get("sae") else "") + f", their summed activation's {w['reduce']} over the prompt "
+        f"> {w['threshold']:.3f} (scope {w['scope']}): the edit applies only to prompts that fire it "
+        "(`saesteer eval` runs the spec with and without it).",
+        f"Features ranked by Cohen's d on the direction split ({sel['harmful']} refused harmful, {sel['harmless']} answered "
+        f"harmless prompts); feature count and threshold chosen on the val split ({val['harmful']} / {val['harmless']}), so "
+        "these rates are optimistic:",
+        "",
+        "| features | threshold | harmful fired (TPR) | harmless fired (FPR) | balanced accuracy |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {v['n_features']}{' (chosen)' if v['features'] == w['features'] else ''} | {v['threshold']:.3f} | "
+              f"{v['tpr']:.0%} | {v['fpr']:.0%} | {v['balanced_accuracy']:.2f} |" for v in t["validation"]]
+    return lines
+
+
 def discover_plots(r: dict, out: str | Path) -> None:
     """discover's plots from its results dict ``r``: the direction's scores by layer and position,
     and the held-out flip rate against the number of ablated candidates."""
@@ -467,6 +492,8 @@ def discover_report(r: dict) -> str:
                          f"hook point, clamp value {v:.2f})" for f, c, v in zip(am["features"], am["cosines"], am["values"])) + ".")
         else:
             lines.append("None: no feature of the minimal set points along the refusal direction.")
+    if r.get("trigger"):
+        lines += ["", *trigger_lines(r["trigger"])]
     if r.get("dormant_downstream") is not None:
         lines += ["", "## Dormant features", "", *downstream_lines(r["dormant_downstream"])]
     lines += ["", "## Examples (held-out harmful prompts)", ""]

@@ -10,6 +10,9 @@ the harmful prompts. For each candidate count it reads the summed trigger score 
 half through the same hooks that will gate the edit (a monitor), and keeps the count and threshold
 with the best balanced accuracy there (the threshold halfway between two neighbouring scores).
 Those validation numbers chose the trigger, so they are optimistic: measure it on other prompts.
+A caller with its own split (``saesteer discover``: its direction prompts select, its val prompts
+validate) passes the validation prompts as ``validation``, and every prompt of ``harmful`` /
+``harmless`` selects.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def propose_trigger(
     seed: int = 0,
     batch_size: int = 16,
     k: int = 16,
+    validation: tuple[Sequence[Prompt], Sequence[Prompt]] | None = None,
 ) -> dict:
     """A ``when`` that fires on ``harmful`` (the prompts the model refuses) and not on ``harmless``.
 
@@ -76,6 +80,10 @@ def propose_trigger(
     "validation": [{"n_features", "threshold", "balanced_accuracy", "tpr", "fpr"}, ...] (one per
     count tried), "n_selection": (harmful, harmless), "n_validation": (harmful, harmless)}``; the
     chosen entry of ``validation`` is the one whose features ``when`` holds. See the module docstring.
+
+    ``validation``: ``(harmful, harmless)`` prompts that choose the count and threshold; then
+    ``harmful`` / ``harmless`` only select the features (at least 2 prompts per class each) and
+    ``val_fraction`` and ``seed`` are unused.
     """
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce: expected 'max' or 'mean' (a trigger reduced over the prompt), got {reduce!r}")
@@ -84,16 +92,23 @@ def propose_trigger(
     counts = sorted({int(n) for n in n_features})
     if not counts or counts[0] < 1:
         raise ValueError(f"n_features: expected positive counts, got {list(n_features)!r}")
-    rng = random.Random(seed)
-    splits = []
-    for name, prompts in (("harmful", list(harmful)), ("harmless", list(harmless))):
-        if len(prompts) < 4:
-            raise ValueError(f"{name}: a trigger needs at least 4 prompts per class (2 to select, 2 to validate), got {len(prompts)}")
-        idx = list(range(len(prompts)))
-        rng.shuffle(idx)
-        n_val = min(max(2, round(len(prompts) * val_fraction)), len(prompts) - 2)
-        splits.append(([prompts[i] for i in idx[n_val:]], [prompts[i] for i in idx[:n_val]]))
-    (sel_h, val_h), (sel_l, val_l) = splits
+    if validation is not None:
+        sel_h, sel_l, (val_h, val_l) = list(harmful), list(harmless), (list(v) for v in validation)
+        for name, prompts in (("harmful", sel_h), ("harmless", sel_l), ("validation[0]", val_h), ("validation[1]", val_l)):
+            if len(prompts) < 2:
+                raise ValueError(f"{name}: a trigger needs at least 2 prompts per class to select and 2 to validate, "
+                                 f"got {len(prompts)}")
+    else:
+        rng = random.Random(seed)
+        splits = []
+        for name, prompts in (("harmful", list(harmful)), ("harmless", list(harmless))):
+            if len(prompts) < 4:
+                raise ValueError(f"{name}: a trigger needs at least 4 prompts per class (2 to select, 2 to validate), got {len(prompts)}")
+            idx = list(range(len(prompts)))
+            rng.shuffle(idx)
+            n_val = min(max(2, round(len(prompts) * val_fraction)), len(prompts) - 2)
+            splits.append(([prompts[i] for i in idx[n_val:]], [prompts[i] for i in idx[:n_val]]))
+        (sel_h, val_h), (sel_l, val_l) = splits
     device = next(model.parameters()).device
 
     def read(prompts):

@@ -12,6 +12,8 @@ and O'Brien et al., one module per stage, run in order by :func:`discover` (:mod
    point), an optional per-SAE pre-filter, the pool the search starts from, Yeo et al.'s top k;
 3. :func:`~.search.search_stage`: greedy minimal sets under ``cfg.edit``, pooled and per prompt;
    :func:`~.amplify.amplify_stage`: the refusal feature(s) to amplify (O'Brien et al.);
+   :func:`~.trigger.trigger_stage` (unless ``cfg.trigger`` is off): the trigger for conditional
+   steering, the specs' ``when`` (features chosen on the direction split, threshold on val);
 4. :func:`~.interactions.interaction_stage`: factorization-machine interactions, verified;
 5. :func:`~.verification.verification_stage`: attack success rate by generation on held-out
    prompts, the per-prompt sets confirmed by generation, the direction judged by generation,
@@ -37,6 +39,7 @@ from .pipeline import check_inputs, discover
 from .results import MIN_BASELINE_REFUSAL, STAGES, DiscoverResult, DiscoverResults, result_warnings
 from .search import SearchStage, search_stage
 from .splits import PromptSplits, filter_splits, split_prompts
+from .trigger import TriggerStage, trigger_stage
 from .verification import VerificationStage, editing, verification_stage
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "SearchStage",
     "VerificationStage",
     "Amplify",
+    "TriggerStage",
     "STAGES",
     "discover",
     "check_inputs",
@@ -60,6 +64,7 @@ __all__ = [
     "candidate_stage",
     "search_stage",
     "amplify_stage",
+    "trigger_stage",
     "interaction_stage",
     "verification_stage",
     "dormant_stage",

@@ -74,6 +74,9 @@ class DiscoverConfig:
     # Go on when the unsteered model refuses fewer than MIN_REFUSAL_RATE of the held-out harmful
     # prompts (refusal/validity.py); by default discover stops there: nothing to jailbreak.
     force: bool = False
+    # Propose a trigger for conditional steering (spec.json's `when`, the trigger stage): the
+    # features separating refused harmful from answered harmless prompts, threshold chosen on val.
+    trigger: bool = True
     batch_size: int = 32
     seed: int = 0
     layer: int | None = None  # override the SAE's hook layer
@@ -102,7 +105,7 @@ class DiscoverConfig:
             raise ValueError(f"method: expected 'cosine' or 'attribution', got {self.method!r}")
         if self.attribution not in ATTRIBUTIONS:
             raise ValueError(f"attribution: expected one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}")
-        for name in ("skip_bos", "force", "filter_prompts"):
+        for name in ("skip_bos", "force", "filter_prompts", "trigger"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         parse_edit(self.edit)

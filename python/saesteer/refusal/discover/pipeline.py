@@ -23,6 +23,7 @@ from .interactions import interaction_stage
 from .results import STAGES, DiscoverResult, DiscoverResults
 from .search import search_stage
 from .splits import split_prompts
+from .trigger import trigger_stage
 from .verification import verification_stage
 
 __all__ = ["discover", "check_inputs"]
@@ -127,6 +128,11 @@ def discover(
     res.amplify = amplify_stage(model, tokenizer, saes, res.splits, res.search.pooled.features or res.candidates.ids,
                                 res.candidates.site_directions, cfg)
     done("search")
+
+    if cfg.trigger:
+        bar.set_postfix_str("trigger")
+        res.trigger = trigger_stage(model, tokenizer, saes, res.splits, res.spec_features(), cfg)
+    done("trigger")
 
     bar.set_postfix_str("interactions")
     res.interactions = interaction_stage(model, tokenizer, saes, res.splits, ds.refusal_tokens, res.search.pooled.features, cfg)

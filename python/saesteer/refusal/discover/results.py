@@ -22,6 +22,7 @@ from .config import DiscoverConfig
 from .direction import DirectionStage, RefusalCheck
 from .search import SearchStage
 from .splits import PromptSplits
+from .trigger import TriggerStage
 from .verification import VerificationStage
 
 __all__ = ["DiscoverResults", "DiscoverResult", "result_warnings", "MIN_BASELINE_REFUSAL", "STAGES"]
@@ -30,7 +31,7 @@ __all__ = ["DiscoverResults", "DiscoverResult", "result_warnings", "MIN_BASELINE
 MIN_BASELINE_REFUSAL = MIN_REFUSAL_RATE
 
 #: The stages in the order they run; ``results.json`` lists those done in ``stages_done``.
-STAGES = ("refusal", "direction", "candidates", "search", "interactions", "verification", "dormant")
+STAGES = ("refusal", "direction", "candidates", "search", "trigger", "interactions", "verification", "dormant")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DiscoverResults:
     interactions: Interactions | None = None
     verification: VerificationStage | None = None
     amplify: Amplify | None = None
+    trigger: TriggerStage | None = None  # None: not run yet (or cfg.trigger off)
     dormant_downstream: list | None = None
     stages_done: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
@@ -68,8 +70,11 @@ class DiscoverResults:
         if self.search is None:
             return None
         edit = parse_edit(self.cfg.edit)
-        feats = [g for g, _ in self.candidates.top_k] if self.cfg.top_k else self.search.pooled.features
-        return self._spec(feats, edit.mode, edit.value, {"source": "saesteer discover", "selection": self.cfg.select})
+        return self._spec(self.spec_features(), edit.mode, edit.value, {"source": "saesteer discover", "selection": self.cfg.select})
+
+    def spec_features(self) -> list[int]:
+        """spec.json's features (flat ids): the top k with ``select = "topk:K"``, else the minimal set."""
+        return [g for g, _ in self.candidates.top_k] if self.cfg.top_k else list(self.search.pooled.features)
 
     def amplify_spec(self) -> SteeringSpec | None:
         """O'Brien et al.'s edit: the refusal feature(s) clamped to the largest activation they
@@ -82,8 +87,12 @@ class DiscoverResults:
     def _spec(self, feats: list[int], mode: str, values, notes: dict) -> SteeringSpec:
         saes = self.saes
         layer = saes.layers[0] if len(saes) == 1 else None
+        # The trigger's `when`; with several SAEs only in a spec that edits the SAE it reads.
+        when = self.trigger.spec_when(len(saes) > 1) if self.trigger is not None else None
+        if when is not None and len(saes) > 1 and not saes.split(feats)[self.trigger.k]:
+            when = None
         spec = SteeringSpec(features=list(feats), mode=mode, values=values, layer=layer, positions="all",
-                            skip_bos=self.cfg.skip_bos, notes=notes)
+                            skip_bos=self.cfg.skip_bos, notes=notes, when=when)
         if len(saes) > 1:
             spec.features = []
             spec.edits = [{"sae": name, "layer": lay, "features": local}
@@ -159,6 +168,8 @@ class DiscoverResults:
             a = self.amplify
             r["amplify"] = {"features": self.names(a.features), "cosines": a.cosines, "values": a.values,
                             "spec": "amplify_spec.json" if a.features else None}
+        if self.trigger is not None:
+            r["trigger"] = self.trigger.to_dict(len(saes) > 1)
         if "dormant" in self.stages_done:
             r["dormant_downstream"] = self.dormant_downstream
         r["valid"], r["warnings"] = result_warnings(r)
