@@ -7,8 +7,9 @@
 //   * steer / steer_rows, standard / jumprelu / gated: tokens are taken 4 at a time ("a block");
 //     each block reads only the |S| encoder rows (W_enc_T[S]) and the decoder rows W_dec[S] whose
 //     coefficient is non-zero for one of its tokens: O(|S| * d_in) per token, no [T, d_sae] buffer.
-//     Blocks are the parallel tasks; a single block of 1-4 tokens with many features (a generation
-//     step) splits its encoder rows, then its output columns, across threads instead.
+//     Blocks are the parallel tasks; up to 16 tokens go all at once instead, the threads splitting
+//     the encoder rows, then the output columns (each weight row is read once per call).
+//     The encode is 4-token x 3-row dot tiles (AVX2 + FMA where the CPU has them).
 //   * steer / steer_rows, topk: the full encode runs tile by tile (the binding's GEMM into an
 //     [N, tile] buffer), merged into a per-row heap of the SAE's k best scores; then the same delta
 //     over the |S| rows.
@@ -17,8 +18,8 @@
 //   * decode_sparse: per row, fp32 accumulation of k decoder rows.
 // Inner loops are fp32 (bf16/fp16 rows are widened to fp32 first) and compiled for x86-64-v4,
 // x86-64-v3 and baseline x86-64 (GCC target_clones: the extension is built without -march, so
-// without this the loops would be SSE2 only); encode_topk's tile kernels are AVX2 + FMA intrinsics
-// chosen at run time, with a portable fallback.
+// without this the loops would be SSE2 only); the dot tiles of the encodes are AVX2 + FMA
+// intrinsics chosen at run time, with a portable fallback.
 //
 // Threads: parallel_tasks splits [0, n) into one contiguous chunk per thread, as at::parallel_for
 // does with torch's OpenMP backend; the extension and torch share one OpenMP runtime (the same
@@ -62,46 +63,6 @@ constexpr int kBlock = 4;  // tokens per block (the register tile of the micro-k
 // ------------------------------------------------------------------------------------------------
 // fp32 micro-kernels
 // ------------------------------------------------------------------------------------------------
-// out[4 t + r] = <x_t, w_r> for 4 tokens and 4 rows: 16 independent accumulators, 8 loads per 16
-// FMAs. Measured on this machine's EPYC (x86-64-v4 clone, 2304-long rows in L1/L2): 50 GFMA/s,
-// twice the 25 GFMA/s of a 4 x 2 tile.
-SAESTEER_SIMD_CLONES void dot_4x4(const float* __restrict x0, const float* __restrict x1,
-                                  const float* __restrict x2, const float* __restrict x3,
-                                  const float* __restrict w0, const float* __restrict w1,
-                                  const float* __restrict w2, const float* __restrict w3, int64_t n,
-                                  float* __restrict out) {
-  float a00 = 0.f, a01 = 0.f, a02 = 0.f, a03 = 0.f, a10 = 0.f, a11 = 0.f, a12 = 0.f, a13 = 0.f;
-  float a20 = 0.f, a21 = 0.f, a22 = 0.f, a23 = 0.f, a30 = 0.f, a31 = 0.f, a32 = 0.f, a33 = 0.f;
-#pragma omp simd reduction(+ : a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
-  for (int64_t j = 0; j < n; ++j) {
-    const float u0 = w0[j], u1 = w1[j], u2 = w2[j], u3 = w3[j];
-    const float y0 = x0[j], y1 = x1[j], y2 = x2[j], y3 = x3[j];
-    a00 += y0 * u0, a01 += y0 * u1, a02 += y0 * u2, a03 += y0 * u3;
-    a10 += y1 * u0, a11 += y1 * u1, a12 += y1 * u2, a13 += y1 * u3;
-    a20 += y2 * u0, a21 += y2 * u1, a22 += y2 * u2, a23 += y2 * u3;
-    a30 += y3 * u0, a31 += y3 * u1, a32 += y3 * u2, a33 += y3 * u3;
-  }
-  out[0] = a00, out[1] = a01, out[2] = a02, out[3] = a03, out[4] = a10, out[5] = a11, out[6] = a12, out[7] = a13;
-  out[8] = a20, out[9] = a21, out[10] = a22, out[11] = a23, out[12] = a30, out[13] = a31, out[14] = a32, out[15] = a33;
-}
-
-// out[r] = <x, w_r> for one vector and 4 others: one token and 4 rows, or (the rows left over by
-// dot_4x4) one row and 4 tokens.
-SAESTEER_SIMD_CLONES void dot_1x4(const float* __restrict x, const float* __restrict w0,
-                                  const float* __restrict w1, const float* __restrict w2,
-                                  const float* __restrict w3, int64_t n, float* __restrict out) {
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t j = 0; j < n; ++j) {
-    const float xj = x[j];
-    a0 += xj * w0[j];
-    a1 += xj * w1[j];
-    a2 += xj * w2[j];
-    a3 += xj * w3[j];
-  }
-  out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
-}
-
 // acc_t += sum_r c[4 t + r] * w_r for 4 tokens and 4 rows (16 FMAs per 4 weight loads).
 SAESTEER_SIMD_CLONES void axpy_4x4(float* __restrict a0, float* __restrict a1, float* __restrict a2,
                                    float* __restrict a3, const float* __restrict w0,
@@ -156,6 +117,90 @@ SAESTEER_SIMD_CLONES void axpy_1x4(float* __restrict a, const float* __restrict 
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) a[j] += c0 * w0[j] + c1 * w1[j] + c2 * w2[j] + c3 * w3[j];
 }
+
+// ------------------------------------------------------------------------------------------------
+// fp32 dot tiles: MR tokens x NR features in registers, for the subset encode of steer and
+// trigger_score and for encode_topk's GEMM. The AVX2 + FMA kernels are chosen at run time
+// (__builtin_cpu_supports), so the extension stays portable without -march; on other CPUs each
+// entry of a tile is a dot_1x1.
+// ------------------------------------------------------------------------------------------------
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SAESTEER_TILE_AVX2 1
+#define SAESTEER_AVX2 __attribute__((target("avx2,fma")))
+
+SAESTEER_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// c[t * cs + r] += <x_t, w[r]> over n columns, for MR tokens (rows of x, stride xs) and NR
+// features (the rows w[0..NR): a block of W_enc_T, or the gathered rows of a feature subset). Meanwhile the first pf_n floats from pf are prefetched, one
+// 64-byte line per 8 columns: the weights the next call will need, requested while this one computes.
+template <int MR, int NR>
+SAESTEER_AVX2 void dot_tile_avx2(const float* __restrict x, int64_t xs, const float* const* w, int64_t n,
+                                 float* __restrict c, int64_t cs, const float* pf, int64_t pf_n) {
+  __m256 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int t = 0; t < MR; ++t)
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) acc[t][r] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    if (2 * j < pf_n) _mm_prefetch(reinterpret_cast<const char*>(pf + 2 * j), _MM_HINT_T1);
+    __m256 wv[NR];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) wv[r] = _mm256_loadu_ps(w[r] + j);
+#pragma GCC unroll 4
+    for (int t = 0; t < MR; ++t) {
+      const __m256 xv = _mm256_loadu_ps(x + t * xs + j);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) acc[t][r] = _mm256_fmadd_ps(xv, wv[r], acc[t][r]);
+    }
+  }
+  for (int t = 0; t < MR; ++t) {
+    for (int r = 0; r < NR; ++r) {
+      float s = hsum256(acc[t][r]);
+      for (int64_t q = j; q < n; ++q) s += x[t * xs + q] * w[r][q];
+      c[t * cs + r] += s;
+    }
+  }
+}
+#endif
+
+// The same contract on any CPU.
+template <int MR, int NR>
+void dot_tile_generic(const float* x, int64_t xs, const float* const* w, int64_t n, float* c, int64_t cs,
+                      const float*, int64_t) {
+  for (int t = 0; t < MR; ++t)
+    for (int r = 0; r < NR; ++r) c[t * cs + r] += dot_1x1(x + t * xs, w[r], n);
+}
+
+constexpr int kTileTokens = 4, kTileFeatures = 3;
+using DotTileFn = void (*)(const float*, int64_t, const float* const*, int64_t, float*, int64_t, const float*,
+                          int64_t);
+
+// The tile kernels for this CPU, by [tokens - 1][features - 1] (the edges of a block use the smaller ones).
+struct DotTiles {
+  DotTileFn fn[kTileTokens][kTileFeatures];
+};
+
+#define SAESTEER_TILE_ROW(K, MR) {&K<MR, 1>, &K<MR, 2>, &K<MR, 3>}
+#define SAESTEER_TILES(K) \
+  DotTiles{{SAESTEER_TILE_ROW(K, 1), SAESTEER_TILE_ROW(K, 2), SAESTEER_TILE_ROW(K, 3), SAESTEER_TILE_ROW(K, 4)}}
+const DotTiles& dot_tiles() {
+  static const DotTiles tiles = [] {
+#if defined(SAESTEER_TILE_AVX2)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SAESTEER_TILES(dot_tile_avx2);
+#endif
+    return SAESTEER_TILES(dot_tile_generic);
+  }();
+  return tiles;
+}
+#undef SAESTEER_TILES
+#undef SAESTEER_TILE_ROW
 
 // ------------------------------------------------------------------------------------------------
 // dtype plumbing: weights are a template parameter (one instantiation per SAE dtype); x, values and
@@ -448,7 +493,7 @@ struct BlockScratch {
   std::unique_ptr<float[]> x, xp, coef, rows;
   explicit BlockScratch(const SteerProblem& P)
       : x(new float[kBlock * P.d_in]), xp(new float[kBlock * P.d_in]),
-        coef(new float[kBlock * std::max<int64_t>(P.S, 1)]), rows(new float[4 * P.d_in]) {}
+        coef(new float[kBlock * std::max<int64_t>(P.S, 1)]), rows(new float[4 * P.d_in]) {}  // rows: 4 >= kTileFeatures
 };
 
 // Loads the block's tokens as fp32 into B.x; with normalize, x' into B.xp and the scales into s.
@@ -461,12 +506,13 @@ void load_block(const SteerProblem& P, const int64_t* toks, int nt, BlockScratch
   }
 }
 
-// coef[t, r] = (f'_r - f_r) * dec_scale * s_t from the activations f[t, r] (in place).
-void coefficients(const SteerProblem& P, const int64_t* toks, int nt, const float* s, float* f) {
+// coef[t, r] = (f'_r - f_r) * dec_scale * s_t from the activations f[t, r] (in place), r in [r0, r1).
+void coefficients(const SteerProblem& P, const int64_t* toks, int nt, const float* s, float* f, int64_t r0,
+                  int64_t r1) {
   for (int t = 0; t < nt; ++t) {
     const float* v = P.values + (toks[t] / P.tokens_per_row) * P.S;
     float* row = f + t * P.S;
-    for (int64_t r = 0; r < P.S; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       const float fi = row[r];
       row[r] = (edited(fi, v[r], P.mode) - fi) * P.params.dec_scale[P.feats[r]] * s[t];
     }
@@ -474,18 +520,18 @@ void coefficients(const SteerProblem& P, const int64_t* toks, int nt, const floa
 }
 
 // The decode half shared by every architecture: y_t = x_t + sum_r coef[t, r] * W_dec[S_r] for the
-// block's tokens, columns [j0, j1) (accumulated in fp32 on top of B.x); a token whose coefficients
-// are all zero is copied bit for bit. Only the rows with a non-zero coefficient for some token are
-// read. `rows` is fp32 scratch for 4 widened row slices (bf16/fp16 weights).
+// block's tokens, columns [j0, j1) (accumulated in fp32 on top of their fp32 rows x, stride d_in;
+// coef [nt, |S|]); a token whose coefficients are all zero is copied bit for bit. Only the rows with
+// a non-zero coefficient for some token are read. `rows` is fp32 scratch for 4 widened row slices
+// (bf16/fp16 weights).
 template <typename w_t>
-void apply_block(const SteerProblem& P, const w_t* W_dec, const int64_t* toks, int nt, BlockScratch& B, int64_t j0,
-                 int64_t j1, float* rows) {
+void apply_block(const SteerProblem& P, const w_t* W_dec, const int64_t* toks, int nt, float* x, const float* coef,
+                 int64_t j0, int64_t j1, float* rows) {
   const int64_t d = P.d_in, S = P.S, n = j1 - j0;
-  const float* coef = B.coef.get();
   bool changed[kBlock] = {false, false, false, false};
   int64_t live[4];  // rows of the current group
   int nl = 0;
-  float* xs = B.x.get() + j0;
+  float* xs = x + j0;
   auto flush = [&]() {
     const float* w[4];
     for (int q = 0; q < nl; ++q) w[q] = row_f32(W_dec + P.feats[live[q]] * d + j0, n, rows + q * n);
@@ -537,7 +583,7 @@ void apply_block(const SteerProblem& P, const w_t* W_dec, const int64_t* toks, i
 
 template <typename w_t>
 void apply_block(const SteerProblem& P, const w_t* W_dec, const int64_t* toks, int nt, BlockScratch& B) {
-  apply_block(P, W_dec, toks, nt, B, 0, P.d_in, B.rows.get());
+  apply_block(P, W_dec, toks, nt, B.x.get(), B.coef.get(), 0, P.d_in, B.rows.get());
 }
 
 // Blocks per parallel task so that a task does at least ~64k multiply-adds; run inline when the
@@ -547,45 +593,39 @@ int64_t block_grain(const SteerProblem& P) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(work, 1));
 }
 
-// pre[t, r] = <x'_t, W_enc_T[S_r]> for the block's tokens and r in [r0, r1).
+// pre[t, r] = <x'_t, W_enc_T[S_r]> for nt tokens (x' rows of stride d_in) and r in [r0, r1), pre
+// of stride |S|: dot tiles of 4 tokens x 3 gathered rows, over chunks of d_in sized so that the
+// tokens' chunk of x' and a tile's 3 row chunks (~24 KB) stay in L1 while the rows stream through
+// it once. `scratch` holds 3 widened row chunks (bf16/fp16 weights; at most 3 d_in floats).
 template <typename w_t>
-void encode_subset_block(const SteerProblem& P, const w_t* W_enc_T, int nt, const float* xp, float* pre, int64_t r0,
-                         int64_t r1, float* scratch) {
+void encode_subset(const SteerProblem& P, const w_t* W_enc_T, int64_t nt, const float* xp, float* pre, int64_t r0,
+                   int64_t r1, float* scratch) {
   const int64_t d = P.d_in, S = P.S;
-  int64_t r = r0;
-  if (nt == kBlock) {
-    for (; r + 3 < r1; r += 4) {
-      const float* w[4];
-      for (int q = 0; q < 4; ++q) w[q] = row_f32(W_enc_T + P.feats[r + q] * d, d, scratch + q * d);
-      float o[16];
-      dot_4x4(xp, xp + d, xp + 2 * d, xp + 3 * d, w[0], w[1], w[2], w[3], d, o);
-      for (int t = 0; t < kBlock; ++t)
-        for (int q = 0; q < 4; ++q) pre[t * S + r + q] = o[4 * t + q];
+  const DotTiles& tiles = dot_tiles();
+  const int64_t target = std::max<int64_t>(64, (6 << 10) / (nt + kTileFeatures));
+  const int64_t chunks = (d + target - 1) / target;
+  const int64_t kc = std::min(d, ((d + chunks - 1) / chunks + 7) / 8 * 8);
+  for (int64_t t = 0; t < nt; ++t) std::fill(pre + t * S + r0, pre + t * S + r1, 0.f);
+  for (int64_t j0 = 0; j0 < d; j0 += kc) {
+    const int64_t n = std::min(kc, d - j0);
+    for (int64_t r = r0; r < r1; r += kTileFeatures) {
+      const int64_t nr = std::min<int64_t>(kTileFeatures, r1 - r);
+      const float* w[kTileFeatures];
+      for (int64_t q = 0; q < nr; ++q) w[q] = row_f32(W_enc_T + P.feats[r + q] * d + j0, n, scratch + q * n);
+      for (int64_t t = 0; t < nt; t += kTileTokens) {
+        const int64_t mr = std::min<int64_t>(kTileTokens, nt - t);
+        tiles.fn[mr - 1][nr - 1](xp + t * d + j0, d, w, n, pre + t * S + r, S, nullptr, 0);
+      }
     }
-    for (; r < r1; ++r) {
-      float o[4];
-      dot_1x4(row_f32(W_enc_T + P.feats[r] * d, d, scratch), xp, xp + d, xp + 2 * d, xp + 3 * d, d, o);
-      for (int t = 0; t < kBlock; ++t) pre[t * S + r] = o[t];
-    }
-    return;
-  }
-  for (; r + 3 < r1; r += 4) {
-    const float* w[4];
-    for (int q = 0; q < 4; ++q) w[q] = row_f32(W_enc_T + P.feats[r + q] * d, d, scratch + q * d);
-    for (int t = 0; t < nt; ++t) dot_1x4(xp + t * d, w[0], w[1], w[2], w[3], d, pre + t * S + r);
-  }
-  for (; r < r1; ++r) {
-    const float* w = row_f32(W_enc_T + P.feats[r] * d, d, scratch);
-    for (int t = 0; t < nt; ++t) pre[t * S + r] = dot_1x1(xp + t * d, w, d);
   }
 }
 
-// Activations then coefficients of the block, in place in B.coef.
-void block_coefficients(const SteerProblem& P, const int64_t* toks, int nt, const float* s, BlockScratch& B) {
-  float* f = B.coef.get();
+// Activations then coefficients, in place in f [nt, |S|], features r in [r0, r1).
+void subset_coefficients(const SteerProblem& P, const int64_t* toks, int nt, const float* s, float* f, int64_t r0,
+                         int64_t r1) {
   for (int t = 0; t < nt; ++t)
-    for (int64_t r = 0; r < P.S; ++r) f[t * P.S + r] = activation(f[t * P.S + r], P.feats[r], P.arch, P.params);
-  coefficients(P, toks, nt, s, f);
+    for (int64_t r = r0; r < r1; ++r) f[t * P.S + r] = activation(f[t * P.S + r], P.feats[r], P.arch, P.params);
+  coefficients(P, toks, nt, s, f, r0, r1);
 }
 
 // Block-parallel subset encode of the active tokens: per block of kBlock tokens, x' and the |S|
@@ -601,42 +641,81 @@ void encode_blocks(const SteerProblem& P, const w_t* W_enc_T, Done&& done) {
       const int nt = static_cast<int>(std::min<int64_t>(kBlock, A - blk * kBlock));
       float s[kBlock];
       load_block(P, toks, nt, B, s, /*normalize=*/true);
-      encode_subset_block(P, W_enc_T, nt, B.xp.get(), B.coef.get(), 0, P.S, B.rows.get());
+      encode_subset(P, W_enc_T, nt, B.xp.get(), B.coef.get(), 0, P.S, B.rows.get());
       done(toks, nt, s, B);
     }
   });
 }
 
-// standard / jumprelu / gated: everything per block, |S| encoder and decoder rows only.
+// [b, e) of [0, n) for thread id of nth: one contiguous chunk each, in units of `unit`.
+inline std::pair<int64_t, int64_t> thread_chunk(int64_t n, int64_t unit, int id, int nth) {
+  const int64_t units = (n + unit - 1) / unit, per = (units + nth - 1) / nth;
+  return {std::min(n, id * per * unit), std::min(n, (id + 1) * per * unit)};
+}
+
+// Up to 16 tokens: all of them at once, in three phases: their x' (split by token); barrier; the
+// |S| encoder rows (split by row: every token, then their coefficients); barrier; the d_in output
+// columns (split by column: every block of 4 tokens in turn, the later ones finding the thread's
+// slice of the decoder rows in L2). With several threads each reads only its share of the weights
+// (block-parallel tasks would each read all 2 |S| rows, at |S| = 32, d_in = 2304 more than a core's
+// 512 KB L2 holds). One parallel region; none with one thread.
+template <typename w_t>
+void steer_subset_few(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec, int threads) {
+  const int64_t A = static_cast<int64_t>(P.active.size()), d = P.d_in, S = P.S;
+  const int64_t* toks = P.active.data();
+  const int64_t scratch_floats = 4 * d;  // 3 widened encoder rows, then 4 decoder row slices
+  // x [A, d], x' [A, d], coef [A, S], s [A], then one scratch per thread; nothing below throws.
+  std::unique_ptr<float[]> buf(new float[2 * A * d + A * S + A + threads * scratch_floats]);
+  float *x = buf.get(), *xp = x + A * d, *coef = xp + A * d, *s = coef + A * S, *scratch = s + A;
+  const auto phases = [&](int id, int nth) {
+    float* mine = scratch + id * scratch_floats;
+    const auto [a0, a1] = thread_chunk(A, 1, id, nth);
+    const size_t b = x_row_bytes(P);
+    for (int64_t a = a0; a < a1; ++a) {
+      load_row(static_cast<const char*>(P.x) + toks[a] * b, P.x_dtype, x + a * d, d);
+      s[a] = normalize_row(x + a * d, xp + a * d, d, P.norm, P.b_dec);
+    }
+    if (nth > 1) {  // not with one thread: it may be one thread of a caller's parallel region
+#pragma omp barrier
+    }
+    const auto [r0, r1] = thread_chunk(S, kTileFeatures, id, nth);
+    if (r0 < r1) {
+      encode_subset(P, W_enc_T, A, xp, coef, r0, r1, mine);
+      for (int64_t a = 0; a < A; a += kBlock) {
+        const int nt = static_cast<int>(std::min<int64_t>(kBlock, A - a));
+        subset_coefficients(P, toks + a, nt, s + a, coef + a * S, r0, r1);
+      }
+    }
+    if (nth > 1) {
+#pragma omp barrier
+    }
+    const auto [c0, c1] = thread_chunk(d, 8, id, nth);
+    for (int64_t a = 0; a < A && c0 < c1; a += kBlock) {
+      const int nt = static_cast<int>(std::min<int64_t>(kBlock, A - a));
+      apply_block(P, W_dec, toks + a, nt, x + a * d, coef + a * S, c0, c1, mine);
+    }
+  };
+  if (threads <= 1) {
+    phases(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  phases(omp_get_thread_num(), omp_get_num_threads());
+}
+
+// standard / jumprelu / gated: |S| encoder and decoder rows only. Up to 16 tokens:
+// steer_subset_few, on several threads once the call has enough work for a parallel region (~256k
+// multiply-adds). More: blocks of 4 tokens are the parallel tasks, each doing all of its own work.
 template <typename w_t>
 void steer_subset(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
   const int64_t A = static_cast<int64_t>(P.active.size());
-  const int64_t nblocks = (A + kBlock - 1) / kBlock;
-  const int64_t d = P.d_in;
-  // At generation time (one block of <= 4 tokens) a block-parallel loop has one task: split the
-  // |S| encoder rows, then the d_in output columns, across threads instead, once the block has
-  // enough work to pay for two parallel regions (~256k multiply-adds).
-  if (nblocks == 1 && omp_get_max_threads() > 1 && A * P.S * d * 2 >= (int64_t{1} << 18)) {
-    const int nt = static_cast<int>(A);
-    BlockScratch B(P);
-    float s[kBlock];
-    load_block(P, P.active.data(), nt, B, s, /*normalize=*/true);
-    const int64_t row_groups = (P.S + 3) / 4;
-    parallel_tasks(row_groups, 1, [&](int64_t g0, int64_t g1) {
-      std::unique_ptr<float[]> scratch(new float[4 * d]);
-      encode_subset_block(P, W_enc_T, nt, B.xp.get(), B.coef.get(), 4 * g0, std::min(P.S, 4 * g1), scratch.get());
-    });
-    block_coefficients(P, P.active.data(), nt, s, B);
-    constexpr int64_t kCols = 256;
-    parallel_tasks((d + kCols - 1) / kCols, 1, [&](int64_t c0, int64_t c1) {
-      const int64_t j0 = c0 * kCols, j1 = std::min(d, c1 * kCols);
-      std::unique_ptr<float[]> rows(new float[4 * (j1 - j0)]);
-      apply_block(P, W_dec, P.active.data(), nt, B, j0, j1, rows.get());
-    });
+  if (A <= 4 * kBlock) {
+    const bool many = !omp_in_parallel() && A * P.S * P.d_in * 2 >= (int64_t{1} << 18);
+    steer_subset_few(P, W_enc_T, W_dec, many ? omp_get_max_threads() : 1);
     return;
   }
   encode_blocks(P, W_enc_T, [&](const int64_t* toks, int nt, const float* s, BlockScratch& B) {
-    block_coefficients(P, toks, nt, s, B);
+    subset_coefficients(P, toks, nt, s, B.coef.get(), 0, P.S);
     apply_block(P, W_dec, toks, nt, B);
   });
 }
@@ -738,7 +817,7 @@ void steer_topk(const SteerProblem& P, const w_t* W_enc_T, const w_t* W_dec) {
         s[t] = scale[a_first + t];
         std::memcpy(f + t * S, acts.data() + (a_first + t) * S, S * sizeof(float));
       }
-      coefficients(P, toks, nt, s, f);
+      coefficients(P, toks, nt, s, f, 0, S);
       apply_block(P, W_dec, toks, nt, B);
     }
   });
@@ -779,87 +858,6 @@ void trigger_subset(const SteerProblem& P, const w_t* W_enc_T, const float* w, f
 // tokens' slice of x' (N x kc) stay in L2. The register tile is 4 tokens x 3 features: 12 ymm
 // accumulators, 7 loads per 12 FMAs. After the last column chunk of a block its [N, nb]
 // pre-activations, still in cache, go through the activation into the heaps.
-//
-// The AVX2 + FMA tile kernels are chosen at run time (__builtin_cpu_supports), so the extension
-// stays portable without -march; on other CPUs each entry of a tile is a dot_1x1.
-#if defined(__GNUC__) && defined(__x86_64__)
-#define SAESTEER_TILE_AVX2 1
-#define SAESTEER_AVX2 __attribute__((target("avx2,fma")))
-
-SAESTEER_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// c[t * cs + r] += <x_t, w_r> over n columns, for MR tokens (rows of x, stride xs) and NR
-// features (rows of w, stride ws). Meanwhile the first pf_n floats from pf are prefetched, one
-// 64-byte line per 8 columns: the weights the next call will need, requested while this one computes.
-template <int MR, int NR>
-SAESTEER_AVX2 void dot_tile_avx2(const float* __restrict x, int64_t xs, const float* __restrict w, int64_t ws,
-                                 int64_t n, float* __restrict c, int64_t cs, const float* pf, int64_t pf_n) {
-  __m256 acc[MR][NR];
-#pragma GCC unroll 4
-  for (int t = 0; t < MR; ++t)
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) acc[t][r] = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    if (2 * j < pf_n) _mm_prefetch(reinterpret_cast<const char*>(pf + 2 * j), _MM_HINT_T1);
-    __m256 wv[NR];
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) wv[r] = _mm256_loadu_ps(w + r * ws + j);
-#pragma GCC unroll 4
-    for (int t = 0; t < MR; ++t) {
-      const __m256 xv = _mm256_loadu_ps(x + t * xs + j);
-#pragma GCC unroll 4
-      for (int r = 0; r < NR; ++r) acc[t][r] = _mm256_fmadd_ps(xv, wv[r], acc[t][r]);
-    }
-  }
-  for (int t = 0; t < MR; ++t) {
-    for (int r = 0; r < NR; ++r) {
-      float s = hsum256(acc[t][r]);
-      for (int64_t q = j; q < n; ++q) s += x[t * xs + q] * w[r * ws + q];
-      c[t * cs + r] += s;
-    }
-  }
-}
-#endif
-
-// The same contract on any CPU.
-template <int MR, int NR>
-void dot_tile_generic(const float* x, int64_t xs, const float* w, int64_t ws, int64_t n, float* c, int64_t cs,
-                      const float*, int64_t) {
-  for (int t = 0; t < MR; ++t)
-    for (int r = 0; r < NR; ++r) c[t * cs + r] += dot_1x1(x + t * xs, w + r * ws, n);
-}
-
-constexpr int kTileTokens = 4, kTileFeatures = 3;
-using DotTileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, const float*,
-                          int64_t);
-
-// The tile kernels for this CPU, by [tokens - 1][features - 1] (the edges of a block use the smaller ones).
-struct DotTiles {
-  DotTileFn fn[kTileTokens][kTileFeatures];
-};
-
-#define SAESTEER_TILE_ROW(K, MR) {&K<MR, 1>, &K<MR, 2>, &K<MR, 3>}
-#define SAESTEER_TILES(K) \
-  DotTiles{{SAESTEER_TILE_ROW(K, 1), SAESTEER_TILE_ROW(K, 2), SAESTEER_TILE_ROW(K, 3), SAESTEER_TILE_ROW(K, 4)}}
-const DotTiles& dot_tiles() {
-  static const DotTiles tiles = [] {
-#if defined(SAESTEER_TILE_AVX2)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SAESTEER_TILES(dot_tile_avx2);
-#endif
-    return SAESTEER_TILES(dot_tile_generic);
-  }();
-  return tiles;
-}
-#undef SAESTEER_TILES
-#undef SAESTEER_TILE_ROW
-
 // Block sizes of the encode for N tokens of d_in columns. Few tokens (<= 2 tiles): all of d_in per
 // pass, their x' rows stay in L2. More: kc columns per pass, d_in cut into equal chunks of at most
 // 1024 (a tile's 4 x' rows, 16 KB, stay in L1). nb features per block: their kc columns take ~192
@@ -913,7 +911,9 @@ void encode_topk_range(const float* xp, int64_t N, int64_t d, const w_t* W, int6
       const auto tile = [&](int64_t t, int64_t r) {
         const int64_t mr = std::min<int64_t>(kTileTokens, N - t), nr = std::min<int64_t>(kTileFeatures, nb - r);
         const int64_t pn = std::min(pf_left, 2 * kc);
-        tiles.fn[mr - 1][nr - 1](xp + t * d + j0, d, w + r * ws, ws, kc, c.data() + t * nb + r, nb, pf, pn);
+        const float* wr[kTileFeatures];
+        for (int64_t q = 0; q < nr; ++q) wr[q] = w + (r + q) * ws;
+        tiles.fn[mr - 1][nr - 1](xp + t * d + j0, d, wr, kc, c.data() + t * nb + r, nb, pf, pn);
         pf += pn, pf_left -= pn;
       };
       if (N <= 2 * kTileTokens) {  // few tokens: each weight tile meets them all while it is in L1

@@ -111,14 +111,25 @@ def test_steer_non_contiguous_and_batched(arch, backend):
     assert torch.equal(y[~mask], xb[~mask])
 
 
+@pytest.fixture(params=[2, 3], ids=lambda n: f"{n}threads")
+def threads(request):
+    """torch's (and so the kernels') thread count for the test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(n)
+
+
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("arch", ["gated", "jumprelu_const_norm"])
-def test_steer_few_tokens_many_features(arch, dtype):
-    # 1-3 tokens x |S| * d_in >= 2^17: the cpu kernel splits rows, then columns, across threads.
+def test_steer_few_tokens_many_features(arch, dtype, threads):
+    # 1-16 tokens x |S| * d_in >= 2^17 with several threads: the cpu kernel splits the tokens' x',
+    # then the encoder rows (|S| not a multiple of the 3-row tile or of the thread count), then the
+    # output columns (d_in = 257: one 256-column chunk and a 1-column one) across the threads.
     sae = make_sae(arch, d_in=257, d_sae=1001, seed=4).to(dtype=dtype)
-    for T, size in ((1, 600), (3, 1001)):
-        x = torch.randn(T, 257).to(dtype)
+    for T, size in ((1, 600), (3, 1001), (5, 301), (8, 32), (8, 1001), (13, 517), (16, 260)):
+        x = torch.randn(T, 257, generator=torch.Generator().manual_seed(T)).to(dtype)
         for mode in ("ablate", "clamp"):
             iv = intervention(feature_set(size, seed=T), mode)
             y = ops.steer(x, sae, iv, backend="cpu")
@@ -126,6 +137,7 @@ def test_steer_few_tokens_many_features(arch, dtype):
             mask = torch.tensor([False] + [True] * (T - 1))
             ym = ops.steer(x, sae, iv, token_mask=mask, backend="cpu")
             assert torch.equal(bits(ym[0]), bits(x[0]))
+            assert_close_dtype(ym, reference.steer(x, sae, iv, token_mask=mask), dtype)
 
 
 @pytest.mark.parametrize("backend", backends("steer"))
