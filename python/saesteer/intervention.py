@@ -143,8 +143,10 @@ class Intervention:
     # -- tensors for the kernels ----------------------------------------------------------------
     def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features int64 [|S|], values float32 [|S|])`` on ``device``, cached per device."""
-        device = torch.device(device)
-        hit = self._cache.get(device)
+        hit = self._cache.get(device) if type(device) is torch.device else None  # per call: no copy of device
+        if hit is None:
+            device = torch.device(device)
+            hit = self._cache.get(device)
         if hit is None:
             hit = (
                 torch.tensor(self.features, dtype=torch.int64, device=device),

@@ -159,3 +159,21 @@ def test_scalar_weight_broadcasts():
     _, sae = pair("standard", torch.float32)
     x = torch.randn(5, D_IN)
     torch.testing.assert_close(ops.trigger_score(x, sae, [3, 4], 2.0), 2 * ops.trigger_score(x, sae, [3, 4]))
+
+
+def test_cached_tuples_are_found_by_identity_and_values_still_checked():
+    # A condition's (features, weights) tuples: validated once, then found by identity. An equal
+    # tuple of floats is another object and is still checked (and refused); lists and equal tuples
+    # give the same scores.
+    _, sae = pair("jumprelu", torch.float32)
+    x = torch.randn(4, D_IN)
+    feats, w = (3, 7, 11), (0.5, -1.0, 2.0)
+    first = ops.trigger_score(x, sae, feats, w)
+    assert ops._trigger_tensors(feats, w, D_SAE, x.device) is ops._trigger_tensors(feats, w, D_SAE, x.device)
+    torch.testing.assert_close(ops.trigger_score(x, sae, feats, w), first)
+    torch.testing.assert_close(ops.trigger_score(x, sae, list(feats), list(w)), first)
+    torch.testing.assert_close(ops.trigger_score(x, sae, tuple(list(feats)), tuple(list(w))), first)
+    with pytest.raises(ValueError, match="features: expected integer"):
+        ops.trigger_score(x, sae, (3.0, 7.0, 11.0), w)
+    with pytest.raises(ValueError, match="weights: values must be finite"):
+        ops.trigger_score(x, sae, feats, (0.5, float("nan"), 2.0))

@@ -150,8 +150,8 @@ def token_scores(x: torch.Tensor, sae, cond: Condition, backend: str = "auto") -
     read in the SAE's dtype on its device (x is cast there)."""
     view = as_packed(sae)
     xs = x.to(device=view.W_dec.device, dtype=view.W_dec.dtype)
-    w = None if cond.weights is None else list(cond.weights)
-    s = ops.trigger_score(xs, view, list(cond.features), w, backend=backend)
+    # The condition's own tuples: ops.trigger_score finds their validated tensors by identity.
+    s = ops.trigger_score(xs, view, cond.features, cond.weights, backend=backend)
     s = s.float()
     return s + cond.bias if cond.bias else s
 
