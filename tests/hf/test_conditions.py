@@ -292,3 +292,44 @@ def test_without_kv_cache_the_decision_is_the_same():
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.logits, uncached.logits):
         assert_close_dtype(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("compiler", ["eager", pytest.param("aot_eager", marks=pytest.mark.slow), pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("scope", ["prompt", "token"])
+def test_conditional_steer_under_torch_compile_equals_eager(scope, compiler):
+    # The trigger read (ops.trigger_score, the compiled CPU op and its fake), the per-row or
+    # per-token decision and the masked edit, traced by Dynamo (graph breaks allowed): the same
+    # decisions and logits as the eager model, and an edit that changes the fired rows.
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_llama()
+    sae = make_sae("jumprelu", d_in=D, d_sae=D_SAE, hook_name=f"blocks.{L}.hook_resid_post")
+    ids, attn = left_padded(prompts(4))
+    s = token_scores(model, sae, ids, attn)
+    real = attn.bool()
+    if scope == "prompt":
+        thr = split_threshold(torch.where(real, s, float("-inf")).amax(-1))
+        when = {"features": TRIG, "threshold": thr, "reduce": "max", "scope": "prompt"}
+    else:
+        when = {"features": TRIG, "threshold": float(s[real].median()), "scope": "token"}
+    spec = {"features": IV.features, "mode": "clamp", "value": 6.0, "when": when}
+    with torch.no_grad():
+        plain = model(ids, attention_mask=attn).logits
+        with saesteer.steer(model, sae, spec) as h:
+            want = model(ids, attention_mask=attn).logits
+        want_fired = h.conditions[0].fired.cpu().clone()
+        compiled = torch.compile(model, backend=compiler)
+        with saesteer.steer(model, sae, spec) as h:
+            got = compiled(ids, attention_mask=attn).logits
+        fired = h.conditions[0].fired.cpu().clone()
+    torch._dynamo.reset()
+    assert 0 < int(want_fired.sum()) < want_fired.numel()
+    assert torch.equal(fired, want_fired)
+    assert_close_dtype(got, want)
+    rows = fired if scope == "prompt" else fired.any(-1)
+    assert not torch.allclose(got[rows], plain[rows])
+    assert torch.equal(got[~rows], plain[~rows]) or compiler == "inductor"  # inductor may fuse differently
