@@ -44,9 +44,12 @@ __all__ = [
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
+_Tensor = torch.Tensor
+
+
 def _check_x(x: torch.Tensor, sae: PackedSAE, name: str = "x") -> torch.device:
     """Raise unless ``x`` is a float tensor ``[..., d_in]`` on the SAE's device; return that device."""
-    if not isinstance(x, torch.Tensor):
+    if not isinstance(x, _Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _X_DTYPES:
         raise ValueError(f"{name}: expected float32, bfloat16 or float16, got dtype {x.dtype}")
@@ -54,7 +57,7 @@ def _check_x(x: torch.Tensor, sae: PackedSAE, name: str = "x") -> torch.device:
     if not shape or shape[-1] != sae.d_in:
         raise ValueError(f"{name}: expected last dimension d_in={sae.d_in} (the SAE's), got shape {tuple(shape)}")
     device = x.device
-    if device != sae.device:
+    if device != sae._device:  # PackedSAE.device, without the property call
         raise ValueError(f"{name}: on {device} but the SAE is on {sae.device}; move one with .to()")
     return device
 
