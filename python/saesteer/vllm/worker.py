@@ -392,7 +392,6 @@ class WorkerExtension:
         stats["edited_tokens"] += int(np.count_nonzero(keep))
         return steerer.apply_bound(x, bound, token_mask=mask)
 
-
     def _gated(self, sb: "_SAEBatch", step: "_Batch") -> np.ndarray:
         """Per real token: whether its request's condition lets this pass edit it. A condition not
         read in this forward (which validation rules out) edits nothing: raising here would take the
