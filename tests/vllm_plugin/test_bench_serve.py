@@ -29,6 +29,7 @@ def test_bench_serve_organism(tmp_path, capsys):
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["total_tok_s"] > 0
         assert r["generate_p20_ms"] <= r["generate_p80_ms"]
         assert r["decode_vs_none"] > 0 and r["device_name"] == data["meta"]["device_name"]
+        assert 0 < r["edit_ms"] < r["step_ms"]  # the worker's decode step, and the edit ops' part of it
     for r in rows:
         if r["variant"] == "saesteer":
             assert r["agree_full_sae"] == 1.0  # the error-preserving edit = the full SAE's edit

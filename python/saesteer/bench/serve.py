@@ -22,7 +22,10 @@ Timing: prefill is a call with ``max_tokens=1`` (the prompt's forward and one sa
 generate is the call with ``new_tokens``; decode time is their difference, covering
 ``new_tokens - 1`` steps, and decode tokens/s = ``c * (new_tokens - 1) / decode time``. The variants
 are interleaved: each round times every variant once (order rotated per round), the first round is
-a warm-up, and each number is the median over the remaining rounds.
+a warm-up, and each number is the median over the remaining rounds. Inside the first worker, the
+benchmark also times each decode step (the model runner's ``execute_model`` and ``sample_tokens``)
+and the edit ops in it (``step_ms``, ``edit_ms``: per step, medians over rounds): what steering adds
+to a step, with less of the noise of a shared machine than tokens/s.
 """
 
 from __future__ import annotations
@@ -64,14 +67,76 @@ class BaselineWorkerExtension(WorkerExtension):
         full[name] = FullSAEHook(self.saesteer_sae(name), parsed.intervention)
 
     def edit_layer(self, names, hidden, residual, positions):
+        t0 = time.perf_counter()
         hooks = getattr(self, "full_sae_hooks", {})
         full = [hooks[n] for n in names if n in hooks]
         if not full:
-            return super().edit_layer(names, hidden, residual, positions)
-        y = hidden if residual is None else hidden + residual
-        for hook in full:
-            y = hook.steer(y)
+            y = super().edit_layer(names, hidden, residual, positions)
+        else:
+            y = hidden if residual is None else hidden + residual
+            for hook in full:
+                y = hook.steer(y)
+        timer = getattr(self, "_bench_timer", None)
+        if timer is not None:
+            timer.edit += time.perf_counter() - t0
         return y
+
+    def saesteer_bench_timing(self) -> dict:
+        """The worker's time since the last call (the first call starts the clock): ``steps`` and
+        ``step_s`` (the model runner's ``execute_model`` + ``sample_tokens`` of decode steps: one
+        token per request, wall time), ``edit_s`` (the edit ops' wall time in those steps), and the
+        same for all steps (``all_*``)."""
+        timer = getattr(self, "_bench_timer", None)
+        if timer is None:
+            timer = self._bench_timer = _StepTimer(self.model_runner)
+        return timer.take()
+
+
+class _StepTimer:
+    """Wall time of a model runner's steps and of the edits in them (host work included: on the CPU
+    the kernels run in the caller; on a GPU the steps' host time, which is what steering adds)."""
+
+    def __init__(self, runner):
+        self.edit = 0.0
+        self.totals = dict(steps=0, step_s=0.0, edit_s=0.0, all_steps=0, all_step_s=0.0, all_edit_s=0.0)
+        self._t0 = self._decode = None
+        run, sample = runner.execute_model, runner.sample_tokens
+
+        def execute_model(scheduler_output, *args, **kwargs):
+            self._t0 = time.perf_counter()
+            self.edit = 0.0
+            n = scheduler_output.num_scheduled_tokens
+            self._decode = scheduler_output.total_num_scheduled_tokens == len(n)
+            out = run(scheduler_output, *args, **kwargs)
+            if out is not None:  # no separate sampling step
+                self._close()
+            return out
+
+        def sample_tokens(*args, **kwargs):
+            out = sample(*args, **kwargs)
+            self._close()
+            return out
+
+        runner.execute_model, runner.sample_tokens = execute_model, sample_tokens
+
+    def _close(self) -> None:
+        if self._t0 is None:
+            return
+        dt, t = time.perf_counter() - self._t0, self.totals
+        t["all_steps"] += 1
+        t["all_step_s"] += dt
+        t["all_edit_s"] += self.edit
+        if self._decode:
+            t["steps"] += 1
+            t["step_s"] += dt
+            t["edit_s"] += self.edit
+        self._t0 = None
+
+    def take(self) -> dict:
+        out = dict(self.totals)
+        for k in self.totals:
+            self.totals[k] = 0 if k.endswith("steps") else 0.0
+        return out
 
 
 def _prompts(n: int, length: int, vocab: int, special: set[int], rng: random.Random) -> list[list[int]]:
@@ -148,7 +213,7 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
         dt = time.perf_counter() - t0
         return dt, [list(o.outputs[0].token_ids) for o in outs]
 
-    times = {(v, c): {"prefill": [], "generate": []} for v in variants for c in concurrency}
+    times = {(v, c): {"prefill": [], "generate": [], "step": [], "edit": []} for v in variants for c in concurrency}
     tokens: dict[tuple[str, int], list[list[int]]] = {}
     bar = tqdm(total=rounds * len(variants) * len(concurrency), desc="bench serve", disable=not progress)
     try:
@@ -158,11 +223,16 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
                 for v in order:
                     _full_sae(llm, sae_name, spec if v == "full-sae" else None)
                     t_p, _ = run(v, c, 1)
+                    _timing(llm)  # restart the worker's clock
                     t_g, toks = run(v, c, new_tokens)
+                    w = _timing(llm)
                     tokens[(v, c)] = toks
                     if r > 0:
                         times[(v, c)]["prefill"].append(t_p)
                         times[(v, c)]["generate"].append(t_g)
+                        if w["steps"]:
+                            times[(v, c)]["step"].append(w["step_s"] / w["steps"])
+                            times[(v, c)]["edit"].append(w["edit_s"] / w["steps"])
                     bar.update()
     finally:
         _full_sae(llm, sae_name, None)
@@ -177,6 +247,8 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
                        generate_ms=t_g * 1e3, generate_p20_ms=_quantile(t["generate"], 0.2) * 1e3,
                        generate_p80_ms=_quantile(t["generate"], 0.8) * 1e3,
                        decode_tok_s=c * (new_tokens - 1) / max(t_g - t_p, 1e-9), total_tok_s=c * new_tokens / t_g)
+            if t["step"]:  # in the worker (rank 0): a decode step's wall time, and its edits' share
+                row.update(step_ms=statistics.median(t["step"]) * 1e3, edit_ms=statistics.median(t["edit"]) * 1e3)
             if v != "none" and ("none", c) in tokens:
                 row["changed_vs_none"] = 1 - _agree(tokens[(v, c)], tokens[("none", c)])
             if v == "saesteer" and ("full-sae", c) in tokens:
@@ -190,6 +262,11 @@ def bench_serve(llm, sae_name: str, *, concurrency: Sequence[int] = (1, 32), fea
     info = dict(sae=sae_name, d_sae=d_sae, features=feats, mode=mode, value=None if mode == "ablate" else value,
                 prompt_len=prompt_len, new_tokens=new_tokens, rounds=rounds, vllm=vllm.__version__)
     return rows, info
+
+
+def _timing(llm) -> dict:
+    """The first worker's step timing since the last call (:meth:`BaselineWorkerExtension.saesteer_bench_timing`)."""
+    return llm.llm.collective_rpc("saesteer_bench_timing")[0]
 
 
 def _agree(a: list[list[int]], b: list[list[int]]) -> float:

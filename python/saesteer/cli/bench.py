@@ -232,7 +232,7 @@ def run_ops(args) -> int:
     return 0
 
 
-def _throughput_columns(group: str, changed: bool = False) -> list:
+def _throughput_columns(group: str, changed: bool = False, steps: bool = False) -> list:
     """The table of ``bench generate`` (group ``batch``) and ``bench serve`` (group ``concurrency``)."""
     from ..bench.report import Column
 
@@ -244,6 +244,7 @@ def _throughput_columns(group: str, changed: bool = False) -> list:
         Column("decode_tok_s", "decode tok/s", "{:.1f}"), Column("total_tok_s", "total tok/s", "{:.1f}"),
         Column("decode_vs_none", "decode vs none", "{:.1%}"), Column("total_vs_none", "total vs none", "{:.1%}"),
         *([Column("changed_vs_none", "changed", "{:.0%}")] if changed else []),
+        *([Column("step_ms", "step ms", "{:.2f}"), Column("edit_ms", "edit ms", "{:.3f}")] if steps else []),
         Column("agree_full_sae", "= full-sae", "{:.0%}"),
     ]
 
@@ -350,7 +351,7 @@ def run_serve(args) -> int:
     finally:
         llm.shutdown()
     meta.update(info, model=args.model, dtype=dtype, engine=dict(kwargs, engine="vllm"))
-    cols = _throughput_columns("concurrency", changed=True)
+    cols = _throughput_columns("concurrency", changed=True, steps=True)
     header = [
         f"{meta['device_name']} ({meta['device']}), torch {meta['torch']}, vllm {info['vllm']}, "
         f"transformers {meta['transformers']}, saesteer {meta['saesteer']}, {meta['date']}",
@@ -359,7 +360,8 @@ def run_serve(args) -> int:
         f"prefix caching off, {args.rounds - 1} timed rounds (medians)",
         "= full-sae: the share of saesteer's generated tokens equal to the full-SAE run's (the same edit "
         "through the whole SAE with the error term, as sae-lens steers; 100% = identical output); changed: "
-        "the share that differ from the unsteered run's (the edit takes effect)",
+        "the share that differ from the unsteered run's (the edit takes effect); step ms / edit ms: a decode "
+        "step in the first worker (execute_model + sample_tokens, wall) and the edit ops' part of it",
     ]
     emit(args, header, cols, meta, rows, [], plot_serve)
     return 0

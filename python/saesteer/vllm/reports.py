@@ -26,7 +26,7 @@ from .. import ops
 from ..steering.condition import Condition, PromptScore, token_scores
 from ..steering.spec import InspectSpec, SteerSpec
 
-__all__ = ["RequestState", "ConditionState", "InspectState", "child_index", "TAG"]
+__all__ = ["RequestState", "ConditionState", "InspectState", "InspectChunk", "child_index", "TAG"]
 
 TAG = "saesteer_tag"  # the extra_args key of a request's report tag
 _CHILD = re.compile(r"^(\d+)_")  # vLLM names the children of an n > 1 request "{index}_{parent id}"
@@ -90,12 +90,36 @@ class ConditionState:
         return out
 
 
+class InspectChunk:
+    """One forward's inspection results at one SAE, shared by the requests read in it: per row the
+    position, token id and the top-k feature ids and values. The ids and values stay where the SAE
+    computed them (on a GPU: no copy, no sync in the step) until a report asks: then they are copied
+    to the host once for every request that holds rows of the chunk."""
+
+    __slots__ = ("pos", "tok", "_ids", "_values", "_host")
+
+    def __init__(self, pos: np.ndarray, token_ids: np.ndarray, ids, values):
+        self.pos, self.tok, self._ids, self._values, self._host = pos, token_ids, ids, values, None
+
+    def host(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, values)`` as host arrays (int64, float32)."""
+        if self._host is None:
+            ids, values = self._ids, self._values
+            if isinstance(ids, torch.Tensor):
+                ids, values = ids.cpu().numpy(), values.float().cpu().numpy()
+            self._host = (ids, values)
+            self._ids = self._values = None
+        return self._host
+
+
 class InspectState:
-    """One request's inspection: the top-k features of each token it was asked for, by position."""
+    """One request's inspection: the top-k features of each token it was asked for, by position.
+    ``chunks`` holds, per forward that read it, ``(chunk, lo, hi)``: its rows ``lo:hi`` of a shared
+    :class:`InspectChunk`."""
 
     def __init__(self, spec: InspectSpec):
         self.spec = spec
-        self.chunks: list[tuple[np.ndarray, ...]] = []  # (positions, token ids, ids, values) per forward
+        self.chunks: list[tuple[InspectChunk, int, int]] = []
 
     def wants(self, pos: np.ndarray, prompt_len: int) -> np.ndarray:
         if self.spec.positions == "prompt":
@@ -104,14 +128,17 @@ class InspectState:
             return pos >= prompt_len
         return np.ones(pos.shape[0], dtype=bool)
 
-    def add(self, pos: np.ndarray, token_ids: np.ndarray, ids: np.ndarray, values: np.ndarray) -> None:
-        k = self.spec.k
-        self.chunks.append((pos, token_ids, ids[:, :k], values[:, :k]))  # turned into lists once, in report()
+    def add(self, pos: np.ndarray, token_ids: np.ndarray, ids, values) -> None:
+        """Add the rows of this request alone (``ids``/``values`` ``[n, >= k]``)."""
+        self.chunks.append((InspectChunk(pos, token_ids, ids, values), 0, len(pos)))
 
     def report(self) -> dict:
+        k = self.spec.k
         tokens: dict[int, tuple] = {}
-        for pos, tok, ids, values in self.chunks:  # a recompute after preemption overwrites its positions
-            for p, t, i, v in zip(pos.tolist(), tok.tolist(), ids.tolist(), values.tolist()):
+        for chunk, lo, hi in self.chunks:  # a recompute after preemption overwrites its positions
+            ids, values = chunk.host()
+            for p, t, i, v in zip(chunk.pos[lo:hi].tolist(), chunk.tok[lo:hi].tolist(), ids[lo:hi, :k].tolist(),
+                                  values[lo:hi, :k].tolist()):
                 tokens[p] = (t, i, v)
         rows = [{"position": p, "token_id": t, "ids": i, "values": v} for p, (t, i, v) in sorted(tokens.items())]
         return {**self.spec.to_dict(), "tokens": rows}
@@ -136,23 +163,36 @@ class RequestState:
         return out
 
 
+_POSITIONS = {"all": 0, "prompt": 1, "generated": 2}
+
+
 class LayerReads:
     """What one SAE reads in a batch, before its edits: the conditions and inspections of the
     requests that ask (``conds``: condition -> [(request index, state)]; ``inspects``: [(request
-    index, state)])."""
+    index, state)]). Built once per batch composition (the worker's layout cache), so the per-token
+    layout of the readers (:meth:`_layout`) is worked out on the first read and reused by every
+    decode step of the same batch."""
 
-    __slots__ = ("conds", "inspects", "kmax")
+    __slots__ = ("conds", "inspects", "kmax", "_insp", "_cond_rows", "_ready")
 
     def __init__(self):
         self.conds: dict[Condition, list[tuple[int, ConditionState]]] = {}
         self.inspects: list[tuple[int, InspectState]] = []
         self.kmax = 0
+        self._insp = None  # the inspections' token layout (see _layout)
+        self._cond_rows: dict[Condition, tuple[np.ndarray, np.ndarray]] = {}  # members' tokens, their prompt lengths
+        self._ready: set[Condition] = set()  # prompt-scope conditions whose members all have a prompt score
 
     def read(self, sae, x: torch.Tensor, pos: np.ndarray, starts: np.ndarray, prompt_lens: np.ndarray,
              valid: np.ndarray, token_ids, forward: int) -> None:
         """Score this forward's tokens (``x [n_real, d_in]``; per request ``r`` its tokens are
         ``starts[r]:starts[r+1]``) and update every asking request's state."""
         for cond, members in self.conds.items():
+            if cond.scope == "prompt" and self._decided(cond, members, pos, starts, prompt_lens):
+                # A decode step of a prompt-scope condition: no prompt token to read, the decisions stand.
+                for _, st in members:
+                    st.forward = forward
+                continue
             todo = [(r, st) for r, st in members if st.needs_scores(pos[starts[r]:starts[r + 1]], prompt_lens[r])]
             scores = None
             if todo:
@@ -167,18 +207,58 @@ class LayerReads:
                     s, at = scores[at: at + b - a], at + b - a
                 st.update(s, pos[a:b], valid[a:b], prompt_lens[r], forward)
         if self.inspects:
-            parts = []
-            for r, st in self.inspects:
-                a = starts[r]
-                want = np.nonzero(st.wants(pos[a:starts[r + 1]], prompt_lens[r]))[0] + a
-                parts.append(want)
-            idx = np.concatenate(parts)
-            if idx.size:
-                values, ids = ops.encode_topk(x[torch.from_numpy(idx).to(x.device)], sae, self.kmax)
-                values, ids = values.float().cpu().numpy(), ids.cpu().numpy()
-                at = 0
-                for (r, st), want in zip(self.inspects, parts):
-                    n = want.size
-                    if n:
-                        st.add(pos[want], token_ids[want], ids[at: at + n], values[at: at + n])
-                    at += n
+            self._inspect(sae, x, pos, starts, prompt_lens, token_ids)
+
+    def _decided(self, cond: Condition, members, pos, starts, prompt_lens) -> bool:
+        """Whether every member of prompt-scope ``cond`` has read its prompt and this forward holds
+        only generated tokens of theirs (then nothing is read and no decision changes)."""
+        rows = self._cond_rows.get(cond)
+        if rows is None:
+            idx = np.concatenate([np.arange(starts[r], starts[r + 1]) for r, _ in members])
+            plen = np.concatenate([np.full(starts[r + 1] - starts[r], prompt_lens[r]) for r, _ in members])
+            rows = self._cond_rows[cond] = (idx, plen)
+        if not bool((pos[rows[0]] >= rows[1]).all()):
+            return False
+        if cond not in self._ready:
+            if any(st.prompt is None for _, st in members):
+                return False
+            self._ready.add(cond)  # a prompt score is never dropped (a recompute restarts it at a prompt token)
+        return True
+
+    def _layout(self, starts: np.ndarray, prompt_lens: np.ndarray):
+        """The inspections' token rows, in entry order: ``(rows, mode, prompt length, bounds,
+        contiguous)``, where entry ``e`` holds ``rows[bounds[e]:bounds[e+1]]`` and ``contiguous``
+        says that the rows are ``0..n_real`` in order (no gather needed)."""
+        if self._insp is None:
+            parts = [np.arange(starts[r], starts[r + 1]) for r, _ in self.inspects]
+            sizes = [p.size for p in parts]
+            rows = np.concatenate(parts)
+            mode = np.repeat(np.array([_POSITIONS[st.spec.positions] for _, st in self.inspects], dtype=np.int8), sizes)
+            plen = np.repeat(np.array([prompt_lens[r] for r, _ in self.inspects], dtype=np.int64), sizes)
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            contiguous = rows.size == int(starts[-1]) and bool((rows == np.arange(rows.size)).all())
+            self._insp = (rows, mode, plen, bounds, contiguous)
+        return self._insp
+
+    def _inspect(self, sae, x, pos, starts, prompt_lens, token_ids) -> None:
+        """The top-``kmax`` features of every token an inspection asks for, in one ``encode_topk`` of
+        just those rows; each request keeps its slice of the shared result."""
+        rows, mode, plen, bounds, contiguous = self._layout(starts, prompt_lens)
+        p = pos[rows]
+        gen = p >= plen
+        want = (mode == 0) | ((mode == 1) & ~gen) | ((mode == 2) & gen)
+        if bool(want.all()):
+            sel, cum = rows, bounds
+        else:
+            sel, contiguous = rows[want], False
+            cum = np.concatenate([[0], np.cumsum(want)])[bounds]
+        if sel.size == 0:
+            return
+        xs = x[: sel.size] if contiguous else x[torch.from_numpy(sel).to(x.device)]
+        values, ids = ops.encode_topk(xs, sae, self.kmax)
+        chunk = InspectChunk(pos[sel], token_ids[sel], ids, values)
+        lo = cum[:-1].tolist()
+        hi = cum[1:].tolist()
+        for (_, st), a, b in zip(self.inspects, lo, hi):
+            if b > a:
+                st.chunks.append((chunk, a, b))

@@ -382,11 +382,8 @@ class WorkerExtension:
             keep = keep & np.where(pos >= step.prompt_lens, sb.in_generated, sb.in_prompt)
             if sb.any_skip:
                 keep &= ~(sb.skip & bos_token_mask(step.first_ids, pos, self._saesteer_bos))
-            for r, cs in sb.gates:  # conditions: read earlier in this forward (here or upstream)
-                a, b = step.starts[r], step.starts[r + 1]
-                # A condition not read in this forward (which validation rules out) edits nothing:
-                # raising here would take the engine down with every request in flight.
-                keep[a:b] &= cs.ok if cs.forward == self._saesteer_forward else False
+            if sb.gates:  # conditions: read earlier in this forward (here or upstream)
+                keep &= self._gated(sb, step)
             m = np.zeros(N, dtype=bool)
             m[:n_real] = keep
             mask = torch.from_numpy(m).to(x.device, non_blocking=True)
@@ -394,6 +391,21 @@ class WorkerExtension:
         stats["steered_forwards"] += 1
         stats["edited_tokens"] += int(np.count_nonzero(keep))
         return steerer.apply_bound(x, bound, token_mask=mask)
+
+    def _gated(self, sb: "_SAEBatch", step: "_Batch") -> np.ndarray:
+        """Per real token: whether its request's condition lets this pass edit it. A condition not
+        read in this forward (which validation rules out) edits nothing: raising here would take the
+        engine down with every request in flight."""
+        fwd = self._saesteer_forward
+        oks = [cs.ok if cs.forward == fwd else False for _, cs in sb.gates]
+        if all(type(o) is bool for o in oks):  # prompt scope: one decision per request
+            req_ok = np.ones(len(step.req_ids), dtype=bool)
+            req_ok[sb.gate_req] = oks
+            return req_ok[step.token_req]
+        out = np.ones(step.n_real, dtype=bool)
+        for (r, _), ok in zip(sb.gates, oks):  # token scope: a decision per token
+            out[step.starts[r]:step.starts[r + 1]] &= ok
+        return out
 
 
 def stream_bound(dtype_max: float, d_model: int) -> float:
@@ -417,13 +429,15 @@ class _SAEBatch:
     edits prompt tokens and generated tokens (``positions``), its ``skip_bos``; and the plan bound
     per padded batch size N."""
 
-    __slots__ = ("plan", "rows", "edited", "in_prompt", "in_generated", "skip", "needs_mask", "any_skip", "bound", "gates")
+    __slots__ = ("plan", "rows", "edited", "in_prompt", "in_generated", "skip", "needs_mask", "any_skip", "bound", "gates",
+                 "gate_req")
 
     def __init__(self, plan, rows, in_prompt, in_generated, skip, gates=()):
         self.plan, self.rows, self.in_prompt, self.in_generated, self.skip = plan, rows, in_prompt, in_generated, skip
         self.edited = rows >= 0
         self.any_skip = bool(skip.any())
         self.gates = list(gates)  # (request index, ConditionState) of the requests whose edit is conditional
+        self.gate_req = np.array([r for r, _ in self.gates], dtype=np.int64)
         self.needs_mask = self.any_skip or bool(self.gates) or not bool((in_prompt & in_generated).all())
         self.bound: dict[int, object] = {}
 
