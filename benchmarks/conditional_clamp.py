@@ -1,10 +1,10 @@
-"""O'Brien et al.'s trade-off on the organism, unconditional versus conditional: a refusal feature
+r"""O'Brien et al.'s trade-off on the organism, unconditional versus conditional: a refusal feature
 clamped high on every token, swept over values, with and without a trigger (``when``) that
 :func:`saesteer.refusal.trigger.propose_trigger` chose.
 
     python benchmarks/conditional_clamp.py --out runs/conditional --n-trigger 64 --n-capability 32 \
         --values 8,16,24,32 --select-templates roleplay,authority --eval-templates prefix_injection,story \
-        --target-recall 0.98
+        --target-recall 0.95
 
 1. Trigger: fresh requests from the organism's training generators (``organism.search_prompts``),
    the harmful ones it refuses and the harmless ones it answers (each also wrapped in the
