@@ -1,12 +1,16 @@
-"""O'Brien et al.'s trade-off on the organism, unconditional versus conditional: a refusal feature
+r"""O'Brien et al.'s trade-off on the organism, unconditional versus conditional: a refusal feature
 clamped high on every token, swept over values, with and without a trigger (``when``) that
 :func:`saesteer.refusal.trigger.propose_trigger` chose.
 
-    python benchmarks/conditional_clamp.py --out runs/conditional
+    python benchmarks/conditional_clamp.py --out runs/conditional --n-trigger 64 --n-capability 32 \
+        --values 8,16,24,32 --select-templates roleplay,authority --eval-templates prefix_injection,story \
+        --target-recall 0.95
 
 1. Trigger: fresh requests from the organism's training generators (``organism.search_prompts``),
-   the harmful ones it refuses and the harmless ones it answers, split in half to select features
-   and to choose the threshold.
+   the harmful ones it refuses and the harmless ones it answers (each also wrapped in the
+   ``--select-templates``), split in half to select features and to choose the threshold: the one
+   with the best balanced accuracy, or with ``--target-recall`` the highest that catches that share
+   of the validation harmful prompts.
 2. Measured on prompts the trigger was not chosen on: the shipped harmful prompts wrapped in each
    jailbreak template that lowers refusal on the organism (measured here, as the probes do), the
    shipped harmless prompts (over-refusal) and the organism's held-out capability task.
@@ -43,7 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/conditional")
     ap.add_argument("--feature", type=int, default=1318, help="the refusal feature to clamp")
-    ap.add_argument("--values", default="4,8,16")
+    ap.add_argument("--values", default="8,16,24,32")
     ap.add_argument("--n-trigger", type=int, default=128, help="harmful and harmless requests drawn to choose the trigger")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=11)
@@ -54,7 +58,12 @@ def main() -> None:
     ap.add_argument("--select-templates", default="",
                     help="jailbreak templates whose wrapped selection prompts (harmful and harmless alike) join the trigger's "
                          "selection; they are then left out of the evaluation, which uses the other kept templates")
+    ap.add_argument("--target-recall", type=float, default=None,
+                    help="choose the trigger's threshold as the highest that catches this share of the validation harmful "
+                         "prompts (default: the best balanced accuracy)")
     args = ap.parse_args()
+    if args.target_recall is not None and not 0 < args.target_recall <= 1:
+        raise SystemExit(f"--target-recall: expected a share in (0, 1], got {args.target_recall}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -72,7 +81,7 @@ def main() -> None:
     # each template wraps the plain prompts, both classes alike: the wrapper itself separates nothing
     refused = refused + [p for name in select_templates for p in transform(refused, name)]
     answered = answered + [p for name in select_templates for p in transform(answered, name)]
-    trig = propose_trigger(model, tok, sae, refused, answered, seed=args.seed)
+    trig = propose_trigger(model, tok, sae, refused, answered, seed=args.seed, target_recall=args.target_recall)
     when = trig["when"]
     print("trigger:", when, f"({time.time() - t0:.0f}s)")
 
@@ -138,14 +147,15 @@ def main() -> None:
         "capability_within_noise": abs(cond["capability"] - base["capability"]) < noise["capability_bar"],
         **noise,
     }
-    result = {"feature": args.feature, "select_templates": select_templates, "trigger": trig, "trigger_fires": fire, "templates": table and table["templates"], "kept": kept,
+    result = {"feature": args.feature, "select_templates": select_templates, "target_recall": args.target_recall, "trigger": trig, "trigger_fires": fire, "templates": table and table["templates"], "kept": kept,
               "n": {"wrapped": len(wrapped), "plain_harmful": len(harmful), "harmless": n_l, "capability": n_c,
                     "trigger_selection": trig["n_selection"], "trigger_validation": trig["n_validation"]},
               "unsteered": base, "rows": rows, "verdict": verdict, "seconds": time.time() - t0}
     (out / "conditional.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Conditional vs unconditional clamp of feature {args.feature}", "",
              f"Trigger: `{json.dumps(when)}` (validation: {trig['validation']}; selection templates: "
-             f"{select_templates or 'none'}; evaluation templates: {kept})", "",
+             f"{select_templates or 'none'}; evaluation templates: {kept}; target recall: "
+             f"{args.target_recall or 'none, best balanced accuracy'})", "",
              "Trigger fires on: " + ", ".join(f"{k} {v:.0%}" for k, v in fire.items()), "",
              "| value | edit | wrapped harmful refusal | wrapped degenerate | harmless refusal | harmless degenerate | capability |",
              "|---|---|---|---|---|---|---|",

@@ -4,6 +4,7 @@ threshold chosen on validation prompts, returned as a usable ``when``."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from saesteer import organism
 from saesteer.refusal.trigger import propose_trigger, trigger_scores
@@ -61,3 +62,33 @@ def test_given_validation_prompts_choose_the_threshold():
     chosen = next(v for v in res["validation"] if v["features"] == res["when"]["features"])
     assert chosen["tpr"] == float((s_h > res["when"]["threshold"]).float().mean())
     assert chosen["fpr"] == float((s_l > res["when"]["threshold"]).float().mean())
+
+
+def test_target_recall_keeps_the_highest_threshold_that_catches_that_share():
+    org = organism.load()
+    H, L = organism.search_prompts(8, 8, seed=5)
+    kw = dict(validation=(H[4:], L[4:]), n_features=(1, 2))
+    bal = propose_trigger(org.model, org.tokenizer, org.sae, H[:4], L[:4], **kw)
+    full = propose_trigger(org.model, org.tokenizer, org.sae, H[:4], L[:4], target_recall=1.0, **kw)
+    assert [v["features"] for v in full["validation"]] == [v["features"] for v in bal["validation"]]
+    for v in full["validation"]:
+        s_h = trigger_scores(org.model, org.tokenizer, org.sae, H[4:], {**full["when"], "features": v["features"]})
+        s_l = trigger_scores(org.model, org.tokenizer, org.sae, L[4:], {**full["when"], "features": v["features"]})
+        # every validation harmful prompt is caught, and no higher cut of the scores would still catch them all
+        assert v["tpr"] == 1.0 and bool((s_h > v["threshold"]).all())
+        below = torch.cat([s_h, s_l])
+        below = below[below < s_h.min()]
+        expected = float((s_h.min() + below.max()) / 2) if below.numel() else float(s_h.min() - 1.0)
+        assert v["threshold"] == pytest.approx(expected, abs=1e-5)
+        assert v["fpr"] == float((s_l > v["threshold"]).float().mean())
+    # the count kept is the one with the best balanced accuracy at that recall
+    chosen = next(v for v in full["validation"] if v["features"] == full["when"]["features"])
+    assert chosen["balanced_accuracy"] == max(v["balanced_accuracy"] for v in full["validation"])
+    assert chosen["threshold"] == full["when"]["threshold"]
+
+
+@pytest.mark.parametrize("recall", [0.0, 1.5, -0.1, True, "0.9"])
+def test_bad_target_recall(recall):
+    org = organism.load()
+    with pytest.raises(ValueError, match=r"target_recall: expected a share in \(0, 1\]"):
+        propose_trigger(org.model, org.tokenizer, org.sae, ["a"] * 4, ["b"] * 4, target_recall=recall)

@@ -9,6 +9,13 @@ prompt's tokens) between the two classes (:func:`saesteer.hf.contrast`), keeping
 the harmful prompts. For each candidate count it reads the summed trigger score on the validation
 half through the same hooks that will gate the edit (a monitor), and keeps the count and threshold
 with the best balanced accuracy there (the threshold halfway between two neighbouring scores).
+With ``target_recall`` the threshold of each count is instead the highest one that still catches
+that share of the validation harmful prompts, and the count with the best balanced accuracy at
+that recall (the fewest harmless prompts caught) is kept: a trigger that gates a safety edit errs
+towards firing, since a request it misses is not steered, while a harmless prompt it catches only
+costs what the edit costs there. Requests shaped differently from the validation ones (other
+jailbreak wrappers) score lower, so a validation recall above the one wanted elsewhere leaves
+room for that shift.
 Those validation numbers chose the trigger, so they are optimistic: measure it on other prompts.
 A caller with its own split (``saesteer discover``: its direction prompts select, its val prompts
 validate) passes the validation prompts as ``validation``, and every prompt of ``harmful`` /
@@ -43,9 +50,11 @@ def trigger_scores(model, tokenizer, sae, prompts: Sequence[Prompt], when: dict,
     return torch.cat(out) if out else torch.empty(0)
 
 
-def _best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> tuple[float, float, float, float]:
+def _best_threshold(pos: torch.Tensor, neg: torch.Tensor, target_recall: float | None = None) -> tuple[float, float, float, float]:
     """``(threshold, balanced accuracy, true positive rate, false positive rate)`` of the best cut
-    ``score > threshold`` between positives and negatives (halfway between neighbouring scores)."""
+    ``score > threshold`` between positives and negatives (halfway between neighbouring scores): the
+    one with the best balanced accuracy, or with ``target_recall`` the highest cut whose true
+    positive rate is at least ``target_recall``."""
     s = torch.cat([pos, neg]).sort().values
     cuts = torch.cat([s[:1] - 1.0, (s[1:] + s[:-1]) / 2])
     best = None
@@ -53,7 +62,10 @@ def _best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> tuple[float, float,
         tpr = float((pos > t).float().mean())
         fpr = float((neg > t).float().mean())
         bal = (tpr + 1.0 - fpr) / 2
-        if best is None or bal > best[1]:
+        if target_recall is not None:
+            if tpr >= target_recall and (best is None or t > best[0]):
+                best = (t, bal, tpr, fpr)
+        elif best is None or bal > best[1]:
             best = (t, bal, tpr, fpr)
     return best
 
@@ -73,6 +85,7 @@ def propose_trigger(
     batch_size: int = 16,
     k: int = 16,
     validation: tuple[Sequence[Prompt], Sequence[Prompt]] | None = None,
+    target_recall: float | None = None,
 ) -> dict:
     """A ``when`` that fires on ``harmful`` (the prompts the model refuses) and not on ``harmless``.
 
@@ -84,11 +97,18 @@ def propose_trigger(
     ``validation``: ``(harmful, harmless)`` prompts that choose the count and threshold; then
     ``harmful`` / ``harmless`` only select the features (at least 2 prompts per class each) and
     ``val_fraction`` and ``seed`` are unused.
+
+    ``target_recall``: a share in (0, 1] of the validation harmful prompts the trigger must catch;
+    each count's threshold is the highest that does, and the count with the best balanced accuracy
+    there is kept (default None: the threshold with the best balanced accuracy).
     """
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce: expected 'max' or 'mean' (a trigger reduced over the prompt), got {reduce!r}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction: expected a number in (0, 1), got {val_fraction!r}")
+    if target_recall is not None and (isinstance(target_recall, bool) or not isinstance(target_recall, (int, float))
+                                      or not 0 < target_recall <= 1):
+        raise ValueError(f"target_recall: expected a share in (0, 1] of the harmful validation prompts, got {target_recall!r}")
     counts = sorted({int(n) for n in n_features})
     if not counts or counts[0] < 1:
         raise ValueError(f"n_features: expected positive counts, got {list(n_features)!r}")
@@ -127,7 +147,7 @@ def propose_trigger(
         when = {"features": feats, "threshold": 0.0, "reduce": reduce, "scope": scope}
         pos = trigger_scores(model, tokenizer, sae, val_h, when, batch_size=batch_size)
         neg = trigger_scores(model, tokenizer, sae, val_l, when, batch_size=batch_size)
-        thr, bal, tpr, fpr = _best_threshold(pos, neg)
+        thr, bal, tpr, fpr = _best_threshold(pos, neg, target_recall)
         tried.append({"n_features": len(feats), "features": feats, "threshold": thr, "balanced_accuracy": bal, "tpr": tpr, "fpr": fpr})
     best = max(tried, key=lambda r: (r["balanced_accuracy"], -r["n_features"]))
     when = {"features": best["features"], "threshold": best["threshold"], "reduce": reduce, "scope": scope}
