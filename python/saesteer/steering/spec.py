@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..intervention import Intervention
-from .condition import Condition, parse_when
+from .condition import Condition, json_kind as _json_kind, parse_when, resolve_sae
 
 __all__ = ["SteerSpec", "InspectSpec", "parse_specs", "from_spec_file", "spec_key", "spec_salt", "POSITIONS",
            "SpecError", "bos_token_mask"]
@@ -109,15 +109,6 @@ class SteerSpec:
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _json_kind(v) -> str:
-    """How a JSON value is named in an error: ``a list``, ``a string 'abc'``, ..."""
-    if isinstance(v, str):
-        return f"a string {v!r}"
-    if isinstance(v, bool):
-        return f"{str(v).lower()}"
-    return {list: "a list", dict: "an object", type(None): "null"}.get(type(v), f"{v!r}")
-
-
 def _check_value(value, where: str, sae: str, n_features: int, limit: float) -> None:
     """``value``: absent, a JSON number or a list of them whose magnitudes, one per feature, sum to
     at most ``limit`` (the SAE's: beyond it the edit, ``sum_i (v_i - f_i) * W_dec[i]``, could
@@ -144,21 +135,12 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
     if unknown:
         raise SpecError(f"{where}.{unknown[0]}: unknown field (expected sae, features, mode, value, positions, skip_bos)")
     name = d.get("sae")
-    if name is not None and not isinstance(name, str):
-        raise SpecError(f"{where}.sae: expected the name of a registered SAE (a string), got {_json_kind(name)}")
     if name is None and "features" not in d:  # a monitor or an inspection alone: the SAE it reads
         for part in ("when", "inspect"):
             if isinstance(d.get(part), dict) and isinstance(d[part].get("sae"), str):
-                name = d[part]["sae"]
-                if name not in saes:
-                    raise SpecError(f"{where}.{part}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+                name = resolve_sae(d[part]["sae"], saes, f"{where}.{part}.sae", SpecError)
                 break
-    if name is None:
-        if len(saes) != 1:
-            raise SpecError(f"{where}.sae: required (registered SAEs: {', '.join(sorted(saes))})")
-        name = next(iter(saes))
-    if name not in saes:
-        raise SpecError(f"{where}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+    name = resolve_sae(name, saes, f"{where}.sae", SpecError)
     layer = d.get("layer")
     if layer is not None:
         if isinstance(layer, bool) or not isinstance(layer, int):
