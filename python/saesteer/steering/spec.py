@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..intervention import Intervention
-from .condition import Condition, json_kind as _json_kind, parse_when, resolve_sae
+from .condition import Condition, parse_when, resolve_sae
+from .condition import json_kind as _json_kind
 
 __all__ = ["SteerSpec", "InspectSpec", "parse_specs", "from_spec_file", "spec_key", "spec_salt", "POSITIONS",
            "SpecError", "bos_token_mask"]
@@ -92,6 +93,12 @@ class SteerSpec:
     def reports(self) -> bool:
         """True when an engine reports something back for the spec (a ``when`` or an ``inspect``)."""
         return self.when is not None or self.inspect is not None
+
+    @property
+    def decides_on_prompt(self) -> bool:
+        """True when the spec edits prompt tokens by a decision read on the whole prompt (a
+        prompt-scope ``when``): an engine must read all of the prompt before editing any of it."""
+        return self.when is not None and self.when.scope == "prompt" and self.edits and self.positions != "generated"
 
     def to_dict(self) -> dict:
         d = {"sae": self.sae, "features": list(self.intervention.features), "mode": self.intervention.mode,

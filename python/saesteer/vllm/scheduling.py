@@ -1,0 +1,153 @@
+"""Scheduling for prompt-scope conditions: a request whose decision is read on its prompt gets its
+whole prompt in one step.
+
+A spec with ``"when": {"scope": "prompt", ...}`` that edits prompt tokens (``positions`` ``all`` or
+``prompt``) decides on the prompt's tokens and edits them by that decision, as the HF hooks do in
+one forward (:class:`saesteer.hf.conditions.Trigger`): the trigger reads its layer, before the edits
+there, over every prompt token, and the edits at that layer and after it apply to every prompt token
+when it fires. Under chunked prefill vLLM would process the first chunks of a prompt before its
+last tokens are read, so their edits could not know the decision. The scheduler here
+(:func:`steered_scheduler`, vLLM's ``scheduler_cls``) never splits the prompt of such a request:
+it waits for a step with room for all of it, the rule vLLM applies to multimodal inputs that must
+not be split (``disable_chunked_mm_input``). Requests without such a spec are scheduled exactly as
+vLLM's own scheduler does (one integer comparison more per scheduled request). A recompute after
+preemption reads the prompt in one step again; the worker keeps the first decision
+(:class:`saesteer.vllm.reports.ConditionState`).
+
+A prompt longer than the step budget (``max_num_batched_tokens``) could then never be scheduled:
+:func:`guard_prompt_budget` refuses it when the request is made (a ``VLLMValidationError`` naming
+``prompt``, which the server answers with 400).
+
+The front ends (:class:`saesteer.vllm.SteeredLLM`, ``saesteer serve``) mark such a request with
+``extra_args["saesteer_whole_prompt"] = True`` (:func:`mark`), from the parsed specs
+(:attr:`saesteer.steering.spec.SteerSpec.decides_on_prompt`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCHEDULER", "WHOLE", "mark", "steered_scheduler", "guard_prompt_budget", "check_scheduler_cls"]
+
+#: vLLM's ``scheduler_cls`` for a steered engine (a factory: it picks the sync or async base).
+SCHEDULER = "saesteer.vllm.scheduling.steered_scheduler"
+#: the ``extra_args`` key that marks a request whose prompt must be read in one step
+WHOLE = "saesteer_whole_prompt"
+
+
+def mark(extra_args: dict, specs) -> dict:
+    """``extra_args`` with :data:`WHOLE` set when one of ``specs`` decides on the prompt and edits it."""
+    if any(s.decides_on_prompt for s in specs):
+        extra_args[WHOLE] = True
+    return extra_args
+
+
+def _whole(request) -> bool:
+    sp = request.sampling_params
+    extra = None if sp is None else sp.extra_args
+    return bool(extra and extra.get(WHOLE))
+
+
+class _WholePrompt:
+    """The scheduler rule, on top of a vLLM scheduler class. ``_reserve_prefill_lookahead`` is the
+    last cut vLLM makes to a request's token count in both of its scheduling loops (running and
+    waiting requests), right before it checks for zero ("cannot be scheduled in this step")."""
+
+    def _reserve_prefill_lookahead(self, request, num_computed_tokens: int, num_new_tokens: int) -> int:
+        n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
+        if n and num_computed_tokens + n < request.num_prompt_tokens and _whole(request):
+            return 0  # a part of the prompt: wait for a step with room for all of it
+        return n
+
+
+_CLASSES: dict[bool, type] = {}
+
+
+def _class(async_scheduling: bool) -> type:
+    cls = _CLASSES.get(async_scheduling)
+    if cls is None:
+        if async_scheduling:
+            from vllm.v1.core.sched.async_scheduler import AsyncScheduler as base
+        else:
+            from vllm.v1.core.sched.scheduler import Scheduler as base
+        if not callable(getattr(base, "_reserve_prefill_lookahead", None)):
+            import vllm
+
+            from .version import TESTED
+
+            raise RuntimeError(f"saesteer: this vLLM ({vllm.__version__}) has no {base.__name__}._reserve_prefill_lookahead, "
+                               f"which saesteer's scheduler extends; it is tested with vllm{TESTED}")
+        cls = _CLASSES[async_scheduling] = type("SAESteered" + base.__name__, (_WholePrompt, base),
+                                                {"__module__": __name__})
+    return cls
+
+
+def steered_scheduler(*args, vllm_config, **kwargs):
+    """vLLM's scheduler (``AsyncScheduler`` when the engine schedules asynchronously, else
+    ``Scheduler``) with the whole-prompt rule. vLLM calls its ``scheduler_cls`` with these arguments."""
+    return _class(bool(vllm_config.scheduler_config.async_scheduling))(*args, vllm_config=vllm_config, **kwargs)
+
+
+def check_scheduler_cls(value, where: str = "scheduler_cls"):
+    """The ``scheduler_cls`` a steered engine runs: saesteer's; any other is refused (its conditions
+    would not be exact under chunked prefill)."""
+    from ..steering.spec import SpecError
+
+    if value not in (None, "", SCHEDULER) and value is not steered_scheduler:
+        raise SpecError(f"{where}: a steered engine runs saesteer's scheduler ({SCHEDULER}), got {value!r}")
+    return SCHEDULER
+
+
+_OVER_BUDGET: list[type] = []
+
+
+def _over_budget() -> type:
+    """The error of a prompt over the step budget: a :class:`~saesteer.steering.spec.SpecError`
+    (what :class:`saesteer.vllm.SteeredLLM` raises for a bad request) and vLLM's own
+    ``VLLMValidationError`` (which vLLM's server answers with 400, ``param: prompt``)."""
+    if not _OVER_BUDGET:
+        from vllm.exceptions import VLLMValidationError
+
+        from ..steering.spec import SpecError
+
+        class PromptOverBudget(SpecError, VLLMValidationError):
+            def __init__(self, msg: str, n: int):
+                VLLMValidationError.__init__(self, msg, parameter="prompt", value=n)
+                self.msg = msg
+
+            def __str__(self):
+                return self.msg
+
+        _OVER_BUDGET.append(PromptOverBudget)
+    return _OVER_BUDGET[0]
+
+
+def guard_prompt_budget(input_processor, budget: int) -> None:
+    """Make ``input_processor`` (vLLM's, of an ``LLM`` or an ``AsyncLLM``) refuse a marked request
+    whose prompt has more than ``budget`` tokens, which would never be scheduled."""
+    from vllm.utils.async_utils import make_async
+
+    if getattr(input_processor, "_saesteer_budget", None) is not None:
+        input_processor._saesteer_budget = budget
+        return
+    process = input_processor.process_inputs
+
+    def process_inputs(*args, **kwargs):
+        req = process(*args, **kwargs)
+        n = len(req.prompt_token_ids or ())
+        if n > input_processor._saesteer_budget and _whole(req):
+            raise _over_budget()(
+                f"prompt: {n} tokens, more than the engine's step budget (max_num_batched_tokens="
+                f"{input_processor._saesteer_budget}); a saesteer spec whose when has scope 'prompt' edits the prompt "
+                "by a decision read on all of it, so the prompt must fit one step: shorten it, start the engine with a "
+                "larger --max-num-batched-tokens, or use positions 'generated'", n)
+        return req
+
+    input_processor._saesteer_budget = budget
+    input_processor.process_inputs = process_inputs
+    executor = getattr(getattr(input_processor, "renderer", None), "_executor", None)
+    input_processor.process_inputs_async = make_async(process_inputs, executor=executor)
+
+
+def step_budget(vllm_config) -> int:
+    """The most tokens one step schedules (vLLM's ``max_num_scheduled_tokens``)."""
+    sc = vllm_config.scheduler_config
+    return int(getattr(sc, "max_num_scheduled_tokens", None) or sc.max_num_batched_tokens)
