@@ -328,19 +328,24 @@ def test_several_prompts_in_one_completions_call_each_get_their_decision_and_rep
     alone, and its report is that prompt's own decision and inspection."""
     thr, scores = _split(org, prompt_ids, features)
     spec = _when_spec(features, thr)
-    n = 2
-    r = client.completions.create(model="organism", prompt=prompt_ids, max_tokens=MAX_NEW, temperature=0, n=n,
+    r = client.completions.create(model="organism", prompt=prompt_ids, max_tokens=MAX_NEW, temperature=0,
                                   extra_body=dict(ignore_eos=True, return_token_ids=True, saesteer=spec))
-    assert len(r.choices) == len(prompt_ids) * n
-    for ch in r.choices:
-        p = ch.index // n
+    assert [ch.index for ch in r.choices] == list(range(len(prompt_ids)))
+    for p, ch in enumerate(r.choices):
         want, hf_rep = _hf_when(org, prompt_ids[p], features, spec["when"])
-        assert list(ch.token_ids) == want, ch.index
+        assert list(ch.token_ids) == want, p
         rep = ch.saesteer
         assert rep["when"][0]["fired"] is (scores[p] > thr) is hf_rep["fired"][0]
         assert abs(rep["when"][0]["score"] - scores[p]) < 1e-4
-        toks = rep["inspect"][0]["tokens"]
-        assert [t["token_id"] for t in toks] == prompt_ids[p] + want[:-1]
+        assert [t["token_id"] for t in rep["inspect"][0]["tokens"]] == prompt_ids[p] + want[:-1]
+    n = 2  # sampled: each completion's inspection reads its own tokens
+    r = client.completions.create(model="organism", prompt=prompt_ids, max_tokens=MAX_NEW, temperature=1.0, n=n, seed=0,
+                                  extra_body=dict(ignore_eos=True, return_token_ids=True, saesteer=spec))
+    assert sorted(ch.index for ch in r.choices) == list(range(len(prompt_ids) * n))
+    for ch in r.choices:
+        p, rep = ch.index // n, ch.saesteer
+        assert rep["when"][0]["fired"] is (scores[p] > thr) and abs(rep["when"][0]["score"] - scores[p]) < 1e-4
+        assert [t["token_id"] for t in rep["inspect"][0]["tokens"]] == prompt_ids[p] + list(ch.token_ids)[:-1]
 
 
 def _streamed_reports(chunks):
@@ -389,7 +394,7 @@ def test_a_prompt_over_the_step_budget_is_a_400_when_its_decision_edits_it(clien
     spec = _when_spec(features, 0.0)
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="organism", prompt=long, max_tokens=2, extra_body={"saesteer": spec})
-    assert e.value.status_code == 400 and e.value.message.startswith("prompt: 70 tokens, more than the engine's step budget")
+    assert e.value.status_code == 400 and "prompt: 70 tokens, more than the engine's step budget" in e.value.message
     ok = client.completions.create(model="organism", prompt=long, max_tokens=2,
                                    extra_body={"saesteer": dict(spec, positions="generated")})
     assert ok.choices[0].saesteer["when"][0]["score"] is not None
