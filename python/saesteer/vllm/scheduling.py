@@ -14,7 +14,8 @@ vLLM's own scheduler does (one integer comparison more per scheduled request). A
 preemption reads the prompt in one step again; the worker keeps the first decision
 (:class:`saesteer.vllm.reports.ConditionState`).
 
-A prompt longer than the step budget (``max_num_batched_tokens``) could then never be scheduled:
+A prompt longer than the step budget (``max_num_batched_tokens``, or a lower
+``long_prefill_token_threshold``) could then never be scheduled:
 :func:`guard_prompt_budget` refuses it when the request is made (a ``VLLMValidationError`` naming
 ``prompt``, which the server answers with 400).
 
@@ -120,9 +121,9 @@ def _over_budget() -> type:
     return _OVER_BUDGET[0]
 
 
-def guard_prompt_budget(input_processor, budget: int) -> None:
+def guard_prompt_budget(input_processor, budget: tuple[int, str]) -> None:
     """Make ``input_processor`` (vLLM's, of an ``LLM`` or an ``AsyncLLM``) refuse a marked request
-    whose prompt has more than ``budget`` tokens, which would never be scheduled."""
+    whose prompt has more tokens than ``budget`` (:func:`step_budget`), which would never be scheduled."""
     from vllm.utils.async_utils import make_async
 
     if getattr(input_processor, "_saesteer_budget", None) is not None:
@@ -133,12 +134,13 @@ def guard_prompt_budget(input_processor, budget: int) -> None:
     def process_inputs(*args, **kwargs):
         req = process(*args, **kwargs)
         n = len(req.prompt_token_ids or ())
-        if n > input_processor._saesteer_budget and _whole(req):
+        limit, setting = input_processor._saesteer_budget
+        if n > limit and _whole(req):
+            flag = "--" + setting.replace("_", "-")
             raise _over_budget()(
-                f"prompt: {n} tokens, more than the engine's step budget (max_num_batched_tokens="
-                f"{input_processor._saesteer_budget}); a saesteer spec whose when has scope 'prompt' edits the prompt "
-                "by a decision read on all of it, so the prompt must fit one step: shorten it, start the engine with a "
-                "larger --max-num-batched-tokens, or use positions 'generated'", n)
+                f"prompt: {n} tokens, more than the engine's step budget ({setting}={limit}); a saesteer spec whose "
+                "when has scope 'prompt' edits the prompt by a decision read on all of it, so the prompt must fit one "
+                f"step: shorten it, start the engine with a larger {flag}, or use positions 'generated'", n)
         return req
 
     input_processor._saesteer_budget = budget
@@ -147,7 +149,12 @@ def guard_prompt_budget(input_processor, budget: int) -> None:
     input_processor.process_inputs_async = make_async(process_inputs, executor=executor)
 
 
-def step_budget(vllm_config) -> int:
-    """The most tokens one step schedules (vLLM's ``max_num_scheduled_tokens``)."""
+def step_budget(vllm_config) -> tuple[int, str]:
+    """The most prompt tokens one step may give a request, and the setting that sets it: vLLM's
+    ``max_num_scheduled_tokens`` (``max_num_batched_tokens``), or ``long_prefill_token_threshold``
+    when that is set and lower (vLLM cuts a prompt to it whenever other requests are waiting or
+    running, so a longer whole prompt would wait for an idle engine)."""
     sc = vllm_config.scheduler_config
-    return int(getattr(sc, "max_num_scheduled_tokens", None) or sc.max_num_batched_tokens)
+    budget = (int(getattr(sc, "max_num_scheduled_tokens", None) or sc.max_num_batched_tokens), "max_num_batched_tokens")
+    cap = int(getattr(sc, "long_prefill_token_threshold", 0) or 0)
+    return (cap, "long_prefill_token_threshold") if 0 < cap < budget[0] else budget
