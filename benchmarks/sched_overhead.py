@@ -17,9 +17,9 @@ import types
 from vllm import SamplingParams
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from saesteer.vllm.scheduling import _class
+from saesteer.vllm.scheduling import scheduler_class
 
-Steered = _class(False)
+Steered = scheduler_class(False)
 
 
 def bare(cls):

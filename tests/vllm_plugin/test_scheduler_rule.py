@@ -15,7 +15,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 
 from saesteer.steering.spec import SpecError  # noqa: E402
-from saesteer.vllm.scheduling import SCHEDULER, WHOLE, _class, check_scheduler_cls, step_budget  # noqa: E402
+from saesteer.vllm.scheduling import SCHEDULER, WHOLE, check_scheduler_cls, scheduler_class, step_budget  # noqa: E402
 
 
 def _bare(cls):
@@ -31,7 +31,7 @@ def _request(prompt: int, done: int, marked: bool):
 
 @pytest.mark.parametrize("asynchronous, base", [(False, Scheduler), (True, AsyncScheduler)])
 def test_a_marked_prompt_is_never_split_and_nothing_else_changes(asynchronous, base):
-    cls = _class(asynchronous)
+    cls = scheduler_class(asynchronous)
     assert issubclass(cls, base)
     s, ref = _bare(cls), _bare(base)
     cases = [  # (prompt tokens, tokens so far, computed, offered, marked) -> what saesteer gives

@@ -26,7 +26,8 @@ The front ends (:class:`saesteer.vllm.SteeredLLM`, ``saesteer serve``) mark such
 
 from __future__ import annotations
 
-__all__ = ["SCHEDULER", "WHOLE", "mark", "steered_scheduler", "guard_prompt_budget", "check_scheduler_cls"]
+__all__ = ["SCHEDULER", "WHOLE", "mark", "steered_scheduler", "scheduler_class", "guard_prompt_budget",
+           "check_scheduler_cls", "step_budget"]
 
 #: vLLM's ``scheduler_cls`` for a steered engine (a factory: it picks the sync or async base).
 SCHEDULER = "saesteer.vllm.scheduling.steered_scheduler"
@@ -62,7 +63,8 @@ class _WholePrompt:
 _CLASSES: dict[bool, type] = {}
 
 
-def _class(async_scheduling: bool) -> type:
+def scheduler_class(async_scheduling: bool) -> type:
+    """vLLM's ``AsyncScheduler`` (``async_scheduling``) or ``Scheduler`` with the whole-prompt rule."""
     cls = _CLASSES.get(async_scheduling)
     if cls is None:
         if async_scheduling:
@@ -84,7 +86,7 @@ def _class(async_scheduling: bool) -> type:
 def steered_scheduler(*args, vllm_config, **kwargs):
     """vLLM's scheduler (``AsyncScheduler`` when the engine schedules asynchronously, else
     ``Scheduler``) with the whole-prompt rule. vLLM calls its ``scheduler_cls`` with these arguments."""
-    return _class(bool(vllm_config.scheduler_config.async_scheduling))(*args, vllm_config=vllm_config, **kwargs)
+    return scheduler_class(bool(vllm_config.scheduler_config.async_scheduling))(*args, vllm_config=vllm_config, **kwargs)
 
 
 def check_scheduler_cls(value, where: str = "scheduler_cls"):
