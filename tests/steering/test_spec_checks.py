@@ -67,3 +67,23 @@ def test_several_specs_on_one_sae_are_all_kept_in_order():
     b = {"sae": "jumprelu", "features": [1, 5], "mode": "scale", "value": 3.0}
     got = parse_specs([a, b], SAES)
     assert [s.intervention.mode for s in got] == ["clamp", "scale"] and all(s.sae == "jumprelu" for s in got)
+
+
+@pytest.mark.parametrize("sae, match", [
+    (["jumprelu"], r"\.sae: expected the name of a registered SAE \(a string\), got a list"),
+    ("nope", r"\.sae: unknown SAE 'nope' \(registered: jumprelu, topk\)"),
+])
+def test_a_specs_sae_and_its_whens_sae_are_checked_alike(sae, match):
+    """One resolver for both fields: the same message, the field named where it is."""
+    from saesteer.steering.condition import ConditionError, parse_when
+
+    with pytest.raises(SpecError, match=r"^saesteer" + match):
+        parse_specs({"sae": sae, "features": [1]}, SAES)
+    with pytest.raises(SpecError, match=r"^saesteer\.when" + match):
+        parse_specs({"sae": "jumprelu", "features": [1], "when": {"sae": sae, "features": [2], "threshold": 1}}, SAES)
+    with pytest.raises(ConditionError, match=r"^when" + match):
+        parse_when({"sae": sae, "features": [2], "threshold": 1}, SAES)
+    with pytest.raises(SpecError, match=r"^saesteer\.sae: required \(registered SAEs: jumprelu, topk\)"):
+        parse_specs({"features": [1]}, SAES)
+    with pytest.raises(ConditionError, match=r"^when\.sae: required \(registered SAEs: jumprelu, topk\)"):
+        parse_when({"features": [2], "threshold": 1}, SAES)

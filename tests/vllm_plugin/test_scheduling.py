@@ -68,3 +68,32 @@ def test_a_preempted_steered_request_is_recomputed_with_its_edit(org, llm, promp
     edited, fed_once, preempted = run(org, llm, prompts, [True] * 6, "all")
     assert preempted > 0
     assert edited > fed_once, "a preempted request's recomputed tokens were not edited"
+
+
+def test_a_prompt_scope_decision_persists_across_chunked_prefill_and_preemption(org, llm, prompts):
+    """A prompt-scope condition read over 8-token chunks, gating a clamp of the generated tokens, on
+    requests that are preempted and recomputed: each one's tokens are the HF hooks' for its own
+    decision (half the prompts fire), and its report the HF score."""
+    import torch
+
+    import saesteer
+
+    feats = helpers.refusal_features(org, prompts, n_harmful=3)
+    scores = []
+    for p in prompts:
+        with torch.no_grad(), saesteer.steer(org.model, org.sae, {"when": {"features": feats, "threshold": 0.0}}) as h:
+            org.model(torch.tensor([p]))
+            scores.append(float(h.conditions[0].score[0]))
+    thr = sorted(scores)[len(scores) // 2] - 1e-3
+    when = {"features": feats, "threshold": thr}
+    spec = {"sae": "jumprelu", "features": feats, "mode": "clamp", "value": 6.0, "positions": "generated", "when": when}
+    before = preemptions(llm)
+    sp = vllm.SamplingParams(max_tokens=MAX_NEW, temperature=0)
+    outs = llm.generate(prompts, sp, steer=[spec] * len(prompts), use_tqdm=False)
+    assert preemptions(llm) > before, "nothing was preempted: the test does not test what it says"
+    iv = {"features": feats, "mode": "clamp", "value": 6.0, "when": when}
+    for p, o, s in zip(prompts, outs, scores):
+        assert list(o.outputs[0].token_ids) == helpers.hf_greedy(org, p, MAX_NEW, iv, "generated")
+        rep = o.outputs[0].saesteer["when"][0]
+        assert rep["fired"] is (s > thr) and rep["score"] == pytest.approx(s, abs=1e-4)
+    assert 0 < sum(s > thr for s in scores) < len(scores)

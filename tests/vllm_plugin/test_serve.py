@@ -21,6 +21,7 @@ from saesteer import Intervention, organism  # noqa: E402
 import helpers  # noqa: E402
 
 MAX_NEW = 10
+BUDGET = 64  # max_num_batched_tokens: concurrent requests share steps, longer prompts are chunked
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,6 +34,7 @@ def server(tmp_path_factory):
     saes = [f"{n}={hub_ref if n == 'jumprelu' else 'organism:' + n}" for n in organism.read_manifest()[2]]
     args = ["--model", "organism", "--host", "127.0.0.1", "--port", str(helpers.free_port()), "--dtype", "float32",
             "--max-model-len", "256", "--enforce-eager", "--enable-prefix-caching", "--block-size", "32",
+            "--enable-chunked-prefill", "--max-num-batched-tokens", str(BUDGET),
             "--gpu-memory-utilization", "0.15", *[a for x in saes for a in ("--sae", x)]]
     with helpers.start_server(args, tmp_path_factory.mktemp("serve") / "server.log", env) as (_, base):
         yield base
@@ -306,3 +308,93 @@ def test_bad_when_and_inspect_fields_are_400s(client, prompt_ids, bad, field):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="organism", prompt=prompt_ids[0], max_tokens=2, extra_body={"saesteer": bad})
     assert e.value.status_code == 400 and field in e.value.message
+
+
+def _when_spec(features, thr, inspect_positions="all"):
+    when = {"sae": "jumprelu", "features": list(features), "threshold": thr}
+    return dict(_spec(features, "clamp", 6.0), when=when, inspect={"sae": "jumprelu", "k": 3, "positions": inspect_positions})
+
+
+def _split(org, prompt_ids, features):
+    """A threshold between the prompts' trigger scores (HF), and each prompt's score."""
+    scores = [_hf_when(org, p, features, {"features": list(features), "threshold": 0.0})[1]["score"][0] for p in prompt_ids]
+    lo, hi = min(scores), max(scores)
+    assert hi - lo > 0.5, "the prompts' scores do not differ: the test shows nothing"
+    return (lo + hi) / 2, scores
+
+
+def test_several_prompts_in_one_completions_call_each_get_their_decision_and_report(client, org, prompt_ids, features):
+    """choices[p * n + c] is completion c of prompt p: its tokens are the HF hooks' for that prompt
+    alone, and its report is that prompt's own decision and inspection."""
+    thr, scores = _split(org, prompt_ids, features)
+    spec = _when_spec(features, thr)
+    r = client.completions.create(model="organism", prompt=prompt_ids, max_tokens=MAX_NEW, temperature=0,
+                                  extra_body=dict(ignore_eos=True, return_token_ids=True, saesteer=spec))
+    assert [ch.index for ch in r.choices] == list(range(len(prompt_ids)))
+    for p, ch in enumerate(r.choices):
+        want, hf_rep = _hf_when(org, prompt_ids[p], features, spec["when"])
+        assert list(ch.token_ids) == want, p
+        rep = ch.saesteer
+        assert rep["when"][0]["fired"] is (scores[p] > thr) is hf_rep["fired"][0]
+        assert abs(rep["when"][0]["score"] - scores[p]) < 1e-4
+        assert [t["token_id"] for t in rep["inspect"][0]["tokens"]] == prompt_ids[p] + want[:-1]
+    n = 2  # sampled: each completion's inspection reads its own tokens
+    r = client.completions.create(model="organism", prompt=prompt_ids, max_tokens=MAX_NEW, temperature=1.0, n=n, seed=0,
+                                  extra_body=dict(ignore_eos=True, return_token_ids=True, saesteer=spec))
+    assert sorted(ch.index for ch in r.choices) == list(range(len(prompt_ids) * n))
+    for ch in r.choices:
+        p, rep = ch.index // n, ch.saesteer
+        assert rep["when"][0]["fired"] is (scores[p] > thr) and abs(rep["when"][0]["score"] - scores[p]) < 1e-4
+        assert [t["token_id"] for t in rep["inspect"][0]["tokens"]] == prompt_ids[p] + list(ch.token_ids)[:-1]
+
+
+def _streamed_reports(chunks):
+    """Per choice index: the ``saesteer`` field of each of its chunks (None where absent)."""
+    out: dict[int, list] = {}
+    for c in chunks:
+        for ch in c.choices:
+            out.setdefault(ch.index, []).append((getattr(ch, "saesteer", None), ch.finish_reason))
+    return out
+
+
+def _check_stream(per_choice, n_prompt_tokens):
+    """Each choice's first chunk carries the decision (the prompt is read before the first token),
+    its chunks together carry each inspected token once, in order, and its last chunk the whole report."""
+    for i, items in per_choice.items():
+        (final, reason), parts = items[-1], [r for r, _ in items[:-1] if r is not None]
+        assert reason is not None and final is not None, i
+        assert items[0][0] is not None and items[0][0]["when"] == final["when"], i
+        rows = [t for part in parts for ins in part.get("inspect", []) for t in ins["tokens"]]
+        assert [t["position"] for t in rows] == list(range(len(rows))), i
+        assert rows == final["inspect"][0]["tokens"][: len(rows)], i
+        assert len(rows) >= n_prompt_tokens[i], i  # the prompt, read in the first step
+
+
+def test_streamed_chunks_carry_the_decision_and_the_inspection_as_read(client, org, prompt_ids, features):
+    thr, _ = _split(org, prompt_ids, features)
+    spec = _when_spec(features, thr)
+    chunks = list(client.completions.create(model="organism", prompt=prompt_ids, max_tokens=MAX_NEW, temperature=0,
+                                            stream=True, extra_body=dict(ignore_eos=True, saesteer=spec)))
+    per_choice = _streamed_reports(chunks)
+    assert sorted(per_choice) == list(range(len(prompt_ids)))
+    _check_stream(per_choice, {i: len(p) for i, p in enumerate(prompt_ids)})
+    full = client.completions.create(model="organism", prompt=prompt_ids, max_tokens=MAX_NEW, temperature=0,
+                                     extra_body=dict(ignore_eos=True, saesteer=spec))
+    for ch in full.choices:  # the stream's final reports are the non-streamed ones
+        assert per_choice[ch.index][-1][0] == ch.saesteer
+    msgs = [{"role": "user", "content": organism.load_prompts("harmful")[0]}]
+    chat = list(client.chat.completions.create(model="organism", messages=msgs, max_tokens=MAX_NEW, temperature=0,
+                                               stream=True, extra_body={"saesteer": spec}))
+    per_choice = _streamed_reports(chat)
+    _check_stream(per_choice, {0: 5})
+
+
+def test_a_prompt_over_the_step_budget_is_a_400_when_its_decision_edits_it(client, prompt_ids, features):
+    long = (prompt_ids[0] * 4)[: BUDGET + 6]
+    spec = _when_spec(features, 0.0)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="organism", prompt=long, max_tokens=2, extra_body={"saesteer": spec})
+    assert e.value.status_code == 400 and "prompt: 70 tokens, more than the engine's step budget" in e.value.message
+    ok = client.completions.create(model="organism", prompt=long, max_tokens=2,
+                                   extra_body={"saesteer": dict(spec, positions="generated")})
+    assert ok.choices[0].saesteer["when"][0]["score"] is not None

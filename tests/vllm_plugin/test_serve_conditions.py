@@ -33,9 +33,9 @@ def feats(org, prompts):
     return helpers.refusal_features(org, prompts, n_harmful=3)
 
 
-def prompt_scores(org, ids, trig):
-    """The prompt's trigger score (max over its tokens, BOS out), read by the HF hooks' monitor."""
-    with torch.no_grad(), saesteer.steer(org.model, org.sae, {"when": {"features": trig, "threshold": 0.0}}) as h:
+def prompt_scores(org, ids, trig, reduce="max"):
+    """The prompt's trigger score (``reduce`` over its tokens, BOS out), read by the HF hooks' monitor."""
+    with torch.no_grad(), saesteer.steer(org.model, org.sae, {"when": {"features": trig, "threshold": 0.0, "reduce": reduce}}) as h:
         org.model(torch.tensor([ids]))
         return float(h.conditions[0].score[0])
 
@@ -61,10 +61,25 @@ def hf_greedy(org, ids, iv=None, positions="all"):
     return out[0, len(ids):].tolist(), rep
 
 
-def run(llm, prompts, steer):
-    sp = vllm.SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True)
+def hf_logprobs(org, ids, iv=None, positions="all"):
+    """The log-probabilities of HF's greedy tokens (cached generation, the HF hooks' edit)."""
+    x = torch.tensor([ids])
+    iv = hf_iv(iv)
+    edit = contextlib.nullcontext() if iv is None else saesteer.steer(org.model, org.sae, iv, positions=positions)
+    with torch.no_grad(), edit:
+        out = org.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+    toks = out.sequences[0, len(ids):]
+    return [float(torch.log_softmax(lg[0].float(), -1)[t]) for lg, t in zip(out.logits, toks.tolist())]
+
+
+def run(llm, prompts, steer, logprobs=False):
+    sp = vllm.SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True, logprobs=0 if logprobs else None)
     outs = llm.generate(prompts, sp, steer=steer, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs], [getattr(o.outputs[0], "saesteer", None) for o in outs]
+    got = [list(o.outputs[0].token_ids) for o in outs], [getattr(o.outputs[0], "saesteer", None) for o in outs]
+    if logprobs:
+        got += ([[lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)] for o in outs],)
+    return got
 
 
 def split(scores):
@@ -72,8 +87,8 @@ def split(scores):
     return (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
 
 
-def clamp(feats, when=None, positions="all"):
-    d = {"sae": "jumprelu", "features": feats, "mode": "clamp", "value": 6.0, "positions": positions}
+def clamp(feats, when=None, positions="all", value=6.0):
+    d = {"sae": "jumprelu", "features": feats, "mode": "clamp", "value": value, "positions": positions}
     if when is not None:
         d["when"] = when
     return d
@@ -104,6 +119,53 @@ def test_prompt_scope_in_a_mixed_chunked_batch_equals_the_hf_hooks(org, llm, pro
     assert got[4] == edited[4] and reps[4] is None
     assert got[5] == plain[5]  # a monitor edits nothing
     assert reps[5]["when"][0]["fired"] == fired[5] and reps[5]["when"][0]["score"] == pytest.approx(scores[5], abs=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt"])
+def test_prompt_scope_editing_prompt_tokens_in_a_mixed_chunked_batch_equals_the_hf_hooks(org, llm, prompts, feats, positions):
+    """The decision is read on the whole prompt and edits its tokens too, while the 32-token budget
+    chunks the batch: saesteer's scheduler gives each such prompt one step, so fired rows equal the
+    unconditional edit and the others are unsteered bit for bit, as on HF (one forward)."""
+    # reduce "last": the score of a prompt's last token, which a chunk's own last token would not give
+    scores = [prompt_scores(org, p, feats, "last") for p in prompts]
+    thr = split(scores)
+    when = {"sae": "jumprelu", "features": feats, "threshold": thr, "reduce": "last", "scope": "prompt"}
+    edit = clamp(feats, None, positions, 12.0)
+    cond = {**edit, "when": when}
+    # the plain and unconditional requests first: they take the step budget, so the conditional
+    # prompts behind them would be split without the whole-prompt rule
+    order = [1, 4, 0, 2, 3, 5]
+    steer = {1: None, 4: clamp(feats, None, "generated")}
+    got, reps, lps = run(llm, [prompts[i] for i in order], [steer.get(i, cond) for i in order], logprobs=True)
+    got, reps, lps = dict(zip(order, got)), dict(zip(order, reps)), dict(zip(order, lps))
+    fired = [s > thr for s in scores]
+    conditional = [0, 2, 3, 5]
+    assert any(fired[i] for i in conditional) and not all(fired[i] for i in conditional)
+    for i in conditional:
+        plain = hf_greedy(org, prompts[i])[0]
+        edited = hf_greedy(org, prompts[i], edit, positions)[0]
+        assert got[i] == (edited if fired[i] else plain), i
+        hf_tokens, hf_rep = hf_greedy(org, prompts[i], cond, positions)
+        assert got[i] == hf_tokens
+        # the log-probabilities see an edit of any prompt token, even where the tokens do not change
+        want = hf_logprobs(org, prompts[i], edit if fired[i] else None, positions)
+        assert lps[i] == pytest.approx(want, abs=2e-3), i
+        (w,) = reps[i]["when"]
+        assert w["fired"] == fired[i] == hf_rep["fired"][0]
+        assert w["score"] == pytest.approx(scores[i], abs=1e-4)
+    assert got[1] == hf_greedy(org, prompts[1])[0]
+    assert got[4] == hf_greedy(org, prompts[4], clamp(feats), "generated")[0]
+
+
+def test_a_prompt_over_the_step_budget_is_refused_when_its_decision_edits_it(llm, prompts, feats):
+    """Such a prompt could never be scheduled in one step: refused, naming prompt, before it runs;
+    the same prompt whose edit waits for the generated tokens runs (chunked)."""
+    long = (prompts[0] * 3)[: BUDGET + 8]
+    when = {"features": feats, "threshold": 0.0}
+    with pytest.raises(ValueError, match=r"^prompt: 40 tokens, more than the engine's step budget \(max_num_batched_tokens=32\)"):
+        run(llm, [long], [clamp(feats, when)])
+    got, reps = run(llm, [long, long], [clamp(feats, when, "generated"), {"sae": "jumprelu", "when": when}])
+    assert len(got[0]) == MAX_NEW and reps[1]["when"][0]["score"] is not None
 
 
 @pytest.mark.parametrize("fire", [True, False])

@@ -33,7 +33,7 @@ import torch
 from .. import ops
 from ..packed import as_packed
 
-__all__ = ["Condition", "parse_when", "token_scores", "PromptScore", "REDUCES", "SCOPES"]
+__all__ = ["Condition", "parse_when", "resolve_sae", "token_scores", "PromptScore", "REDUCES", "SCOPES"]
 
 REDUCES = ("max", "mean", "last")
 SCOPES = ("prompt", "token")
@@ -85,6 +85,32 @@ def _number(v, where: str) -> float:
     return float(v)
 
 
+def json_kind(v) -> str:
+    """How a JSON value is named in an error: ``a list``, ``a string 'abc'``, ..."""
+    if isinstance(v, str):
+        return f"a string {v!r}"
+    if isinstance(v, bool):
+        return f"{str(v).lower()}"
+    return {list: "a list", dict: "an object", type(None): "null"}.get(type(v), f"{v!r}")
+
+
+def resolve_sae(name, saes: dict | None, where: str, error: type[ValueError] = ConditionError) -> str | None:
+    """The SAE a spec or a ``when`` names (``name``: its ``sae`` field, None when left out), checked
+    against ``saes`` (``name -> d_sae``; None skips the check): left out, the only SAE; unknown, or
+    not a string, an ``error`` naming ``where`` (the field, e.g. ``saesteer.when.sae``)."""
+    if name is not None and not isinstance(name, str):
+        raise error(f"{where}: expected the name of a registered SAE (a string), got {json_kind(name)}")
+    if saes is None:
+        return name
+    if name is None:
+        if len(saes) != 1:
+            raise error(f"{where}: required (registered SAEs: {', '.join(sorted(map(str, saes)))})")
+        return next(iter(saes))
+    if name not in saes:
+        raise error(f"{where}: unknown SAE {name!r} (registered: {', '.join(sorted(map(str, saes))) or 'none'})")
+    return name
+
+
 def parse_when(d, saes: dict | None = None, where: str = "when", default_sae: str | None = None) -> Condition:
     """Validate a ``when`` object (a dict, or a :class:`Condition` returned as it is).
 
@@ -106,16 +132,7 @@ def parse_when(d, saes: dict | None = None, where: str = "when", default_sae: st
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise ConditionError(f"{where}.{unknown[0]}: unknown field (expected {', '.join(sorted(allowed))})")
-    name = d.get("sae", default_sae)
-    if name is not None and not isinstance(name, str):
-        raise ConditionError(f"{where}.sae: expected the name of an SAE, got {name!r}")
-    if saes is not None:
-        if name is None:
-            if len(saes) != 1:
-                raise ConditionError(f"{where}.sae: required (SAEs: {', '.join(sorted(map(str, saes)))})")
-            name = next(iter(saes))
-        if name not in saes:
-            raise ConditionError(f"{where}.sae: unknown SAE {name!r} (known: {', '.join(sorted(map(str, saes))) or 'none'})")
+    name = resolve_sae(d.get("sae", default_sae), saes, f"{where}.sae")
     feats = d.get("features")
     if not isinstance(feats, (list, tuple)) or not feats:
         raise ConditionError(f"{where}.features: expected a non-empty list of feature ids, got {feats!r}")

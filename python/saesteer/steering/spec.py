@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..intervention import Intervention
-from .condition import Condition, parse_when
+from .condition import Condition, parse_when, resolve_sae
+from .condition import json_kind as _json_kind
 
 __all__ = ["SteerSpec", "InspectSpec", "parse_specs", "from_spec_file", "spec_key", "spec_salt", "POSITIONS",
            "SpecError", "bos_token_mask"]
@@ -93,6 +94,12 @@ class SteerSpec:
         """True when an engine reports something back for the spec (a ``when`` or an ``inspect``)."""
         return self.when is not None or self.inspect is not None
 
+    @property
+    def decides_on_prompt(self) -> bool:
+        """True when the spec edits prompt tokens by a decision read on the whole prompt (a
+        prompt-scope ``when``): an engine must read all of the prompt before editing any of it."""
+        return self.when is not None and self.when.scope == "prompt" and self.edits and self.positions != "generated"
+
     def to_dict(self) -> dict:
         d = {"sae": self.sae, "features": list(self.intervention.features), "mode": self.intervention.mode,
              "positions": self.positions, "skip_bos": self.skip_bos}
@@ -107,15 +114,6 @@ class SteerSpec:
 
 #: The largest float32: a spec's values become float32 tensors, whatever the SAE's dtype.
 FLOAT32_MAX = 3.4028234663852886e38
-
-
-def _json_kind(v) -> str:
-    """How a JSON value is named in an error: ``a list``, ``a string 'abc'``, ..."""
-    if isinstance(v, str):
-        return f"a string {v!r}"
-    if isinstance(v, bool):
-        return f"{str(v).lower()}"
-    return {list: "a list", dict: "an object", type(None): "null"}.get(type(v), f"{v!r}")
 
 
 def _check_value(value, where: str, sae: str, n_features: int, limit: float) -> None:
@@ -144,21 +142,12 @@ def _one(d, saes: dict[str, int], where: str, layers: dict[str, int] | None,
     if unknown:
         raise SpecError(f"{where}.{unknown[0]}: unknown field (expected sae, features, mode, value, positions, skip_bos)")
     name = d.get("sae")
-    if name is not None and not isinstance(name, str):
-        raise SpecError(f"{where}.sae: expected the name of a registered SAE (a string), got {_json_kind(name)}")
     if name is None and "features" not in d:  # a monitor or an inspection alone: the SAE it reads
         for part in ("when", "inspect"):
             if isinstance(d.get(part), dict) and isinstance(d[part].get("sae"), str):
-                name = d[part]["sae"]
-                if name not in saes:
-                    raise SpecError(f"{where}.{part}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+                name = resolve_sae(d[part]["sae"], saes, f"{where}.{part}.sae", SpecError)
                 break
-    if name is None:
-        if len(saes) != 1:
-            raise SpecError(f"{where}.sae: required (registered SAEs: {', '.join(sorted(saes))})")
-        name = next(iter(saes))
-    if name not in saes:
-        raise SpecError(f"{where}.sae: unknown SAE {name!r} (registered: {', '.join(sorted(saes)) or 'none'})")
+    name = resolve_sae(name, saes, f"{where}.sae", SpecError)
     layer = d.get("layer")
     if layer is not None:
         if isinstance(layer, bool) or not isinstance(layer, int):

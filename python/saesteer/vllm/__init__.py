@@ -13,6 +13,8 @@ One module per job:
   ``vllm.general_plugins`` entry point);
 * :mod:`.graphs`    -- the CUDA-graph policy of a steered engine;
 * :mod:`.worker`    -- the worker extension, its per-layer edit and the batch layout;
+* :mod:`.reports`   -- per-request conditions (``when``) and inspections, and their reports;
+* :mod:`.scheduling` -- the scheduler that reads a prompt-scope decision on the whole prompt in one step;
 * :mod:`.llm`       -- the :class:`SteeredLLM` front end;
 * :mod:`.requests`, :mod:`.server` -- ``saesteer serve`` (the HTTP front end).
 

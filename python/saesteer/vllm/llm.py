@@ -9,7 +9,9 @@ A request carries its spec in ``SamplingParams.extra_args["saesteer"]`` (validat
 request runs) and a ``cache_salt`` of its spec, so prefix caching never shares KV blocks between
 different specs. A spec with a ``when`` or an ``inspect`` is reported back: each
 ``CompletionOutput`` of ``generate`` gets a ``saesteer`` attribute, ``{"when": [...], "inspect":
-[...]}`` (see :mod:`saesteer.vllm.reports`).
+[...]}`` (see :mod:`saesteer.vllm.reports`). The engine runs saesteer's scheduler
+(:mod:`saesteer.vllm.scheduling`): a spec that edits the prompt by a decision read on it gets its
+prompt in one step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..steering.spec import SpecError, from_spec_file, parse_specs, spec_salt
 from .graphs import cuda_graph_settings
 from .overrides import steered_overrides
 from .reports import TAG
+from .scheduling import check_scheduler_cls, guard_prompt_budget, mark, step_budget
 from .sources import sae_site, site_layer, source_dir
 from .worker import EXTENSION
 
@@ -47,8 +50,11 @@ class SteeredLLM:
         self.hf_overrides = llm_kwargs["hf_overrides"] = steered_overrides(
             model, list(self.layers.values()), llm_kwargs.get("hf_overrides"), llm_kwargs.get("trust_remote_code", False))
         llm_kwargs.setdefault("worker_extension_cls", EXTENSION)
+        llm_kwargs["scheduler_cls"] = check_scheduler_cls(llm_kwargs.get("scheduler_cls"))
         cuda_graph_settings(llm_kwargs)
         self.llm = LLM(model=model, **llm_kwargs)
+        engine = self.llm.llm_engine
+        guard_prompt_budget(engine.input_processor, step_budget(engine.vllm_config))
         shapes = self.llm.collective_rpc("saesteer_install", args=(dict(saes),))
         self.saes = shapes[0]
         #: name -> the largest sum of a spec's value magnitudes whose edit stays finite (the workers')
@@ -91,7 +97,7 @@ class SteeredLLM:
             q = sp.clone()
             tag = None
             if specs:
-                q.extra_args = dict(q.extra_args or {}, saesteer=[sp_.to_dict() for sp_ in specs])
+                q.extra_args = mark(dict(q.extra_args or {}, saesteer=[sp_.to_dict() for sp_ in specs]), specs)
                 prompt["cache_salt"] = spec_salt(specs)
                 if any(s.reports for s in specs):
                     # A report needs every prompt token read: a salt of its own keeps the prefix

@@ -5,9 +5,10 @@ A request whose spec carries a ``when`` or an ``inspect`` gets one :class:`Reque
 worker, kept by request id across the forwards of its life: prompt chunks (chunked prefill), decode
 steps and a recompute after preemption. The decision code is the engine-neutral
 :mod:`saesteer.steering.condition` (the HF hooks' own): a prompt-scope condition keeps a
-:class:`~saesteer.steering.condition.PromptScore` per request, restarted when the request's tokens
-start again at position 0 (its first prefill chunk, or a recompute); a token-scope condition
-decides each token from its own score.
+:class:`~saesteer.steering.condition.PromptScore` per request, accumulated over the prompt's
+chunks and final once the prompt's last token is read (a recompute after preemption keeps it;
+:mod:`saesteer.vllm.scheduling` puts the prompt of a spec that edits prompt tokens by it in one
+step); a token-scope condition decides each token from its own score.
 
 The front end collects the reports by the request's tag (``extra_args["saesteer_tag"]``, set by
 :class:`saesteer.vllm.requests.ServerSteering` and :class:`saesteer.vllm.SteeredLLM`) through
@@ -26,15 +27,25 @@ from .. import ops
 from ..steering.condition import Condition, PromptScore, token_scores
 from ..steering.spec import InspectSpec, SteerSpec
 
-__all__ = ["RequestState", "ConditionState", "InspectState", "InspectChunk", "child_index", "TAG"]
+__all__ = ["RequestState", "ConditionState", "InspectState", "InspectChunk", "child_index", "prompt_index", "TAG"]
 
 TAG = "saesteer_tag"  # the extra_args key of a request's report tag
 _CHILD = re.compile(r"^(\d+)_")  # vLLM names the children of an n > 1 request "{index}_{parent id}"
+# vLLM's completions server names prompt i of a request "cmpl-{id}-{i}", and its engine adds "-" and
+# 8 random hex digits ("{index}_" in front for a child of an n > 1 request)
+_PROMPT = re.compile(r"^(?:\d+_)?cmpl-.*-(\d+)-[0-9a-f]{8}$")
 
 
 def child_index(req_id: str) -> int:
     """The index of an engine request among its parent's ``n`` completions (0 for a lone request)."""
     m = _CHILD.match(req_id)
+    return int(m.group(1)) if m else 0
+
+
+def prompt_index(req_id: str) -> int:
+    """The index of an engine request's prompt among the prompts of its completions request (0 for
+    any other request: a chat request, or one of SteeredLLM's, which each have a tag of their own)."""
+    m = _PROMPT.match(req_id)
     return int(m.group(1)) if m else 0
 
 
@@ -50,11 +61,12 @@ class ConditionState:
         self.ok: np.ndarray | bool | None = None
         self.forward = -1
         self.decision = False  # prompt scope: the decision after the prompt tokens read so far
+        self.decided = False  # prompt scope: every prompt token was read; the decision is final
 
     def needs_scores(self, pos: np.ndarray, prompt_len: int) -> bool:
         """Whether this forward's tokens (``pos``) must be scored: a prompt-scope decision reads only
-        prompt tokens, so a decode step costs it nothing."""
-        return self.cond.scope == "token" or bool(pos[0] < prompt_len)
+        prompt tokens, once, so a decode step (or a recompute) costs it nothing."""
+        return self.cond.scope == "token" or (not self.decided and bool(pos[0] < prompt_len))
 
     def update(self, scores: np.ndarray | None, pos: np.ndarray, valid: np.ndarray, prompt_len: int, forward: int) -> None:
         """Take this forward's scores of the request's tokens at positions ``pos`` (``valid``: not BOS
@@ -62,13 +74,17 @@ class ConditionState:
         if not self.skip_bos:
             valid = np.ones_like(valid)
         if self.cond.scope == "prompt":
-            if self.prompt is None or pos[0] == 0:
-                self.prompt = PromptScore(self.cond, 1, "cpu")  # the first chunk, or a recompute
+            if self.prompt is None or (pos[0] == 0 and not self.decided):
+                # the first chunk, or a recompute of a prompt that was not read to its end
+                self.prompt = PromptScore(self.cond, 1, "cpu")
                 self.decision = False
             if scores is not None:
                 in_prompt = valid & (pos < prompt_len)
                 self.prompt.update(torch.from_numpy(scores)[None], torch.from_numpy(in_prompt)[None])
                 self.decision = bool(self.prompt.fired[0])
+            # A recompute after preemption keeps the decision read the first time (the tokens
+            # generated since depend on it).
+            self.decided = self.decided or bool(pos[-1] >= prompt_len - 1)
             self.ok = self.decision  # one bool for all the request's tokens (a decode step reads nothing)
         else:
             fired = self.cond.fires(torch.from_numpy(scores)).numpy() & valid
@@ -77,6 +93,11 @@ class ConditionState:
                     self.token_scores[p] = s
             self.ok = fired
         self.forward = forward
+
+    @property
+    def known(self) -> bool:
+        """Whether there is a decision to report: the prompt was read (prompt scope), or a token was."""
+        return self.decided if self.cond.scope == "prompt" else bool(self.token_scores)
 
     def report(self) -> dict:
         out: dict = {"condition": self.cond.to_dict()}
@@ -120,6 +141,7 @@ class InspectState:
     def __init__(self, spec: InspectSpec):
         self.spec = spec
         self.chunks: list[tuple[InspectChunk, int, int]] = []
+        self.sent = -1  # the last position handed out by progress()
 
     def wants(self, pos: np.ndarray, prompt_len: int) -> np.ndarray:
         if self.spec.positions == "prompt":
@@ -132,16 +154,28 @@ class InspectState:
         """Add the rows of this request alone (``ids``/``values`` ``[n, >= k]``)."""
         self.chunks.append((InspectChunk(pos, token_ids, ids, values), 0, len(pos)))
 
-    def report(self) -> dict:
+    def report(self, after: int = -1) -> dict:
+        """The inspected tokens (those after position ``after``), in position order."""
         k = self.spec.k
         tokens: dict[int, tuple] = {}
         for chunk, lo, hi in self.chunks:  # a recompute after preemption overwrites its positions
+            if int(chunk.pos[lo:hi].max(initial=-1)) <= after:
+                continue
             ids, values = chunk.host()
             for p, t, i, v in zip(chunk.pos[lo:hi].tolist(), chunk.tok[lo:hi].tolist(), ids[lo:hi, :k].tolist(),
                                   values[lo:hi, :k].tolist()):
-                tokens[p] = (t, i, v)
+                if p > after:
+                    tokens[p] = (t, i, v)
         rows = [{"position": p, "token_id": t, "ids": i, "values": v} for p, (t, i, v) in sorted(tokens.items())]
         return {**self.spec.to_dict(), "tokens": rows}
+
+    def progress(self) -> dict | None:
+        """The tokens read since the previous call (None: none)."""
+        rep = self.report(self.sent)
+        if not rep["tokens"]:
+            return None
+        self.sent = rep["tokens"][-1]["position"]
+        return rep
 
 
 class RequestState:
@@ -153,6 +187,7 @@ class RequestState:
                                                  for j, s in enumerate(specs) if s.when is not None}
         self.inspects: dict[int, InspectState] = {j: InspectState(s.inspect) for j, s in enumerate(specs)
                                                   if s.inspect is not None}
+        self._sent_when: list | None = None
 
     def report(self) -> dict:
         out: dict = {}
@@ -161,6 +196,21 @@ class RequestState:
         if self.inspects:
             out["inspect"] = [i.report() for i in self.inspects.values()]
         return out
+
+    def progress(self) -> dict | None:
+        """What was read since the previous call, for a streamed chunk (None: nothing new): ``when``,
+        the conditions once known (a prompt-scope decision once the prompt is read; a token-scope
+        condition whenever its count moved), and ``inspect``, per inspection its tokens read since
+        (an entry with no new token has ``"tokens": []``)."""
+        out: dict = {}
+        when = [c.report() for c in self.conds.values() if c.known]
+        if when and when != self._sent_when:
+            out["when"] = self._sent_when = when
+        ins = [i.progress() for i in self.inspects.values()]
+        if any(r is not None for r in ins):
+            out["inspect"] = [r if r is not None else {**i.spec.to_dict(), "tokens": []}
+                              for r, i in zip(ins, self.inspects.values())]
+        return out or None
 
 
 _POSITIONS = {"all": 0, "prompt": 1, "generated": 2}

@@ -15,7 +15,12 @@ the server has a default.
 A spec with a ``when`` or an ``inspect`` is reported back: :meth:`ServerSteering.prepare` tags the
 request (``vllm_xargs["saesteer_tag"]``, with a prefix-cache salt of its own, since the report needs
 every prompt token read), and the server adds the worker's report to each choice of the response
-as ``choices[i].saesteer`` (:func:`add_reports`, :func:`add_stream_reports`).
+as ``choices[i].saesteer`` (:func:`add_reports`): one per prompt and completion (a completions
+request with several prompts and ``n`` has ``choices[p * n + c]``). A stream (:class:`SSEReports`)
+carries in each chunk what was read since the previous one (the decision once the prompt is read,
+the inspection of the tokens read so far) and, in the chunk that ends a choice, its whole report.
+A spec that edits the prompt by a decision read on it is marked for saesteer's scheduler
+(:func:`saesteer.vllm.scheduling.mark`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import uuid
 
 from ..steering.spec import SpecError, SteerSpec, parse_specs, spec_key, spec_salt
 from .reports import TAG
+from .scheduling import WHOLE, mark
 
 __all__ = ["ServerSteering", "SpecError", "error_body", "parse_sae_args", "report_tag", "add_reports", "SSEReports"]
 
@@ -97,7 +103,8 @@ class ServerSteering:
         if xargs is not None and not isinstance(xargs, dict):
             return body  # vLLM rejects it with its own message
         xargs = dict(xargs or {})
-        xargs.pop(TAG, None)  # only the server tags requests
+        xargs.pop(TAG, None)  # only the server tags and marks requests
+        xargs.pop(WHOLE, None)
         given = [where for where, present in (("saesteer", "saesteer" in body), ("vllm_xargs.saesteer", "saesteer" in xargs)) if present]
         if len(given) == 2:
             raise SpecError("saesteer: given both as extra_body 'saesteer' and as vllm_xargs 'saesteer'; pass one")
@@ -108,12 +115,9 @@ class ServerSteering:
             specs = self._default
         if specs:
             xargs["saesteer"] = spec_key(specs)
+            mark(xargs, specs)
             body["cache_salt"] = _salt(body.get("cache_salt"), specs)
             if any(s.reports for s in specs):
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) > 1:
-                    raise SpecError("prompt: a request whose saesteer spec has a when or an inspect takes one prompt "
-                                    f"(got {len(prompt)}); send one request per prompt")
                 tag = xargs[TAG] = uuid.uuid4().hex
                 body["cache_salt"] = f"{body['cache_salt']}-{tag}"
         if xargs:
@@ -166,12 +170,14 @@ def add_reports(payload: dict, reports: list) -> dict:
 
 
 class SSEReports:
-    """A streamed response's events rewritten: the chunk that ends a choice (its ``finish_reason``
-    set) carries that choice's report as ``choices[i].saesteer``. ``fetch(index)`` is an async
-    function returning the report of completion ``index``."""
+    """A streamed response's events rewritten: each chunk of a choice carries, as
+    ``choices[i].saesteer``, what the workers read for it since its previous chunk (``progress(index)``,
+    None: nothing new), and the chunk that ends a choice (its ``finish_reason`` set) its whole
+    report (``fetch(index)``). Both are async functions of the choice index."""
 
-    def __init__(self, fetch):
+    def __init__(self, fetch, progress=None):
         self.fetch = fetch
+        self.progress = progress
         self.buf = b""
 
     async def feed(self, data: bytes, last: bool) -> bytes:
@@ -194,7 +200,16 @@ class SSEReports:
             return event
         changed = False
         for choice in payload.get("choices") or [] if isinstance(payload, dict) else []:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
             if choice.get("finish_reason") is not None:
-                choice["saesteer"] = await self.fetch(choice.get("index", 0))
+                report = await self.fetch(index)
+            elif self.progress is not None:
+                report = await self.progress(index)
+            else:
+                continue
+            if report is not None:
+                choice["saesteer"] = report
                 changed = True
         return b"data: " + json.dumps(payload).encode() if changed else event

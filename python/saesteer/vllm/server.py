@@ -28,6 +28,7 @@ from ..steering.spec import from_spec_file
 from .graphs import cuda_graph_settings
 from .overrides import steered_overrides
 from .requests import ServerSteering, SpecError, SSEReports, add_reports, error_body, parse_sae_args, report_tag
+from .scheduling import check_scheduler_cls, guard_prompt_budget, step_budget
 from .sources import sae_site, site_layer, source_dir
 from .worker import EXTENSION
 
@@ -45,13 +46,16 @@ class SteeringMiddleware:
     saesteer_failures`) says whether its edit produced non-finite hidden states; if so the client
     gets a 400 naming ``saesteer`` instead of the reply (streamed: an error event before
     ``[DONE]``). A request whose spec has a ``when`` or an ``inspect`` gets the workers' report
-    (``fetch``: :meth:`WorkerExtension.saesteer_reports`) in each choice, as ``choices[i].saesteer``."""
+    (``fetch``: :meth:`WorkerExtension.saesteer_reports`) in each choice, as ``choices[i].saesteer``;
+    streamed, each chunk also carries what was read since the previous one (``progress``:
+    :meth:`WorkerExtension.saesteer_progress`)."""
 
-    def __init__(self, app, steering: ServerSteering, failures=None, fetch=None):
+    def __init__(self, app, steering: ServerSteering, failures=None, fetch=None, progress=None):
         self.app = app
         self.steering = steering
         self.failures = failures  # async () -> {engine request id: message}
         self.fetch = fetch  # async (items) -> the workers' reports (WorkerExtension.saesteer_reports)
+        self.progress = progress  # async (items) -> what they read since (WorkerExtension.saesteer_progress)
         self._failed: dict[str, str] = {}
 
     async def __call__(self, scope, receive, send):
@@ -80,6 +84,7 @@ class SteeringMiddleware:
             steered = "saesteer" in (body.get("vllm_xargs") or {})
             raw = json.dumps(body).encode()
             tag = report_tag(body) if self.fetch is not None else None
+            n = body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(raw)).encode()))
         if steered and self.failures is not None:
@@ -98,18 +103,25 @@ class SteeringMiddleware:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send if tag is None else self._with_reports(send, tag))
+        return await self.app(scope, replay, send if tag is None else self._with_reports(send, tag, n))
 
-    def _with_reports(self, send, tag: str):
+    def _with_reports(self, send, tag: str, n: int = 1):
         """``send`` with the request's reports added to its response: each choice of a JSON response,
-        or the chunk that ends each choice of a stream (see :mod:`saesteer.vllm.requests`)."""
-        fetch = self.fetch
+        or each chunk of a stream (see :mod:`saesteer.vllm.requests`). Choice ``i`` is completion
+        ``i % n`` of prompt ``i // n``."""
+        fetch, progress = self.fetch, self.progress
         state = {"mode": None, "start": None, "body": b""}
 
-        async def one(index: int):
-            return (await fetch([(tag, index)])).get(f"{tag}/{index}")
+        def item(index: int) -> tuple[str, int, int]:
+            return (tag, *divmod(index, n))
 
-        sse = SSEReports(one)
+        async def one(index: int):
+            return (await fetch([item(index)])).get("{}/{}/{}".format(*item(index)))
+
+        async def since(index: int):
+            return (await progress([item(index)])).get("{}/{}/{}".format(*item(index)))
+
+        sse = SSEReports(one, since if progress is not None else None)
 
         async def wrapped(msg):
             if msg["type"] == "http.response.start":
@@ -195,9 +207,9 @@ async def _respond(send, status: int, body: bytes):
     await send({"type": "http.response.body", "body": body})
 
 
-def add_routes(app, steering: ServerSteering, failures=None, fetch=None) -> None:
+def add_routes(app, steering: ServerSteering, failures=None, fetch=None, progress=None) -> None:
     """``GET /v1/saesteer`` and ``PUT /v1/saesteer/default`` on a FastAPI app, plus the middleware
-    (``failures`` and ``fetch``: see :class:`SteeringMiddleware`)."""
+    (``failures``, ``fetch`` and ``progress``: see :class:`SteeringMiddleware`)."""
     async def describe():
         return JSONResponse(steering.describe())
 
@@ -213,7 +225,7 @@ def add_routes(app, steering: ServerSteering, failures=None, fetch=None) -> None
     # vLLM's app has built its middleware stack by now (add_middleware is refused after that), so
     # the steering middleware wraps the built stack: it is the outermost layer.
     stack = app.middleware_stack or app.build_middleware_stack()
-    app.middleware_stack = SteeringMiddleware(stack, steering, failures, fetch)
+    app.middleware_stack = SteeringMiddleware(stack, steering, failures, fetch, progress)
 
 
 def _read_default(text: str | None):
@@ -272,6 +284,7 @@ def resolve(args) -> tuple[dict[str, str], object]:
     if args.worker_extension_cls not in ("", None, EXTENSION):
         raise SpecError(f"--worker-extension-cls: saesteer serve needs {EXTENSION}, got {args.worker_extension_cls!r}")
     args.worker_extension_cls = EXTENSION
+    args.scheduler_cls = check_scheduler_cls(getattr(args, "scheduler_cls", None), "--scheduler-cls")
     if getattr(args, "api_server_count", None) not in (None, 1):
         raise SpecError("--api-server-count: saesteer serve runs one API server process (the default steering lives there)")
     args.api_server_count = 1
@@ -307,6 +320,7 @@ async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> 
     listen_address, sock = setup_server(args, reuse_port=False)
     async with entry.build_async_engine_client(args) as engine:
         shapes = (await engine.collective_rpc("saesteer_install", args=(saes,)))[0]
+        guard_prompt_budget(engine.input_processor, step_budget(engine.vllm_config))
         limits = (await engine.collective_rpc("saesteer_value_limits"))[0]
         try:
             steering = ServerSteering(shapes, default, layers, limits)
@@ -322,9 +336,12 @@ async def serve(args, saes: dict[str, str], default, layers: dict[str, int]) -> 
             # answered between two steps), after the request's last token: the report is complete.
             return (await engine.collective_rpc("saesteer_reports", args=(items,)))[0]
 
+        async def progress(items):
+            return (await engine.collective_rpc("saesteer_progress", args=(items,)))[0]
+
         def build_steered_app(*a, **k):
             app = build_app(*a, **k)
-            add_routes(app, steering, failures, fetch)
+            add_routes(app, steering, failures, fetch, progress)
             return app
 
         entry.build_app = build_steered_app  # build_and_serve looks it up in its own module

@@ -27,7 +27,7 @@ from ..steering import SAESteerer
 from ..steering.spec import SpecError, bos_token_mask, parse_specs
 from .graphs import check_graph_mode
 from .model import EDITS
-from .reports import TAG, LayerReads, RequestState, child_index
+from .reports import TAG, LayerReads, RequestState, child_index, prompt_index
 from .sources import read_sae, site_layer
 
 __all__ = ["EXTENSION", "WorkerExtension", "LayerHook"]
@@ -142,26 +142,39 @@ class WorkerExtension:
 
     def saesteer_reports(self, tags: list) -> dict:
         """The reports of the requests tagged ``tags`` (their ``extra_args["saesteer_tag"]``): per
-        tag, a list with one entry per completion (``n`` > 1: in index order), each ``{"when":
-        [...], "inspect": [...]}`` (see :mod:`saesteer.vllm.reports`). An item ``(tag, index)``
-        asks for one completion's report alone (a stream whose other completions go on), keyed
-        ``"tag/index"``. Reports are forgotten once read."""
+        tag, a list with one entry per prompt and completion, in the order of a completions
+        response's choices (prompt by prompt; ``n`` > 1: completion index within), each ``{"when":
+        [...], "inspect": [...]}`` (see :mod:`saesteer.vllm.reports`). An item ``(tag, prompt,
+        completion)`` asks for one choice's report alone (a stream whose other choices go on), keyed
+        ``"tag/prompt/completion"``. Reports are forgotten once read."""
         out = {}
         for item in tags:
-            tag, index = (item, None) if isinstance(item, str) else (item[0], int(item[1]))
+            tag, want = (item, None) if isinstance(item, str) else (item[0], (int(item[1]), int(item[2])))
             rids = self._saesteer_tags.get(tag, [])
-            take = [r for r in rids if index is None or child_index(r) == index]
+            take = [r for r in rids if want is None or _choice(r) == want]
             rest = [r for r in rids if r not in take]
             if rest:
                 self._saesteer_tags[tag] = rest
             else:
                 self._saesteer_tags.pop(tag, None)
-            states = sorted(((child_index(r), self._saesteer_states.pop(r, None)) for r in take), key=lambda t: t[0])
+            states = sorted(((_choice(r), self._saesteer_states.pop(r, None)) for r in take), key=lambda t: t[0])
             reps = [st.report() for _, st in states if st is not None]
-            if index is None:
+            if want is None:
                 out[tag] = reps
             else:
-                out[f"{tag}/{index}"] = reps[0] if reps else None
+                out["{}/{}/{}".format(tag, *want)] = reps[0] if reps else None
+        return out
+
+    def saesteer_progress(self, items: list) -> dict:
+        """For each ``(tag, prompt, completion)``: what its request read since the previous call
+        (:meth:`saesteer.vllm.reports.RequestState.progress`; None: nothing new, or not scheduled
+        yet), keyed ``"tag/prompt/completion"``. The report stays for :meth:`saesteer_reports`."""
+        out = {}
+        for tag, p, c in items:
+            want = (int(p), int(c))
+            rid = next((r for r in self._saesteer_tags.get(tag, ()) if _choice(r) == want), None)
+            st = None if rid is None else self._saesteer_states.get(rid)
+            out[f"{tag}/{p}/{c}"] = None if st is None else st.progress()
         return out
 
     def saesteer_shapes(self) -> dict[str, int]:
@@ -406,6 +419,11 @@ class WorkerExtension:
         for (r, _), ok in zip(sb.gates, oks):  # token scope: a decision per token
             out[step.starts[r]:step.starts[r + 1]] &= ok
         return out
+
+
+def _choice(req_id: str) -> tuple[int, int]:
+    """An engine request's place among its front-end request's choices: (prompt, completion)."""
+    return prompt_index(req_id), child_index(req_id)
 
 
 def stream_bound(dtype_max: float, d_model: int) -> float:
