@@ -214,7 +214,8 @@ def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, li
 
 def _run(args) -> int:
     from ..refusal.discover import discover
-    from ..refusal.report import feature_text, write_discover_outputs, write_json
+    from ..refusal.discover import write_discover_outputs
+    from ..refusal.report import feature_text, write_json
     from ..refusal.saeset import SAESet
     from ..refusal.spec import absolute_ref
 
