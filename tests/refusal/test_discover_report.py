@@ -79,6 +79,20 @@ def test_report_renders_every_section_from_the_typed_results(tiny_discover):
         assert (out / name).stat().st_size > 0
 
 
+def test_summary_prints_each_selection_and_condition(tiny_discover):
+    from saesteer.refusal.discover import summary_lines
+
+    typed = tiny_discover[0].typed
+    lines = summary_lines(typed)
+    c = typed.verification.asr.conditions
+    assert lines[0] == "WARNING: these results are not meaningful:"
+    assert f"unsteered: {typed.refusal.n_refused}/3 held-out harmful prompts refused" in lines
+    top = ", ".join(str(g) for g, _ in typed.candidates.top_k)
+    assert f"top 3 by attribution (spec.json): [{top}]" in lines
+    assert any(ln.startswith(f"ASR baseline {c['baseline'].asr:.0%} -> minimal set") and "; top k " in ln
+               and ln.endswith("(4 new tokens, substring judge)") for ln in lines)
+
+
 def test_report_renders_unmeasured_direction_scores_as_a_dash(tiny_discover, tmp_path):
     from saesteer.refusal.discover import discover_plots, discover_report
 

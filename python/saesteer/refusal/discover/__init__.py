@@ -34,7 +34,7 @@ from .direction import DirectionStage, RefusalCheck, direction_stage, refusal_ch
 from .dormant import dormant_stage
 from .interactions import interaction_stage
 from .pipeline import check_inputs, discover
-from .report import discover_plots, discover_report, write_discover_outputs
+from .report import discover_plots, discover_report, summary_lines, write_discover_outputs
 from .results import MIN_BASELINE_REFUSAL, STAGES, DiscoverResult, DiscoverResults, result_warnings
 from .search import SearchStage, search_stage
 from .splits import PromptSplits, filter_splits, split_prompts
@@ -86,6 +86,7 @@ __all__ = [
     "write_discover_outputs",
     "discover_report",
     "discover_plots",
+    "summary_lines",
     "result_warnings",
     "MIN_REFUSAL_RATE",
     "MIN_BASELINE_REFUSAL",

@@ -19,7 +19,7 @@ from .trigger import TriggerStage
 from .verification import PromptSet
 
 __all__ = ["write_discover_outputs", "discover_report", "discover_plots", "per_prompt_lines", "interaction_lines",
-           "trigger_lines", "downstream_lines", "top_feature_table", "edit_verb", "REPORT_STAGES"]
+           "trigger_lines", "downstream_lines", "top_feature_table", "edit_verb", "summary_lines", "REPORT_STAGES"]
 
 #: The stages the report and plots need: written once discover has verified its selection.
 REPORT_STAGES = ("direction", "candidates", "search", "interactions", "verification")
@@ -405,3 +405,39 @@ def discover_report(res: DiscoverResults) -> str:
         lines += [f"- **{prompt_label(p)}**", f"  - unsteered: {before!r}", f"  - minimal set {ed}: {after!r}"]
     lines += ["", f"Total time {res.timings['total']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(res: DiscoverResults) -> list[str]:
+    """What ``saesteer discover`` prints when it finishes: the warnings, the unsteered refusal, the
+    direction, the selected features, the trigger, the ASR of each condition and the features to
+    amplify (every stage through verification)."""
+    _check_stages(res, "summary_lines")
+    valid, warnings = result_warnings(res)
+    text, rc, d = res.feature_text, res.refusal, res.direction.direction
+    ms, cs, a = res.search.pooled.features, res.candidates, res.verification.asr
+    out = [] if valid else ["WARNING: these results are not meaningful:"]
+    out += [f"WARNING: {w}" for w in warnings]
+    out += [f"unsteered: {rc.n_refused}/{rc.n} held-out harmful prompts refused",
+            f"direction: layer {d.layer} position {d.position}",
+            f"minimal set ({len(ms)}): [{', '.join(map(text, ms))}]"]
+    if cs.top_k:
+        out.append(f"top {len(cs.top_k)} by attribution (spec.json): [{', '.join(text(g) for g, _ in cs.top_k)}]")
+    tw = res.trigger.when if res.trigger is not None else None
+    if tw:
+        ch = res.trigger.chosen
+        out.append(f"trigger (spec's when): features [{', '.join(map(str, tw['features']))}], {tw['reduce']} over the prompt > "
+                   f"{tw['threshold']:.3f}; on the val split {ch['tpr']:.0%} of harmful and {ch['fpr']:.0%} of harmless prompts fire")
+    c = a.conditions
+    topk = f"; top k {c['top_k'].asr:.0%}, each prompt's own top k {c['top_k_per_prompt'].asr:.0%}" if "top_k" in c else ""
+    out.append(f"ASR baseline {c['baseline'].asr:.0%} -> minimal set {c['minimal_set'].asr:.0%} -> with interactions "
+               f"{c['with_interactions'].asr:.0%}{topk} ({a.max_new_tokens} new tokens, substring judge)")
+    out.append(f"  of which degenerate replies: {c['baseline'].degenerate:.0%} -> {c['minimal_set'].degenerate:.0%} -> "
+               f"{c['with_interactions'].degenerate:.0%}")
+    if res.amplify is not None and res.amplify.features:
+        am = res.amplify
+        out.append(f"refusal feature(s) to amplify: [{', '.join(map(text, am.features))}] "
+                   f"(clamp values {', '.join(f'{v:.2f}' for v in am.values)}; amplify_spec.json)")
+    for x in res.dormant_downstream or []:
+        out.append(f"dormant downstream: {len(x['dormant'])} features of {x['read']} wake with {x['edited']}'s part edited "
+                   f"(its codes change {x['mean_abs_change']:.0%}, {x['n_silenced']} features silenced)")
+    return out
