@@ -6,7 +6,7 @@ anything."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -165,10 +165,10 @@ class DiscoverResults:
             r["interactions_detail"] = it
         if self.verification is not None:
             vs = self.verification
-            r["direction"]["generation"] = vs.direction_generation.to_dict()
-            r["capability"] = None if vs.capability is None else vs.capability.to_dict()
+            r["direction"]["generation"] = asdict(vs.direction_generation)
+            r["capability"] = None if vs.capability is None else asdict(vs.capability)
             r["minimal_set_heldout_flip_rate"] = vs.minimal_set_heldout_flip_rate
-            r["per_prompt_sets"] = [{**pp.to_dict(), "features": self.names(pp.features), "score_minimal": self.names(pp.score_minimal)}
+            r["per_prompt_sets"] = [{**asdict(pp), "features": self.names(pp.features), "score_minimal": self.names(pp.score_minimal)}
                                     for pp in vs.per_prompt]
             r["asr"] = vs.asr.to_dict()
             r["asr_curve"] = vs.curve

@@ -5,7 +5,7 @@ confirmed by generation, the direction judged by generation, and capability."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 from ...hf import add_direction
@@ -71,9 +71,6 @@ class PromptSet:
     reply_ablated: str
     complied_by_generation: bool
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class DirectionGeneration:
@@ -90,9 +87,6 @@ class DirectionGeneration:
     harmless_refusal_added_prompt: float
     harmless_degenerate_added_prompt: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class Capability:
@@ -102,9 +96,6 @@ class Capability:
     n: int
     unsteered: float
     minimal_set_ablated: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
