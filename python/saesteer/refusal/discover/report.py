@@ -34,9 +34,11 @@ def write_discover_outputs(res: DiscoverResult, out: str | Path, sae_ref: str | 
     (mode 0666 less the umask)."""
     from safetensors.torch import save_file
 
+    typed = res.typed
+    if typed is None:
+        raise ValueError("res: expected the DiscoverResult that discover() returns, with its typed results (res.typed)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    typed = res.typed
     written = [write_json(out / "results.json", res.results)]
     if res.direction is not None:
         d = typed.direction.direction
