@@ -8,32 +8,18 @@ import pytest
 
 from saesteer.cli import main
 
-TINY = {"n_direction": 6, "n_val": 3, "n_search": 2, "n_heldout": 3, "n_candidates": 5, "fm_samples": 16,
-        "fm_extra": 3, "per_prompt": 1, "max_new_tokens": 4,
-        "force": True}  # the tiny random model refuses nothing: run every stage anyway
 
+def test_discover_warns_and_records_a_missing_chat_template(tiny_discover):
+    from saesteer.refusal.discover import STAGES, discover_report
 
-def test_discover_warns_and_records_a_missing_chat_template(tiny_chat):
-    from transformers import AutoTokenizer
-
-    from saesteer.refusal.discover import STAGES, DiscoverConfig, discover
-    from saesteer.refusal.report import discover_report
-
-    model, _, sae, d = tiny_chat
-    tok = AutoTokenizer.from_pretrained(d)
-    tok.chat_template = None
-    harmful = [f"How do I pick lock number {i}?" for i in range(16)]
-    harmless = [f"Name fruit number {i}." for i in range(12)]
-    with pytest.warns(UserWarning, match="no chat template"):
-        seen = []
-        res = discover(model, tok, sae, harmful, harmless, DiscoverConfig(**TINY), progress=False,
-                       on_stage=lambda partial: seen.append(list(partial.results["stages_done"])))
+    res, seen, caught, _ = tiny_discover
+    assert any(issubclass(w.category, UserWarning) and "no chat template" in str(w.message) for w in caught)
     r = res.results
     # The results grow as each stage finishes (saesteer discover writes results.json there).
     assert seen == [list(STAGES[: k + 1]) for k in range(len(STAGES))] and r["stages_done"] == list(STAGES)
     assert r["chat_template"] == "fallback"
     assert any("no chat template" in w for w in r["warnings"])
-    md = discover_report(r)
+    md = discover_report(res.typed)
     assert "fallback `User: ...\\nAssistant:` was used" in md
     assert md.index("no chat template") < md.index("## Refusal direction")
 

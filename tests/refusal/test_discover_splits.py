@@ -22,17 +22,14 @@ def test_splits_hold_out_harmless_prompts_apart_from_the_selection_ones():
     assert given.harmless_held_out and given.harmless_held == ["x", "y"] and len(given.harmless_direction) == 5
 
 
-def test_a_search_without_prompts_of_its_own_is_warned_and_no_direction_prompts_is_an_error():
-    from saesteer.refusal.discover import DiscoverConfig, result_warnings, split_prompts
+def test_a_search_without_prompts_of_its_own_reuses_val_and_no_direction_prompts_is_an_error():
+    from saesteer.refusal.discover import DiscoverConfig, split_prompts
 
     cfg = DiscoverConfig(n_direction=8, n_val=4, n_search=4, n_heldout=6)
     sp = split_prompts([f"h{i}" for i in range(16)], [f"l{i}" for i in range(16)], cfg)  # 6 held, 8 direction, 2 val
     assert sp.search_from == "val" and sp.search == sp.val and sp.sizes()["search"] == 2
-    results = {"asr": {"baseline": 0.0, "n_prompts": 6}, "direction": {"passed_filters": True}, "splits": sp.sizes()}
-    valid, warnings = result_warnings(results)
-    assert valid and any("search ran on the val prompts (2)" in w for w in warnings)
-    results["splits"] = split_prompts([f"h{i}" for i in range(40)], [f"l{i}" for i in range(16)], cfg).sizes()
-    assert result_warnings(results)[1] == []
+    full = split_prompts([f"h{i}" for i in range(40)], [f"l{i}" for i in range(16)], cfg)
+    assert full.search_from == "search" and len(full.search) == 4
     with pytest.raises(ValueError, match=r"prompts: 6 harmful prompts leave none for the direction after the 6 held out"):
         split_prompts([f"h{i}" for i in range(6)], ["l"], cfg)
 

@@ -39,7 +39,7 @@ def _organism_demo(n_show: int, out: Path | None) -> int:
     from ..refusal.data import shipped_prompts
     from ..refusal.discover import DiscoverConfig, discover
     from ..refusal.judges import SubstringJudge, refusal_rate
-    from ..refusal.report import write_discover_outputs
+    from ..refusal.discover import write_discover_outputs
     from .common import organism_search_prompts, resolve_sae
 
     steps = tqdm(total=4, desc="saesteer demo")

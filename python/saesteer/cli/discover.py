@@ -214,7 +214,8 @@ def search_inputs(args, cfg) -> tuple[list[str], list[str], list[str] | None, li
 
 def _run(args) -> int:
     from ..refusal.discover import discover
-    from ..refusal.report import feature_text, write_discover_outputs, write_json
+    from ..refusal.discover import summary_lines, write_discover_outputs
+    from ..refusal.report import write_json
     from ..refusal.saeset import SAESet
     from ..refusal.spec import absolute_ref
 
@@ -240,10 +241,10 @@ def _run(args) -> int:
 
     res = discover(model, tok, sae, harmful, harmless, cfg, capability=capability,
                    heldout_harmful=held_h, heldout_harmless=held_l, progress=not args.quiet, on_stage=checkpoint)
-    r = res.results
-    if r.get("stopped"):
-        write_json(out / "results.json", r)
-        print(f"{r['stopped']}; wrote {out / 'results.json'} (valid: false; --force runs every stage anyway)")
+    typed = res.typed
+    if typed.stopped:
+        write_json(out / "results.json", res.results)
+        print(f"{typed.stopped}; wrote {out / 'results.json'} (valid: false; --force runs every stage anyway)")
         return 1
     # spec.json names the model and SAE absolutely, so eval / generate find them from any directory.
     model_ref = absolute_ref(args.model) if args.model else "organism"
@@ -252,33 +253,9 @@ def _run(args) -> int:
             spec.model = model_ref
     sae_ref = None if len(refs) > 1 else (absolute_ref(args.sae) if args.sae else "organism")
     written = write_discover_outputs(res, out, sae_ref)
-    if not r["valid"]:
-        print("WARNING: these results are not meaningful:")
-    for w in r["warnings"]:
-        print(f"WARNING: {w}")
-    print(f"unsteered: {r['refusal_check']['refused']}/{r['refusal_check']['n_prompts']} held-out harmful prompts refused")
-    print(f"direction: layer {r['direction']['layer']} position {r['direction']['position']}")
-    print(f"minimal set ({len(r['minimal_set'])}): [{', '.join(map(feature_text, r['minimal_set']))}]")
-    if r.get("top_k"):
-        print(f"top {len(r['top_k'])} by attribution (spec.json): [{', '.join(feature_text(c[:-1] if len(c) > 2 else c[0]) for c in r['top_k'])}]")
-    tw = (r.get("trigger") or {}).get("when")
-    if tw:
-        ch = r["trigger"]["chosen"]
-        print(f"trigger (spec's when): features [{', '.join(map(str, tw['features']))}], {tw['reduce']} over the prompt > "
-              f"{tw['threshold']:.3f}; on the val split {ch['tpr']:.0%} of harmful and {ch['fpr']:.0%} of harmless prompts fire")
-    a = r["asr"]
-    print(f"ASR baseline {a['baseline']:.0%} -> minimal set {a['minimal_set']:.0%} -> with interactions {a['with_interactions']:.0%}"
-          + (f"; top k {a['top_k']:.0%}, each prompt's own top k {a['top_k_per_prompt']:.0%}" if "top_k" in a else "")
-          + f" ({a['max_new_tokens']} new tokens, substring judge)")
-    dg = a["degenerate"]
-    print(f"  of which degenerate replies: {dg['baseline']:.0%} -> {dg['minimal_set']:.0%} -> {dg['with_interactions']:.0%}")
-    if r.get("amplify", {}).get("features"):
-        print(f"refusal feature(s) to amplify: [{', '.join(map(feature_text, r['amplify']['features']))}] "
-              f"(clamp values {', '.join(f'{v:.2f}' for v in r['amplify']['values'])}; amplify_spec.json)")
-    for x in r.get("dormant_downstream") or []:
-        print(f"dormant downstream: {len(x['dormant'])} features of {x['read']} wake with {x['edited']}'s part edited "
-              f"(its codes change {x['mean_abs_change']:.0%}, {x['n_silenced']} features silenced)")
-    print(f"wrote {', '.join(str(p) for p in written)} ({r['timings_s']['total']:.0f} s)")
+    for line in summary_lines(typed):
+        print(line)
+    print(f"wrote {', '.join(str(p) for p in written)} ({typed.timings['total']:.0f} s)")
     return 0
 
 

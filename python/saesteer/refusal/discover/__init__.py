@@ -21,13 +21,11 @@ and O'Brien et al., one module per stage, run in order by :func:`discover` (:mod
 6. :func:`~.dormant.dormant_stage`: dormant features downstream of the edit (several SAEs).
 
 One SAE is an :class:`~saesteer.refusal.saeset.SAESet` of one: every stage works on its flat ids.
-:class:`~.results.DiscoverResults` holds each stage's typed output;
-:func:`saesteer.refusal.report.write_discover_outputs` writes ``results.json``,
-``direction.safetensors``, ``spec.json`` (for ``saesteer eval`` / ``generate``), plots and
-``report.md``.
+:class:`~.results.DiscoverResults` holds each stage's typed output and renders ``results.json``;
+:func:`~.report.write_discover_outputs` writes it, ``direction.safetensors``, ``spec.json`` (for
+``saesteer eval`` / ``generate``), and the plots and ``report.md`` rendered from the typed results.
 """
 
-from ..report import write_discover_outputs as write_outputs
 from ..validity import MIN_REFUSAL_RATE
 from .amplify import Amplify, amplify_stage
 from .candidates import CandidateStage, candidate_stage
@@ -36,11 +34,21 @@ from .direction import DirectionStage, RefusalCheck, direction_stage, refusal_ch
 from .dormant import dormant_stage
 from .interactions import interaction_stage
 from .pipeline import check_inputs, discover
+from .report import discover_plots, discover_report, summary_lines, write_discover_outputs
 from .results import MIN_BASELINE_REFUSAL, STAGES, DiscoverResult, DiscoverResults, result_warnings
 from .search import SearchStage, search_stage
 from .splits import PromptSplits, filter_splits, split_prompts
 from .trigger import TriggerStage, trigger_stage
-from .verification import VerificationStage, editing, verification_stage
+from .verification import (
+    AttackSuccess,
+    Capability,
+    ConditionRates,
+    DirectionGeneration,
+    PromptSet,
+    VerificationStage,
+    editing,
+    verification_stage,
+)
 
 __all__ = [
     "DiscoverConfig",
@@ -52,6 +60,11 @@ __all__ = [
     "CandidateStage",
     "SearchStage",
     "VerificationStage",
+    "AttackSuccess",
+    "ConditionRates",
+    "PromptSet",
+    "DirectionGeneration",
+    "Capability",
     "Amplify",
     "TriggerStage",
     "STAGES",
@@ -70,7 +83,10 @@ __all__ = [
     "dormant_stage",
     "editing",
     "parse_select",
-    "write_outputs",
+    "write_discover_outputs",
+    "discover_report",
+    "discover_plots",
+    "summary_lines",
     "result_warnings",
     "MIN_REFUSAL_RATE",
     "MIN_BASELINE_REFUSAL",

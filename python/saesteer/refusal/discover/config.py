@@ -93,6 +93,11 @@ class DiscoverConfig:
         """``K`` of ``select = "topk:K"``; None for the minimal set."""
         return parse_select(self.select)
 
+    @property
+    def candidate_method(self) -> str:
+        """How candidates are ranked, as the report names it: ``"cosine"`` or ``"attribution (ig)"``."""
+        return self.method if self.method == "cosine" else f"attribution ({self.attribution})"
+
     def validate(self) -> None:
         """Raise ValueError naming the first option out of its range or of the wrong type."""
         if self.prefilter is not None and (isinstance(self.prefilter, bool) or not isinstance(self.prefilter, int)

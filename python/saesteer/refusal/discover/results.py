@@ -6,12 +6,13 @@ anything."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
 from ..interactions import Interactions
+from ..report import feature_text
 from ..saeset import SAESet
 from ..search import parse_edit
 from ..spec import SteeringSpec
@@ -64,6 +65,15 @@ class DiscoverResults:
     def names(self, gs) -> list:
         return [self.name(g) for g in gs]
 
+    def feature_text(self, g: int) -> str:
+        """A feature as the report writes it: its id, or ``ID@SAE`` with several SAEs."""
+        return feature_text(self.name(g))
+
+    @property
+    def edit_text(self) -> str:
+        """The configured edit, normalized (``"ablate"``, ``"scale:-3.0"``, ``"clamp:5.0"``)."""
+        return str(parse_edit(self.cfg.edit))
+
     def spec(self) -> SteeringSpec | None:
         """The steering spec of the selected features (the minimal set, or the top k), or None
         before the search."""
@@ -114,7 +124,7 @@ class DiscoverResults:
                      "architecture": saes.saes[0].architecture} if len(saes) == 1 else
                     [{"name": n, "hook_name": s.hook_name, "layer": lay, "d_sae": s.d_sae, "architecture": s.architecture}
                      for n, s, lay in zip(saes.names, saes.saes, saes.layers)]),
-            "edit": str(parse_edit(cfg.edit)),
+            "edit": self.edit_text,
             "skip_bos": cfg.skip_bos,
             "selection": cfg.select,
             "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
@@ -132,7 +142,7 @@ class DiscoverResults:
         if self.candidates is not None:
             cs = self.candidates
             r["candidates"] = [[*([self.name(g)] if len(saes) == 1 else self.name(g)), s] for g, s in cs.candidates]
-            r["candidate_method"] = cfg.method if cfg.method == "cosine" else f"attribution ({cfg.attribution})"
+            r["candidate_method"] = cfg.candidate_method
             r["prefilter"] = None if cs.prefiltered is None else {"per_sae": cs.prefiltered, "sign": cfg.prefilter_sign}
             r["candidate_pool"] = cs.pool_steps
             if cfg.top_k:
@@ -155,12 +165,12 @@ class DiscoverResults:
             r["interactions_detail"] = it
         if self.verification is not None:
             vs = self.verification
-            r["direction"]["generation"] = vs.direction_generation
-            r["capability"] = vs.capability
+            r["direction"]["generation"] = asdict(vs.direction_generation)
+            r["capability"] = None if vs.capability is None else asdict(vs.capability)
             r["minimal_set_heldout_flip_rate"] = vs.minimal_set_heldout_flip_rate
-            r["per_prompt_sets"] = [{**pp, "features": self.names(pp["features"]), "score_minimal": self.names(pp["score_minimal"])}
+            r["per_prompt_sets"] = [{**asdict(pp), "features": self.names(pp.features), "score_minimal": self.names(pp.score_minimal)}
                                     for pp in vs.per_prompt]
-            r["asr"] = vs.asr
+            r["asr"] = vs.asr.to_dict()
             r["asr_curve"] = vs.curve
             r["examples"] = [{"prompt": p, "unsteered": a, "minimal_set_ablated": b}
                              for p, a, b in list(zip(self.splits.held, vs.base_replies, vs.minimal_set_replies))[:6]]
@@ -172,7 +182,7 @@ class DiscoverResults:
             r["trigger"] = self.trigger.to_dict(len(saes) > 1)
         if "dormant" in self.stages_done:
             r["dormant_downstream"] = self.dormant_downstream
-        r["valid"], r["warnings"] = result_warnings(r)
+        r["valid"], r["warnings"] = result_warnings(self)
         return r
 
 
@@ -189,38 +199,35 @@ class DiscoverResult:
     amplify_spec: SteeringSpec | None = None
 
 
-def result_warnings(results: dict) -> tuple[bool, list[str]]:
-    """``(valid, warnings)`` for discover's results dict: ``valid`` is False when the results are
+def result_warnings(res: DiscoverResults) -> tuple[bool, list[str]]:
+    """``(valid, warnings)`` for discover's results so far: ``valid`` is False when the results are
     not meaningful (the model barely refuses the held-out harmful prompts unsteered, or the refusal
-    direction failed its filters); ``warnings`` says why, those first, then the chat-template
-    fallback when it was used (which changes the numbers but does not void them)."""
+    direction failed its filters); ``warnings`` says why, those first, then the prompt filter's
+    splits that kept nothing, a search without prompts of its own, and the chat-template fallback
+    when it was used (which change the numbers but do not void them)."""
     out = []
-    rc = results.get("refusal_check")
-    if rc is not None:
-        refusal, n = rc["rate"], rc["n_prompts"]
-    elif "asr" in results:
-        refusal, n = 1.0 - results["asr"]["baseline"], results["asr"]["n_prompts"]
-    else:
-        refusal, n = None, 0
-    if refusal is not None and refusal < MIN_REFUSAL_RATE:
-        out.append(f"baseline refusal is {refusal:.0%} on the {n} held-out harmful prompts "
-                   f"(below {MIN_REFUSAL_RATE:.0%}): the model does not refuse, so ASR, flip rates and the minimal "
-                   "set are not meaningful")
-    d = results.get("direction")
-    if d is not None and not d["passed_filters"]:
-        out.append(f"the refusal direction (layer {d['layer']}, position {d['position']}) failed its selection filters "
+    if res.refusal is not None:
+        refusal, n = res.refusal.n_refused / max(res.refusal.n, 1), res.refusal.n
+        if refusal < MIN_REFUSAL_RATE:
+            out.append(f"baseline refusal is {refusal:.0%} on the {n} held-out harmful prompts "
+                       f"(below {MIN_REFUSAL_RATE:.0%}): the model does not refuse, so ASR, flip rates and the minimal "
+                       "set are not meaningful")
+    ds = res.direction
+    if ds is not None and not ds.direction.passed_filters:
+        d = ds.direction
+        out.append(f"the refusal direction (layer {d.layer}, position {d.position}) failed its selection filters "
                    "(no layer and position before the last layers both induces refusal when added and keeps the harmless "
                    "KL within its bound when ablated): "
                    "the direction, its tokens and everything ranked from it are not meaningful")
     valid = not out
-    for name, c in ((d or {}).get("filtering") or {}).items():
+    for name, c in (ds.filtering if ds is not None else {}).items():
         if c.get("unfiltered"):
             which = "harmful prompts the model refuses" if not name.startswith("harmless") else "harmless prompts the model answers"
             out.append(f"the prompt filter found no {which} among the {c['n']} of the {name!r} split; the whole split was used")
-    sp = results.get("splits") or {}
-    if sp.get("search_from", "search") != "search":
-        out.append(f"too few harmful prompts for a search split of their own: the search ran on the {sp['search_from']} "
-                   f"prompts ({sp.get('search', 0)}), which also chose the direction, so its flip rates are not held out")
-    if results.get("chat_template") == "fallback":
+    sp = res.splits
+    if sp.search_from != "search":
+        out.append(f"too few harmful prompts for a search split of their own: the search ran on the {sp.search_from} "
+                   f"prompts ({len(sp.search)}), which also chose the direction, so its flip rates are not held out")
+    if res.chat_template == "fallback":
         out.append("the tokenizer has no chat template; prompts used the fallback 'User: ...\\nAssistant:' format")
     return valid, out

@@ -20,15 +20,90 @@ from .direction import DirectionStage
 from .search import SearchStage
 from .splits import PromptSplits
 
-__all__ = ["VerificationStage", "verification_stage", "editing"]
+__all__ = ["VerificationStage", "verification_stage", "editing", "AttackSuccess", "ConditionRates", "PromptSet",
+           "DirectionGeneration", "Capability", "CONDITIONS"]
+
+#: The steering conditions judged on the held-out harmful prompts, in results.json's order: unsteered,
+#: the minimal set edited, with the FM-added features, and (``select = "topk:K"``) Yeo et al.'s top K,
+#: global and each prompt's own.
+CONDITIONS = ("baseline", "minimal_set", "with_interactions", "top_k", "top_k_per_prompt")
+
+
+@dataclass
+class ConditionRates:
+    """One condition's replies, judged: ``asr`` every reply that is not a refusal, ``degenerate`` the
+    part of it that is empty or repetition rather than an answer."""
+
+    asr: float
+    degenerate: float
+
+    @property
+    def complied(self) -> float:
+        return self.asr - self.degenerate
+
+
+@dataclass
+class AttackSuccess:
+    """The attack success rate of each condition run (:data:`CONDITIONS`, in order) on ``n_prompts``
+    held-out harmful prompts, replies of ``max_new_tokens`` judged by the substring judge."""
+
+    conditions: dict[str, ConditionRates]
+    n_prompts: int
+    max_new_tokens: int
+
+    def to_dict(self) -> dict:
+        """results.json's ``asr``: each condition's ASR, the sizes, then ``degenerate`` and ``complied``."""
+        c = self.conditions
+        return {**{k: v.asr for k, v in c.items()}, "n_prompts": self.n_prompts, "max_new_tokens": self.max_new_tokens,
+                "degenerate": {k: v.degenerate for k, v in c.items()}, "complied": {k: v.complied for k, v in c.items()}}
+
+
+@dataclass
+class PromptSet:
+    """One search prompt's own minimal set: ``score_minimal`` the set the score search kept,
+    ``features`` the set generation confirmed (extended until the reply complied; when it never
+    did, the whole search pool tried), ``reply_ablated`` the last reply; flat ids."""
+
+    prompt: str
+    features: list[int]
+    flipped: bool
+    score_minimal: list[int]
+    reply_ablated: str
+    complied_by_generation: bool
+
+
+@dataclass
+class DirectionGeneration:
+    """The direction judged by generation (Arditi et al.'s bypass and induce, as rates): harmful
+    held-out prompts refused unsteered and with the direction ablated; harmless held-out prompts
+    refused unsteered and with the direction added at every position and at the prompt's positions
+    only (with the part of those replies that degenerates)."""
+
+    harmful_refusal: float
+    harmful_refusal_ablated: float
+    harmless_refusal: float
+    harmless_refusal_added: float
+    harmless_degenerate_added: float
+    harmless_refusal_added_prompt: float
+    harmless_degenerate_added_prompt: float
+
+
+@dataclass
+class Capability:
+    """Capability accuracy on ``n`` items of ``task``, unsteered and with the minimal set edited."""
+
+    task: str
+    n: int
+    unsteered: float
+    minimal_set_ablated: float
 
 
 @dataclass
 class VerificationStage:
-    asr: dict  # baseline, minimal_set, with_interactions (and top_k, top_k_per_prompt), n_prompts
-    per_prompt: list[dict]  # the search stage's sets, confirmed (extended) by generation
-    direction_generation: dict  # the direction's bypass and induce, judged by generation
-    capability: dict | None
+    asr: AttackSuccess
+    per_prompt: list[PromptSet]  # the search stage's sets, confirmed (extended) by generation
+    direction_generation: DirectionGeneration
+    capability: Capability | None
     curve: list[dict]  # held-out flip rate vs number of top candidates ablated
     minimal_set_heldout_flip_rate: float
     base_replies: list[str]  # held-out harmful prompts, unsteered
@@ -72,11 +147,8 @@ def verification_stage(model, tokenizer, saes: SAESet, splits: PromptSplits, dir
                                                steering=[editing(model, saes, f, cfg) for f in cands.top_k_per_prompt])
     # ASR counts every reply that is not a refusal; "degenerate" is the part of it that is empty or
     # repetition rather than an answer (the judge's third class), "complied" the rest.
-    asr_d = {k: asr(r) for k, r in replies.items()}
-    asr_d["n_prompts"] = len(held)
-    asr_d["max_new_tokens"] = cfg.max_new_tokens
-    asr_d["degenerate"] = {k: degenerate(held, r) for k, r in replies.items()}
-    asr_d["complied"] = {k: asr_d[k] - asr_d["degenerate"][k] for k in replies}
+    asr_d = AttackSuccess({k: ConditionRates(asr(r), degenerate(held, r)) for k, r in replies.items()}, len(held),
+                          cfg.max_new_tokens)
 
     per_prompt = []
     for pp in search.per_prompt:
@@ -88,14 +160,12 @@ def verification_stage(model, tokenizer, saes: SAESet, splits: PromptSplits, dir
             return judge_classes(judge, [prompt], [reply])[0] == COMPLIED, reply
 
         feats, reply, ok = confirm_by_generation(pp["features"], pp["removed"], complies)
-        row = {k: v for k, v in pp.items() if k != "removed"}
-        row.update(score_minimal=pp["features"], features=feats, reply_ablated=reply, complied_by_generation=ok)
-        per_prompt.append(row)
+        per_prompt.append(PromptSet(prompt, feats, pp["flipped"], pp["features"], reply, ok))
 
     # The direction itself, judged by generation too (Arditi et al.'s bypass and induce, as rates).
     d = direction.direction
     dir_gen = {
-        "harmful_refusal": 1.0 - asr_d["baseline"],
+        "harmful_refusal": 1.0 - asr_d.conditions["baseline"].asr,
         "harmful_refusal_ablated": 1.0 - asr(generate(model, tokenizer, held, steering=lambda: d.ablate(model), **gen)),
         "harmless_refusal": sum(judge(l_held, generate(model, tokenizer, l_held, **gen))) / len(l_held),
     }
@@ -115,7 +185,7 @@ def verification_stage(model, tokenizer, saes: SAESet, splits: PromptSplits, dir
         kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         before = capability_accuracy(model, tokenizer, capability, **kw)
         after = capability_accuracy(model, tokenizer, capability, editing(model, saes, minimal, cfg), **kw)
-        cap = {"task": capability.name, "n": before["n"], "unsteered": before["accuracy"], "minimal_set_ablated": after["accuracy"]}
+        cap = Capability(capability.name, before["n"], before["accuracy"], after["accuracy"])
 
     # ASR-like curve: flip rate of held-out prompts (refusal score < threshold) vs number of top candidates edited.
     kw = edit_kw(cfg)
@@ -124,5 +194,5 @@ def verification_stage(model, tokenizer, saes: SAESet, splits: PromptSplits, dir
     curve_scores = edit_scores(model, tokenizer, saes, held, [cand_ids[:n] for n in ns], direction.refusal_tokens, **kw)
     ms_scores = edit_scores(model, tokenizer, saes, held, [minimal], direction.refusal_tokens, **kw)[0]
     curve = [{"n": n, "flip_rate": float((s < cfg.threshold).float().mean())} for n, s in zip(ns, curve_scores)]
-    return VerificationStage(asr_d, per_prompt, dir_gen, cap, curve, float((ms_scores < cfg.threshold).float().mean()),
+    return VerificationStage(asr_d, per_prompt, DirectionGeneration(**dir_gen), cap, curve, float((ms_scores < cfg.threshold).float().mean()),
                              base_replies, replies["minimal_set"])
