@@ -147,6 +147,8 @@ def config_from_args(args):
         cfg.skip_bos = False
     if getattr(args, "trigger", None) is False:
         cfg.trigger = False
+    if getattr(args, "score_all_directions", False):
+        cfg.score_all_directions = True
     cfg.validate()  # before anything loads
     return cfg
 
@@ -335,6 +337,9 @@ def register(sub) -> None:
     p.add_argument("--ablation", choices=("auto", "directional", "affine"),
                    help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
                         "affine only if no candidate passes the filters; default)")
+    p.add_argument("--score-all-directions", dest="score_all_directions", action="store_true",
+                   help="every direction candidate's bypass / induce / KL in results.json's direction_table and its plot "
+                        "(default: only the scores the selection needs; the same direction is selected)")
     p.add_argument("--seed", type=int, help="seed of the prompt splits and the interaction samples (default 0)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
                    help="new tokens of the replies the held-out attack success rate is judged on (default 24; --quick 12; "

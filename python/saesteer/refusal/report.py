@@ -244,7 +244,8 @@ def discover_plots(r: dict, out: str | Path) -> None:
         for ax, key, title in zip(axes, ("bypass", "induce", "kl"), (f"harmful refusal score, direction ablated ({kind})", "harmless refusal score, direction added", f"harmless KL, direction ablated ({kind})")):
             M = torch.full((len(poss), len(layers)), float("nan"))
             for t in tab:
-                M[poss.index(t["position"]), layers.index(t["layer"])] = t[key]
+                if t[key] is not None:  # a score the selection did not need is null
+                    M[poss.index(t["position"]), layers.index(t["layer"])] = t[key]
             im = ax.imshow(M.numpy(), aspect="auto", cmap="viridis")
             ax.set_xticks(range(len(layers)), layers)
             ax.set_yticks(range(len(poss)), poss)
