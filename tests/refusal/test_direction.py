@@ -173,3 +173,23 @@ def test_filter_keeps_refused_harmful_and_answered_harmless():
     assert counts == {"harmful": {"n": 12, "kept": len(h)}, "harmless": {"n": 12, "kept": len(kept_l)}}
     assert 0 < len(h) < 12 and 0 < len(kept_l) < 12
 
+
+
+def test_mean_activations_of_the_first_layers_stop_the_forward_there(tiny_chat):
+    from saesteer.hf import find_layers
+    from saesteer.refusal.direction import mean_activations
+
+    model, tok, _, _ = tiny_chat
+    _, blocks = find_layers(model)
+    ran = []
+    hooks = [b.register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, b in enumerate(blocks)]
+    try:
+        full = mean_activations(model, tok, HARMFUL, 2, progress=False)
+        ran.clear()
+        first = mean_activations(model, tok, HARMFUL, 2, progress=False, n_layers=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ran == [0, 1, 2]  # layer 2's input is read to stop there: layer 2 itself never runs
+    torch.testing.assert_close(first[:2], full[:2])
+    assert first.shape == full.shape and not first[2:].any()

@@ -43,23 +43,33 @@ __all__ = ["mean_activations", "candidate_directions", "score_candidates", "sele
            "DirectionResult", "filter_by_refusal"]
 
 
+class _Stop(Exception):
+    """Ends a forward once the layers it was run for have been read."""
+
+
 @torch.no_grad()
-def mean_activations(model, tokenizer, instructions: Sequence[str], n_positions: int, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
+def mean_activations(model, tokenizer, instructions: Sequence[str], n_positions: int, batch_size: int = 32, progress: bool = True,
+                     n_layers: int | None = None) -> torch.Tensor:
     """Mean residual stream ``[n_layers, n_positions, d_model]`` (float64) at each layer's input and
     each of the last ``n_positions`` prompt positions (left padding aligns them). Padding and BOS
-    tokens are left out of each position's mean (a position no prompt has a real token at is 0)."""
+    tokens are left out of each position's mean (a position no prompt has a real token at is 0).
+    With ``n_layers`` only the first ``n_layers`` layers (at least one) are read (the others are 0) and each
+    forward stops at the next layer's input."""
     _, layers = find_layers(model)
     n = len(instructions)
     if n == 0:
         raise ValueError("instructions: empty prompt set")
+    read = len(layers) if n_layers is None else max(1, min(n_layers, len(layers)))
     sums: list[torch.Tensor | None] = [None] * len(layers)
     count = torch.zeros(n_positions, dtype=torch.float64)
-    index = {hook_name(i, "resid_pre"): i for i in range(len(layers))}
+    index = {hook_name(i, "resid_pre"): i for i in range(min(read + 1, len(layers)))}
     bos_id = bos_token_id(model)
     keep: dict = {}
 
     def accumulate(name, x):
         i = index[name]
+        if i == read:
+            raise _Stop
         w = keep["w"].to(x.device)
         s = (x[:, -n_positions:].double() * w[..., None]).sum(0).cpu()
         sums[i] = s if sums[i] is None else sums[i] + s
@@ -74,8 +84,12 @@ def mean_activations(model, tokenizer, instructions: Sequence[str], n_positions:
                 w = torch.cat([torch.zeros(w.shape[0], n_positions - w.shape[1], dtype=w.dtype, device=w.device), w], 1)
             keep["w"] = w
             count += w.sum(0).cpu()
-            last_logits(model, enc)  # the hooks read the stream; only the last position's logits are computed
-    return torch.stack(sums) / count.clamp_min(1)[None, :, None]  # type: ignore[arg-type]
+            try:
+                last_logits(model, enc)  # the hooks read the stream; only the last position's logits are computed
+            except _Stop:
+                pass
+    sums = [torch.zeros_like(sums[0]) if s is None else s for s in sums]  # type: ignore[arg-type]
+    return torch.stack(sums) / count.clamp_min(1)[None, :, None]
 
 
 def filter_by_refusal(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str], refusal_tokens: Sequence[int],
@@ -93,13 +107,15 @@ def filter_by_refusal(model, tokenizer, harmful: Sequence[str], harmless: Sequen
     return kept[0], kept[1], counts
 
 
-def candidate_directions(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str], n_positions: int | None = None, batch_size: int = 32, progress: bool = True, *, return_means: bool = False):
+def candidate_directions(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str], n_positions: int | None = None, batch_size: int = 32, progress: bool = True, *, return_means: bool = False,
+                         n_layers: int | None = None):
     """Difference-in-means candidates ``[n_layers, n_positions, d_model]`` (float64); with
-    ``return_means`` also the harmless means (same shape), the references of affine ablation."""
+    ``return_means`` also the harmless means (same shape), the references of affine ablation.
+    ``n_layers``: only the first ``n_layers`` layers' (the others are 0), from forwards that stop there."""
     if n_positions is None:
         n_positions = post_instruction_positions(tokenizer)
-    mh = mean_activations(model, tokenizer, harmful, n_positions, batch_size, progress)
-    ml = mean_activations(model, tokenizer, harmless, n_positions, batch_size, progress)
+    mh = mean_activations(model, tokenizer, harmful, n_positions, batch_size, progress, n_layers)
+    ml = mean_activations(model, tokenizer, harmless, n_positions, batch_size, progress, n_layers)
     return (mh - ml, ml) if return_means else mh - ml
 
 
@@ -430,7 +446,10 @@ def select_direction(
     """
     if ablation not in ABLATIONS + ("auto",):
         raise ValueError(f"ablation: expected 'auto', 'directional' or 'affine', got {ablation!r}")
-    cands, means = candidate_directions(model, tokenizer, harmful_train, harmless_train, n_positions, batch_size, progress, return_means=True)
+    # Only the layers below max_layer_frac are scored (layer 0 when there are none): their means only.
+    read = max(int(len(find_layers(model)[1]) * max_layer_frac), 1)
+    cands, means = candidate_directions(model, tokenizer, harmful_train, harmless_train, n_positions, batch_size, progress,
+                                        return_means=True, n_layers=read)
     kinds = ABLATIONS if ablation == "auto" else (ablation,)
     table, baseline = score_candidates(
         model, tokenizer, cands, harmful_val, harmless_val, refusal_tokens,
