@@ -6,7 +6,9 @@ stage 1; it is built so the run's inputs are discover's).
     PYTHONPATH=python python benchmarks/discover_stage1.py [--n-direction 32] [--n-val 16]
 
 Prints one JSON line: the seconds of stage 1 (wall clock, and the CPU seconds of all the process's
-threads, which a shared machine disturbs less), the number of candidates scored, and the versions.
+threads, which a shared machine disturbs less), the multiply-adds of every ``nn.Linear`` call in it
+(``linear_gmac``: the model's projections and LM head, nearly all of a forward's arithmetic; a count
+no other process disturbs), the number of candidates scored, and the versions.
 Random weights refuse nothing, so the prompt filter keeps every prompt (it falls back to the whole
 split) and the timing is the cost of the scoring itself.
 """
@@ -68,10 +70,19 @@ def main(argv=None) -> dict:
     cfg = DiscoverConfig(n_direction=a.n_direction, n_val=a.n_val, n_search=0, n_heldout=1,
                           max_layer_frac=a.max_layer_frac)
     splits = split_prompts(shipped_prompts("harmful"), shipped_prompts("harmless"), cfg)
+    macs = [0]
+
+    def count(module, args, output):
+        macs[0] += args[0].numel() // module.in_features * module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     t0, c0 = time.perf_counter(), time.process_time()
     ds = direction_stage(model, tok, splits, cfg, progress=False)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"stage1_s": round(dt, 1), "stage1_cpu_s": round(cpu, 1), "load_avg_1min": round(os.getloadavg()[0], 1), "candidates": len(ds.direction.table), "n_direction": a.n_direction,
+    for h in hooks:
+        h.remove()
+    out = {"stage1_s": round(dt, 1), "stage1_cpu_s": round(cpu, 1), "linear_gmac": round(macs[0] / 1e9, 1),
+           "load_avg_1min": round(os.getloadavg()[0], 1), "candidates": len(ds.direction.table), "n_direction": a.n_direction,
            "n_val": a.n_val, "max_layer_frac": a.max_layer_frac, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "transformers": transformers.__version__, "saesteer": saesteer.__version__, "machine": platform.machine(),
            "python": platform.python_version()}

@@ -193,3 +193,23 @@ def test_mean_activations_of_the_first_layers_stop_the_forward_there(tiny_chat):
     assert ran == [0, 1, 2]  # layer 2's input is read to stop there: layer 2 itself never runs
     torch.testing.assert_close(first[:2], full[:2])
     assert first.shape == full.shape and not first[2:].any()
+
+
+def test_length_buckets_are_each_prompt_group_tokenized_alone(tiny_chat):
+    from saesteer.refusal.chat import tokenize_prompts
+    from saesteer.refusal.data import shipped_prompts
+    from saesteer.refusal.direction import _length_buckets
+
+    _, tok, _, _ = tiny_chat
+    prompts = shipped_prompts("harmless")[:24]
+    enc = tokenize_prompts(tok, prompts)
+    buckets = _length_buckets(enc)
+    assert 1 < len(buckets) < len(prompts)
+    assert sorted(i for b in buckets for i in b["index"].tolist()) == list(range(len(prompts)))
+    for b in buckets:
+        alone = tokenize_prompts(tok, [prompts[i] for i in b["index"].tolist()])
+        assert torch.equal(b["input_ids"], alone["input_ids"]) and torch.equal(b["attention_mask"], alone["attention_mask"])
+        m = b["attention_mask"]
+        assert len(m) == 1 or (1 - m.float().mean()) * m.numel() <= m.sum() / 16
+    pad = lambda bs: sum(int((1 - x["attention_mask"]).sum()) for x in bs)  # noqa: E731
+    assert pad(buckets) < pad([enc]) / 4

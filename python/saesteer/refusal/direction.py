@@ -119,10 +119,15 @@ def candidate_directions(model, tokenizer, harmful: Sequence[str], harmless: Seq
     return (mh - ml, ml) if return_means else mh - ml
 
 
-def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+def _kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of the next-token distributions, one value per row (float64)."""
     lp = torch.log_softmax(p_logits.double(), -1)
     lq = torch.log_softmax(q_logits.double(), -1)
-    return float((lp.exp() * (lp - lq)).sum(-1).mean())
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    return float(_kl_rows(p_logits, q_logits).mean())
 
 
 @dataclass
@@ -302,6 +307,30 @@ def _prefix_ok(model, blocks, enc, streams, logits) -> bool:
     return ok
 
 
+def _length_buckets(enc: dict, pad_frac: float = 1 / 16) -> list[dict]:
+    """The left-padded batch ``enc`` split into batches of prompts of similar length, each padded to
+    its own longest prompt only (so at most ``pad_frac`` of a bucket's tokens are padding, or it
+    holds one prompt); each bucket's ``"index"`` lists its rows of ``enc``. A sub-batch is what
+    tokenizing its prompts alone gives: the columns that are padding in all its rows are cut."""
+    lengths = enc["attention_mask"].sum(1).tolist()
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g is not None:
+            real = sum(lengths[j] for j in g) + lengths[i]
+            if (len(g) + 1) * lengths[g[0]] - real <= pad_frac * real:
+                g.append(i)
+                continue
+        groups.append([i])
+    T = enc["input_ids"].shape[1]
+    out = []
+    for g in groups:
+        idx = torch.tensor(sorted(g))
+        out.append({k: v[idx.to(v.device), T - lengths[g[0]]:] for k, v in enc.items()} | {"index": idx})
+    return out
+
+
 def score_candidates(
     model,
     tokenizer,
@@ -330,7 +359,8 @@ def score_candidates(
     (with none passing, ``bypass`` of every eligible candidate of the first kind), and all three of
     the selected candidate. The selected direction is the same as with every score computed.
 
-    Candidates are scored in batches: each prompt set is tokenized once, and one forward holds
+    Candidates are scored in batches: each prompt set is tokenized once and split into buckets of
+    prompts of similar length (each padded to its own longest prompt), and one forward holds
     several candidates' edits, each on its own copy of the prompts (up to ``max_rows`` batch rows,
     default ``4 * batch_size``); only the last position goes through the LM head. The unsteered
     residual stream is cached at every layer's input in the baseline pass, and a forward whose
@@ -343,18 +373,21 @@ def score_candidates(
     n_layers, n_pos, _ = candidates.shape
     _, blocks = find_layers(model)
     device = next(model.parameters()).device
-    sets = {}
+    # Each prompt set in buckets of similar length, each with its unsteered logits and stream.
+    sets: dict[str, list[dict]] = {}
     for name, prompts in (("harmful", harmful_val), ("harmless", harmless_val)):
-        enc = tokenize_prompts(tokenizer, list(prompts), device)
-        logits, streams = _stream_and_logits(model, blocks, enc)
-        sets[name] = [enc, len(prompts), streams, logits]
-    if not _prefix_ok(model, blocks, sets["harmless"][0], sets["harmless"][2], sets["harmless"][3]):
-        for s in sets.values():
-            s[2] = None
-    base_harmless = sets["harmless"][3]
+        sets[name] = []
+        for enc in _length_buckets(tokenize_prompts(tokenizer, list(prompts), device)):
+            index = enc.pop("index")
+            logits, streams = _stream_and_logits(model, blocks, enc)
+            sets[name].append({"enc": enc, "n": len(index), "streams": streams, "logits": logits})
+    first = sets["harmless"][0]
+    if not _prefix_ok(model, blocks, first["enc"], first["streams"], first["logits"]):
+        for b in sets["harmful"] + sets["harmless"]:
+            b["streams"] = None
     baseline = {
-        "harmful_refusal_score": float(refusal_scores_from_logits(sets["harmful"][3], refusal_tokens).mean()),
-        "harmless_refusal_score": float(refusal_scores_from_logits(base_harmless, refusal_tokens).mean()),
+        f"{name}_refusal_score": float(refusal_scores_from_logits(torch.cat([b["logits"] for b in sets[name]]), refusal_tokens).mean())
+        for name in ("harmful", "harmless")
     }
     max_layer = int(n_layers * max_layer_frac)
     # Layers past max_layer_frac are excluded by the selection anyway: don't pay for scoring them.
@@ -362,34 +395,38 @@ def score_candidates(
     todo = [(l, p) for l, p in todo if float(candidates[l, p].norm()) != 0.0]
     max_rows = max_rows or 4 * batch_size
 
-    def refusal(logits: torch.Tensor) -> list[float]:
-        return refusal_scores_from_logits(logits.flatten(0, 1), refusal_tokens).view(logits.shape[0], -1).mean(1).tolist()
+    def refusal(logits: torch.Tensor, bucket: dict) -> torch.Tensor:
+        return refusal_scores_from_logits(logits.flatten(0, 1), refusal_tokens).view(logits.shape[:2])
 
-    def kl(logits: torch.Tensor) -> list[float]:
-        return [_kl(base_harmless, x) for x in logits]
+    def kl(logits: torch.Tensor, bucket: dict) -> torch.Tensor:
+        return _kl_rows(bucket["logits"][None], logits)
 
-    def scores(which: str, op: str, cands: list, reduce, what: str) -> dict:
-        """``{(layer, position): score}``: ``reduce`` of the last-position logits ``[k, n, vocab]`` of
-        ``k`` candidates' rows of the prompt set ``which``, each under its ``op`` edit. Rows whose
-        edits begin at their layer's input start there from the cached stream."""
-        enc, n, streams, _ = sets[which]
-        per = max(1, max_rows // max(n, 1))
-        starts: dict[int, list] = {}
-        for c in cands:
-            starts.setdefault(c[0] if op != "directional" and streams is not None else 0, []).append(c)
-        out = {}
-        bar = tqdm(total=len(cands), desc=f"score directions ({what})", unit="candidate", disable=not progress or not cands, leave=False)
-        for start, group in sorted(starts.items()):
-            for b in range(0, len(group), per):
-                chunk = group[b : b + per]
-                batch = {k: v.repeat(len(chunk), 1) for k, v in enc.items()}
-                skip = _start_at(blocks, start, streams[start].repeat(len(chunk), 1, 1)) if start else contextlib.nullcontext()
-                with _row_edits(model, [_Row(l, p, op) for l, p in chunk], n, candidates, harmless_means), skip:
-                    logits = last_logits(model, batch).float().cpu().view(len(chunk), n, -1)
-                out.update(zip(chunk, reduce(logits)))
-                bar.update(len(chunk))
+    def scores(which: str, op: str, cands: list, per_prompt, what: str) -> dict:
+        """``{(layer, position): score}``: the mean over the prompt set ``which`` of ``per_prompt``
+        (last-position logits ``[k, n, vocab]`` of ``k`` candidates' rows of a bucket, each under
+        its ``op`` edit -> ``[k, n]``). Rows whose edits begin at their layer's input start there
+        from the cached stream."""
+        values: dict = {c: [] for c in cands}
+        bar = tqdm(total=len(cands) * len(sets[which]), desc=f"score directions ({what})", unit="candidate",
+                   disable=not progress or not cands, leave=False)
+        for bucket in sets[which]:
+            enc, n, streams = bucket["enc"], bucket["n"], bucket["streams"]
+            per = max(1, max_rows // n)
+            starts: dict[int, list] = {}
+            for c in cands:
+                starts.setdefault(c[0] if op != "directional" and streams is not None else 0, []).append(c)
+            for start, group in sorted(starts.items()):
+                for b in range(0, len(group), per):
+                    chunk = group[b : b + per]
+                    batch = {k: v.repeat(len(chunk), 1) for k, v in enc.items()}
+                    skip = _start_at(blocks, start, streams[start].repeat(len(chunk), 1, 1)) if start else contextlib.nullcontext()
+                    with _row_edits(model, [_Row(l, p, op) for l, p in chunk], n, candidates, harmless_means), skip:
+                        logits = last_logits(model, batch).float().cpu().view(len(chunk), n, -1)
+                    for c, v in zip(chunk, per_prompt(logits, bucket)):
+                        values[c].append(v)
+                    bar.update(len(chunk))
         bar.close()
-        return out
+        return {c: float(torch.cat(v).mean()) for c, v in values.items()}
 
     induce = scores("harmless", "add", todo, refusal, "induce")
     eligible = {c: c[0] < max_layer for c in todo}
