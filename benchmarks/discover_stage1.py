@@ -76,13 +76,34 @@ def main(argv=None) -> dict:
         macs[0] += args[0].numel() // module.in_features * module.in_features * module.out_features
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # The scoring of the candidates (bypass / induce / KL) timed on its own too.
+    import saesteer.refusal.direction as direction
+
+    scoring = {"s": 0.0, "cpu_s": 0.0, "gmac": 0.0}
+    score_candidates = direction.score_candidates
+
+    def timed(*args, **kwargs):
+        t, c, m = time.perf_counter(), time.process_time(), macs[0]
+        try:
+            return score_candidates(*args, **kwargs)
+        finally:
+            scoring["s"] += time.perf_counter() - t
+            scoring["cpu_s"] += time.process_time() - c
+            scoring["gmac"] += (macs[0] - m) / 1e9
+
+    direction.score_candidates = timed
     t0, c0 = time.perf_counter(), time.process_time()
     ds = direction_stage(model, tok, splits, cfg, progress=False)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     for h in hooks:
         h.remove()
+    direction.score_candidates = score_candidates
+    n_cands = len({(r["layer"], r["position"]) for r in ds.direction.table})
     out = {"stage1_s": round(dt, 1), "stage1_cpu_s": round(cpu, 1), "linear_gmac": round(macs[0] / 1e9, 1),
-           "load_avg_1min": round(os.getloadavg()[0], 1), "candidates": len(ds.direction.table), "n_direction": a.n_direction,
+           "scoring_s": round(scoring["s"], 1), "scoring_cpu_s": round(scoring["cpu_s"], 1),
+           "scoring_gmac": round(scoring["gmac"], 1), "load_avg_1min": round(os.getloadavg()[0], 1),
+           "candidates": n_cands, "table_rows": len(ds.direction.table),
+           "selected": [ds.direction.layer, ds.direction.position, ds.direction.ablation], "n_direction": a.n_direction,
            "n_val": a.n_val, "max_layer_frac": a.max_layer_frac, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "transformers": transformers.__version__, "saesteer": saesteer.__version__, "machine": platform.machine(),
            "python": platform.python_version()}
