@@ -245,9 +245,10 @@ def test_yeo_recipe_spec_holds_the_top_k_and_amplify_spec_the_refusal_feature(ti
 
 
 def test_score_all_directions_flag_and_config_key(tmp_path):
-    # The flag and the --config key both set it; by default only the scores the selection needs.
+    # The flag, the arditi recipe and the --config key set it; by default only the scores the selection needs.
     assert _discover_cfg().score_all_directions is False
     assert _discover_cfg("--score-all-directions").score_all_directions is True
+    assert _discover_cfg("--recipe", "arditi").score_all_directions is True  # the paper's heatmap
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"score_all_directions": True}))
     assert _discover_cfg("--config", cfg).score_all_directions is True

@@ -32,8 +32,9 @@ RUN_OPTIONS = ("model", "sae", "harmful", "harmless", "out", "field", "recipe", 
 #: recipe sets these before ``--config`` and the flags, which still win.
 RECIPES = {
     # Arditi et al.: the refusal direction (difference in means over 128 / 32 prompts per class,
-    # selected by bypass / induce / KL); the features are saesteer's default, attribution.
-    "arditi": {"n_direction": 128, "n_val": 32},
+    # selected by bypass / induce / KL, every candidate's three scores for the paper's heatmap);
+    # the features are saesteer's default, attribution.
+    "arditi": {"n_direction": 128, "n_val": 32, "score_all_directions": True},
     # Yeo et al.: integrated gradients towards the direction-ablated codes, each layer's SAE
     # pre-filtered to its 10 features of largest positive cosine, the top 20 by attribution steered
     # by negative scaling (their Gemma setting).
