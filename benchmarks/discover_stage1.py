@@ -56,6 +56,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-val", type=int, default=16, help="prompts per class the candidates are scored on")
     ap.add_argument("--max-layer-frac", type=float, default=0.8,
                     help="score the candidates of the first FRAC of the layers (discover's default 0.8)")
+    ap.add_argument("--score-all", action="store_true",
+                    help="score every candidate by all three scores (discover --score-all-directions)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args(argv)
     if a.threads:
@@ -69,6 +71,8 @@ def main(argv=None) -> dict:
     model, tok, _ = build()
     cfg = DiscoverConfig(n_direction=a.n_direction, n_val=a.n_val, n_search=0, n_heldout=1,
                           max_layer_frac=a.max_layer_frac)
+    if a.score_all:
+        cfg.score_all_directions = True
     splits = split_prompts(shipped_prompts("harmful"), shipped_prompts("harmless"), cfg)
     macs = [0]
 
