@@ -6,7 +6,9 @@ stage 1; it is built so the run's inputs are discover's).
     PYTHONPATH=python python benchmarks/discover_stage1.py [--n-direction 32] [--n-val 16]
 
 Prints one JSON line: the seconds of stage 1 (wall clock, and the CPU seconds of all the process's
-threads, which a shared machine disturbs less), the number of candidates scored, and the versions.
+threads, which a shared machine disturbs less), the multiply-adds of every ``nn.Linear`` call in it
+(``linear_gmac``: the model's projections and LM head, nearly all of a forward's arithmetic; a count
+no other process disturbs), the number of candidates scored, and the versions.
 Random weights refuse nothing, so the prompt filter keeps every prompt (it falls back to the whole
 split) and the timing is the cost of the scoring itself.
 """
@@ -54,6 +56,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-val", type=int, default=16, help="prompts per class the candidates are scored on")
     ap.add_argument("--max-layer-frac", type=float, default=0.8,
                     help="score the candidates of the first FRAC of the layers (discover's default 0.8)")
+    ap.add_argument("--score-all", action="store_true",
+                    help="score every candidate by all three scores (discover --score-all-directions)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args(argv)
     if a.threads:
@@ -67,11 +71,43 @@ def main(argv=None) -> dict:
     model, tok, _ = build()
     cfg = DiscoverConfig(n_direction=a.n_direction, n_val=a.n_val, n_search=0, n_heldout=1,
                           max_layer_frac=a.max_layer_frac)
+    if a.score_all:
+        cfg.score_all_directions = True
     splits = split_prompts(shipped_prompts("harmful"), shipped_prompts("harmless"), cfg)
+    macs = [0]
+
+    def count(module, args, output):
+        macs[0] += args[0].numel() // module.in_features * module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # The scoring of the candidates (bypass / induce / KL) timed on its own too.
+    import saesteer.refusal.direction as direction
+
+    scoring = {"s": 0.0, "cpu_s": 0.0, "gmac": 0.0}
+    score_candidates = direction.score_candidates
+
+    def timed(*args, **kwargs):
+        t, c, m = time.perf_counter(), time.process_time(), macs[0]
+        try:
+            return score_candidates(*args, **kwargs)
+        finally:
+            scoring["s"] += time.perf_counter() - t
+            scoring["cpu_s"] += time.process_time() - c
+            scoring["gmac"] += (macs[0] - m) / 1e9
+
+    direction.score_candidates = timed
     t0, c0 = time.perf_counter(), time.process_time()
     ds = direction_stage(model, tok, splits, cfg, progress=False)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"stage1_s": round(dt, 1), "stage1_cpu_s": round(cpu, 1), "load_avg_1min": round(os.getloadavg()[0], 1), "candidates": len(ds.direction.table), "n_direction": a.n_direction,
+    for h in hooks:
+        h.remove()
+    direction.score_candidates = score_candidates
+    n_cands = len({(r["layer"], r["position"]) for r in ds.direction.table})
+    out = {"stage1_s": round(dt, 1), "stage1_cpu_s": round(cpu, 1), "linear_gmac": round(macs[0] / 1e9, 1),
+           "scoring_s": round(scoring["s"], 1), "scoring_cpu_s": round(scoring["cpu_s"], 1),
+           "scoring_gmac": round(scoring["gmac"], 1), "load_avg_1min": round(os.getloadavg()[0], 1),
+           "candidates": n_cands, "table_rows": len(ds.direction.table),
+           "selected": [ds.direction.layer, ds.direction.position, ds.direction.ablation], "n_direction": a.n_direction,
            "n_val": a.n_val, "max_layer_frac": a.max_layer_frac, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "transformers": transformers.__version__, "saesteer": saesteer.__version__, "machine": platform.machine(),
            "python": platform.python_version()}

@@ -242,3 +242,16 @@ def test_yeo_recipe_spec_holds_the_top_k_and_amplify_spec_the_refusal_feature(ti
         amp = SteeringSpec.load(out / "amplify_spec.json")
         assert amp.mode == "clamp" and amp.features == r["amplify"]["features"]
         assert all(c > 0 for c in r["amplify"]["cosines"])
+
+
+def test_score_all_directions_flag_and_config_key(tmp_path):
+    # The flag, the arditi recipe and the --config key set it; by default only the scores the selection needs.
+    assert _discover_cfg().score_all_directions is False
+    assert _discover_cfg("--score-all-directions").score_all_directions is True
+    assert _discover_cfg("--recipe", "arditi").score_all_directions is True  # the paper's heatmap
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"score_all_directions": True}))
+    assert _discover_cfg("--config", cfg).score_all_directions is True
+    cfg.write_text(json.dumps({"score_all_directions": "yes"}))
+    with pytest.raises(ValueError, match="score_all_directions: expected true or false"):
+        _discover_cfg("--config", cfg)

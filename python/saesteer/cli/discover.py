@@ -32,8 +32,9 @@ RUN_OPTIONS = ("model", "sae", "harmful", "harmless", "out", "field", "recipe", 
 #: recipe sets these before ``--config`` and the flags, which still win.
 RECIPES = {
     # Arditi et al.: the refusal direction (difference in means over 128 / 32 prompts per class,
-    # selected by bypass / induce / KL); the features are saesteer's default, attribution.
-    "arditi": {"n_direction": 128, "n_val": 32},
+    # selected by bypass / induce / KL, every candidate's three scores for the paper's heatmap);
+    # the features are saesteer's default, attribution.
+    "arditi": {"n_direction": 128, "n_val": 32, "score_all_directions": True},
     # Yeo et al.: integrated gradients towards the direction-ablated codes, each layer's SAE
     # pre-filtered to its 10 features of largest positive cosine, the top 20 by attribution steered
     # by negative scaling (their Gemma setting).
@@ -147,6 +148,8 @@ def config_from_args(args):
         cfg.skip_bos = False
     if getattr(args, "trigger", None) is False:
         cfg.trigger = False
+    if getattr(args, "score_all_directions", False):
+        cfg.score_all_directions = True
     cfg.validate()  # before anything loads
     return cfg
 
@@ -312,6 +315,9 @@ def register(sub) -> None:
     p.add_argument("--ablation", choices=("auto", "directional", "affine"),
                    help="direction ablation: Arditi's directional, Marshall's affine, or auto (directional, "
                         "affine only if no candidate passes the filters; default)")
+    p.add_argument("--score-all-directions", dest="score_all_directions", action="store_true",
+                   help="every direction candidate's bypass / induce / KL in results.json's direction_table and its plot "
+                        "(default: only the scores the selection needs; the same direction is selected)")
     p.add_argument("--seed", type=int, help="seed of the prompt splits and the interaction samples (default 0)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
                    help="new tokens of the replies the held-out attack success rate is judged on (default 24; --quick 12; "

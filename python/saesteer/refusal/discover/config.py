@@ -71,6 +71,9 @@ class DiscoverConfig:
     max_new_tokens: int = 24  # generation length for the judged rates
     max_layer_frac: float = 0.8  # directions from the last 20% of layers are not selected (Arditi)
     ablation: str = "auto"  # direction ablation: "directional" (Arditi), "affine" (Marshall), "auto"
+    # Every direction candidate's bypass / induce / KL in results.json's direction_table; by default
+    # only the scores the selection needs (the same direction is selected, the others are null).
+    score_all_directions: bool = False
     # Go on when the unsteered model refuses fewer than MIN_REFUSAL_RATE of the held-out harmful
     # prompts (refusal/validity.py); by default discover stops there: nothing to jailbreak.
     force: bool = False
@@ -110,7 +113,7 @@ class DiscoverConfig:
             raise ValueError(f"method: expected 'cosine' or 'attribution', got {self.method!r}")
         if self.attribution not in ATTRIBUTIONS:
             raise ValueError(f"attribution: expected one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}")
-        for name in ("skip_bos", "force", "filter_prompts", "trigger"):
+        for name in ("skip_bos", "force", "filter_prompts", "trigger", "score_all_directions"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         parse_edit(self.edit)

@@ -68,5 +68,6 @@ def direction_stage(model, tokenizer, splits: PromptSplits, cfg: DiscoverConfig,
         model, tokenizer, splits.direction, splits.harmless_direction, splits.selection,
         splits.harmless_val or splits.harmless_direction, rtoks,
         max_layer_frac=cfg.max_layer_frac, batch_size=cfg.batch_size, progress=progress, ablation=cfg.ablation,
+        score_all=cfg.score_all_directions,
     )
     return DirectionStage(rtoks, d, splits, filtering)
