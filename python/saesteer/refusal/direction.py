@@ -235,10 +235,16 @@ def _row_edits(model, rows: Sequence[_Row], n_prompts: int, candidates: torch.Te
     return handle.register()
 
 
+def _fallback_pool(table: list[dict], first_kind: str) -> list[dict]:
+    """The rows the selection picks from when none passes the filters: the eligible rows of the
+    first ablation kind scored (all rows when none is eligible)."""
+    return [r for r in table if r["eligible"] and r["ablation"] == first_kind] or table
+
+
 def _selected(table: list[dict], first_kind: str) -> dict:
     """The selection rule: least ``bypass`` among the rows that pass the filters; with none passing,
     among the eligible rows of the first ablation kind scored (all rows when none is eligible)."""
-    pool = [r for r in table if r["passes"]] or [r for r in table if r["eligible"] and r["ablation"] == first_kind] or table
+    pool = [r for r in table if r["passes"]] or _fallback_pool(table, first_kind)
     return min(pool, key=lambda r: r["bypass"])
 
 
@@ -443,7 +449,7 @@ def score_candidates(
     if not score_all and rows:
         # No candidate passed: the selection falls back to the least bypass, which needs every one's.
         if not any(r["passes"] for r in rows):
-            pool = [r for r in rows if r["eligible"] and r["ablation"] == ablations[0]] or rows
+            pool = _fallback_pool(rows, ablations[0])
             for kind in dict.fromkeys(r["ablation"] for r in pool):
                 got = scores("harmful", kind, [(r["layer"], r["position"] + n_pos) for r in pool if r["ablation"] == kind],
                              refusal, f"{kind} bypass")

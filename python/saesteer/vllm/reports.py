@@ -27,7 +27,7 @@ from .. import ops
 from ..steering.condition import Condition, PromptScore, token_scores
 from ..steering.spec import InspectSpec, SteerSpec
 
-__all__ = ["RequestState", "ConditionState", "InspectState", "InspectChunk", "child_index", "prompt_index", "TAG"]
+__all__ = ["RequestState", "ConditionState", "InspectState", "InspectChunk", "child_index", "prompt_index", "choice_key", "TAG"]
 
 TAG = "saesteer_tag"  # the extra_args key of a request's report tag
 _CHILD = re.compile(r"^(\d+)_")  # vLLM names the children of an n > 1 request "{index}_{parent id}"
@@ -40,6 +40,11 @@ def child_index(req_id: str) -> int:
     """The index of an engine request among its parent's ``n`` completions (0 for a lone request)."""
     m = _CHILD.match(req_id)
     return int(m.group(1)) if m else 0
+
+
+def choice_key(tag: str, prompt: int, completion: int) -> str:
+    """The key of one choice's report in the worker's answers: ``"tag/prompt/completion"``."""
+    return f"{tag}/{prompt}/{completion}"
 
 
 def prompt_index(req_id: str) -> int:

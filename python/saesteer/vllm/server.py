@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from ..steering.spec import from_spec_file
 from .graphs import cuda_graph_settings
 from .overrides import steered_overrides
+from .reports import choice_key
 from .requests import ServerSteering, SpecError, SSEReports, add_reports, error_body, parse_sae_args, report_tag
 from .scheduling import check_scheduler_cls, guard_prompt_budget, step_budget
 from .sources import sae_site, site_layer, source_dir
@@ -116,10 +117,10 @@ class SteeringMiddleware:
             return (tag, *divmod(index, n))
 
         async def one(index: int):
-            return (await fetch([item(index)])).get("{}/{}/{}".format(*item(index)))
+            return (await fetch([item(index)])).get(choice_key(*item(index)))
 
         async def since(index: int):
-            return (await progress([item(index)])).get("{}/{}/{}".format(*item(index)))
+            return (await progress([item(index)])).get(choice_key(*item(index)))
 
         sse = SSEReports(one, since if progress is not None else None)
 

@@ -27,7 +27,7 @@ from ..steering import SAESteerer
 from ..steering.spec import SpecError, bos_token_mask, parse_specs
 from .graphs import check_graph_mode
 from .model import EDITS
-from .reports import TAG, LayerReads, RequestState, child_index, prompt_index
+from .reports import TAG, LayerReads, RequestState, child_index, choice_key, prompt_index
 from .sources import read_sae, site_layer
 
 __all__ = ["EXTENSION", "WorkerExtension", "LayerHook"]
@@ -162,7 +162,7 @@ class WorkerExtension:
             if want is None:
                 out[tag] = reps
             else:
-                out["{}/{}/{}".format(tag, *want)] = reps[0] if reps else None
+                out[choice_key(tag, *want)] = reps[0] if reps else None
         return out
 
     def saesteer_progress(self, items: list) -> dict:
@@ -174,7 +174,7 @@ class WorkerExtension:
             want = (int(p), int(c))
             rid = next((r for r in self._saesteer_tags.get(tag, ()) if _choice(r) == want), None)
             st = None if rid is None else self._saesteer_states.get(rid)
-            out[f"{tag}/{p}/{c}"] = None if st is None else st.progress()
+            out[choice_key(tag, p, c)] = None if st is None else st.progress()
         return out
 
     def saesteer_shapes(self) -> dict[str, int]:
